@@ -1,0 +1,129 @@
+"""Rollouts and policies as plain JSON-able dicts, for the state store and the HTTP API.
+
+The record embeds the policy the rollout started with, so a policy file edited mid-rollout
+never changes the plan of a rollout already under way (Argo Rollouts keeps a hash of the plan
+for the same reason). ``SCHEMA`` is bumped whenever the shape changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+from canaryd.core.model import (
+    Action,
+    ActionKind,
+    AlertAction,
+    AlertRule,
+    Check,
+    Gate,
+    Limits,
+    Matcher,
+    NoData,
+    OnInconclusive,
+    Phase,
+    Policy,
+    Rollout,
+    Stage,
+)
+
+SCHEMA = 1
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def policy_to_dict(policy: Policy) -> dict[str, Any]:
+    out: dict[str, Any] = _plain(asdict(policy))
+    return out
+
+
+def policy_from_dict(d: Mapping[str, Any]) -> Policy:
+    return Policy(
+        name=d["name"],
+        stages=tuple(
+            Stage(
+                weight=int(s["weight"]),
+                duration=float(s["duration"]),
+                checks=tuple(s["checks"]),
+                gate=Gate(s["gate"]),
+                min_requests=int(s["min_requests"]),
+            )
+            for s in d["stages"]
+        ),
+        checks={
+            name: Check(
+                name=c["name"],
+                query=c["query"],
+                op=c["op"],
+                threshold=float(c["threshold"]),
+                kind=c["kind"],
+                no_data=NoData(c["no_data"]),
+                params={k: float(v) for k, v in c["params"].items()},
+            )
+            for name, c in d["checks"].items()
+        },
+        alert_rules=tuple(
+            AlertRule(
+                matchers=tuple(Matcher(**m) for m in r["matchers"]),
+                action=AlertAction(r["action"]),
+                cooldown=float(r["cooldown"]),
+                include_preexisting=bool(r["include_preexisting"]),
+                name=r["name"],
+            )
+            for r in d["alert_rules"]
+        ),
+        limits=Limits(
+            failure_limit=int(d["limits"]["failure_limit"]),
+            inconclusive_limit=int(d["limits"]["inconclusive_limit"]),
+            consecutive_error_limit=int(d["limits"]["consecutive_error_limit"]),
+            progress_deadline=float(d["limits"]["progress_deadline"]),
+            on_inconclusive=OnInconclusive(d["limits"]["on_inconclusive"]),
+        ),
+        interval=float(d["interval"]),
+        error_backoff=float(d["error_backoff"]),
+        scale_down_delay=float(d["scale_down_delay"]),
+        window=d["window"],
+        params=dict(d["params"]),
+    )
+
+
+def rollout_to_dict(r: Rollout) -> dict[str, Any]:
+    out: dict[str, Any] = {"schema": SCHEMA}
+    for name in Rollout.__slots__:
+        value = getattr(r, name)
+        out[name] = policy_to_dict(value) if name == "policy" else _plain(value)
+    return out
+
+
+def rollout_from_dict(d: Mapping[str, Any]) -> Rollout:
+    if d.get("schema") != SCHEMA:
+        raise ValueError(f"rollout record schema {d.get('schema')!r}, expected {SCHEMA}")
+    fields = {k: v for k, v in d.items() if k != "schema"}
+    fields["policy"] = policy_from_dict(d["policy"])
+    fields["phase"] = Phase(d["phase"])
+    fields["failures"] = dict(d["failures"])
+    fields["alert_pauses"] = frozenset(d["alert_pauses"])
+    fields["handled_alerts"] = frozenset(d["handled_alerts"])
+    return Rollout(**fields)
+
+
+def action_to_dict(a: Action) -> dict[str, Any]:
+    return {
+        "kind": str(a.kind),
+        "reason": a.reason,
+        "weight": a.weight,
+        "evidence": _plain(a.evidence),
+    }
+
+
+def action_from_dict(d: Mapping[str, Any]) -> Action:
+    return Action(ActionKind(d["kind"]), d["reason"], d.get("weight"), dict(d.get("evidence", {})))

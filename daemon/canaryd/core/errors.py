@@ -1,0 +1,61 @@
+"""The one error tree of canaryd.
+
+    CanarydError
+    ├── ConfigError            bad config or policy; carries `file: key.path: message` problems
+    ├── TemporaryError         worth retrying
+    │   ├── SourceUnavailable  Prometheus (or another source) did not answer
+    │   └── RouterConflict     the router's object changed under us
+    └── PermanentError         retrying will not help
+        ├── NoDataError        a query returned nothing usable
+        └── CommandRejected    an operator command that the rollout's phase does not allow
+
+Adapters re-raise library errors as one of these with ``from``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CanarydError(Exception):
+    """Base of every error canaryd raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.path}: {self.message}"
+
+
+class ConfigError(CanarydError):
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class TemporaryError(CanarydError):
+    pass
+
+
+class SourceUnavailable(TemporaryError):
+    pass
+
+
+class RouterConflict(TemporaryError):
+    pass
+
+
+class PermanentError(CanarydError):
+    pass
+
+
+class NoDataError(PermanentError):
+    pass
+
+
+class CommandRejected(PermanentError):
+    """The command does not apply to the rollout in its current phase (HTTP 409)."""

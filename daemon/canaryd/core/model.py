@@ -1,0 +1,331 @@
+"""The values canaryd reasons about: policies, rollouts, what was observed, what was decided.
+
+Everything here is a frozen, slotted dataclass or a StrEnum, so a rollout crosses every
+boundary (engine, store, API) as one immutable record, and "what changed" is always a new
+value, never a mutation. Times are plain floats in seconds on whatever clock the caller
+uses (the loop clock in the daemon, a virtual clock in `simulate`); the core never reads one.
+
+Weights are the canary's share in percent; the stable share is always ``100 - weight``, so
+the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.ROLLED_BACK)
+
+    @property
+    def active(self) -> bool:
+        return not self.terminal
+
+
+class Verdict(StrEnum):
+    """Outcome of one check evaluation. Never a bare bool: no data is not a pass."""
+
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    INCONCLUSIVE = "inconclusive"
+    ERROR = "error"
+
+
+class AlertAction(StrEnum):
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+    OBSERVE = "observe"
+    FREEZE = "freeze"
+
+
+class OnInconclusive(StrEnum):
+    PAUSE = "pause"
+    ROLLBACK = "rollback"
+
+
+class NoData(StrEnum):
+    """What an empty or NaN result means for a check. Never "pass"."""
+
+    INCONCLUSIVE = "inconclusive"
+    FAIL = "fail"
+
+
+class Gate(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+# --------------------------------------------------------------------------- policy
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One check: a PromQL template judged by ``kind``.
+
+    ``threshold`` checks compare the query's value with ``threshold`` using ``op``. The
+    analysis layer dispatches on ``kind``, and a measurement carries both a value and request
+    counts, so count-consuming checks (a sequential test of canary against stable) slot in
+    as another kind with their own ``params``.
+    """
+
+    name: str
+    query: str
+    op: str = ">="
+    threshold: float = 0.0
+    kind: str = "threshold"
+    no_data: NoData = NoData.INCONCLUSIVE
+    params: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    weight: int
+    duration: float
+    checks: tuple[str, ...] = ()
+    gate: Gate = Gate.AUTO
+    min_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """An Alertmanager-style label matcher: ``=``, ``!=``, ``=~`` or ``!~`` (anchored)."""
+
+    label: str
+    op: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    matchers: tuple[Matcher, ...]
+    action: AlertAction
+    cooldown: float = 60.0
+    include_preexisting: bool = False
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    failure_limit: int = 0
+    inconclusive_limit: int = 3
+    consecutive_error_limit: int = 4
+    progress_deadline: float = 600.0
+    on_inconclusive: OnInconclusive = OnInconclusive.PAUSE
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    stages: tuple[Stage, ...]
+    checks: Mapping[str, Check]
+    alert_rules: tuple[AlertRule, ...] = ()
+    limits: Limits = Limits()
+    interval: float = 30.0
+    error_backoff: float = 5.0
+    scale_down_delay: float = 30.0
+    window: str = "2m"
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def total_duration(self) -> float:
+        return sum(stage.duration for stage in self.stages)
+
+
+# --------------------------------------------------------------------------- rollout
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """One attempt to move a target to ``image``; the whole persisted state of it.
+
+    Stage timing is stored as timestamps and credited seconds so that a restarted daemon
+    recomputes every timer from the record instead of from memory.
+    """
+
+    id: str
+    target: str
+    image: str
+    policy: Policy
+    started_at: float
+    phase: Phase = Phase.PENDING
+    stage: int = 0
+    weight: int = 0
+    # stage bookkeeping
+    weight_set_at: float | None = None  # when the current weight was requested
+    stage_started_at: float | None = None  # when the router confirmed it (timer start)
+    credited: float = 0.0  # seconds of passing analysis in this stage
+    paused_total: float = 0.0  # seconds this stage spent paused (not counted to deadline)
+    last_eval_at: float | None = None
+    next_eval_at: float | None = None
+    failures: Mapping[str, int] = field(default_factory=dict)
+    consecutive_inconclusive: int = 0
+    consecutive_errors: int = 0
+    stage_passed: bool = False  # analysis passed; waiting only for a manual gate
+    # pausing
+    paused_at: float | None = None
+    pause_reason: str | None = None
+    alert_pauses: frozenset[str] = frozenset()  # fingerprints of firing pause alerts
+    resume_at: float | None = None
+    # ending
+    rollback_reason: str | None = None
+    rollback_at: float | None = None
+    rolled_back_at: float | None = None
+    cleanup_at: float | None = None
+    finished_at: float | None = None
+    promote_step: str | None = None  # "update-stable" -> "shift" -> "remove"
+    handled_alerts: frozenset[str] = frozenset()  # de-duplication keys already applied
+    message: str | None = None  # why a Failed rollout is stuck
+
+    @property
+    def stable_weight(self) -> int:
+        return 100 - self.weight
+
+    @property
+    def current_stage(self) -> Stage:
+        return self.policy.stages[min(self.stage, len(self.policy.stages) - 1)]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Requests and errors over the stage, for checks that weigh evidence, not one value."""
+
+    canary_requests: float
+    canary_errors: float
+    stable_requests: float = 0.0
+    stable_errors: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """The result of one check's query at one evaluation.
+
+    ``value`` None means no data (empty result or NaN); ``error`` set means the source could
+    not answer (Prometheus down, timeout, bad response), which is not the same thing.
+    """
+
+    check: str
+    value: float | None = None
+    counts: Counts | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the outside world looks like right now, as adapters last read it.
+
+    ``weight`` is the canary weight the router reports (None: it cannot tell).
+    """
+
+    weight: int | None = None
+    canary_ready: bool = False
+    canary_present: bool = False
+    stable_image: str | None = None
+    canary_requests: float | None = None  # canary requests since the stage started
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An Alertmanager alert, converted at the adapter edge. Times are on the caller's clock."""
+
+    fingerprint: str
+    status: str  # "firing" | "resolved"
+    labels: Mapping[str, str]
+    starts_at: float
+    ends_at: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.fingerprint}:{self.status}:{self.starts_at:.3f}"
+
+    @property
+    def name(self) -> str:
+        return self.labels.get("alertname", self.fingerprint)
+
+
+class CommandKind(StrEnum):
+    PROMOTE = "promote"
+    PROMOTE_FULL = "promote-full"
+    ROLLBACK = "rollback"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SET_WEIGHT = "set-weight"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    kind: CommandKind
+    by: str = "operator"
+    reason: str = ""
+    weight: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Findings:
+    """What happened since the last decision: an evaluation's measurements, alerts, commands."""
+
+    measurements: tuple[Measurement, ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    commands: tuple[Command, ...] = ()
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+class ActionKind(StrEnum):
+    START = "start"
+    SET_WEIGHT = "set-weight"
+    STAGE_STARTED = "stage-started"
+    HOLD = "hold"
+    PAUSE = "pause"
+    RESUME = "resume"
+    ROLLBACK = "rollback"
+    ROLLED_BACK = "rolled-back"
+    PROMOTE = "promote"
+    UPDATE_STABLE = "update-stable"
+    REMOVE_CANARY = "remove-canary"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    OBSERVE = "observe"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One decision: what canaryd does (or notes) and why, with the evidence behind it."""
+
+    kind: ActionKind
+    reason: str
+    weight: int | None = None
+    evidence: Mapping[str, object] = field(default_factory=dict)
+
+
+class EffectKind(StrEnum):
+    ENSURE_CANARY = "ensure-canary"
+    SET_WEIGHT = "set-weight"
+    UPDATE_STABLE = "update-stable"
+    REMOVE_CANARY = "remove-canary"
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """Something the world must be made to look like. Idempotent by construction."""
+
+    kind: EffectKind
+    weight: int | None = None
+    image: str | None = None

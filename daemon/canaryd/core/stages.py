@@ -1,0 +1,684 @@
+"""The stage engine: ``decide(state, observed, findings, now) -> (new state, actions)``.
+
+Deciding and doing are split in two pure functions:
+
+* ``decide`` is edge-triggered. It consumes what happened (an evaluation's measurements,
+  alerts, operator commands) and moves the rollout along SPEC §3's lifecycle, returning the
+  new record and the decisions it took, each with its reason and evidence. Those decisions are
+  the rollout's history.
+* ``reconcile`` is level-triggered. From the record alone it says what the world must look
+  like (canary weight, canary present, stable image) and lists the idempotent effects still
+  needed to get there. A runtime persists ``decide``'s result *before* applying
+  ``reconcile``'s effects, so a crash anywhere is repaired by the next pass: nothing decided is
+  lost and nothing is decided twice (evaluations are consumed through ``next_eval_at``,
+  alerts through ``handled_alerts``).
+
+Stage timing is credit-based: each passing evaluation credits the time since the previous one
+(at most one interval), so missing data, pauses and downtime hold the stage timer instead of
+letting it run. ``progress_deadline`` bounds how far a stage can be stretched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from canaryd.core import analysis
+from canaryd.core.model import (
+    Action,
+    ActionKind,
+    Alert,
+    AlertAction,
+    Command,
+    CommandKind,
+    Effect,
+    EffectKind,
+    Findings,
+    Gate,
+    Observed,
+    OnInconclusive,
+    Phase,
+    Policy,
+    Rollout,
+    Stage,
+    Verdict,
+)
+from canaryd.core.rules import rule_for
+
+_EPS = 1e-6
+_ALERT_PAUSE = "alert"
+
+
+# --------------------------------------------------------------------------- starting
+
+
+def plan_stages(policy: Policy, traffic: int | None) -> Policy:
+    """The policy with its first stage at ``traffic`` percent, dropping stages it overtakes."""
+    if traffic is None:
+        return policy
+    if not 0 < traffic <= 100:
+        raise ValueError(f"initial traffic must be within 1..100, got {traffic}")
+    first = replace(policy.stages[0], weight=traffic)
+    rest = tuple(stage for stage in policy.stages[1:] if stage.weight > traffic)
+    return replace(policy, stages=(first, *rest))
+
+
+def start(
+    rollout_id: str,
+    target: str,
+    image: str,
+    policy: Policy,
+    now: float,
+    traffic: int | None = None,
+) -> tuple[Rollout, Action]:
+    planned = plan_stages(policy, traffic)
+    rollout = Rollout(
+        id=rollout_id,
+        target=target,
+        image=image,
+        policy=planned,
+        started_at=now,
+        weight_set_at=now,
+    )
+    weights = "→".join(str(stage.weight) for stage in planned.stages)
+    return rollout, Action(ActionKind.START, f"rollout of {image} started ({weights})", weight=0)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def check_command(state: Rollout, command: Command) -> str | None:
+    """Why ``command`` cannot apply to ``state`` (an HTTP 409), or None if it can."""
+    phase, kind = state.phase, command.kind
+    if phase.terminal:
+        return f"rollout {state.id} already ended ({phase})"
+    if kind is CommandKind.ROLLBACK:
+        if phase is Phase.ROLLING_BACK or (phase is Phase.FAILED and state.rollback_reason):
+            return "a rollback is already under way"
+        if phase is Phase.PROMOTING and state.promote_step != "update-stable":
+            return "stable already runs the new image; nothing to roll back to"
+        return None
+    if phase not in (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED):
+        return f"cannot {kind} a rollout that is {phase}"
+    if kind is CommandKind.PAUSE and phase is Phase.PAUSED:
+        return "already paused"
+    if kind is CommandKind.RESUME:
+        if phase is not Phase.PAUSED:
+            return "not paused"
+        if state.stage_passed:
+            return "waiting at a manual gate: use promote"
+    if kind is CommandKind.SET_WEIGHT and (
+        command.weight is None or not 0 <= command.weight <= 100
+    ):
+        return "weight must be within 0..100"
+    return None
+
+
+def _apply_command(s: Rollout, c: Command, now: float, acts: list[Action]) -> Rollout:
+    refusal = check_command(s, c)
+    who = f" by {c.by}" if c.by else ""
+    if refusal is not None:
+        acts.append(Action(ActionKind.IGNORE, f"{c.kind}{who} refused: {refusal}", s.weight))
+        return s
+    if c.kind is CommandKind.ROLLBACK:
+        return _rollback(
+            s,
+            f"manual rollback{who}" + (f": {c.reason}" if c.reason else ""),
+            now,
+            acts,
+            {"by": c.by},
+        )
+    if c.kind is CommandKind.PAUSE:
+        return _pause(s, f"paused{who}", now, acts)
+    if c.kind is CommandKind.RESUME:
+        return _resume(s, f"resumed{who}", now, acts)
+    if c.kind is CommandKind.PROMOTE:
+        return _next_stage(s, f"promoted{who}: stage {s.stage + 1} wait skipped", now, acts)
+    if c.kind is CommandKind.PROMOTE_FULL:
+        s = _unpause(s, now)
+        return _promote(replace(s, weight=100), f"promoted to 100%{who}", now, acts)
+    weight = c.weight if c.weight is not None else s.weight
+    s = _pause(s, f"weight set to {weight}%{who}; resume returns to stage {s.stage + 1}", now, acts)
+    s = replace(s, weight=weight, weight_set_at=now, stage_started_at=None, credited=0.0)
+    acts.append(Action(ActionKind.SET_WEIGHT, f"canary weight set to {weight}%{who}", weight))
+    return s
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+def _apply_alert(s: Rollout, alert: Alert, now: float, acts: list[Action]) -> Rollout:
+    if alert.key in s.handled_alerts:
+        return s
+    s = replace(s, handled_alerts=s.handled_alerts | {alert.key})
+    rule = rule_for(s.policy.alert_rules, alert.labels)
+    evidence: dict[str, object] = {
+        "alert": alert.name,
+        "labels": dict(alert.labels),
+        "status": alert.status,
+        "fingerprint": alert.fingerprint,
+    }
+    if rule is None:
+        acts.append(
+            Action(ActionKind.IGNORE, f"alert {alert.name}: no rule matches", s.weight, evidence)
+        )
+        return s
+    if alert.status == "firing":
+        if alert.starts_at < s.started_at - _EPS and not rule.include_preexisting:
+            acts.append(
+                Action(
+                    ActionKind.IGNORE,
+                    f"alert {alert.name} started before the rollout",
+                    s.weight,
+                    evidence,
+                )
+            )
+            return s
+        if rule.action is AlertAction.ROLLBACK:
+            if check_command(s, Command(CommandKind.ROLLBACK)) is None:
+                return _rollback(s, f"alert {alert.name} firing", now, acts, evidence)
+            return s
+        if rule.action is AlertAction.PAUSE and s.phase in (
+            Phase.PENDING,
+            Phase.PROGRESSING,
+            Phase.PAUSED,
+        ):
+            s = replace(s, alert_pauses=s.alert_pauses | {alert.fingerprint}, resume_at=None)
+            if s.phase is Phase.PAUSED:
+                acts.append(
+                    Action(
+                        ActionKind.OBSERVE,
+                        f"alert {alert.name} firing; stays paused",
+                        s.weight,
+                        evidence,
+                    )
+                )
+                return s
+            return _pause(s, f"{_ALERT_PAUSE} {alert.name} firing", now, acts, evidence)
+        what = "freeze: new rollouts refused" if rule.action is AlertAction.FREEZE else "recorded"
+        acts.append(
+            Action(ActionKind.OBSERVE, f"alert {alert.name} firing ({what})", s.weight, evidence)
+        )
+        return s
+    # resolved
+    if rule.action is AlertAction.PAUSE and alert.fingerprint in s.alert_pauses:
+        remaining = s.alert_pauses - {alert.fingerprint}
+        s = replace(s, alert_pauses=remaining)
+        if not remaining and s.phase is Phase.PAUSED and _alert_paused(s):
+            s = replace(s, resume_at=now + rule.cooldown)
+            acts.append(
+                Action(
+                    ActionKind.OBSERVE,
+                    f"alert {alert.name} resolved; resuming after {rule.cooldown:g}s cooldown",
+                    s.weight,
+                    evidence,
+                )
+            )
+            return s
+    acts.append(Action(ActionKind.OBSERVE, f"alert {alert.name} resolved", s.weight, evidence))
+    return s
+
+
+def _alert_paused(s: Rollout) -> bool:
+    return (s.pause_reason or "").startswith(_ALERT_PAUSE)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluation_due(s: Rollout, now: float) -> bool:
+    """Whether a call at ``now`` is an evaluation (the caller must then supply measurements)."""
+    return (
+        s.phase in (Phase.PROGRESSING, Phase.PAUSED)
+        and s.stage_started_at is not None
+        and s.next_eval_at is not None
+        and now + _EPS >= s.next_eval_at
+    )
+
+
+def _evaluate(s: Rollout, f: Findings, obs: Observed, now: float, acts: list[Action]) -> Rollout:
+    policy, stage, limits = s.policy, s.current_stage, s.policy.limits
+    by_name = {m.check: m for m in f.measurements}
+    results = [analysis.assess(policy.checks[name], by_name.get(name)) for name in stage.checks]
+    overall = analysis.summarize(results)
+    evidence: dict[str, object] = {
+        a.check: {"verdict": str(a.verdict), "value": a.value, "detail": a.detail} for a in results
+    }
+    last = s.last_eval_at if s.last_eval_at is not None else s.stage_started_at or now
+    s = replace(s, last_eval_at=now, next_eval_at=now + policy.interval)
+
+    if overall is Verdict.FAILED:
+        failures = dict(s.failures)
+        for a in results:
+            if a.verdict is Verdict.FAILED:
+                failures[a.check] = failures.get(a.check, 0) + 1
+        s = replace(s, failures=failures, consecutive_inconclusive=0, consecutive_errors=0)
+        worst = max(
+            (a for a in results if a.verdict is Verdict.FAILED), key=lambda a: failures[a.check]
+        )
+        if failures[worst.check] > limits.failure_limit:
+            return _rollback(s, f"check {worst.check} failed: {worst.detail}", now, acts, evidence)
+        acts.append(
+            Action(
+                ActionKind.HOLD,
+                f"check {worst.check} failed ({failures[worst.check]} of "
+                f"{limits.failure_limit} allowed): {worst.detail}",
+                s.weight,
+                evidence,
+            )
+        )
+        return s
+
+    if overall is Verdict.ERROR:
+        errors = s.consecutive_errors + 1
+        s = replace(s, consecutive_errors=errors, next_eval_at=now + policy.error_backoff)
+        if errors >= limits.consecutive_error_limit:
+            return _rollback(s, f"{errors} consecutive source errors", now, acts, evidence)
+        acts.append(
+            Action(
+                ActionKind.HOLD,
+                f"source error ({errors} of {limits.consecutive_error_limit}); "
+                f"retrying in {policy.error_backoff:g}s",
+                s.weight,
+                evidence,
+            )
+        )
+        return s
+
+    if overall is Verdict.INCONCLUSIVE:
+        count = s.consecutive_inconclusive + 1
+        s = replace(s, consecutive_inconclusive=count, consecutive_errors=0)
+        missing = ", ".join(a.check for a in results if a.verdict is Verdict.INCONCLUSIVE)
+        if count >= limits.inconclusive_limit and s.phase is Phase.PROGRESSING:
+            reason = f"{count} inconclusive evaluations in a row (no data: {missing})"
+            if limits.on_inconclusive is OnInconclusive.ROLLBACK:
+                return _rollback(s, reason, now, acts, evidence)
+            return _pause(s, reason, now, acts, evidence)
+        if s.phase is Phase.PROGRESSING:
+            acts.append(
+                Action(
+                    ActionKind.HOLD, f"no data for {missing}; stage timer holds", s.weight, evidence
+                )
+            )
+        return s
+
+    s = replace(s, consecutive_inconclusive=0, consecutive_errors=0)
+    if s.phase is not Phase.PROGRESSING:
+        return s
+    credited = s.credited + max(0.0, min(now - last, policy.interval))
+    s = replace(s, credited=credited)
+    if credited + _EPS < stage.duration:
+        return s
+    seen = obs.canary_requests
+    if stage.min_requests and (seen is None or seen < stage.min_requests):
+        seen_text = "unknown" if seen is None else f"{seen:.0f}"
+        acts.append(
+            Action(
+                ActionKind.HOLD,
+                f"only {seen_text} of {stage.min_requests} canary requests; stage held",
+                s.weight,
+                {"canary_requests": seen, **evidence},
+            )
+        )
+        return s
+    return _stage_passed(s, now, acts, evidence)
+
+
+def _stage_passed(
+    s: Rollout, now: float, acts: list[Action], evidence: dict[str, object]
+) -> Rollout:
+    number = s.stage + 1
+    if s.current_stage.gate is Gate.MANUAL:
+        s = replace(s, stage_passed=True)
+        return _pause(
+            s, f"stage {number} passed; waiting for a manual promote", now, acts, evidence
+        )
+    return _next_stage(s, f"stage {number} passed", now, acts, evidence)
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def _fresh_stage(s: Rollout, index: int, weight: int, now: float) -> Rollout:
+    return replace(
+        s,
+        stage=index,
+        weight=weight,
+        weight_set_at=now,
+        stage_started_at=None,
+        credited=0.0,
+        paused_total=0.0,
+        last_eval_at=None,
+        next_eval_at=None,
+        failures={},
+        consecutive_inconclusive=0,
+        consecutive_errors=0,
+        stage_passed=False,
+    )
+
+
+def _next_stage(
+    s: Rollout,
+    reason: str,
+    now: float,
+    acts: list[Action],
+    evidence: dict[str, object] | None = None,
+) -> Rollout:
+    s = _unpause(s, now)
+    stages = s.policy.stages
+    if s.stage + 1 >= len(stages):
+        return _promote(s, f"{reason}; all stages passed", now, acts, evidence)
+    index = s.stage + 1
+    s = _fresh_stage(replace(s, phase=Phase.PROGRESSING), index, stages[index].weight, now)
+    acts.append(
+        Action(
+            ActionKind.SET_WEIGHT,
+            f"{reason}; stage {index + 1} of {len(stages)}: canary {s.weight}%",
+            s.weight,
+            evidence or {},
+        )
+    )
+    return s
+
+
+def _promote(
+    s: Rollout,
+    reason: str,
+    now: float,
+    acts: list[Action],
+    evidence: dict[str, object] | None = None,
+) -> Rollout:
+    s = replace(
+        s,
+        phase=Phase.PROMOTING,
+        promote_step="update-stable",
+        weight_set_at=now,
+        stage_passed=False,
+    )
+    acts.append(
+        Action(
+            ActionKind.PROMOTE, f"{reason}; updating stable to {s.image}", s.weight, evidence or {}
+        )
+    )
+    return s
+
+
+def _rollback(
+    s: Rollout,
+    reason: str,
+    now: float,
+    acts: list[Action],
+    evidence: dict[str, object] | None = None,
+) -> Rollout:
+    s = replace(
+        s,
+        phase=Phase.ROLLING_BACK,
+        weight=0,
+        rollback_reason=reason,
+        rollback_at=now,
+        paused_at=None,
+        resume_at=None,
+        alert_pauses=frozenset(),
+        stage_passed=False,
+    )
+    acts.append(Action(ActionKind.ROLLBACK, reason, 0, evidence or {}))
+    return s
+
+
+def _pause(
+    s: Rollout,
+    reason: str,
+    now: float,
+    acts: list[Action],
+    evidence: dict[str, object] | None = None,
+) -> Rollout:
+    s = replace(s, phase=Phase.PAUSED, paused_at=now, pause_reason=reason, resume_at=None)
+    acts.append(Action(ActionKind.PAUSE, reason, s.weight, evidence or {}))
+    return s
+
+
+def _unpause(s: Rollout, now: float) -> Rollout:
+    if s.phase is not Phase.PAUSED:
+        return s
+    paused = now - s.paused_at if s.paused_at is not None else 0.0
+    return replace(
+        s,
+        phase=Phase.PROGRESSING,
+        paused_at=None,
+        pause_reason=None,
+        resume_at=None,
+        alert_pauses=frozenset(),
+        paused_total=s.paused_total + paused,
+        consecutive_inconclusive=0,
+    )
+
+
+def _resume(s: Rollout, reason: str, now: float, acts: list[Action]) -> Rollout:
+    stage_weight = s.current_stage.weight
+    s = _unpause(s, now)
+    if s.weight != stage_weight:  # returning from a manual set-weight: the stage starts over
+        s = _fresh_stage(s, s.stage, stage_weight, now)
+        acts.append(
+            Action(
+                ActionKind.SET_WEIGHT,
+                f"{reason}; stage {s.stage + 1} restarts at canary {stage_weight}%",
+                stage_weight,
+            )
+        )
+        return s
+    acts.append(Action(ActionKind.RESUME, reason, s.weight))
+    return s
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _stage_deadline(s: Rollout) -> float | None:
+    """When the current stage (or its weight change) has run out of time, if it can."""
+    limit = s.policy.limits.progress_deadline
+    if s.phase is Phase.PENDING:
+        return s.started_at + limit
+    if s.phase is not Phase.PROGRESSING:
+        return None
+    if s.stage_started_at is None:
+        return (s.weight_set_at or s.started_at) + limit
+    return s.stage_started_at + s.paused_total + s.current_stage.duration + limit
+
+
+def _progress(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Rollout:
+    limit = s.policy.limits.progress_deadline
+    deadline = _stage_deadline(s)
+    if s.phase is Phase.PENDING:
+        if obs.canary_ready:
+            stages = s.policy.stages
+            s = _fresh_stage(replace(s, phase=Phase.PROGRESSING), 0, stages[0].weight, now)
+            acts.append(
+                Action(
+                    ActionKind.SET_WEIGHT,
+                    f"canary ready; stage 1 of {len(stages)}: canary {s.weight}%",
+                    s.weight,
+                )
+            )
+        elif deadline is not None and now + _EPS >= deadline:
+            return _rollback(s, f"canary not ready within {limit:g}s", now, acts)
+        return s
+
+    if s.phase is Phase.PROGRESSING:
+        if s.stage_started_at is None:
+            if obs.weight == s.weight and obs.canary_ready:
+                s = replace(
+                    s, stage_started_at=now, last_eval_at=now, next_eval_at=now + s.policy.interval
+                )
+                acts.append(
+                    Action(
+                        ActionKind.STAGE_STARTED,
+                        f"router applied canary {s.weight}%; stage {s.stage + 1} timer started",
+                        s.weight,
+                        {"observed_weight": obs.weight},
+                    )
+                )
+                return s
+            if deadline is not None and now + _EPS >= deadline:
+                why = (
+                    "canary not ready"
+                    if obs.weight == s.weight
+                    else (f"router did not apply canary {s.weight}% (reports {obs.weight})")
+                )
+                return _rollback(s, f"{why} within {limit:g}s", now, acts)
+            return s
+        if deadline is not None and now + _EPS >= deadline:
+            return _rollback(
+                s,
+                f"progress deadline: stage {s.stage + 1} not passed within "
+                f"{s.current_stage.duration + limit:g}s",
+                now,
+                acts,
+            )
+        return s
+
+    if s.phase is Phase.PAUSED:
+        if s.resume_at is not None and now + _EPS >= s.resume_at and not s.alert_pauses:
+            return _resume(s, "alert cooldown over", now, acts)
+        return s
+
+    if s.phase is Phase.PROMOTING or (s.phase is Phase.FAILED and s.rollback_reason is None):
+        return _promotion(s, obs, now, acts)
+
+    if s.phase is Phase.ROLLING_BACK or (s.phase is Phase.FAILED and s.rollback_reason):
+        if obs.weight == 0:
+            took = now - (s.rollback_at or now)
+            s = replace(
+                s,
+                phase=Phase.ROLLED_BACK,
+                rolled_back_at=now,
+                finished_at=now,
+                cleanup_at=now + s.policy.scale_down_delay,
+                message=None,
+            )
+            acts.append(
+                Action(
+                    ActionKind.ROLLED_BACK,
+                    f"router applied canary 0% {took:.3f}s after the trigger",
+                    0,
+                    {"time_to_rollback": took, "reason": s.rollback_reason},
+                )
+            )
+        elif s.phase is Phase.ROLLING_BACK and now + _EPS >= (s.rollback_at or now) + limit:
+            s = replace(
+                s,
+                phase=Phase.FAILED,
+                message=f"router has not applied canary 0% after {limit:g}s; retrying",
+            )
+            acts.append(Action(ActionKind.FAILED, s.message or "", 0))
+    return s
+
+
+def _promotion(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Rollout:
+    limit = s.policy.limits.progress_deadline
+    if s.promote_step == "update-stable":
+        if obs.stable_image == s.image:
+            s = replace(
+                s,
+                phase=Phase.PROMOTING,
+                promote_step="shift",
+                weight=0,
+                weight_set_at=now,
+                message=None,
+            )
+            acts.append(
+                Action(
+                    ActionKind.SET_WEIGHT, f"stable runs {s.image}; all traffic back to stable", 0
+                )
+            )
+        elif s.phase is Phase.PROMOTING and now + _EPS >= (s.weight_set_at or now) + limit:
+            s = replace(
+                s,
+                phase=Phase.FAILED,
+                message=f"stable not updated to {s.image} after {limit:g}s; retrying",
+            )
+            acts.append(Action(ActionKind.FAILED, s.message or "", s.weight))
+        return s
+    if s.promote_step == "shift" and obs.weight == 0:
+        s = replace(s, phase=Phase.PROMOTING, promote_step="remove", message=None)
+        acts.append(Action(ActionKind.REMOVE_CANARY, "canary no longer serves traffic", 0))
+        return s
+    if s.promote_step == "remove" and not obs.canary_present:
+        s = replace(s, phase=Phase.SUCCEEDED, finished_at=now, promote_step=None, message=None)
+        acts.append(Action(ActionKind.SUCCEEDED, f"{s.image} promoted", 0))
+    return s
+
+
+def _cleanup(s: Rollout, now: float, acts: list[Action]) -> Rollout:
+    if s.phase is Phase.ROLLED_BACK and s.cleanup_at is not None and now + _EPS >= s.cleanup_at:
+        s = replace(s, cleanup_at=None)
+        acts.append(
+            Action(
+                ActionKind.REMOVE_CANARY,
+                f"scale-down delay of {s.policy.scale_down_delay:g}s over",
+                0,
+            )
+        )
+    return s
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def decide(
+    state: Rollout, observed: Observed, findings: Findings, now: float
+) -> tuple[Rollout, tuple[Action, ...]]:
+    """The next state of a rollout and the decisions that led there. Pure."""
+    acts: list[Action] = []
+    s = state
+    if s.phase.terminal:
+        return _cleanup(s, now, acts), tuple(acts)
+    for command in findings.commands:
+        s = _apply_command(s, command, now, acts)
+    for alert in findings.alerts:
+        s = _apply_alert(s, alert, now, acts)
+    if evaluation_due(s, now):
+        s = _evaluate(s, findings, observed, now, acts)
+    if s.phase.active:
+        s = _progress(s, observed, now, acts)
+    return s, tuple(acts)
+
+
+def reconcile(state: Rollout, observed: Observed) -> tuple[Effect, ...]:
+    """Effects still needed for the world to match ``state``. Idempotent, level-triggered."""
+    s, effects = state, []
+    promoting = s.phase in (Phase.PROMOTING, Phase.FAILED) and s.rollback_reason is None
+    serving = s.phase in (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED) or (
+        promoting and s.promote_step in ("update-stable", "shift")
+    )
+    draining = s.rollback_reason is not None and (
+        s.phase is not Phase.ROLLED_BACK or s.cleanup_at is not None
+    )
+    if serving and not (observed.canary_present and observed.canary_ready):
+        effects.append(Effect(EffectKind.ENSURE_CANARY, image=s.image))
+    if s.phase is not Phase.PENDING and observed.weight != s.weight:
+        effects.append(Effect(EffectKind.SET_WEIGHT, weight=s.weight))
+    if promoting and s.promote_step == "update-stable" and observed.stable_image != s.image:
+        effects.append(Effect(EffectKind.UPDATE_STABLE, image=s.image))
+    if not (serving or draining) and observed.canary_present:
+        effects.append(Effect(EffectKind.REMOVE_CANARY, image=s.image))
+    return tuple(effects)
+
+
+def next_wakeup(s: Rollout) -> float | None:
+    """The next moment ``decide`` has something to do without new findings."""
+    times = [
+        s.next_eval_at if evaluation_due(s, float("inf")) else None,
+        s.resume_at,
+        _stage_deadline(s),
+        s.cleanup_at if s.phase is Phase.ROLLED_BACK else None,
+    ]
+    if s.phase is Phase.ROLLING_BACK and s.rollback_at is not None:
+        times.append(s.rollback_at + s.policy.limits.progress_deadline)
+    if s.phase is Phase.PROMOTING and s.promote_step == "update-stable" and s.weight_set_at:
+        times.append(s.weight_set_at + s.policy.limits.progress_deadline)
+    present = [t for t in times if t is not None]
+    return min(present) if present else None
+
+
+def stage_label(s: Rollout) -> str:
+    stages: tuple[Stage, ...] = s.policy.stages
+    return f"{min(s.stage + 1, len(stages))}/{len(stages)}"

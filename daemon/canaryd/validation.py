@@ -1,0 +1,156 @@
+"""Reading untrusted YAML into typed values while collecting every problem, not just the first.
+
+A loader walks the parsed document with a ``Reader``; each accessor records a ``Problem``
+(``file: key.path: message``) and returns a placeholder instead of raising, so one run of
+``canaryd check`` names all the mistakes in a file. ``Reader.done()`` raises ``ConfigError``
+if anything was recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from canaryd.core.durations import parse_duration
+from canaryd.core.errors import ConfigError, Problem
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+def join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+class Reader:
+    def __init__(self, file: str | Path) -> None:
+        self.file = str(file)
+        self.problems: list[Problem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(Problem(self.file, path or "(top)", message))
+
+    def done(self) -> None:
+        if self.problems:
+            raise ConfigError(self.problems)
+
+    def load(self) -> Any:
+        """Parse the file as YAML; a problem (and None) if it cannot be read or parsed."""
+        try:
+            text = Path(self.file).read_text(encoding="utf-8")
+        except OSError as exc:
+            self.problem("", f"cannot read: {exc.strerror or exc}")
+            return None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            self.problem("", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}")
+            return None
+
+    def mapping(
+        self, value: Any, path: str, allowed: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            self.problem(path, f"expected a mapping, got {_kind(value)}")
+            return {}
+        if allowed is not None:
+            known = set(allowed)
+            for key in value:
+                if key not in known:
+                    hint = _closest(str(key), known)
+                    self.problem(
+                        join(path, str(key)),
+                        "unknown key" + (f" (did you mean {hint!r}?)" if hint else ""),
+                    )
+        return {str(k): v for k, v in value.items()}
+
+    def seq(self, value: Any, path: str) -> list[Any]:
+        if not isinstance(value, list):
+            self.problem(path, f"expected a list, got {_kind(value)}")
+            return []
+        return value
+
+    def field(
+        self,
+        m: Mapping[str, Any],
+        key: str,
+        path: str,
+        convert: Callable[[Any], T],
+        default: T = _MISSING,
+    ) -> T:
+        """``m[key]`` converted; a missing required key or a failed conversion is a problem."""
+        where = join(path, key)
+        if key not in m or m[key] is None:
+            if default is _MISSING:
+                self.problem(where, "required key is missing")
+            return default if default is not _MISSING else _placeholder(convert)
+        try:
+            return convert(m[key])
+        except (TypeError, ValueError) as exc:
+            self.problem(where, str(exc))
+            return default if default is not _MISSING else _placeholder(convert)
+
+
+def _placeholder(convert: Callable[[Any], Any]) -> Any:
+    placeholders: dict[Callable[[Any], Any], Any] = {
+        to_int: 0, to_float: 0.0, to_str: "", to_bool: False, duration: 0.0,
+    }
+    return placeholders.get(convert)
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return found[0] if found else None
+
+
+# ---- converters: raise ValueError with a message fit for a person
+
+
+def to_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {_kind(value)} {value!r}")
+    return value
+
+
+def to_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {_kind(value)} {value!r}")
+    return float(value)
+
+
+def to_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {_kind(value)} {value!r}")
+    return value
+
+
+def to_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_kind(value)} {value!r}")
+    return value
+
+
+def duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+def one_of(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+
+    return convert
