@@ -19,6 +19,8 @@ def parse_duration(value: object) -> float:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a duration like 30s or 2m, got {value!r}")
     text = value.strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
         if match.start() != pos:
