@@ -61,13 +61,12 @@ def world(s: Rollout, **changes: object) -> Observed:
         canary_ready=True,
         canary_present=True,
         stable_image="v1",
-        canary_requests=1e6,
     )
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-def good(value: float = 0.999) -> Findings:
-    return Findings(measurements=(Measurement("sr", value),))
+def good(value: float = 0.999, requests: float = 1e6) -> Findings:
+    return Findings(measurements=(Measurement("sr", value),), requests=requests)
 
 
 def bad() -> Findings:

@@ -63,7 +63,7 @@ steps = st.lists(
         st.lists(alerts, max_size=2),
         st.lists(commands, max_size=1),
         st.sampled_from(["applies", "applies", "applies", "ignores", "cannot-tell"]),
-        st.integers(0, 2000),  # canary requests seen in the stage
+        st.integers(0, 400),  # canary requests since the previous evaluation
     ),
     max_size=60,
 )
@@ -84,9 +84,10 @@ def drive(policy: object, script: list, use_commands: bool = True) -> list[tuple
             canary_ready=world.canary_present,
             canary_present=world.canary_present,
             stable_image=world.stable_image,
-            canary_requests=float(requests),
         )
-        findings = Findings(tuple(ms), tuple(al), tuple(cmds) if use_commands else ())
+        findings = Findings(
+            tuple(ms), tuple(al), tuple(cmds) if use_commands else (), requests=float(requests)
+        )
         state, actions = stages.decide(state, observed, findings, now)
         trace.append((state, list(actions)))
         effects = stages.reconcile(state, observed)

@@ -170,14 +170,14 @@ def test_source_errors_retry_on_backoff_and_roll_back_at_the_limit() -> None:
 
 
 def test_too_few_requests_hold_a_stage_whose_time_is_up() -> None:
-    s = run_evaluations(started(), good(), 6, canary_requests=3.0)
+    s = run_evaluations(started(), good(requests=1.0), 6)
     assert s.stage == 0 and s.credited >= 60.0
-    s = run_evaluations(s, good(), 1, canary_requests=10.0)
+    s = run_evaluations(s, good(requests=4.0), 1)
     assert s.stage == 1
 
 
 def test_a_stage_stretched_past_its_deadline_rolls_back() -> None:
-    s = run_evaluations(started(), good(), 36, canary_requests=0.0)
+    s = run_evaluations(started(), good(requests=0.0), 36)
     assert s.phase is Phase.ROLLING_BACK and "progress deadline" in (s.rollback_reason or "")
     assert s.rollback_at == 360.0  # 60 s of stage + 300 s of deadline
 

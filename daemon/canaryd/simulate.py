@@ -174,13 +174,11 @@ class World:
     canary_present: bool = False
 
     def observe(self, state: Rollout, timeline: Timeline, now: float) -> Observed:
-        since = state.stage_started_at if state.stage_started_at is not None else now
         return Observed(
             weight=self.weight,
             canary_ready=self.canary_present,
             canary_present=self.canary_present,
             stable_image=self.stable_image,
-            canary_requests=timeline.requests_between(since, now),
         )
 
     def apply(self, effects: Iterable[Effect]) -> None:
@@ -215,13 +213,18 @@ def settle(
     for _ in range(_SETTLE_LIMIT):
         observed = world.observe(state, timeline, now)
         if stages.evaluation_due(state, now):
-            checks = state.current_stage.checks
-            pending = Findings(timeline.measurements(checks, now), pending.alerts, pending.commands)
+            since = state.last_eval_at if state.last_eval_at is not None else now
+            pending = Findings(
+                timeline.measurements(state.current_stage.checks, now),
+                pending.alerts,
+                pending.commands,
+                requests=timeline.requests_between(since, now),
+            )
         new, actions = stages.decide(state, observed, pending, now)
-        pending = Findings()
+        measured, pending = pending.measurements, Findings()
         changed = new != state
         if changed or actions:
-            persist(new, actions, now, ())
+            persist(new, actions, now, measured)
         state = new
         effects = stages.reconcile(state, world.observe(state, timeline, now))
         if not (effects or changed or stages.evaluation_due(state, now)):

@@ -167,6 +167,7 @@ class Rollout:
     weight_set_at: float | None = None  # when the current weight was requested
     stage_started_at: float | None = None  # when the router confirmed it (timer start)
     credited: float = 0.0  # seconds of passing analysis in this stage
+    stage_requests: float = 0.0  # canary requests seen by this stage's evaluations
     paused_total: float = 0.0  # seconds this stage spent paused (not counted to deadline)
     last_eval_at: float | None = None
     next_eval_at: float | None = None
@@ -236,7 +237,6 @@ class Observed:
     canary_ready: bool = False
     canary_present: bool = False
     stable_image: str | None = None
-    canary_requests: float | None = None  # canary requests since the stage started
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +282,7 @@ class Findings:
     measurements: tuple[Measurement, ...] = ()
     alerts: tuple[Alert, ...] = ()
     commands: tuple[Command, ...] = ()
+    requests: float | None = None  # canary requests since the previous evaluation (None: unknown)
 
 
 # --------------------------------------------------------------------------- outputs

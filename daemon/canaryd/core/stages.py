@@ -235,7 +235,7 @@ def evaluation_due(s: Rollout, now: float) -> bool:
     )
 
 
-def _evaluate(s: Rollout, f: Findings, obs: Observed, now: float, acts: list[Action]) -> Rollout:
+def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollout:
     policy, stage, limits = s.policy, s.current_stage, s.policy.limits
     by_name = {m.check: m for m in f.measurements}
     results = [analysis.assess(policy.checks[name], by_name.get(name)) for name in stage.checks]
@@ -244,7 +244,12 @@ def _evaluate(s: Rollout, f: Findings, obs: Observed, now: float, acts: list[Act
         a.check: {"verdict": str(a.verdict), "value": a.value, "detail": a.detail} for a in results
     }
     last = s.last_eval_at if s.last_eval_at is not None else s.stage_started_at or now
-    s = replace(s, last_eval_at=now, next_eval_at=now + policy.interval)
+    s = replace(
+        s,
+        last_eval_at=now,
+        next_eval_at=now + policy.interval,
+        stage_requests=s.stage_requests + (f.requests or 0.0),
+    )
 
     if overall is Verdict.FAILED:
         failures = dict(s.failures)
@@ -308,9 +313,9 @@ def _evaluate(s: Rollout, f: Findings, obs: Observed, now: float, acts: list[Act
     s = replace(s, credited=credited)
     if credited + _EPS < stage.duration:
         return s
-    seen = obs.canary_requests
-    if stage.min_requests and (seen is None or seen < stage.min_requests):
-        seen_text = "unknown" if seen is None else f"{seen:.0f}"
+    seen = s.stage_requests
+    if stage.min_requests and seen < stage.min_requests:
+        seen_text = f"{seen:.0f}"
         acts.append(
             Action(
                 ActionKind.HOLD,
@@ -350,6 +355,7 @@ def _fresh_stage(s: Rollout, index: int, weight: int, now: float) -> Rollout:
         last_eval_at=None,
         next_eval_at=None,
         failures={},
+        stage_requests=0.0,
         consecutive_inconclusive=0,
         consecutive_errors=0,
         stage_passed=False,
@@ -636,7 +642,7 @@ def decide(
     for alert in findings.alerts:
         s = _apply_alert(s, alert, now, acts)
     if evaluation_due(s, now):
-        s = _evaluate(s, findings, observed, now, acts)
+        s = _evaluate(s, findings, now, acts)
     if s.phase.active:
         s = _progress(s, observed, now, acts)
     return s, tuple(acts)
