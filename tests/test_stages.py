@@ -440,3 +440,36 @@ def test_a_rolling_back_rollout_never_asks_for_the_canary_to_be_created() -> Non
     s, _ = stages.decide(s, world(s), bad(), s.next_eval_at or 0)
     effects = stages.reconcile(s, Observed(weight=10))
     assert [e.kind for e in effects] == [EffectKind.SET_WEIGHT]
+
+
+def test_a_superseded_rollout_hands_its_canary_to_the_successor_without_removing_it() -> None:
+    s = started()
+    s, _ = stages.decide(s, world(s), cmd(CommandKind.ROLLBACK, reason="superseded"), 3.0)
+    same, acts = stages.hand_over(s, "r2")
+    assert same == s and acts == ()  # not rolled back yet
+    s, _ = stages.decide(s, world(s), Findings(), 4.0)
+    s, acts = stages.hand_over(s, "r2")
+    assert s.successor == "r2" and s.cleanup_at is None and "r2" in acts[0].reason
+    assert stages.reconcile(s, world(s)) == ()
+    assert stages.decide(s, world(s), Findings(), 100.0) == (s, ())
+
+
+def test_cleanup_rolls_back_and_removes_the_canary_without_waiting() -> None:
+    s = started()
+    s, acts = stages.decide(s, world(s), cmd(CommandKind.CLEANUP), 3.0)
+    assert s.phase is Phase.ROLLING_BACK and s.cleanup_now and "cleanup by alice" in acts[0].reason
+    s, _ = stages.decide(s, world(s), Findings(), 4.0)
+    assert s.phase is Phase.ROLLED_BACK and s.cleanup_at == 4.0
+    s, acts = stages.decide(s, world(s), Findings(), 4.0)
+    assert kinds(acts) == [ActionKind.REMOVE_CANARY]
+    assert [e.kind for e in stages.reconcile(s, world(s))] == [EffectKind.REMOVE_CANARY]
+
+
+def test_cleanup_of_a_rolled_back_rollout_skips_the_scale_down_delay() -> None:
+    s = started()
+    s, _ = stages.decide(s, world(s), bad(), s.next_eval_at or 0)
+    s, _ = stages.decide(s, world(s), Findings(), 11.0)
+    assert s.cleanup_at == 31.0
+    s, acts = stages.decide(s, world(s), cmd(CommandKind.CLEANUP), 12.0)
+    assert s.cleanup_at is None and kinds(acts) == [ActionKind.REMOVE_CANARY]
+    assert stages.check_command(s, Command(CommandKind.CLEANUP)) is not None

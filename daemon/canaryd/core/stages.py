@@ -89,6 +89,12 @@ def start(
 def check_command(state: Rollout, command: Command) -> str | None:
     """Why ``command`` cannot apply to ``state`` (an HTTP 409), or None if it can."""
     phase, kind = state.phase, command.kind
+    if kind is CommandKind.CLEANUP:
+        if phase is Phase.PROMOTING and state.promote_step != "update-stable":
+            return "promotion is completing; nothing to clean up"
+        if phase.terminal and state.cleanup_at is None:
+            return f"rollout {state.id} already ended ({phase}) and left nothing behind"
+        return None
     if phase.terminal:
         return f"rollout {state.id} already ended ({phase})"
     if kind is CommandKind.ROLLBACK:
@@ -119,6 +125,13 @@ def _apply_command(s: Rollout, c: Command, now: float, acts: list[Action]) -> Ro
     if refusal is not None:
         acts.append(Action(ActionKind.IGNORE, f"{c.kind}{who} refused: {refusal}", s.weight))
         return s
+    if c.kind is CommandKind.CLEANUP:
+        if s.phase is Phase.ROLLED_BACK:
+            acts.append(Action(ActionKind.REMOVE_CANARY, f"cleanup{who}: canary removed now", 0))
+            return replace(s, cleanup_at=None, cleanup_now=True)
+        if s.rollback_reason is None:
+            s = _rollback(s, f"cleanup{who}", now, acts, {"by": c.by})
+        return replace(s, cleanup_now=True)
     if c.kind is CommandKind.ROLLBACK:
         return _rollback(
             s,
@@ -557,7 +570,7 @@ def _progress(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Roll
                 phase=Phase.ROLLED_BACK,
                 rolled_back_at=now,
                 finished_at=now,
-                cleanup_at=now + s.policy.scale_down_delay,
+                cleanup_at=now + (0.0 if s.cleanup_now else s.policy.scale_down_delay),
                 message=None,
             )
             acts.append(
@@ -636,6 +649,8 @@ def decide(
     acts: list[Action] = []
     s = state
     if s.phase.terminal:
+        for command in findings.commands:
+            s = _apply_command(s, command, now, acts)
         return _cleanup(s, now, acts), tuple(acts)
     for command in findings.commands:
         s = _apply_command(s, command, now, acts)
@@ -648,9 +663,23 @@ def decide(
     return s, tuple(acts)
 
 
+def hand_over(state: Rollout, successor: str) -> tuple[Rollout, tuple[Action, ...]]:
+    """A superseded rollout, once rolled back, leaves its canary slot to ``successor``.
+
+    The successor's canary reuses the slot (same workload name), so the scale-down that
+    ``scale_down_delay`` would schedule must not run: it would remove the new canary.
+    """
+    if state.phase is not Phase.ROLLED_BACK or state.cleanup_at is None:
+        return state, ()
+    action = Action(ActionKind.OBSERVE, f"canary slot handed over to rollout {successor}", 0)
+    return replace(state, cleanup_at=None, successor=successor), (action,)
+
+
 def reconcile(state: Rollout, observed: Observed) -> tuple[Effect, ...]:
     """Effects still needed for the world to match ``state``. Idempotent, level-triggered."""
     s, effects = state, []
+    if s.successor is not None:
+        return ()  # the canary slot belongs to the successor now
     promoting = s.phase in (Phase.PROMOTING, Phase.FAILED) and s.rollback_reason is None
     serving = s.phase in (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED) or (
         promoting and s.promote_step in ("update-stable", "shift")
