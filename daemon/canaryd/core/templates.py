@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
-BUILTIN_VARIABLES = frozenset({"job", "target", "version", "deployment", "window"})
+BUILTIN_VARIABLES = frozenset(
+    {"job", "target", "version", "deployment", "window", "interval", "group"}
+)
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
