@@ -189,8 +189,8 @@ class Rollout:
     promote_step: str | None = None  # "update-stable" -> "shift" -> "remove"
     handled_alerts: frozenset[str] = frozenset()  # de-duplication keys already applied
     message: str | None = None  # why a Failed rollout is stuck
-    successor: str | None = None
-    cleanup_now: bool = False  # an operator's cleanup: remove the canary without the delay  # the rollout that superseded this one and took its canary slot
+    successor: str | None = None  # the rollout that superseded this one and took its canary
+    cleanup_now: bool = False  # an operator's cleanup: remove the canary without the delay
 
     @property
     def stable_weight(self) -> int:
