@@ -183,7 +183,7 @@ def _read_stages(r: Reader, raw: Any, checks: dict[str, Check]) -> tuple[Stage, 
             )
         previous = max(previous, weight)
         names = [
-            r.field({"c": c}, "c", join(path, f"checks[{j}]"), to_str, "")
+            _check_name(r, c, join(join(path, "checks"), j))
             for j, c in enumerate(r.seq(s.get("checks", []), join(path, "checks")))
         ]
         for j, check in enumerate(names):
@@ -243,6 +243,15 @@ def _read_alerts(r: Reader, raw: Any) -> tuple[AlertRule, ...]:
             )
         )
     return tuple(rules)
+
+
+def _check_name(r: Reader, value: Any, path: str) -> str:
+    """One entry of a stage's ``checks`` list; a problem at ``stages[i].checks[j]`` if bad."""
+    try:
+        return to_str(value)
+    except ValueError as exc:
+        r.problem(path, str(exc))
+        return ""
 
 
 def _non_negative(value: Any) -> int:

@@ -1,0 +1,263 @@
+"""``canaryd``: the daemon's command line (SPEC §5.1).
+
+Every subcommand is one ``_register_*`` function listed in ``SUBCOMMANDS``: it adds its parser
+and sets ``run``, a function of the parsed arguments returning the exit code. ``main`` only
+parses and dispatches, so ``serve`` and ``demo`` slot in as one more register function each.
+
+Exit codes: 0 success, 2 a bad config (each problem as ``file: key.path: message`` on stderr)
+or bad arguments (argparse's own convention).
+
+``check`` also says what a policy means in time, from the engine's rules (``core.stages``):
+a stage passes on credited passing evaluations, so its total is the sum of stage durations; a
+breached check is seen at the next evaluation, at most one interval away, and rolls back once it
+has failed more than ``failure_limit`` times in the stage; source errors are retried every
+``error_backoff`` until ``consecutive_error_limit``; no data holds the stage for
+``inconclusive_limit`` evaluations, then ``on_inconclusive``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from canaryd import __version__
+from canaryd.core.durations import format_duration
+from canaryd.core.errors import ConfigError
+from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
+from canaryd.settings import (
+    DockerPlatform,
+    KubernetesPlatform,
+    NginxRouter,
+    NoopRouter,
+    Platform,
+    Router,
+    Settings,
+    SqliteState,
+    Target,
+    TraefikFileRouter,
+    load_config,
+)
+
+DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
+EXIT_OK, EXIT_CONFIG = 0, 2
+
+Run = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:  # argparse's class is only generic in typeshed, not at run time
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """``-c/--config``, shared by every subcommand that reads the config."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=os.environ.get("CANARYD_CONFIG", DEFAULT_CONFIG),
+        metavar="FILE",
+        help="config file (default: $CANARYD_CONFIG or %(default)s)",
+    )
+
+
+def report_config_error(error: ConfigError) -> int:
+    for problem in error.problems:
+        print(problem, file=sys.stderr)
+    return EXIT_CONFIG
+
+
+# --------------------------------------------------------------------------- check
+
+
+def _register_check(commands: Subparsers) -> None:
+    parser = commands.add_parser(
+        "check",
+        help="validate the config and every policy it names",
+        description="Validate the config and every policy it names. Prints per policy the "
+        "total duration and the worst-case time from a breach to rollback; exits 2 with "
+        "'file: key.path: message' lines if anything is wrong.",
+    )
+    add_config_option(parser)
+    parser.set_defaults(run=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        return report_config_error(exc)
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for line in describe_settings(settings):
+        print(line)
+    return EXIT_OK
+
+
+def describe_settings(settings: Settings) -> list[str]:
+    state = settings.state
+    where = (
+        f"sqlite {state.path}"
+        if isinstance(state, SqliteState)
+        else f"kubernetes (namespace {state.namespace}, lease {state.lease})"
+    )
+    prom = settings.prometheus
+    count = len(settings.targets)
+    lines = [
+        f"{settings.file}: ok — listen {settings.listen}, state {where}, prometheus {prom.url} "
+        f"(timeout {format_duration(prom.timeout)}), {count} target{'s' if count != 1 else ''}"
+    ]
+    lines += [f"  {describe_target(t)}" for t in settings.targets]
+    seen: set[Path] = set()
+    for target in settings.targets:
+        key = target.policy_file.resolve()
+        if key not in seen:
+            seen.add(key)
+            shown = _show(target.policy_file)
+            lines += describe_policy(target.policy, shown, prom.timeout)
+    return lines
+
+
+def describe_target(target: Target) -> str:
+    return (
+        f"target {target.name}: policy {target.policy.name}, "
+        f"platform {_platform(target.platform)}, router {_router(target.router)}, "
+        f"job {target.job}"
+    )
+
+
+def describe_policy(policy: Policy, file: str, query_timeout: float = 0.0) -> list[str]:
+    """What ``policy`` means in time: one summary line, then indented details."""
+    interval, limits = policy.interval, policy.limits
+    weights = "→".join(str(stage.weight) for stage in policy.stages)
+    gates = sum(1 for stage in policy.stages if stage.gate is Gate.MANUAL)
+    total = format_duration(policy.total_duration)
+    if gates:
+        total += f" plus {gates} manual approval{'s' if gates != 1 else ''}"
+    failing = limits.failure_limit + 1
+    by_alert = [rule for rule in policy.alert_rules if rule.action is AlertAction.ROLLBACK]
+    alert_text = (
+        f"at once by alert (rules: {', '.join(_rule_name(r) for r in by_alert)})"
+        if by_alert
+        else "no alert rule rolls back"
+    )
+    lines = [
+        f"{policy.name} ({file}): {len(policy.stages)} stages {weights}, total {total}, "
+        f"breach→rollback ≤ {format_duration(failing * interval)} by PromQL "
+        f"({failing} × {format_duration(interval)} interval; plus the time a breach takes to "
+        f"show in a {policy.window} window), {alert_text}"
+    ]
+
+    errors = limits.consecutive_error_limit
+    outage = interval + (errors - 1) * policy.error_backoff
+    hang = outage + errors * query_timeout
+    retries = (
+        f", then {errors - 1} {'retry' if errors == 2 else 'retries'} "
+        f"{format_duration(policy.error_backoff)} apart"
+        if errors > 1
+        else ""
+    )
+    lines.append(
+        f"  Prometheus down → rollback ≤ {format_duration(outage)} (first error within one "
+        f"interval{retries}"
+        + (
+            f"; ≤ {format_duration(hang)} if every query hangs for its "
+            f"{format_duration(query_timeout)} timeout)"
+            if query_timeout
+            else ")"
+        )
+    )
+    lines.append(
+        f"  no data → {limits.on_inconclusive} ≤ "
+        f"{format_duration(limits.inconclusive_limit * interval)} "
+        f"({limits.inconclusive_limit} × {format_duration(interval)} interval without data; "
+        f"the stage timer holds meanwhile)"
+    )
+    lines.append(
+        f"  a stage may overrun its duration by ≤ {format_duration(limits.progress_deadline)} "
+        f"(progress_deadline), then rollback; fastest rollout "
+        f"{format_duration(fastest_rollout(policy))} (each stage ends on a passing evaluation)"
+    )
+    if policy.alert_rules:
+        lines.append("  alerts: " + "; ".join(_describe_rule(r) for r in policy.alert_rules))
+    return lines
+
+
+def fastest_rollout(policy: Policy) -> float:
+    """The earliest promotion: every stage needs whole intervals of credit, and at least one."""
+    interval = policy.interval
+    return sum(max(1, math.ceil(s.duration / interval - 1e-9)) * interval for s in policy.stages)
+
+
+def _rule_name(rule: AlertRule) -> str:
+    return rule.name or _matcher_text(rule)
+
+
+def _matcher_text(rule: AlertRule) -> str:
+    return ",".join(f'{m.label}{m.op}"{m.value}"' for m in rule.matchers)
+
+
+def _describe_rule(rule: AlertRule) -> str:
+    text = f"{rule.name} {{{_matcher_text(rule)}}} → {rule.action}"
+    if rule.action is AlertAction.PAUSE:
+        text += f", resume {format_duration(rule.cooldown)} after it resolves"
+    elif rule.action is AlertAction.FREEZE:
+        text += " (new rollouts refused while it fires)"
+    if rule.include_preexisting:
+        text += ", even if it fired before the rollout began"
+    return text
+
+
+def _platform(platform: Platform) -> str:
+    if isinstance(platform, DockerPlatform):
+        if platform.service:
+            return f"docker (service {platform.service})"
+        selector = ",".join(f"{k}={v}" for k, v in platform.labels.items())
+        return f"docker (labels {selector})"
+    if isinstance(platform, KubernetesPlatform):
+        return f"kubernetes (deployment {platform.namespace}/{platform.deployment})"
+    return "none"
+
+
+def _router(router: Router) -> str:
+    if isinstance(router, TraefikFileRouter | NginxRouter):
+        return f"{router.kind} ({router.path})"
+    if isinstance(router, NoopRouter):
+        return "noop (observe only)"
+    return f"{router.kind} ({router.namespace}/{router.name})"
+
+
+def _show(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+# serve, demo: add their ``_register_*`` here.
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (_register_check,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="canaryd",
+        description="Progressive delivery judged by Prometheus, rolled back by Alertmanager.",
+    )
+    parser.add_argument("--version", action="version", version=f"canaryd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in SUBCOMMANDS:
+        register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Run = args.run
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

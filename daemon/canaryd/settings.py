@@ -1,0 +1,842 @@
+"""The daemon's config file (``config/canaryd.yaml``, SPEC §5.5) into typed, frozen settings.
+
+``load_config`` reads the whole file with a ``Reader``, so one run names every mistake: unknown
+keys (with a did-you-mean), wrong types, unknown platform or router kinds, bad durations,
+duplicate targets, and every problem inside every policy the targets name (reported against the
+policy file itself). A wrong key is always an error, never a silent default.
+
+Platforms and routers are tagged by ``kind``; each kind is its own small dataclass with exactly
+the keys that kind understands, so an adapter receives a typed value and ``mypy`` narrows the
+union on ``kind``. To teach canaryd a new kind, add its dataclass and one reader function to the
+tables below.
+
+Secret files (API tokens, the webhook credential) are only *named* here. They need not exist
+when the config is checked — they are often provisioned later — so a missing one is a warning;
+a tokens file that does exist is validated, and its secrets are never echoed.
+
+Relative paths in the config are relative to the config file's directory.
+
+The module is longer than our usual ~400 lines because the value types, their loader and the
+per-kind tables only make sense read together; when the adapters grow more kind-specific keys,
+the platform and router kinds are the part to split off.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from canaryd import policies
+from canaryd.core.errors import Problem
+from canaryd.core.model import Matcher, Policy
+from canaryd.core.rules import matches, parse_matcher
+from canaryd.validation import Reader, duration, join, to_int, to_str
+
+T = TypeVar("T")
+
+DEFAULT_LISTEN = "127.0.0.1:9870"
+DEFAULT_STATE_PATH = "/var/lib/canaryd/state.db"
+ROLES = ("viewer", "operator", "admin")
+
+_TOP = {"listen", "state", "prometheus", "auth", "targets"}
+_TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteState:
+    path: Path
+    backend: Literal["sqlite"] = field(default="sqlite", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesState:
+    namespace: str = "default"
+    lease: str = "canaryd"  # the coordination.k8s.io Lease used for leader election
+    backend: Literal["kubernetes"] = field(default="kubernetes", init=False)
+
+
+State = SqliteState | KubernetesState
+
+
+@dataclass(frozen=True, slots=True)
+class Prometheus:
+    url: str
+    timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    username: str
+    password_file: Path
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAuth:
+    """How Alertmanager authenticates (its ``http_config``): one of a bearer token or basic."""
+
+    bearer_token_file: Path | None = None
+    basic: BasicAuth | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    tokens_file: Path | None = None
+    webhook: WebhookAuth | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """One API credential of the tokens file: the token itself or its SHA-256 (hex)."""
+
+    name: str
+    role: str
+    token: str | None = field(default=None, repr=False)
+    sha256: str | None = field(default=None, repr=False)
+
+
+# ---- platforms: where the canary runs
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesPlatform:
+    deployment: str
+    namespace: str = "default"
+    container: str | None = None  # which container's image changes (default: the first)
+    kind: Literal["kubernetes"] = field(default="kubernetes", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DockerPlatform:
+    """A Compose service (``service``) or the containers carrying all of ``labels``."""
+
+    service: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    project: str | None = None  # com.docker.compose.project, when several share a host
+    host: str | None = None  # Docker endpoint, e.g. unix:///var/run/docker.sock
+    probe_path: str | None = None  # HTTP readiness probe when the image has no HEALTHCHECK
+    probe_port: int | None = None
+    kind: Literal["docker"] = field(default="docker", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NoPlatform:
+    """Something else deploys the canary; canaryd only routes and judges."""
+
+    kind: Literal["none"] = field(default="none", init=False)
+
+
+Platform = KubernetesPlatform | DockerPlatform | NoPlatform
+
+
+# ---- routers: how traffic is split
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayApiRouter:
+    name: str  # the HTTPRoute
+    stable_service: str
+    canary_service: str
+    namespace: str = "default"
+    port: int | None = None
+    kind: Literal["gateway-api"] = field(default="gateway-api", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TraefikServiceRouter:
+    name: str  # the TraefikService
+    namespace: str = "default"
+    stable_service: str | None = None
+    canary_service: str | None = None
+    port: int | None = None
+    kind: Literal["traefik-service"] = field(default="traefik-service", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ArgoRolloutsRouter:
+    name: str  # the Rollout
+    namespace: str = "default"
+    kind: Literal["argo-rollouts"] = field(default="argo-rollouts", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NginxIngressRouter:
+    name: str  # the stable Ingress; the canary one is "<name>-canary"
+    namespace: str = "default"
+    canary_service: str | None = None
+    port: int | None = None
+    kind: Literal["nginx-ingress"] = field(default="nginx-ingress", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TraefikFileRouter:
+    path: Path  # the dynamic-configuration file, inside Traefik's watched directory
+    service: str | None = None  # name of the weighted service (default: the target's name)
+    stable_service: str | None = None
+    canary_service: str | None = None
+    kind: Literal["traefik-file"] = field(default="traefik-file", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NginxRouter:
+    path: Path  # the include file with the upstream and the header map
+    reload_command: tuple[str, ...] = ("nginx", "-s", "reload")
+    test_command: tuple[str, ...] = ("nginx", "-t")
+    upstream: str | None = None  # upstream name (default: the target's name)
+    kind: Literal["nginx"] = field(default="nginx", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NoopRouter:
+    """Observe only: weights are recorded, never applied (and cannot be verified)."""
+
+    kind: Literal["noop"] = field(default="noop", init=False)
+
+
+Router = (
+    GatewayApiRouter
+    | TraefikServiceRouter
+    | ArgoRolloutsRouter
+    | NginxIngressRouter
+    | TraefikFileRouter
+    | NginxRouter
+    | NoopRouter
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    policy_ref: str  # as written in the config
+    policy_file: Path
+    policy: Policy
+    platform: Platform
+    router: Router
+    labels: Mapping[str, str] = field(default_factory=dict)  # always has "job"
+    alert_matchers: tuple[Matcher, ...] = ()
+
+    @property
+    def job(self) -> str:
+        """The ``{{job}}`` of the policy's queries: ``labels.job``, by default the target's name."""
+        return self.labels.get("job", self.name)
+
+    def concerns(self, alert_labels: Mapping[str, str]) -> bool:
+        """Whether an Alertmanager alert is about this target.
+
+        With ``alert_matchers``, every matcher must hold. Without, the alert must carry
+        ``target="<name>"`` or ``job="<job>"``.
+        """
+        if self.alert_matchers:
+            return all(matches(m, alert_labels) for m in self.alert_matchers)
+        return alert_labels.get("target") == self.name or alert_labels.get("job") == self.job
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    file: Path
+    listen: Listen
+    state: State
+    prometheus: Prometheus
+    auth: Auth
+    targets: tuple[Target, ...]
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        """The loaded policy of every target, by target name."""
+        return {t.name: t.policy for t in self.targets}
+
+    def target(self, name: str) -> Target:
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path) -> Settings:
+    """Read and validate a config and every policy it names; ``ConfigError`` lists all problems."""
+    r = Reader(path)
+    doc = r.load()
+    if r.problems:
+        r.done()
+    settings = _Loader(r, Path(path)).read(doc)
+    r.done()
+    return settings
+
+
+def load_tokens(path: str | Path) -> tuple[Token, ...]:
+    """The API tokens file (SPEC §5.3); ``ConfigError`` if it is unreadable or malformed."""
+    r = Reader(path)
+    doc = r.load()
+    tokens = read_tokens(r, doc) if not r.problems else ()
+    r.done()
+    return tokens
+
+
+def read_tokens(r: Reader, doc: Any) -> tuple[Token, ...]:
+    tokens: list[Token] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(r.seq(doc, "")):
+        path = join("", i)
+        if not isinstance(raw, Mapping):
+            r.mapping(raw, path)
+            continue
+        t = r.mapping(raw, path, {"name", "role", "token", "sha256"})
+        name = _required(r, t, "name", path, to_str, "")
+        if name and name in seen:
+            r.problem(join(path, "name"), f"duplicate token name {name!r}")
+        seen.add(name)
+        role = _required(r, t, "role", path, _choice("role", ROLES), "")
+        secret = r.field(t, "token", path, _secret, None)
+        digest = r.field(t, "sha256", path, _sha256, None)
+        if ("token" in t) == ("sha256" in t):
+            r.problem(path, "needs exactly one of token or sha256")
+        tokens.append(Token(name, role, secret, digest))
+    return tuple(tokens)
+
+
+def _required(
+    r: Reader, m: Mapping[str, Any], key: str, where: str, convert: Callable[[Any], T], missing: T
+) -> T:
+    """A required key: a problem if absent; ``missing`` stands in for a bad or absent value."""
+    if m.get(key) is None:
+        r.problem(join(where, key), "required key is missing")
+        return missing
+    return r.field(m, key, where, convert, missing)
+
+
+class _Loader:
+    def __init__(self, r: Reader, file: Path) -> None:
+        self.r = r
+        self.file = file
+        self.base = file.parent.absolute()
+        self.warnings: list[Problem] = []
+        self._policies: dict[Path, Policy | None] = {}
+
+    def read(self, doc: Any) -> Settings:
+        r = self.r
+        top = r.mapping(doc, "", _TOP)
+        return Settings(
+            file=self.file,
+            listen=r.field(top, "listen", "", _listen, _listen(DEFAULT_LISTEN)),
+            state=self._state(top.get("state")),
+            prometheus=self._prometheus(top.get("prometheus")),
+            auth=self._auth(top.get("auth")),
+            targets=self._targets(top.get("targets")),
+            warnings=tuple(self.warnings),
+        )
+
+    # ---- helpers
+
+    def need(
+        self, m: Mapping[str, Any], key: str, where: str, convert: Callable[[Any], T], missing: T
+    ) -> T:
+        return _required(self.r, m, key, where, convert, missing)
+
+    def path(self, value: Any) -> Path:
+        p = Path(to_str(value)).expanduser()
+        return p if p.is_absolute() else self.base / p
+
+    def secret_file(
+        self, m: Mapping[str, Any], key: str, where: str, required: bool = False
+    ) -> Path | None:
+        """A file holding a secret: named here, read by ``serve``; missing is only a warning."""
+        if required:
+            file: Path | None = self.need(m, key, where, self.path, None)
+        else:
+            file = self.r.field(m, key, where, self.path, None)
+        if file is not None and not file.exists():
+            self.warnings.append(
+                Problem(str(self.file), join(where, key), f"{_show(file)} does not exist (yet)")
+            )
+        return file
+
+    def section(self, raw: Any, where: str, allowed: set[str] | None = None) -> dict[str, Any]:
+        """A mapping; None (absent) reads as empty, anything else is a problem."""
+        if raw is None:
+            return {}
+        return self.r.mapping(raw, where, allowed)
+
+    def kind(
+        self,
+        raw: Any,
+        where: str,
+        key: str,
+        kinds: Mapping[str, Any],
+        what: str,
+        default: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """The section and its ``key`` if that is one of ``kinds``; ("", {}) after a problem."""
+        valid = ", ".join(kinds)
+        if raw is None and default is None:
+            self.r.problem(where, f"required key is missing (a mapping with {key}: {valid})")
+            return "", {}
+        if raw is not None and not isinstance(raw, Mapping):
+            self.r.mapping(raw, where)
+            return "", {}
+        m = self.section(raw, where)
+        value = m.get(key, default)
+        if value is None:
+            self.r.problem(join(where, key), f"required key is missing (one of: {valid})")
+            return "", m
+        if not isinstance(value, str) or value not in kinds:
+            hints = difflib.get_close_matches(str(value), list(kinds), n=1, cutoff=0.6)
+            hint = f" (did you mean {hints[0]!r}?)" if hints else ""
+            self.r.problem(join(where, key), f"unknown {what} {value!r}{hint}; valid: {valid}")
+            return "", m
+        return str(value), m
+
+    def keys(self, m: Mapping[str, Any], where: str, allowed: set[str], what: str) -> None:
+        for key in m:
+            if key not in allowed:
+                hints = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.75)
+                hint = f"did you mean {hints[0]!r}? " if hints else ""
+                self.r.problem(
+                    join(where, str(key)),
+                    f"unknown key for {what} ({hint}keys: {', '.join(sorted(allowed))})",
+                )
+
+    # ---- sections
+
+    def _state(self, raw: Any) -> State:
+        r, where = self.r, "state"
+        backend, m = self.kind(raw, where, "backend", _STATE_KEYS, "state backend", "sqlite")
+        if not backend:
+            return SqliteState(Path(DEFAULT_STATE_PATH))
+        self.keys(m, where, _STATE_KEYS[backend], f"state backend {backend}")
+        if backend == "kubernetes":
+            return KubernetesState(
+                namespace=r.field(m, "namespace", where, _name, "default"),
+                lease=r.field(m, "lease", where, _name, "canaryd"),
+            )
+        return SqliteState(r.field(m, "path", where, self.path, Path(DEFAULT_STATE_PATH)))
+
+    def _prometheus(self, raw: Any) -> Prometheus:
+        r, where = self.r, "prometheus"
+        if raw is None:
+            r.problem(where, "required key is missing (every policy queries Prometheus)")
+            return Prometheus("")
+        if not isinstance(raw, Mapping):
+            r.mapping(raw, where)
+            return Prometheus("")
+        m = r.mapping(raw, where, {"url", "timeout"})
+        return Prometheus(
+            url=self.need(m, "url", where, _url, ""),
+            timeout=r.field(m, "timeout", where, _positive_duration, 5.0),
+        )
+
+    def _auth(self, raw: Any) -> Auth:
+        r, where = self.r, "auth"
+        m = self.section(raw, where, {"tokens_file", "webhook"})
+        tokens_file = self.secret_file(m, "tokens_file", where)
+        if tokens_file is not None and tokens_file.exists():
+            tokens = Reader(_show(tokens_file))
+            doc = tokens.load()
+            if not tokens.problems:
+                read_tokens(tokens, doc)
+            r.problems.extend(tokens.problems)
+        webhook = None
+        raw_webhook = m.get("webhook")
+        path = join(where, "webhook")
+        if isinstance(raw_webhook, Mapping):
+            w = r.mapping(raw_webhook, path, {"bearer_token_file", "basic"})
+            bearer = self.secret_file(w, "bearer_token_file", path)
+            basic = None
+            if isinstance(w.get("basic"), Mapping):
+                bpath = join(path, "basic")
+                b = r.mapping(w["basic"], bpath, {"username", "password_file"})
+                username = self.need(b, "username", bpath, to_str, "")
+                password = self.secret_file(b, "password_file", bpath, required=True)
+                basic = BasicAuth(username, password or Path())
+            elif w.get("basic") is not None:
+                r.mapping(w["basic"], join(path, "basic"))
+            has_bearer, has_basic = (w.get(k) is not None for k in ("bearer_token_file", "basic"))
+            if not has_bearer and not has_basic:
+                r.problem(path, "needs one of bearer_token_file or basic")
+            elif has_bearer and has_basic:
+                r.problem(path, "needs one of bearer_token_file or basic, not both")
+            webhook = WebhookAuth(bearer, basic)
+        elif raw_webhook is not None:
+            r.mapping(raw_webhook, path)
+        return Auth(tokens_file, webhook)
+
+    def _targets(self, raw: Any) -> tuple[Target, ...]:
+        r = self.r
+        if raw is None:
+            r.problem("targets", "required key is missing")
+            return ()
+        items = r.seq(raw, "targets")
+        if isinstance(raw, list) and not items:
+            r.problem("targets", "no targets: canaryd would have nothing to do")
+        targets: list[Target] = []
+        first_seen: dict[str, str] = {}
+        routed: dict[tuple[object, ...], str] = {}
+        for i, spec in enumerate(items):
+            where = join("targets", i)
+            target = self._target(spec, where)
+            if target is None:
+                continue
+            if target.name and target.name in first_seen:
+                r.problem(
+                    join(where, "name"),
+                    f"duplicate target name {target.name!r} (also {first_seen[target.name]})",
+                )
+            first_seen.setdefault(target.name, where)
+            identity = _router_identity(target.router)
+            if identity is not None:
+                if identity in routed:
+                    r.problem(
+                        join(where, "router"),
+                        f"{routed[identity]} already routes through the same "
+                        f"{target.router.kind} object; two targets would overwrite each other",
+                    )
+                routed.setdefault(identity, where)
+            targets.append(target)
+        return tuple(targets)
+
+    def _target(self, spec: Any, where: str) -> Target | None:
+        r = self.r
+        if not isinstance(spec, Mapping):
+            r.mapping(spec, where)
+            return None
+        t = r.mapping(spec, where, _TARGET)
+        name = self.need(t, "name", where, _name, "")
+        ref = self.need(t, "policy", where, to_str, "")
+        policy_file, policy = self._policy(ref, join(where, "policy"))
+        labels = _labels(r, t.get("labels"), join(where, "labels"))
+        if name:  # the job label identifies the target's series; default: the target's name
+            labels.setdefault("job", name)
+        matchers: list[Matcher] = []
+        mpath = join(where, "alert_matchers")
+        raw_matchers = t.get("alert_matchers")
+        for j, text in enumerate(r.seq(raw_matchers, mpath) if raw_matchers is not None else []):
+            try:
+                matchers.append(parse_matcher(to_str(text)))
+            except ValueError as exc:
+                r.problem(join(mpath, j), str(exc))
+        return Target(
+            name=name,
+            policy_ref=ref,
+            policy_file=policy_file,
+            policy=policy or Policy(name=ref, stages=(), checks={}),
+            platform=self._platform(t.get("platform"), join(where, "platform")),
+            router=self._router(t.get("router"), join(where, "router")),
+            labels=labels,
+            alert_matchers=tuple(matchers),
+        )
+
+    def _policy(self, ref: str, where: str) -> tuple[Path, Policy | None]:
+        if not ref:
+            return Path(), None
+        rules_dir = _rules_dir(self.base)
+        file = policies.resolve(ref, base=self.base, rules_dir=rules_dir)
+        if not file.is_file():
+            if file.parent == rules_dir and "/" not in ref:
+                known = ", ".join(sorted(p.stem for p in rules_dir.glob("*.y*ml"))) or "none"
+                self.r.problem(
+                    where, f"no policy named {ref!r} in {_show(rules_dir)} (available: {known})"
+                )
+            else:
+                self.r.problem(where, f"no policy file {_show(file)}")
+            return file, None
+        key = file.resolve()
+        if key not in self._policies:
+            reader = Reader(_show(file))
+            doc = reader.load()
+            loaded = None
+            if not reader.problems:
+                loaded = policies.read_policy(reader, doc, default_name=file.stem)
+            self.r.problems.extend(reader.problems)
+            self._policies[key] = None if reader.problems else loaded
+        return file, self._policies[key]
+
+    def _platform(self, raw: Any, where: str) -> Platform:
+        kind, m = self.kind(raw, where, "kind", _PLATFORMS, "platform kind")
+        if not kind:
+            return NoPlatform()
+        keys, read = _PLATFORMS[kind]
+        self.keys(m, where, keys | {"kind"}, f"platform kind {kind}")
+        return read(self, m, where)
+
+    def _router(self, raw: Any, where: str) -> Router:
+        kind, m = self.kind(raw, where, "kind", _ROUTERS, "router kind")
+        if not kind:
+            return NoopRouter()
+        keys, read = _ROUTERS[kind]
+        self.keys(m, where, keys | {"kind"}, f"router kind {kind}")
+        return read(self, m, where)
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+def _kubernetes(ld: _Loader, m: Mapping[str, Any], where: str) -> Platform:
+    f = ld.r.field
+    return KubernetesPlatform(
+        deployment=ld.need(m, "deployment", where, _name, ""),
+        namespace=f(m, "namespace", where, _name, "default"),
+        container=f(m, "container", where, _name, None),
+    )
+
+
+def _docker(ld: _Loader, m: Mapping[str, Any], where: str) -> Platform:
+    r = ld.r
+    service = r.field(m, "service", where, to_str, None)
+    labels = _labels(r, m.get("labels", {}), join(where, "labels"), names=False)
+    if (service is None) == (not labels):
+        r.problem(where, "needs exactly one of service (a Compose service) or labels")
+    probe_path = r.field(m, "probe_path", where, to_str, None)
+    if probe_path is not None and not probe_path.startswith("/"):
+        r.problem(join(where, "probe_path"), f"must start with '/', got {probe_path!r}")
+    return DockerPlatform(
+        service=service,
+        labels=labels,
+        project=r.field(m, "project", where, to_str, None),
+        host=r.field(m, "host", where, to_str, None),
+        probe_path=probe_path,
+        probe_port=r.field(m, "probe_port", where, _port, None),
+    )
+
+
+def _no_platform(ld: _Loader, m: Mapping[str, Any], where: str) -> Platform:
+    return NoPlatform()
+
+
+def _gateway_api(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return GatewayApiRouter(
+        name=ld.need(m, "name", where, _name, ""),
+        stable_service=ld.need(m, "stable_service", where, _name, ""),
+        canary_service=ld.need(m, "canary_service", where, _name, ""),
+        namespace=f(m, "namespace", where, _name, "default"),
+        port=f(m, "port", where, _port, None),
+    )
+
+
+def _traefik_service(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return TraefikServiceRouter(
+        name=ld.need(m, "name", where, _name, ""),
+        namespace=f(m, "namespace", where, _name, "default"),
+        stable_service=f(m, "stable_service", where, _name, None),
+        canary_service=f(m, "canary_service", where, _name, None),
+        port=f(m, "port", where, _port, None),
+    )
+
+
+def _argo_rollouts(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return ArgoRolloutsRouter(
+        name=ld.need(m, "name", where, _name, ""),
+        namespace=f(m, "namespace", where, _name, "default"),
+    )
+
+
+def _nginx_ingress(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return NginxIngressRouter(
+        name=ld.need(m, "name", where, _name, ""),
+        namespace=f(m, "namespace", where, _name, "default"),
+        canary_service=f(m, "canary_service", where, _name, None),
+        port=f(m, "port", where, _port, None),
+    )
+
+
+def _traefik_file(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return TraefikFileRouter(
+        path=ld.need(m, "path", where, ld.path, Path()),
+        service=f(m, "service", where, to_str, None),
+        stable_service=f(m, "stable_service", where, to_str, None),
+        canary_service=f(m, "canary_service", where, to_str, None),
+    )
+
+
+def _nginx(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    base = NginxRouter(path=Path())
+    return NginxRouter(
+        path=ld.need(m, "path", where, ld.path, Path()),
+        reload_command=f(m, "reload_command", where, _command, base.reload_command),
+        test_command=f(m, "test_command", where, _command, base.test_command),
+        upstream=f(m, "upstream", where, _label_name, None),
+    )
+
+
+def _noop(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
+    return NoopRouter()
+
+
+_STATE_KEYS: dict[str, set[str]] = {
+    "sqlite": {"backend", "path"},
+    "kubernetes": {"backend", "namespace", "lease"},
+}
+_PLATFORMS: dict[str, tuple[set[str], Callable[[_Loader, Mapping[str, Any], str], Platform]]] = {
+    "kubernetes": ({"deployment", "namespace", "container"}, _kubernetes),
+    "docker": (
+        {"service", "labels", "project", "host", "probe_path", "probe_port"},
+        _docker,
+    ),
+    "none": (set(), _no_platform),
+}
+_ROUTERS: dict[str, tuple[set[str], Callable[[_Loader, Mapping[str, Any], str], Router]]] = {
+    "gateway-api": (
+        {"name", "namespace", "stable_service", "canary_service", "port"},
+        _gateway_api,
+    ),
+    "traefik-service": (
+        {"name", "namespace", "stable_service", "canary_service", "port"},
+        _traefik_service,
+    ),
+    "argo-rollouts": ({"name", "namespace"}, _argo_rollouts),
+    "nginx-ingress": ({"name", "namespace", "canary_service", "port"}, _nginx_ingress),
+    "traefik-file": ({"path", "service", "stable_service", "canary_service"}, _traefik_file),
+    "nginx": ({"path", "reload_command", "test_command", "upstream"}, _nginx),
+    "noop": (set(), _noop),
+}
+PLATFORM_KINDS = tuple(_PLATFORMS)
+ROUTER_KINDS = tuple(_ROUTERS)
+
+
+def _router_identity(router: Router) -> tuple[object, ...] | None:
+    """What a router takes over: two targets must never share it."""
+    if isinstance(router, TraefikFileRouter | NginxRouter):
+        return (router.kind, router.path.resolve()) if router.path != Path() else None
+    if isinstance(router, NoopRouter) or not router.name:
+        return None
+    return (router.kind, router.namespace, router.name)
+
+
+def _rules_dir(config_dir: Path) -> Path:
+    """Where bare policy names live: ``rules/`` beside the config or one level up, else ours."""
+    for candidate in (config_dir / "rules", config_dir.parent / "rules"):
+        if candidate.is_dir():
+            return candidate
+    return policies.RULES_DIR
+
+
+def _show(path: Path) -> str:
+    """A path as a person wants to read it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _labels(r: Reader, raw: Any, where: str, names: bool = True) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for key, value in (r.mapping(raw, where) if raw is not None else {}).items():
+        if names and not _LABEL.fullmatch(key):
+            r.problem(join(where, key), "not a valid Prometheus label name")
+            continue
+        if not isinstance(value, str):
+            r.problem(
+                join(where, key),
+                f"expected a string, got {type(value).__name__} {value!r} (quote it)",
+            )
+            continue
+        labels[key] = value
+    return labels
+
+
+# --------------------------------------------------------------------------- converters
+
+
+def _choice(what: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}")
+        return str(value)
+
+    return convert
+
+
+def _name(value: Any) -> str:
+    text = to_str(value)
+    if not _NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a valid name (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _label_name(value: Any) -> str:
+    text = to_str(value)
+    if not _LABEL.fullmatch(text):
+        raise ValueError(f"{text!r} is not a valid identifier")
+    return text
+
+
+def _port(value: Any) -> int:
+    port = to_int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be within 1..65535, got {port}")
+    return port
+
+
+def _listen(value: Any) -> Listen:
+    if not isinstance(value, str):
+        raise ValueError(f"expected host:port such as {DEFAULT_LISTEN}, got {value!r}")
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"expected host:port such as {DEFAULT_LISTEN}, got {value!r}")
+    return Listen(host, _port(int(port)))
+
+
+def _url(value: Any) -> str:
+    text = to_str(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:9090, got {text!r}")
+    return text.rstrip("/")
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be greater than zero, got {value!r}")
+    return seconds
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    """A command as an argv list, or one string split on whitespace (no shell is involved)."""
+    if isinstance(value, str) and value.split():
+        return tuple(value.split())
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a command (a string or a list of strings), got {value!r}")
+
+
+def _secret(value: Any) -> str:
+    if not isinstance(value, str) or len(value) < 16:
+        raise ValueError("expected a string of at least 16 characters (value not shown)")
+    return value
+
+
+def _sha256(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected 64 hexadecimal digits as a string (quote it)")
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+        raise ValueError("expected 64 hexadecimal digits (a SHA-256 of the token)")
+    return value.lower()
