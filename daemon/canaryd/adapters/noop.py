@@ -1,0 +1,51 @@
+"""Observe-only mode: the ``noop`` router and the ``none`` platform.
+
+With these canaryd routes nothing and deploys nothing; another tool (a CD pipeline, Argo CD,
+a person) runs the canary and moves traffic, and canaryd judges it, records every decision and
+says "roll back" through its history, metrics and alerts. The router reports back the weight it
+was last told, so stages progress on the policy's timing; after a restart it reports nothing
+until told again (``None`` = cannot tell), which makes the worker re-assert the weight.
+"""
+
+from __future__ import annotations
+
+
+class NoopRouter:
+    kind = "noop"
+
+    def __init__(self) -> None:
+        self._weight: int | None = None
+
+    async def set_weight(self, weight: int) -> None:
+        self._weight = weight
+
+    async def get_weight(self) -> int | None:
+        return self._weight
+
+    async def finalize(self) -> None:
+        self._weight = None
+
+
+class NonePlatform:
+    """Something else deploys: the canary is taken as present and ready."""
+
+    kind = "none"
+
+    def __init__(self) -> None:
+        self._stable: str | None = None
+        self._present = True
+
+    async def ensure_canary(self, image: str) -> None:
+        self._present = True
+
+    async def canary_status(self) -> tuple[bool, bool]:
+        return self._present, self._present
+
+    async def stable_image(self) -> str | None:
+        return self._stable
+
+    async def update_stable(self, image: str) -> None:
+        self._stable = image
+
+    async def remove_canary(self) -> None:
+        self._present = False

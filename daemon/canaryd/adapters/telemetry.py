@@ -1,0 +1,212 @@
+"""Metrics (SPEC §5.4) and logs: how the runtime's events reach Prometheus and people.
+
+One private ``CollectorRegistry`` per daemon, passed in, never the global one, so tests and
+several daemons in one process never share counters. ``Telemetry`` implements the runtime's
+``RuntimeEvents`` port: the worker reports what it decided and did, and this module turns that
+into gauges, counters, histograms and one canonical structlog line per decision.
+
+Decision reasons are free text for people; metric labels must stay low-cardinality, so
+``reason_class`` maps each reason to a short fixed code.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from canaryd import __version__
+from canaryd.core.model import Action, ActionKind, Effect, Measurement, Observed, Phase, Rollout
+
+_REASONS = (
+    (re.compile(r"^check \S+ failed"), "check-failed"),
+    (re.compile(r"^alert .*firing"), "alert"),
+    (re.compile(r"inconclusive"), "inconclusive"),
+    (re.compile(r"source errors"), "source-errors"),
+    (re.compile(r"^progress deadline"), "progress-deadline"),
+    (re.compile(r"not ready"), "canary-not-ready"),
+    (re.compile(r"did not apply"), "router-not-applied"),
+    (re.compile(r"^manual rollback"), "manual"),
+    (re.compile(r"^cleanup"), "cleanup"),
+    (re.compile(r"superseded"), "superseded"),
+    (re.compile(r"^stage \d+ passed"), "stage-passed"),
+    (re.compile(r"^promoted"), "manual-promote"),
+    (re.compile(r"no data"), "no-data"),
+    (re.compile(r"canary requests"), "too-few-requests"),
+)
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def reason_class(action: Action) -> str:
+    for pattern, code in _REASONS:
+        if pattern.search(action.reason):
+            return code
+    return str(action.kind)
+
+
+class Telemetry:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.weight = Gauge(
+            "canaryd_rollout_weight", "Canary weight in percent", ["target"], registry=r
+        )
+        self.stage = Gauge(
+            "canaryd_rollout_stage", "Current stage (1-based)", ["target"], registry=r
+        )
+        self.phase = Gauge(
+            "canaryd_rollout_phase",
+            "1 for the rollout's current phase",
+            ["target", "phase"],
+            registry=r,
+        )
+        self.check_value = Gauge(
+            "canaryd_check_value", "Last value of a check", ["target", "check"], registry=r
+        )
+        self.check_results = Counter(
+            "canaryd_check_results", "Check verdicts", ["target", "check", "result"], registry=r
+        )
+        self.decisions = Counter(
+            "canaryd_decisions", "Decisions taken", ["target", "action", "reason"], registry=r
+        )
+        self.rollbacks = Counter("canaryd_rollbacks", "Rollbacks", ["target", "reason"], registry=r)
+        self.time_to_rollback = Histogram(
+            "canaryd_time_to_rollback_seconds",
+            "Rollback trigger to router applied",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.alerts_received = Counter(
+            "canaryd_alerts_received", "Alerts received", ["status"], registry=r
+        )
+        self.webhook_requests = Counter(
+            "canaryd_webhook_requests", "Webhook requests", ["code"], registry=r
+        )
+        self.promql_duration = Histogram(
+            "canaryd_promql_duration_seconds",
+            "PromQL query latency",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.promql_errors = Counter("canaryd_promql_errors", "Failed PromQL queries", registry=r)
+        self.router_apply = Histogram(
+            "canaryd_router_apply_seconds",
+            "Router write latency",
+            ["router"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.observed_weight = Gauge(
+            "canaryd_observed_weight", "Canary weight the router reports", ["target"], registry=r
+        )
+        self.build_info = Gauge("canaryd_build_info", "canaryd version", ["version"], registry=r)
+        self.build_info.labels(__version__).set(1)
+        self.log = structlog.get_logger("canaryd")
+
+    # ---------------------------------------------------------------- RuntimeEvents
+
+    def decided(
+        self,
+        state: Rollout,
+        actions: Sequence[Action],
+        measurements: Sequence[Measurement],
+        now: float,
+    ) -> None:
+        target = state.target
+        self.weight.labels(target).set(state.weight)
+        self.stage.labels(target).set(state.stage + 1)
+        for phase in Phase:
+            self.phase.labels(target, str(phase)).set(1 if phase is state.phase else 0)
+        for m in measurements:
+            if m.value is not None:
+                self.check_value.labels(target, m.check).set(m.value)
+        for action in actions:
+            code = reason_class(action)
+            self.decisions.labels(target, str(action.kind), code).inc()
+            if action.kind is ActionKind.ROLLBACK:
+                self.rollbacks.labels(target, code).inc()
+            if action.kind is ActionKind.ROLLED_BACK:
+                took = action.evidence.get("time_to_rollback")
+                if isinstance(took, int | float):
+                    self.time_to_rollback.observe(took)
+            for name, result in action.evidence.items():
+                if isinstance(result, dict) and "verdict" in result:
+                    self.check_results.labels(target, name, str(result["verdict"])).inc()
+            self.log.info(
+                "decision",
+                target=target,
+                rollout=state.id,
+                stage=state.stage + 1,
+                phase=str(state.phase),
+                weight=state.weight,
+                action=str(action.kind),
+                reason=action.reason,
+            )
+
+    def observed(self, state: Rollout, observed: Observed) -> None:
+        if observed.weight is not None:
+            self.observed_weight.labels(state.target).set(observed.weight)
+
+    def applied(self, state: Rollout, effect: Effect, seconds: float, router: str) -> None:
+        if effect.weight is not None:
+            self.router_apply.labels(router).observe(seconds)
+        self.log.debug(
+            "effect_applied",
+            target=state.target,
+            rollout=state.id,
+            effect=str(effect.kind),
+            weight=effect.weight,
+            seconds=round(seconds, 4),
+        )
+
+    def effect_failed(self, state: Rollout, effect: Effect, error: Exception) -> None:
+        self.log.warning(
+            "effect_failed",
+            target=state.target,
+            rollout=state.id,
+            effect=str(effect.kind),
+            error=str(error),
+        )
+
+    def failed_pass(self, state: Rollout, error: Exception) -> None:
+        self.log.warning("pass_failed", target=state.target, rollout=state.id, error=str(error))
+
+    def orphan(self, state: Rollout) -> None:
+        self.log.warning(
+            "orphan_rollout",
+            target=state.target,
+            rollout=state.id,
+            hint="the target is no longer in the config; the rollout is left as is",
+        )
+
+    def query(self, seconds: float, ok: bool) -> None:
+        self.promql_duration.observe(seconds)
+        if not ok:
+            self.promql_errors.inc()
+
+
+def configure_logging(level: str = "info", json_logs: bool | None = None) -> None:
+    """structlog once per process: JSON off a terminal, the console renderer on one."""
+    import logging
+
+    as_json = not sys.stderr.isatty() if json_logs is None else json_logs
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            getattr(logging, level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )

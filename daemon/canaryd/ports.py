@@ -1,0 +1,209 @@
+"""The Protocols the runtime is written against, and the errors that cross them.
+
+The runtime never names an adapter: it holds a ``StateStore`` and a ``Clock`` and the
+composition root decides which ones (SQLite or Kubernetes objects; the loop clock or a
+fast-forwarded one in tests). Errors a caller must tell apart live here, beside the port that
+raises them, so the runtime can catch them without importing any adapter (the two sit side by
+side in the layer contract and may not import each other).
+
+The store is synchronous on purpose: SQLite is a blocking library, and a port that pretends
+otherwise only hides the thread hop. The runtime wraps each call in ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypedDict
+
+from canaryd.core.errors import PermanentError, TemporaryError
+from canaryd.core.model import Action, Effect, Measurement, Observed, Rollout
+
+# --------------------------------------------------------------------------- errors
+
+
+class StoreUnavailable(TemporaryError):
+    """The state store could not be read or written just now (locked, I/O error)."""
+
+
+class RolloutConflict(PermanentError):
+    """A second active rollout for a target: SPEC §2 allows at most one."""
+
+
+class CorruptState(PermanentError):
+    """Stored state canaryd cannot read: an unknown schema version or a damaged record."""
+
+
+# --------------------------------------------------------------------------- rows
+
+
+class DecisionRecord(TypedDict):
+    """One decision as the history shows it (``GET .../history``, ``canaryctl status``).
+
+    ``phase`` is the rollout's phase once the decision was taken, ``stage`` the 1-based stage
+    number a human reads (as ``canaryctl simulate`` prints it), ``weight`` the canary weight
+    the decision asked for (the rollout's weight when the action names none).
+    """
+
+    seq: int
+    rollout_id: str
+    target: str
+    t: float
+    phase: str
+    stage: int
+    weight: int
+    action: str
+    reason: str
+    evidence: dict[str, Any]
+
+
+class MeasurementRecord(TypedDict):
+    seq: int
+    rollout_id: str
+    t: float
+    check: str
+    value: float | None
+    error: str | None
+    canary_requests: float | None
+    canary_errors: float | None
+    stable_requests: float | None
+    stable_errors: float | None
+
+
+class AuditRecord(TypedDict):
+    seq: int
+    t: float
+    who: str
+    what: str
+    target: str | None
+    outcome: str
+    detail: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- ports
+
+
+class StateStore(Protocol):
+    """Where rollouts, their decisions and measurements, and the audit log are kept.
+
+    ``commit`` is the one write that decides something: it returns only once the new record
+    and the decisions that led to it are durable, so the runtime may then act on them
+    (SPEC §7). Reads return what the last completed ``commit`` left.
+    """
+
+    def load_active(self) -> list[Rollout]:
+        """Every rollout the runtime still owes work: active phases, and rolled-back ones whose
+        canary awaits its scale-down delay (the timer is in the record)."""
+        ...
+
+    def get(self, rollout_id: str) -> Rollout | None: ...
+
+    def latest_for_target(self, target: str) -> Rollout | None:
+        """The most recently started rollout of ``target``, active or not."""
+        ...
+
+    def commit(
+        self,
+        rollout: Rollout,
+        actions: Sequence[Action],
+        now: float,
+        measurements: Sequence[Measurement] = (),
+    ) -> None:
+        """Upsert ``rollout`` and append its decisions and measurements, in one transaction.
+
+        Raises ``RolloutConflict`` if the target already has another active rollout.
+        """
+        ...
+
+    def audit(
+        self,
+        now: float,
+        who: str,
+        what: str,
+        target: str | None,
+        outcome: str,
+        detail: Mapping[str, object] | None = None,
+    ) -> None: ...
+
+    def audit_log(self, target: str | None = None) -> list[AuditRecord]: ...
+
+    def history(
+        self, *, rollout_id: str | None = None, target: str | None = None
+    ) -> list[DecisionRecord]:
+        """Decisions of one rollout or of every rollout of a target, oldest first."""
+        ...
+
+    def measurements(self, rollout_id: str) -> list[MeasurementRecord]: ...
+
+    def close(self) -> None: ...
+
+
+class Clock(Protocol):
+    """The runtime's only source of time, in seconds since the Unix epoch.
+
+    Wall-clock seconds, not a monotonic count: the values are stored in rollout records and
+    compared after a restart (or a reboot, which resets ``time.monotonic``), and with
+    Alertmanager's ``startsAt``. Tests substitute a clock they advance by hand.
+    """
+
+    def time(self) -> float: ...
+
+
+# --------------------------------------------------------------------------- the outside world
+
+
+class Router(Protocol):
+    """What splits traffic (Flagger's four methods, less reconcile which ``set_weight`` does).
+
+    Weights are the canary's share in percent, set as absolute values; ``get_weight`` re-reads
+    what is really applied (``None``: cannot tell) so that a split is verified, not assumed.
+    ``finalize`` gives back what the router took over when canaryd lets go of the target.
+    """
+
+    kind: str
+
+    async def set_weight(self, weight: int) -> None: ...
+
+    async def get_weight(self) -> int | None: ...
+
+    async def finalize(self) -> None: ...
+
+
+class Platform(Protocol):
+    """What runs the canary and the stable version."""
+
+    kind: str
+
+    async def ensure_canary(self, image: str) -> None: ...
+
+    async def canary_status(self) -> tuple[bool, bool]:
+        """(present, ready)."""
+        ...
+
+    async def stable_image(self) -> str | None: ...
+
+    async def update_stable(self, image: str) -> None: ...
+
+    async def remove_canary(self) -> None: ...
+
+
+class RuntimeEvents(Protocol):
+    """What the runtime reports as it works: the telemetry adapter turns it into metrics and
+    log lines."""
+
+    def decided(
+        self,
+        state: Rollout,
+        actions: Sequence[Action],
+        measurements: Sequence[Measurement],
+        now: float,
+    ) -> None: ...
+
+    def observed(self, state: Rollout, observed: Observed) -> None: ...
+
+    def applied(self, state: Rollout, effect: Effect, seconds: float, router: str) -> None: ...
+
+    def effect_failed(self, state: Rollout, effect: Effect, error: Exception) -> None: ...
+
+    def failed_pass(self, state: Rollout, error: Exception) -> None: ...
+
+    def orphan(self, state: Rollout) -> None: ...

@@ -1,0 +1,225 @@
+"""The controller: every target, its active rollout's worker, and the doors into them.
+
+The HTTP API and the webhook call the controller; the controller never decides anything
+itself. Starting a rollout goes through ``core.rules.admit`` (freeze alerts, conflicts,
+superseding), commands go to the rollout's worker and return once their decision is durable,
+and alerts are recorded durably, de-duplicated and delivered to the workers of the targets
+they concern, which wake at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from canaryd.core import stages
+from canaryd.core.errors import CanarydError, CommandRejected, PermanentError
+from canaryd.core.model import Alert, Command, CommandKind, Measurement, Phase, Policy, Rollout
+from canaryd.core.rules import admit
+from canaryd.ports import Clock, Platform, Router, RuntimeEvents, StateStore
+from canaryd.runtime.inbox import Concerns, Inbox
+from canaryd.runtime.worker import Timing, Worker
+
+MeasureTarget = Callable[
+    [Mapping[str, str], Rollout], Awaitable[tuple[tuple[Measurement, ...], float | None]]
+]
+
+Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+
+
+class UnknownTarget(PermanentError):
+    """No target of that name is configured (HTTP 404)."""
+
+
+class RolloutRefused(PermanentError):
+    """A start that admission refused: frozen, or the same image already rolling (HTTP 409)."""
+
+
+@dataclass
+class Target:
+    name: str
+    policy: Policy
+    router: Router
+    platform: Platform
+    labels: Mapping[str, str] = field(default_factory=dict)
+    concerns: Concerns = lambda labels: False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Controller:
+    def __init__(
+        self,
+        targets: list[Target],
+        *,
+        store: StateStore,
+        measure: MeasureTarget,
+        clock: Clock,
+        events: RuntimeEvents,
+        load_policy: Callable[[str], Policy],
+        timing: Timing | None = None,
+    ) -> None:
+        self.targets = {t.name: t for t in targets}
+        self.inbox = Inbox({t.name: t.concerns for t in targets})
+        self._store, self._measure, self._clock = store, measure, clock
+        self._events, self._load_policy, self._timing = events, load_policy, timing or Timing()
+        self._workers: dict[str, Worker] = {}
+        self._spawn: Spawn | None = None
+        self.ready = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def load(self, spawn: Spawn) -> None:
+        """Resume every stored rollout that still owes work, and run one pass of each."""
+        self._spawn = spawn
+        for rollout in await asyncio.to_thread(self._store.load_active):
+            if rollout.target not in self.targets:
+                self._events.orphan(rollout)
+                continue
+            worker = self._worker_for(rollout)
+            try:
+                await worker.step()  # one reconcile pass before we call ourselves ready
+            except CanarydError as exc:
+                self._events.failed_pass(rollout, exc)
+            self._run(worker)
+        self.ready = True
+
+    def _worker_for(self, rollout: Rollout) -> Worker:
+        target = self.targets[rollout.target]
+        labels = target.labels
+
+        async def measure(state: Rollout) -> tuple[tuple[Measurement, ...], float | None]:
+            return await self._measure(labels, state)
+
+        worker = Worker(
+            rollout,
+            router=target.router,
+            platform=target.platform,
+            store=self._store,
+            measure=measure,
+            clock=self._clock,
+            events=self._events,
+            timing=self._timing,
+        )
+        self._workers[rollout.target] = worker
+        firing = [a for a in self.inbox.firing_for(rollout.target, self._clock.time())]
+        if firing:
+            worker.deliver(firing)  # re-delivery is idempotent (handled_alerts)
+        return worker
+
+    def _run(self, worker: Worker) -> None:
+        assert self._spawn is not None, "controller.load() first"
+        self._spawn(self._guard(worker))
+
+    async def _guard(self, worker: Worker) -> None:
+        try:
+            await worker.run()
+        finally:
+            if self._workers.get(worker.state.target) is worker:
+                del self._workers[worker.state.target]
+
+    # ---------------------------------------------------------------- reads
+
+    def target(self, name: str) -> Target:
+        if name not in self.targets:
+            raise UnknownTarget(f"no target named {name!r}")
+        return self.targets[name]
+
+    def current(self, name: str) -> Rollout | None:
+        """The target's active rollout, else its latest one."""
+        self.target(name)
+        worker = self._workers.get(name)
+        if worker is not None:
+            return worker.state
+        return self._store.latest_for_target(name)
+
+    # ---------------------------------------------------------------- writes
+
+    async def start(
+        self,
+        name: str,
+        image: str,
+        *,
+        traffic: int | None = None,
+        policy: str | None = None,
+        by: str = "operator",
+    ) -> Rollout:
+        target = self.target(name)
+        chosen = self._load_policy(policy) if policy else target.policy
+        if traffic is not None:
+            stages.plan_stages(chosen, traffic)  # ValueError for a bad percentage
+        async with target.lock:
+            active = self._workers.get(name)
+            now = self._clock.time()
+            firing = [a.labels for a in self.inbox.firing_for(name, now)]
+            verdict = admit(active.state if active else None, image, chosen, firing)
+            if verdict.verdict == "refuse":
+                raise RolloutRefused(verdict.reason)
+            rollout_id = f"{name}-{int(now)}-{secrets.token_hex(3)}"
+            if verdict.verdict == "supersede" and active is not None:
+                await self._supersede(active, rollout_id, image, by)
+            rollout, first = stages.start(
+                rollout_id, name, image, chosen, self._clock.time(), traffic
+            )
+            await asyncio.to_thread(self._store.commit, rollout, (first,), rollout.started_at)
+            self._events.decided(rollout, (first,), (), rollout.started_at)
+            self._run(self._worker_for(rollout))
+            return rollout
+
+    async def _supersede(self, old: Worker, successor: str, image: str, by: str) -> None:
+        if stages.check_command(old.state, Command(CommandKind.ROLLBACK)) is None:
+            await old.command(Command(CommandKind.ROLLBACK, by=by, reason=f"superseded by {image}"))
+        old.hand_over(successor)
+        deadline = old.state.policy.limits.progress_deadline
+        try:
+            async with asyncio.timeout(deadline):
+                await old.finished.wait()
+        except TimeoutError as exc:
+            raise RolloutRefused(
+                f"rollout {old.state.id} did not finish rolling back within {deadline:g}s"
+            ) from exc
+
+    async def command(self, name: str, command: Command) -> Rollout:
+        self.target(name)
+        worker = self._workers.get(name)
+        if worker is None:
+            latest = self._store.latest_for_target(name)
+            if latest is None:
+                raise CommandRejected(f"target {name} has no rollout")
+            refusal = stages.check_command(latest, command)
+            if refusal is not None or latest.phase.terminal:
+                raise CommandRejected(refusal or f"rollout {latest.id} already ended")
+            worker = self._worker_for(latest)
+            self._run(worker)
+        return await worker.command(command)
+
+    async def cleanup(self, name: str, by: str) -> Rollout | None:
+        """Roll back what is active, remove the canary now, and give the router back."""
+        target = self.target(name)
+        worker = self._workers.get(name)
+        latest = worker.state if worker else self._store.latest_for_target(name)
+        result = latest
+        cmd = Command(CommandKind.CLEANUP, by=by)
+        if latest is not None and stages.check_command(latest, cmd) is None:
+            result = await self.command(name, cmd)
+            worker = self._workers.get(name)
+            if worker is not None:
+                await worker.finished.wait()
+                result = worker.state
+        await target.platform.remove_canary()
+        await target.router.finalize()
+        return result
+
+    async def receive_alerts(self, alerts: list[Alert]) -> int:
+        """Deliver new alerts to the workers they concern; returns how many were new."""
+        fresh = self.inbox.receive(alerts)
+        for name in {t for a in fresh for t in self.inbox.targets_of(a)}:
+            worker = self._workers.get(name)
+            if worker is not None and worker.state.phase is not Phase.ROLLED_BACK:
+                worker.deliver([a for a in fresh if name in self.inbox.targets_of(a)])
+        return len(fresh)
+
+    def workers(self) -> dict[str, Worker]:
+        return dict(self._workers)
