@@ -1,0 +1,1 @@
+"""Adapters: I/O only, one module per outside system (Prometheus, Alertmanager, routers, ...)."""
