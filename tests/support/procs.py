@@ -1,0 +1,303 @@
+"""Start real Prometheus, Alertmanager and demo-service processes on loopback for tests.
+
+Each ``start_*`` picks a free port (retrying if another process grabbed it first), writes its
+config into the given tmp dir, waits until the process answers on HTTP, and returns a
+``Proc`` handle with ``.url`` and ``.stop()``. ``stop()`` sends SIGTERM to that one pid, waits,
+then SIGKILLs it; it is idempotent, so fixtures can call it in ``finally`` unconditionally.
+Output goes to ``<name>.log`` in the tmp dir and is quoted in the error if a start fails.
+
+A missing binary skips the test on a developer machine but FAILS it under ``CI=true``: the CI
+runner installs the Debian packages (SPEC §9), so their absence there is a broken runner, not a
+reason to go green.
+
+Timing facts (Prometheus 2.42 / Alertmanager 0.25 from Debian 12), verified here:
+- Prometheus answers ``/-/ready`` within ~0.1 s, but its first scrape happens ~5 s after start:
+  service discovery hands targets to the scrape manager on a 5 s tick. Use ``wait_for_up``.
+- Alertmanagers reach the notifier through the same 5 s tick; an alert that fires earlier is
+  dropped (``prometheus_notifications_dropped_total``) and re-sent only after
+  ``--rules.alert.resend-delay`` (default 1m), so we pass 1s. Side effect: Prometheus then
+  stamps ``endsAt`` = last send + 4 s, so Alertmanager resolves an alert ~4 s after Prometheus
+  stops sending it.
+- A ``rate(x[w])`` needs two samples inside ``w``: with ``scrape_interval: 1s`` give it ≥ 2 s of
+  scrapes after the first one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+STOP_TIMEOUT = 5.0
+START_TIMEOUT = 20.0
+_START_ATTEMPTS = 3
+
+# A scrape target: "host:port", or ("host:port", {extra labels}).
+ScrapeTarget = str | tuple[str, Mapping[str, str]]
+
+
+class StartError(RuntimeError):
+    """A process did not come up; the message quotes the tail of its log."""
+
+
+@dataclass
+class Proc:
+    """A process we started: where it answers, and how to stop it."""
+
+    name: str
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    workdir: Path | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Terminate this pid, kill it if it lingers; return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout)
+        return self.process.returncode
+
+    def log(self, tail: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except OSError:
+            return ""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http_ok(
+    url: str, timeout: float = START_TIMEOUT, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll ``url`` until it answers 2xx; raise StartError on timeout or if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise StartError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as response:
+                if 200 <= response.status < 300:
+                    return
+                last = f"HTTP {response.status}"
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.05)
+    raise StartError(f"{url} not OK after {timeout:g}s: {last}")
+
+
+def find_binary(*names: str) -> str:
+    """The first of ``names`` on PATH; skip the test if none, or fail under CI=true."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    message = f"none of {', '.join(names)} is installed"
+    if os.environ.get("CI", "").lower() == "true":
+        raise RuntimeError(f"{message} (CI=true: the runner must install it)")
+    pytest.skip(message)
+
+
+def _launch(
+    name: str,
+    argv_for_port: Sequence[str],
+    workdir: Path,
+    health_path: str,
+    port: int | None = None,
+) -> Proc:
+    """Start ``argv`` (with ``{port}`` filled in) until one attempt answers on ``health_path``."""
+    log_path = workdir / f"{name}.log"
+    attempts = 1 if port is not None else _START_ATTEMPTS
+    failure = ""
+    for _ in range(attempts):
+        chosen = port if port is not None else free_port()
+        argv = [arg.replace("{port}", str(chosen)) for arg in argv_for_port]
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        proc = Proc(name, f"http://127.0.0.1:{chosen}", chosen, process, log_path, workdir)
+        try:
+            wait_http_ok(proc.url + health_path, START_TIMEOUT, process)
+            return proc
+        except StartError as exc:
+            proc.stop()
+            failure = f"{exc}\n--- {log_path} ---\n{proc.log()}"
+    raise StartError(f"{name} did not start: {failure}")
+
+
+def _workdir(tmp: Path, name: str) -> Path:
+    """A fresh directory per process, so two of a kind in one test never share state."""
+    Path(tmp).mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))
+
+
+def _static_config(target: ScrapeTarget) -> dict[str, object]:
+    if isinstance(target, str):
+        return {"targets": [target]}
+    address, labels = target
+    return {"targets": [address], "labels": dict(labels)}
+
+
+def start_prometheus(
+    tmp: Path,
+    scrape_targets: Mapping[str, Sequence[ScrapeTarget]],
+    rule_files: Sequence[str | Path] | None = None,
+    alertmanager_url: str | None = None,
+    scrape_interval: str = "1s",
+) -> Proc:
+    """Prometheus scraping ``{job: [target, ...]}``; each target may carry extra labels."""
+    binary = find_binary("prometheus")
+    workdir = _workdir(tmp, "prometheus")
+    config: dict[str, object] = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [_static_config(t) for t in targets]}
+            for job, targets in scrape_targets.items()
+        ],
+    }
+    if rule_files:
+        config["rule_files"] = [str(Path(p).resolve()) for p in rule_files]
+    if alertmanager_url:
+        host = urllib.parse.urlsplit(alertmanager_url).netloc
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [host]}]}]}
+    config_path = workdir / "prometheus.yml"
+    config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    argv = [
+        binary,
+        f"--config.file={config_path}",
+        "--web.listen-address=127.0.0.1:{port}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        "--web.enable-lifecycle",
+        # Firing alerts are re-sent every resend-delay (default 1m). An alert that fires before
+        # discovery has handed the notifier its Alertmanager (the same 5 s tick as scraping)
+        # is dropped, and would then only arrive a minute later.
+        "--rules.alert.resend-delay=1s",
+        "--log.level=warn",
+    ]
+    proc = _launch("prometheus", argv, workdir, "/-/ready")
+    proc.extra["config"] = config_path
+    return proc
+
+
+def start_alertmanager(
+    tmp: Path,
+    webhook_url: str,
+    bearer_token: str,
+    group_by: Sequence[str] = ("alertname",),
+) -> Proc:
+    """Alertmanager that posts every group to ``webhook_url`` with a bearer token, fast."""
+    binary = find_binary("prometheus-alertmanager", "alertmanager")
+    workdir = _workdir(tmp, "alertmanager")
+    config = {
+        "route": {
+            "receiver": "canaryd",
+            "group_by": list(group_by),
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {
+                "name": "canaryd",
+                "webhook_configs": [
+                    {
+                        "url": webhook_url,
+                        "send_resolved": True,
+                        "http_config": {"authorization": {"credentials": bearer_token}},
+                    }
+                ],
+            }
+        ],
+    }
+    config_path = workdir / "alertmanager.yml"
+    config_path.write_text(json.dumps(config, indent=2))
+    argv = [
+        binary,
+        f"--config.file={config_path}",
+        f"--storage.path={workdir / 'data'}",
+        "--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+    proc = _launch("alertmanager", argv, workdir, "/-/ready")
+    proc.extra["config"] = config_path
+    return proc
+
+
+def start_demo_service(
+    port: int | None = None,
+    version: str = "v1",
+    deployment: str = "stable",
+    error_rate: float = 0.0,
+    latency: float = 0.05,
+    tmp: Path | None = None,
+) -> Proc:
+    """The demo service (``python -m canaryd.demo.service``) as a subprocess."""
+    name = f"demo-{deployment}-{version}"
+    workdir = _workdir(tmp if tmp is not None else Path(tempfile.gettempdir()), name)
+    argv = [
+        sys.executable,
+        "-m",
+        "canaryd.demo.service",
+        "--port={port}",
+        f"--version={version}",
+        f"--deployment={deployment}",
+        f"--error-rate={error_rate}",
+        f"--latency={latency}",
+    ]
+    return _launch(name, argv, workdir, "/health", port)
+
+
+def prometheus_query(prometheus: Proc, promql: str) -> list[dict[str, object]]:
+    """Blocking instant query for test set-up (the adapter under test is not used here)."""
+    data = urllib.parse.urlencode({"query": promql}).encode()
+    with urllib.request.urlopen(f"{prometheus.url}/api/v1/query", data, timeout=5) as response:
+        payload = json.load(response)
+    result: list[dict[str, object]] = payload["data"]["result"]
+    return result
+
+
+def wait_for_up(prometheus: Proc, job: str, count: int, timeout: float = 20.0) -> None:
+    """Block until ``count`` targets of ``job`` have been scraped successfully."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(prometheus_query(prometheus, f'up{{job="{job}"}} == 1')) >= count:
+            return
+        time.sleep(0.2)
+    raise StartError(f"{count} targets of job {job!r} not up after {timeout:g}s")
