@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 BUILTIN_VARIABLES = frozenset(
-    {"job", "target", "version", "deployment", "window", "interval", "group"}
+    {"job", "target", "version", "deployment", "window", "interval", "interval_seconds", "group"}
 )
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 

@@ -11,8 +11,9 @@ The answer is split by those labels and each target gets its own ``Measurement``
 Cost therefore grows with the number of checks, not targets × checks (SPEC §7). Workers that
 were batched together are re-armed together, so batches stay together from cycle to cycle.
 
-Canary request counts (for ``min_requests``) come from one more batched query per cycle, the
-increase of the request counter over the interval since the previous evaluation.
+Canary request counts (for ``min_requests``) come from one more batched query per cycle: the
+request rate over the policy's window times the evaluation interval (an ``increase`` over the
+interval itself would need two scrapes inside it, which short intervals do not have).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from canaryd.core.model import Check, Measurement, Rollout
 
 CANARY = "canary"
 DEFAULT_REQUESTS_QUERY = (
-    'sum by ({{group}}) (increase(http_requests_total{job=~"{{job}}",'
-    'deployment=~"{{deployment}}"}[{{interval}}]))'
+    'sum by ({{group}}) (rate(http_requests_total{job=~"{{job}}",'
+    'deployment=~"{{deployment}}"}[{{window}}])) * {{interval_seconds}}'
 )
 
 
@@ -65,6 +66,7 @@ class Evaluator:
     gather: float = 0.25
     requests_query: str = DEFAULT_REQUESTS_QUERY
     queries: int = 0  # sent so far; the scale benchmark reads it
+    batches: list[tuple[int, int]] = field(default_factory=list)  # (targets, queries), recent
     _pending: list[_Request] = field(default_factory=list)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -93,6 +95,13 @@ class Evaluator:
                         request.future.set_exception(exc)
 
     async def evaluate(self, batch: list[_Request]) -> None:
+        before = self.queries
+        try:
+            await self._evaluate(batch)
+        finally:
+            self.batches = [*self.batches[-99:], (len(batch), self.queries - before)]
+
+    async def _evaluate(self, batch: list[_Request]) -> None:
         groups: dict[tuple[object, ...], list[_Request]] = {}
         results: dict[int, dict[str, Measurement]] = {id(r): {} for r in batch}
         for request in batch:
@@ -106,7 +115,7 @@ class Evaluator:
             counted.setdefault(_requests_key(request), []).append(request)
 
         async def one_check(key: tuple[object, ...], members: list[_Request]) -> None:
-            check: Check = key[0]  # type: ignore[assignment]
+            check = members[0].state.policy.checks[str(key[0])]
             found = await self._run(check.query, members)
             for request in members:
                 value = found.get(id(request))
@@ -137,13 +146,14 @@ class Evaluator:
         variables: dict[str, str] = {
             "window": state.policy.window,
             "interval": format_duration(state.policy.interval),
+            "interval_seconds": f"{state.policy.interval:g}",
             "deployment": CANARY,
             "group": ", ".join([*names, "deployment"]),
             **dict(state.policy.params),
         }
         for name in names:
             values = sorted({m.labels[name] for m in members})
-            variables[name] = "|".join(re.escape(v) for v in values)
+            variables[name] = "|".join(promql_regex_literal(v) for v in values)
         if len(members) == 1:
             variables.setdefault("target", members[0].state.target)
             variables.setdefault("version", members[0].state.image)
@@ -169,11 +179,26 @@ class Evaluator:
         return out
 
 
+_REGEX_SPECIAL = re.compile(r"([.^$*+?()\[\]{}|\\])")
+
+
+def promql_regex_literal(value: str) -> str:
+    """``value`` matched literally by a PromQL ``=~"..."`` matcher.
+
+    Two layers of escaping: RE2's (a backslash before each metacharacter) and then PromQL's
+    double-quoted string (backslashes and quotes). Python's ``re.escape`` is wrong here: it
+    escapes ``-``, and a backslash before ``-`` is not a valid escape in a PromQL string.
+    """
+    escaped = _REGEX_SPECIAL.sub(r"\\\1", value)
+    return escaped.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def _check_key(check: Check, request: _Request) -> tuple[object, ...]:
     policy = request.state.policy
     per_target = bool({"target", "version"} & set(templates.variables(check.query)))
     return (
-        check,
+        check.name,
+        check.query,
         policy.window,
         policy.interval,
         tuple(sorted(policy.params.items())),

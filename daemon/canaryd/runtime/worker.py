@@ -101,7 +101,7 @@ class Worker:
                 try:
                     await self.step()
                     delay = self._delay()
-                except CanarydError as exc:
+                except Exception as exc:  # a pass that fails is retried, never fatal
                     self._events.failed_pass(self.state, exc)
                 await self._sleep(delay)
         finally:
