@@ -357,3 +357,18 @@ def test_commits_from_several_threads_all_land(store: SqliteStore) -> None:
     for n in range(4):
         reasons = [d["reason"] for d in store.history(rollout_id=f"r{n}")]
         assert reasons == [f"hold {i}" for i in range(20)]
+
+
+def test_alerts_are_recorded_once_and_the_firing_ones_survive_a_reopen(tmp_path: Path) -> None:
+    from canaryd.core.model import Alert
+
+    path = tmp_path / "alerts.db"
+    firing = Alert("f1", "firing", {"alertname": "A", "target": "t"}, 100.0)
+    other = Alert("f2", "firing", {"alertname": "B"}, 100.0)
+    with SqliteStore(path) as store:
+        assert store.record_alerts([firing, other], 101.0) == [firing, other]
+        assert store.record_alerts([firing], 102.0) == []  # a repeat of the same notification
+        store.record_alerts([Alert("f2", "resolved", {"alertname": "B"}, 100.0, 103.0)], 103.0)
+    with SqliteStore(path) as store:
+        assert [a.fingerprint for a in store.firing_alerts(104.0)] == ["f1"]
+        assert store.firing_alerts(104.0)[0].labels == {"alertname": "A", "target": "t"}

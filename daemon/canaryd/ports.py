@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TypedDict
 
 from canaryd.core.errors import PermanentError, TemporaryError
-from canaryd.core.model import Action, Effect, Measurement, Observed, Rollout
+from canaryd.core.model import Action, Alert, Effect, Measurement, Observed, Rollout
 
 # --------------------------------------------------------------------------- errors
 
@@ -125,6 +125,14 @@ class StateStore(Protocol):
     ) -> None: ...
 
     def audit_log(self, target: str | None = None) -> list[AuditRecord]: ...
+
+    def record_alerts(self, alerts: Sequence[Alert], now: float) -> list[Alert]:
+        """Durably record alerts (de-duplicated by key); return the ones new to the store."""
+        ...
+
+    def firing_alerts(self, now: float) -> list[Alert]:
+        """Alerts still firing, to rebuild the inbox after a restart."""
+        ...
 
     def history(
         self, *, rollout_id: str | None = None, target: str | None = None

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from canaryd.core.codec import action_to_dict, rollout_from_dict, rollout_to_dict
-from canaryd.core.model import Action, Measurement, Rollout
+from canaryd.core.model import Action, Alert, Measurement, Rollout
 from canaryd.ports import (
     AuditRecord,
     CorruptState,
@@ -98,6 +98,18 @@ _SCHEMA = (
         detail   TEXT NOT NULL
     )
     """,
+    """
+    CREATE TABLE alerts (
+        key          TEXT PRIMARY KEY,
+        fingerprint  TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        labels       TEXT NOT NULL,
+        starts_at    REAL NOT NULL,
+        ends_at      REAL,
+        received_at  REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX alerts_by_fingerprint ON alerts (fingerprint, received_at)",
 )
 
 _DECISION_COLUMNS = "seq, rollout_id, target, t, phase, stage, weight, action, reason, evidence"
@@ -381,6 +393,53 @@ class SqliteStore:
                 stable_errors=row[9],
             )
             for row in rows
+        ]
+
+    # ------------------------------------------------------------------- alerts
+
+    def record_alerts(self, alerts: Sequence[Alert], now: float) -> list[Alert]:
+        """Durably record Alertmanager's alerts; return those not recorded before.
+
+        The key is (fingerprint, status, startsAt): Alertmanager's repeats and retries of the
+        same notification are recorded once.
+        """
+        fresh: list[Alert] = []
+        with self._writing("record alerts") as conn:
+            for a in alerts:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO alerts (key, fingerprint, status, labels, starts_at, "
+                    "ends_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        a.key,
+                        a.fingerprint,
+                        a.status,
+                        json.dumps(dict(a.labels), sort_keys=True),
+                        a.starts_at,
+                        a.ends_at,
+                        now,
+                    ),
+                )
+                if cursor.rowcount:
+                    fresh.append(a)
+        return fresh
+
+    def firing_alerts(self, now: float) -> list[Alert]:
+        """The alerts whose latest notification is ``firing`` and that have not ended."""
+        with self._reading("read alerts") as conn:
+            rows = conn.execute(
+                "SELECT fingerprint, status, labels, starts_at, ends_at FROM alerts a "
+                "WHERE received_at = (SELECT MAX(received_at) FROM alerts b "
+                "WHERE b.fingerprint = a.fingerprint) ORDER BY received_at"
+            ).fetchall()
+        latest: dict[str, Alert] = {}
+        for fingerprint, status, labels, starts_at, ends_at in rows:
+            latest[fingerprint] = Alert(
+                fingerprint, status, self._json(labels, "alert"), starts_at, ends_at
+            )
+        return [
+            a
+            for a in latest.values()
+            if a.status == "firing" and (a.ends_at is None or a.ends_at > now)
         ]
 
     # ------------------------------------------------------------------- audit

@@ -74,11 +74,17 @@ class Controller:
     async def load(self, spawn: Spawn) -> None:
         """Resume every stored rollout that still owes work, and run one pass of each."""
         self._spawn = spawn
-        for rollout in await asyncio.to_thread(self._store.load_active):
+        self.inbox.receive(await asyncio.to_thread(self._store.firing_alerts, self._clock.time()))
+        stored = await asyncio.to_thread(self._store.load_active)
+        newest = {r.target: r for r in sorted(stored, key=lambda r: r.started_at)}
+        for rollout in sorted(stored, key=lambda r: r.started_at):
             if rollout.target not in self.targets:
                 self._events.orphan(rollout)
                 continue
             worker = self._worker_for(rollout)
+            successor = newest[rollout.target]
+            if successor is not rollout:
+                worker.hand_over(successor.id)  # an older rollout's canary slot is taken
             try:
                 await worker.step()  # one reconcile pass before we call ourselves ready
             except CanarydError as exc:
@@ -158,7 +164,7 @@ class Controller:
             if verdict.verdict == "refuse":
                 raise RolloutRefused(verdict.reason)
             rollout_id = f"{name}-{int(now)}-{secrets.token_hex(3)}"
-            if verdict.verdict == "supersede" and active is not None:
+            if active is not None:  # superseded, or rolled back and awaiting its scale-down
                 await self._supersede(active, rollout_id, image, by)
             rollout, first = stages.start(
                 rollout_id, name, image, chosen, self._clock.time(), traffic
@@ -213,7 +219,12 @@ class Controller:
         return result
 
     async def receive_alerts(self, alerts: list[Alert]) -> int:
-        """Deliver new alerts to the workers they concern; returns how many were new."""
+        """Record alerts durably, then deliver the new ones to the workers they concern.
+
+        Returns how many were new. When this returns the alerts are on disk, so the webhook
+        may answer 2xx: a crash afterwards re-delivers them from the store on restart.
+        """
+        await asyncio.to_thread(self._store.record_alerts, alerts, self._clock.time())
         fresh = self.inbox.receive(alerts)
         for name in {t for a in fresh for t in self.inbox.targets_of(a)}:
             worker = self._workers.get(name)
