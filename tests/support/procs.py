@@ -6,9 +6,8 @@ config into the given tmp dir, waits until the process answers on HTTP, and retu
 then SIGKILLs it; it is idempotent, so fixtures can call it in ``finally`` unconditionally.
 Output goes to ``<name>.log`` in the tmp dir and is quoted in the error if a start fails.
 
-A missing binary skips the test on a developer machine but FAILS it under ``CI=true``: the CI
-runner installs the Debian packages (SPEC §9), so their absence there is a broken runner, not a
-reason to go green.
+A missing binary fails the test, on a developer machine as in CI: ``.ci/run`` installs the
+Debian packages (SPEC §9), and a skip would let a run go green without the real component.
 
 Timing facts (Prometheus 2.42 / Alertmanager 0.25 from Debian 12), verified here:
 - Prometheus answers ``/-/ready`` within ~0.1 s, but its first scrape happens ~5 s after start:
@@ -25,7 +24,6 @@ Timing facts (Prometheus 2.42 / Alertmanager 0.25 from Debian 12), verified here
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -39,8 +37,6 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 STOP_TIMEOUT = 5.0
 START_TIMEOUT = 20.0
@@ -122,15 +118,16 @@ def wait_http_ok(
 
 
 def find_binary(*names: str) -> str:
-    """The first of ``names`` on PATH; skip the test if none, or fail under CI=true."""
+    """The first of ``names`` on PATH; a missing one fails the test (``bash .ci/run`` installs
+    them), it never skips: a green run must mean the real component ran."""
     for name in names:
         path = shutil.which(name)
         if path:
             return path
-    message = f"none of {', '.join(names)} is installed"
-    if os.environ.get("CI", "").lower() == "true":
-        raise RuntimeError(f"{message} (CI=true: the runner must install it)")
-    pytest.skip(message)
+    raise StartError(
+        f"none of {', '.join(names)} is installed: run `bash .ci/run` (it installs the Debian "
+        "packages prometheus and prometheus-alertmanager) or apt-get install them"
+    )
 
 
 def _launch(
