@@ -1,0 +1,319 @@
+"""Alertmanager's webhook (protocol version "4") into ``core.model.Alert``, and its credential.
+
+The wire format is summarised in ``../shared/reference/alertmanager/webhook-semantics.md``
+(upstream ``notify/webhook/webhook.go`` and ``template/template.go``, v0.34.0). What this
+module relies on, and why it is shaped the way it is:
+
+* Both shapes are accepted: before v0.32 there is no ``notification_reason``, before v0.34 no
+  ``routeLabels``. Fields we do not act on are ignored, never validated, so the next
+  Alertmanager release that adds or changes one does not break us (``receiver``, ``groupKey``,
+  ``truncatedAlerts`` and ``notification_reason`` are read for the log, if they make sense).
+  Only what canaryd acts on is checked: ``version`` if present, and ``alerts[]`` with
+  ``status``, ``labels``, ``startsAt``, ``endsAt`` and ``fingerprint``.
+* A firing alert carries ``endsAt = "0001-01-01T00:00:00Z"``, Go's zero time, meaning "not
+  known yet": it becomes ``None``, never "ended in year 1".
+* Times are RFC 3339 with up to nanosecond precision (Go trims trailing zeros). Python's
+  ``datetime`` keeps microseconds only, so the fraction is parsed here, by hand.
+* ``fingerprint`` is the FNV-1a hash of the sorted label set (prometheus/common
+  ``model.LabelSet.Fingerprint``). Alertmanager always sends it; a hand-written payload (curl)
+  may not, and then it is computed the same way, so de-duplication still works.
+* Every problem raises ``PayloadError`` (a ``ValueError``) naming the field, e.g.
+  ``alerts[2].startsAt: not an RFC 3339 time``. The HTTP layer answers 400 for it: Alertmanager
+  drops a 4xx message instead of retrying it, which is right for a body that will never parse.
+
+The webhook's credential is what Alertmanager's ``http_config`` sends: ``authorization``
+(``Authorization: Bearer <credentials>``) or ``basic_auth``. It is compared in constant time
+(``hmac.compare_digest`` of SHA-256 digests, so not even its length leaks) and never appears
+in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from canaryd.core.model import Alert
+
+VERSION = "4"
+STATUSES = ("firing", "resolved")
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,32}))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+GO_ZERO_TIME = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds()
+
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
+_SEPARATOR = 0xFF  # prometheus/common model.SeparatorByte
+
+
+class PayloadError(ValueError):
+    """A webhook body canaryd cannot take; the message names the field (``alerts[0].labels``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One webhook message: its alerts, and what is worth logging about the message itself."""
+
+    alerts: tuple[Alert, ...]
+    receiver: str = ""
+    group_key: str = ""
+    truncated: int = 0  # alerts Alertmanager left out because of the receiver's max_alerts
+    reason: str = ""  # notification_reason (v0.32+), "" before
+
+
+# --------------------------------------------------------------------------- times
+
+
+def parse_time(text: object, where: str) -> float:
+    """An RFC 3339 time (nanoseconds allowed) to seconds since the Unix epoch."""
+    if not isinstance(text, str):
+        raise PayloadError(f"{where}: expected an RFC 3339 time as a string")
+    m = _RFC3339.fullmatch(text)
+    if m is None:
+        raise PayloadError(f"{where}: not an RFC 3339 time: {_show(text)}")
+    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
+    try:
+        when = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=UTC)
+    except ValueError as exc:
+        raise PayloadError(f"{where}: not an RFC 3339 time: {exc}") from None
+    if second > 60:
+        raise PayloadError(f"{where}: not an RFC 3339 time: second must be in 0..60")
+    if m.group(9):
+        hours, minutes = int(m.group(10)), int(m.group(11))
+        if hours > 23 or minutes > 59:
+            raise PayloadError(f"{where}: not an RFC 3339 time: bad UTC offset")
+        offset = timedelta(hours=hours, minutes=minutes)
+        when = when - offset if m.group(9) == "+" else when + offset
+    digits = m.group(7) or ""
+    fraction = int(digits) / 10 ** len(digits) if digits else 0.0
+    if second == 60:  # a leap second: RFC 3339 allows it, Go never sends it
+        fraction += 1.0
+    return (when - _EPOCH).total_seconds() + fraction
+
+
+def parse_end(text: object, where: str) -> float | None:
+    """``endsAt``: Go's zero time (a firing alert's "not known yet") is None."""
+    seconds = parse_time(text, where)
+    return None if seconds <= GO_ZERO_TIME else seconds
+
+
+# --------------------------------------------------------------------------- payload
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """Alertmanager's fingerprint of a label set: FNV-1a over the sorted names and values."""
+    h = _FNV_OFFSET
+    for name in sorted(labels):
+        for chunk in (name.encode(), labels[name].encode()):
+            for byte in chunk:
+                h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+            h = ((h ^ _SEPARATOR) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def parse_notification(doc: object) -> Notification:
+    """A decoded webhook body (``json.loads``) into a ``Notification``; ``PayloadError`` if not."""
+    if not isinstance(doc, dict):
+        raise PayloadError(f"body: expected a JSON object, got {_kind(doc)}")
+    version = doc.get("version")
+    if version is not None and version != VERSION:
+        raise PayloadError(
+            f"version: canaryd reads webhook version {VERSION!r}, got {_show(version)}"
+        )
+    raw_alerts = doc.get("alerts")
+    if not isinstance(raw_alerts, list):
+        problem = (
+            "is missing" if raw_alerts is None else f"expected a list, got {_kind(raw_alerts)}"
+        )
+        raise PayloadError(f"alerts: {problem}")
+    alerts = tuple(_alert(raw, f"alerts[{i}]") for i, raw in enumerate(raw_alerts))
+    truncated = doc.get("truncatedAlerts", 0)
+    if isinstance(truncated, bool) or not isinstance(truncated, int) or truncated < 0:
+        truncated = 0  # only logged: a strange value is not worth refusing the alerts for
+    return Notification(
+        alerts=alerts,
+        receiver=_optional_str(doc, "receiver", ""),
+        group_key=_optional_str(doc, "groupKey", ""),
+        truncated=truncated,
+        reason=_optional_str(doc, "notification_reason", ""),
+    )
+
+
+def parse_webhook(doc: object) -> list[Alert]:
+    """The alerts of a decoded webhook body, converted at the edge."""
+    return list(parse_notification(doc).alerts)
+
+
+def _alert(raw: object, where: str) -> Alert:
+    if not isinstance(raw, dict):
+        raise PayloadError(f"{where}: expected an object, got {_kind(raw)}")
+    status = raw.get("status")
+    if status not in STATUSES:
+        raise PayloadError(f"{where}.status: expected 'firing' or 'resolved', got {_show(status)}")
+    labels = _labels(raw.get("labels"), f"{where}.labels")
+    if "startsAt" not in raw:
+        raise PayloadError(f"{where}.startsAt: is missing")
+    starts_at = parse_time(raw["startsAt"], f"{where}.startsAt")
+    ends_raw = raw.get("endsAt")
+    ends_at = None if ends_raw is None else parse_end(ends_raw, f"{where}.endsAt")
+    given = raw.get("fingerprint")
+    if given is None:
+        given = fingerprint(labels)
+    elif not isinstance(given, str) or not given or len(given) > 64:
+        raise PayloadError(f"{where}.fingerprint: expected a non-empty string")
+    return Alert(
+        fingerprint=given,
+        status=str(status),
+        labels=labels,
+        starts_at=starts_at,
+        ends_at=ends_at,
+    )
+
+
+def _labels(raw: object, where: str) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        problem = "is missing" if raw is None else f"expected an object, got {_kind(raw)}"
+        raise PayloadError(f"{where}: {problem}")
+    for name, value in raw.items():
+        if not isinstance(value, str):
+            raise PayloadError(f"{where}.{_show(name)}: expected a string, got {_kind(value)}")
+    return dict(raw)
+
+
+def _optional_str(doc: Mapping[str, Any], key: str, default: str) -> str:
+    value = doc.get(key, default)
+    return value if isinstance(value, str) else default  # only logged, never acted on
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names.update({list: "a list", dict: "an object"})
+    return names.get(type(value), type(value).__name__)
+
+
+def _show(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- credential
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookCredential:
+    """What Alertmanager's ``http_config`` must present: a bearer token or basic auth.
+
+    ``scheme`` is ``authorization.type`` (``Bearer`` unless configured otherwise); it only
+    applies to a token, basic auth is always ``Basic``.
+    """
+
+    token: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    scheme: str = "Bearer"
+
+    def __post_init__(self) -> None:
+        basic = self.username is not None or self.password is not None
+        if (self.token is not None) == basic:
+            raise ValueError("a webhook credential is a token or a username and password")
+        if basic and (self.username is None or self.password is None):
+            raise ValueError("basic auth needs both a username and a password")
+
+    @classmethod
+    def bearer(cls, token: str, scheme: str = "Bearer") -> WebhookCredential:
+        return cls(token=token, scheme=scheme)
+
+    @classmethod
+    def basic(cls, username: str, password: str) -> WebhookCredential:
+        return cls(username=username, password=password, scheme="Basic")
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        bearer_token_file: str | os.PathLike[str] | None = None,
+        username: str | None = None,
+        password_file: str | os.PathLike[str] | None = None,
+    ) -> WebhookCredential:
+        """The credential from its secret files (config ``auth.webhook``), stripped of the
+        trailing newline an editor leaves; ``OSError`` if a file cannot be read."""
+        if bearer_token_file is not None:
+            return cls.bearer(_secret(bearer_token_file))
+        if username is None or password_file is None:
+            raise ValueError("a webhook credential needs a token file or a username and password")
+        return cls.basic(username, _secret(password_file))
+
+    @property
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value of a 401."""
+        scheme = self.scheme if self.token is not None else "Basic"
+        return f'{scheme} realm="canaryd webhook"'
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether the request's ``Authorization`` header carries this credential."""
+        if self.token is not None:
+            return bearer_matches(authorization, self.token, self.scheme)
+        assert self.username is not None and self.password is not None
+        return basic_matches(authorization, self.username, self.password)
+
+
+def _secret(path: str | os.PathLike[str]) -> str:
+    secret = Path(path).read_text(encoding="utf-8").strip()
+    if not secret:
+        raise ValueError(f"{path}: the secret file is empty")
+    return secret
+
+
+def _same(presented: str, expected: str) -> bool:
+    """Constant time, length included: ``compare_digest`` of the two strings' SHA-256."""
+    # surrogatepass: a header with odd bytes still encodes (injectively), it just won't match
+    a = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
+    b = hashlib.sha256(expected.encode("utf-8", "surrogatepass")).digest()
+    return hmac.compare_digest(a, b)
+
+
+def credentials_of(authorization: str | None, scheme: str) -> str | None:
+    """The credentials of an ``Authorization: <scheme> <credentials>`` header (scheme: any case)."""
+    if not authorization:
+        return None
+    given, _, value = authorization.strip().partition(" ")
+    if given.lower() != scheme.lower():
+        return None
+    return value.strip()
+
+
+def bearer_matches(authorization: str | None, token: str, scheme: str = "Bearer") -> bool:
+    """``Authorization: Bearer <token>``, compared in constant time."""
+    presented = credentials_of(authorization, scheme)
+    if presented is None:
+        return False
+    return _same(presented, token)
+
+
+def basic_matches(authorization: str | None, username: str, password: str) -> bool:
+    """``Authorization: Basic base64(user:password)``, both parts compared in constant time."""
+    presented = credentials_of(authorization, "Basic")
+    if presented is None:
+        return False
+    try:
+        decoded = base64.b64decode(presented, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return False
+    user, sep, secret = decoded.partition(":")
+    user_ok = _same(user, username)
+    secret_ok = _same(secret, password)
+    return bool(sep) and user_ok and secret_ok

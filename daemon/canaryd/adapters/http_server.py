@@ -1,0 +1,825 @@
+"""The HTTP API (SPEC §5.2), the Alertmanager webhook and the status page, on aiohttp.
+
+Handlers translate and decide nothing: JSON in, one typed call on the controller, JSON out.
+The controller is reached through ``ControllerPort``, the few members used here, so this
+adapter never imports the runtime (the layer contract); ``runtime.controller.Controller``
+satisfies it structurally.
+
+How it behaves, and why:
+
+* **Errors** are always ``{"error": {"code", "message"}}``, also for aiohttp's own 404/405 and
+  for an unexpected exception (500, logged with its traceback, no details in the body).
+* **The webhook never answers 5xx for a bad request.** Alertmanager retries 5xx until the group
+  interval runs out and drops anything 4xx, so malformed JSON, a bad shape or a bad field is a
+  400 naming the field, a body over the size limit a 413 and a wrong credential a 401. A 503
+  means canaryd could not take well-formed alerts in just now, which is exactly when a retry
+  helps. The 200 is sent only once ``controller.receive_alerts`` has returned.
+* **Roles** (SPEC §5.3): ``viewer`` reads, ``operator`` starts, pauses, resumes, rolls back and
+  sets weights, ``admin`` also promotes and cleans up. A bearer token is looked up by comparing
+  SHA-256 digests in constant time against every configured token (plain tokens are hashed
+  once, at start), so neither the token nor its length leaks through timing, and the token
+  itself is never logged. No or an unknown token is a 401 with ``WWW-Authenticate: Bearer``; a
+  role too low for the request is a 403. ``anonymous_role`` (default none) lets requests
+  without a token act with that role: for a loopback-only daemon without a tokens file.
+* **Audit**: every state-changing request is written with ``store.audit`` whatever its outcome
+  (201/200 and also 401, 403, 404, 409, 413, 422, 503), ``who`` being the token's name or
+  ``anonymous``. The webhook's refused deliveries (401) are audited too; accepted deliveries
+  are not (Alertmanager repeats them every group interval) — their effect is in the history.
+* **Open endpoints**: ``/healthz``, ``/readyz``, ``/metrics`` and the status page ``/``. The
+  page shows what ``/metrics`` already exposes (target, phase, stage, weight) plus the image,
+  and never a token, a credential or an alert's labels.
+* **Body size**: checked against ``Content-Length`` first, then enforced while reading (a
+  chunked body has none); ``client_max_size`` is set to the same limit as a second guard.
+
+The module is longer than our usual 400 lines: the protocols, the role check, the views and
+the status page are small and only make sense next to the routes that use them. When it grows,
+split the status page and the ``Authenticator`` into modules of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import hmac
+import html
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from canaryd import __version__
+from canaryd.adapters import openapi
+from canaryd.adapters.alertmanager import (
+    PayloadError,
+    WebhookCredential,
+    credentials_of,
+    parse_notification,
+)
+from canaryd.adapters.telemetry import Telemetry
+from canaryd.core.errors import (
+    CanarydError,
+    CommandRejected,
+    ConfigError,
+    PermanentError,
+    TemporaryError,
+)
+from canaryd.core.model import Alert, Command, CommandKind, Phase, Policy, Rollout
+from canaryd.ports import Clock, CorruptState, DecisionRecord, RolloutConflict, StateStore
+
+MAX_BODY = 1 << 20  # 1 MiB: an Alertmanager message with hundreds of alerts fits easily
+ROLES = ("viewer", "operator", "admin")
+ANONYMOUS = "anonymous"
+RECENT_DECISIONS = 20  # shown with a target; the full list is under /history
+
+log = structlog.get_logger("canaryd.http")
+T = TypeVar("T")
+
+# --------------------------------------------------------------------------- what we need
+
+
+class Kind(Protocol):
+    @property
+    def kind(self) -> str: ...
+
+
+class TargetInfo(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def router(self) -> Kind: ...
+    @property
+    def platform(self) -> Kind: ...
+
+
+class FiringAlerts(Protocol):
+    def firing_for(self, target: str, now: float) -> list[Alert]: ...
+
+
+class ControllerPort(Protocol):
+    """What the API needs of ``runtime.controller.Controller``."""
+
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def targets(self) -> Mapping[str, TargetInfo]: ...
+    @property
+    def inbox(self) -> FiringAlerts: ...
+
+    def current(self, name: str) -> Rollout | None: ...
+
+    async def start(
+        self,
+        name: str,
+        image: str,
+        *,
+        traffic: int | None = None,
+        policy: str | None = None,
+        by: str = "operator",
+    ) -> Rollout: ...
+
+    async def command(self, name: str, command: Command) -> Rollout: ...
+
+    async def cleanup(self, name: str, by: str) -> Rollout | None: ...
+
+    async def receive_alerts(self, alerts: list[Alert]) -> int: ...
+
+
+class ApiToken(Protocol):
+    """One entry of the tokens file (``settings.Token``): the token or its SHA-256 in hex."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def sha256(self) -> str | None: ...
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a stable machine code and a message for people."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: Mapping[str, str] | None = None,
+        **extra: str,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+        self.extra = extra  # more fields of the error object, e.g. a 403's required_role
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.code, self.message, self.headers, **self.extra)
+
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    422: "invalid",
+    503: "unavailable",
+}
+_OUTCOMES = {
+    400: "invalid",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not-found",
+    409: "rejected",
+    413: "too-large",
+    422: "invalid",
+    503: "unavailable",
+}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: str
+) -> web.Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        keep = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+        return error_response(exc.status, _CODES.get(exc.status, "error"), exc.reason, keep)
+    except Exception:
+        log.exception("http_handler_failed", method=request.method, path=request.path)
+        return error_response(500, "internal", "internal error; the daemon's log has details")
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    role: str
+
+    def may(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+class Authenticator:
+    """Bearer tokens to identities, compared as SHA-256 digests in constant time."""
+
+    def __init__(self, tokens: Sequence[ApiToken], anonymous_role: str | None = None) -> None:
+        self._known: list[tuple[bytes, Identity]] = []
+        for t in tokens:
+            if t.role not in ROLES:
+                raise ValueError(f"token {t.name}: unknown role {t.role!r}")
+            if t.token is not None:
+                digest = hashlib.sha256(t.token.encode()).digest()
+            elif t.sha256 is not None:
+                digest = bytes.fromhex(t.sha256)
+            else:
+                raise ValueError(f"token {t.name}: needs a token or its sha256")
+            self._known.append((digest, Identity(t.name, t.role)))
+        if anonymous_role is not None and anonymous_role not in ROLES:
+            raise ValueError(f"anonymous_role: unknown role {anonymous_role!r}")
+        self._anonymous = Identity(ANONYMOUS, anonymous_role) if anonymous_role else None
+
+    def identify(self, authorization: str | None) -> Identity:
+        """The caller, or ``ApiError(401)``; a wrong token is never taken as anonymous."""
+        presented = credentials_of(authorization, "Bearer")
+        if presented is None:
+            if self._anonymous is not None and not authorization:
+                return self._anonymous
+            raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
+        found: Identity | None = None
+        for known, identity in self._known:  # no early exit: the same work for every token
+            if hmac.compare_digest(digest, known) and found is None:
+                found = identity
+        if found is None:
+            raise _unauthorized("unknown token")
+        return found
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": 'Bearer realm="canaryd"'})
+
+
+# --------------------------------------------------------------------------- the app
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    controller: ControllerPort
+    store: StateStore
+    telemetry: Telemetry
+    auth: Authenticator
+    webhook: WebhookCredential | None
+    clock: Clock
+    max_body: int
+
+
+API = web.AppKey("canaryd_api", Api)
+_DETAIL = web.RequestKey("canaryd_audit_detail", dict)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AuthedHandler = Callable[[web.Request, Identity], Awaitable[web.StreamResponse]]
+
+
+def build_app(
+    controller: ControllerPort,
+    store: StateStore,
+    telemetry: Telemetry,
+    tokens: Sequence[ApiToken],
+    webhook: WebhookCredential | None,
+    clock: Clock,
+    max_body: int = MAX_BODY,
+    *,
+    anonymous_role: str | None = None,
+) -> web.Application:
+    """The daemon's aiohttp application. ``webhook`` None leaves the webhook unauthenticated."""
+    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app[API] = Api(
+        controller,
+        store,
+        telemetry,
+        Authenticator(tokens, anonymous_role),
+        webhook,
+        clock,
+        max_body,
+    )
+    if webhook is None:
+        log.warning("webhook_unauthenticated", hint="configure auth.webhook")
+    if anonymous_role is not None:
+        log.warning("api_anonymous_access", role=anonymous_role)
+    t = "/api/v1/targets/{target}"
+    app.router.add_routes(
+        [
+            web.get("/", status_page),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+            web.get("/api/v1/openapi.json", openapi_document),
+            web.post("/api/v1/alerts", receive_alerts),
+            web.get("/api/v1/targets", list_targets),
+            web.get(t, show_target),
+            web.get(f"{t}/history", show_history),
+            web.post(f"{t}/rollouts", start_rollout),
+            web.post(f"{t}/promote", promote),
+            web.post(f"{t}/rollback", rollback),
+            web.post(f"{t}/pause", pause),
+            web.post(f"{t}/resume", resume),
+            web.post(f"{t}/weight", set_weight),
+            web.delete(f"{t}/rollout", cleanup),
+        ]
+    )
+    return app
+
+
+def reads(handler: AuthedHandler) -> Handler:
+    """A read: at least ``viewer``."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        who = request.app[API].auth.identify(request.headers.get("Authorization"))
+        _check_target(request)
+        return await handler(request, who)
+
+    return checked
+
+
+def writes(what: str, role: str) -> Callable[[AuthedHandler], Handler]:
+    """A state-changing request: needs ``role``; audited whatever its outcome."""
+
+    def wrap(handler: AuthedHandler) -> Handler:
+        @functools.wraps(handler)
+        async def audited(request: web.Request) -> web.StreamResponse:
+            api = request.app[API]
+            target = request.match_info.get("target")
+            request[_DETAIL] = {}
+            who = ANONYMOUS
+            try:
+                identity = api.auth.identify(request.headers.get("Authorization"))
+                who = identity.name
+                if not identity.may(role):
+                    raise ApiError(
+                        403,
+                        "forbidden",
+                        f"{what} needs the {role} role; {who} is {identity.role}",
+                        required_role=role,
+                    )
+                _check_target(request)
+                response = await handler(request, identity)
+            except ApiError as exc:
+                log.info("api_refused", who=who, what=what, target=target, status=exc.status)
+                await audit(api, who, what, target, exc.status, request, message=exc.message)
+                raise
+            except Exception as exc:
+                await audit(api, who, what, target, 500, request, message=type(exc).__name__)
+                raise
+            await audit(api, who, what, target, response.status, request)
+            return response
+
+        return audited
+
+    return wrap
+
+
+async def audit(
+    api: Api,
+    who: str,
+    what: str,
+    target: str | None,
+    status: int,
+    request: web.Request,
+    message: str | None = None,
+) -> None:
+    outcome = _OUTCOMES.get(status, "error" if status >= 500 else "ok")
+    detail: dict[str, object] = {"status": status, "remote": request.remote}
+    detail.update(request.get(_DETAIL) or {})
+    if message is not None:
+        detail["message"] = message
+    try:
+        await asyncio.to_thread(
+            api.store.audit, api.clock.time(), who, what, target, outcome, detail
+        )
+    except CanarydError as exc:  # the request's answer stands; the failure is logged loudly
+        log.error("audit_failed", who=who, what=what, target=target, error=str(exc))
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    too_large = ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks, size = [], 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ApiError(400, "invalid_json", f"body: not valid JSON ({exc})") from None
+
+
+async def json_body(request: web.Request, fields: set[str]) -> dict[str, Any]:
+    """A request's JSON object (an empty body is ``{}``); unknown fields are refused."""
+    raw = await read_body(request, request.app[API].max_body)
+    if not raw.strip():
+        return {}
+    body = decode_json(raw)
+    if not isinstance(body, dict):
+        raise ApiError(422, "invalid", "body: expected a JSON object")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        allowed = ", ".join(sorted(fields)) or "none"
+        raise ApiError(422, "invalid", f"{unknown[0]}: unknown field (allowed: {allowed})")
+    return body
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid", f"{field}: {message}")
+
+
+def text_field(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise _invalid(key, "is required")
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 1024:
+        raise _invalid(key, "expected a non-empty string of at most 1024 characters")
+    return value
+
+
+def int_field(
+    body: Mapping[str, Any], key: str, low: int, high: int, *, required: bool = False
+) -> int | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise _invalid(key, "is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _invalid(key, f"expected an integer within {low}..{high}")
+    return value
+
+
+def _check_target(request: web.Request) -> None:
+    """404 for a ``{target}`` that is not configured; checked after authentication, so that
+    an anonymous caller cannot probe for target names."""
+    name = request.match_info.get("target")
+    if name is not None and name not in request.app[API].controller.targets:
+        raise ApiError(404, "not_found", f"no target named {name!r}")
+
+
+async def _call(awaitable: Awaitable[T], *, bad_values: bool = False) -> T:
+    """A controller call, its errors as HTTP answers (anything else is a 500)."""
+    try:
+        return await awaitable
+    except (CommandRejected, RolloutConflict) as exc:
+        raise ApiError(409, "conflict", str(exc)) from exc
+    except ConfigError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+    except TemporaryError as exc:
+        raise ApiError(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
+    except CorruptState:
+        raise
+    except PermanentError as exc:  # RolloutRefused: frozen, or the same image already active
+        raise ApiError(409, "conflict", str(exc)) from exc
+    except (ValueError, LookupError, FileNotFoundError) as exc:
+        if bad_values:  # a start's traffic or policy the controller could not use
+            raise ApiError(422, "invalid", str(exc)) from exc
+        raise
+
+
+# --------------------------------------------------------------------------- views
+
+
+def rollout_view(r: Rollout) -> dict[str, Any]:
+    """A rollout as the API shows it: stage numbers are 1-based, as people count them."""
+    stages = r.policy.stages
+    return {
+        "id": r.id,
+        "target": r.target,
+        "image": r.image,
+        "policy": r.policy.name,
+        "phase": str(r.phase),
+        "stage": min(r.stage + 1, len(stages)),
+        "stages": len(stages),
+        "weight": r.weight,
+        "stable_weight": r.stable_weight,
+        "started_at": r.started_at,
+        "stage_started_at": r.stage_started_at,
+        "credited": r.credited,
+        "finished_at": r.finished_at,
+        "waiting_for_promote": r.phase is Phase.PAUSED and r.stage_passed,
+        "pause_reason": r.pause_reason,
+        "rollback_reason": r.rollback_reason,
+        "message": r.message,
+        "successor": r.successor,
+        "plan": [
+            {
+                "weight": s.weight,
+                "duration": s.duration,
+                "checks": list(s.checks),
+                "gate": str(s.gate),
+            }
+            for s in stages
+        ],
+    }
+
+
+def alert_view(a: Alert) -> dict[str, Any]:
+    return {
+        "fingerprint": a.fingerprint,
+        "name": a.name,
+        "status": a.status,
+        "labels": dict(a.labels),
+        "starts_at": a.starts_at,
+        "ends_at": a.ends_at,
+    }
+
+
+def target_summary(t: TargetInfo, r: Rollout | None) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "policy": t.policy.name,
+        "router": t.router.kind,
+        "platform": t.platform.kind,
+        "rollout_id": r.id if r else None,
+        "image": r.image if r else None,
+        "phase": str(r.phase) if r else None,
+        "stage": min(r.stage + 1, len(r.policy.stages)) if r else None,
+        "stages": len(r.policy.stages) if r else None,
+        "weight": r.weight if r else 0,
+        "stable_weight": r.stable_weight if r else 100,
+    }
+
+
+async def _currents(controller: ControllerPort) -> list[tuple[TargetInfo, Rollout | None]]:
+    def read() -> list[tuple[TargetInfo, Rollout | None]]:
+        return [(t, controller.current(name)) for name, t in sorted(controller.targets.items())]
+
+    return await asyncio.to_thread(read)  # a target without a worker is read from the store
+
+
+# --------------------------------------------------------------------------- open endpoints
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if not request.app[API].controller.ready:
+        raise ApiError(503, "not_ready", "state not loaded yet, or the first reconcile pending")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[API].telemetry.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(__version__))
+
+
+# --------------------------------------------------------------------------- the webhook
+
+
+async def receive_alerts(request: web.Request) -> web.StreamResponse:
+    api = request.app[API]
+    status = 500
+    try:
+        response = await _webhook(request, api)
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        raise
+    finally:
+        api.telemetry.webhook_requests.labels(str(status)).inc()
+
+
+async def _webhook(request: web.Request, api: Api) -> web.Response:
+    if api.webhook is not None and not api.webhook.accepts(request.headers.get("Authorization")):
+        log.warning("webhook_unauthorized", remote=request.remote)
+        await audit(api, ANONYMOUS, "alerts", None, 401, request, "wrong or no credential")
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the webhook credential is missing or wrong",
+            {"WWW-Authenticate": api.webhook.challenge},
+        )
+    doc = decode_json(await read_body(request, api.max_body))
+    try:
+        note = parse_notification(doc)
+    except PayloadError as exc:
+        raise ApiError(400, "invalid_payload", str(exc)) from None
+    except Exception as exc:  # a parser bug must not make Alertmanager retry forever
+        log.exception("webhook_parse_failed")
+        raise ApiError(400, "invalid_payload", "body: unreadable webhook payload") from exc
+    alerts = list(note.alerts)
+    try:
+        fresh = await api.controller.receive_alerts(alerts)
+    except TemporaryError as exc:  # could not take them in: let Alertmanager retry
+        raise ApiError(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
+    for alert in alerts:
+        api.telemetry.alerts_received.labels(alert.status).inc()
+    if note.truncated:
+        log.warning("webhook_truncated", truncated=note.truncated, group_key=note.group_key)
+    log.info(
+        "webhook_received",
+        receiver=note.receiver,
+        group_key=note.group_key,
+        reason=note.reason,
+        received=len(alerts),
+        new=fresh,
+    )
+    return web.json_response({"received": len(alerts), "new": fresh})
+
+
+# --------------------------------------------------------------------------- reads
+
+
+@reads
+async def list_targets(request: web.Request, who: Identity) -> web.Response:
+    rows = await _currents(request.app[API].controller)
+    return web.json_response({"targets": [target_summary(t, r) for t, r in rows]})
+
+
+@reads
+async def show_target(request: web.Request, who: Identity) -> web.Response:
+    api, name = request.app[API], request.match_info["target"]
+    target = api.controller.targets[name]
+    rollout = await asyncio.to_thread(api.controller.current, name)
+    decisions: list[DecisionRecord] = []
+    if rollout is not None:
+        decisions = await asyncio.to_thread(api.store.history, rollout_id=rollout.id)
+    firing = api.controller.inbox.firing_for(name, api.clock.time())
+    view = target_summary(target, rollout)
+    view["rollout"] = rollout_view(rollout) if rollout else None
+    view["decisions"] = decisions[-RECENT_DECISIONS:]
+    view["alerts"] = [alert_view(a) for a in firing]
+    return web.json_response(view)
+
+
+@reads
+async def show_history(request: web.Request, who: Identity) -> web.Response:
+    api, name = request.app[API], request.match_info["target"]
+    raw = request.query.get("limit")
+    limit = int(raw) if raw and raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+    if raw is not None and not 0 < limit <= 100_000:
+        raise _invalid("limit", "expected an integer within 1..100000")
+    decisions = await asyncio.to_thread(api.store.history, target=name)
+    if limit:
+        decisions = decisions[-limit:]
+    return web.json_response({"target": name, "decisions": decisions})
+
+
+# --------------------------------------------------------------------------- writes
+
+
+@writes("start", "operator")
+async def start_rollout(request: web.Request, who: Identity) -> web.Response:
+    name = request.match_info["target"]
+    body = await json_body(request, {"image", "traffic", "policy"})
+    image = text_field(body, "image", required=True)
+    assert image is not None
+    if any(c.isspace() or not c.isprintable() for c in image):
+        raise _invalid("image", "an image reference has no spaces or control characters")
+    traffic = int_field(body, "traffic", 1, 100)
+    policy = text_field(body, "policy")
+    request[_DETAIL].update(image=image, traffic=traffic, policy=policy)
+    controller = request.app[API].controller
+    start = controller.start(name, image, traffic=traffic, policy=policy, by=who.name)
+    rollout = await _call(start, bad_values=True)
+    request[_DETAIL]["rollout"] = rollout.id
+    location = {"Location": f"/api/v1/targets/{name}"}
+    return web.json_response(rollout_view(rollout), status=201, headers=location)
+
+
+async def _command(request: web.Request, command: Command) -> web.Response:
+    name = request.match_info["target"]
+    rollout = await _call(request.app[API].controller.command(name, command))
+    request[_DETAIL]["rollout"] = rollout.id
+    return web.json_response(rollout_view(rollout))
+
+
+@writes("promote", "admin")
+async def promote(request: web.Request, who: Identity) -> web.Response:
+    body = await json_body(request, {"full"})
+    full = body.get("full", False)
+    if not isinstance(full, bool):
+        raise _invalid("full", "expected true or false")
+    request[_DETAIL]["full"] = full
+    kind = CommandKind.PROMOTE_FULL if full else CommandKind.PROMOTE
+    return await _command(request, Command(kind, by=who.name))
+
+
+@writes("rollback", "operator")
+async def rollback(request: web.Request, who: Identity) -> web.Response:
+    body = await json_body(request, {"reason"})
+    reason = text_field(body, "reason") or ""
+    request[_DETAIL]["reason"] = reason
+    return await _command(request, Command(CommandKind.ROLLBACK, by=who.name, reason=reason))
+
+
+@writes("pause", "operator")
+async def pause(request: web.Request, who: Identity) -> web.Response:
+    await json_body(request, set())
+    return await _command(request, Command(CommandKind.PAUSE, by=who.name))
+
+
+@writes("resume", "operator")
+async def resume(request: web.Request, who: Identity) -> web.Response:
+    await json_body(request, set())
+    return await _command(request, Command(CommandKind.RESUME, by=who.name))
+
+
+@writes("set-weight", "operator")
+async def set_weight(request: web.Request, who: Identity) -> web.Response:
+    body = await json_body(request, {"weight"})
+    weight = int_field(body, "weight", 0, 100, required=True)
+    request[_DETAIL]["weight"] = weight
+    return await _command(request, Command(CommandKind.SET_WEIGHT, by=who.name, weight=weight))
+
+
+@writes("cleanup", "admin")
+async def cleanup(request: web.Request, who: Identity) -> web.Response:
+    name = request.match_info["target"]
+    await json_body(request, set())
+    rollout = await _call(request.app[API].controller.cleanup(name, who.name))
+    request[_DETAIL]["rollout"] = rollout.id if rollout else None
+    return web.json_response(
+        {"target": name, "rollout": rollout_view(rollout) if rollout else None}
+    )
+
+
+# --------------------------------------------------------------------------- status page
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>canaryd</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}}
+table{{border-collapse:collapse;width:100%}}
+th,td{{text-align:left;padding:.4em .6em;border-bottom:1px solid #ddd;vertical-align:middle}}
+.bar{{display:flex;width:16em;height:1em;border-radius:3px;overflow:hidden;background:#4a7bd0}}
+.bar .canary{{background:#f0a030}}
+.phase{{font-weight:600}} .Succeeded{{color:#2a8a3a}} .RolledBack,.Failed{{color:#c0392b}}
+.RollingBack{{color:#d35400}} .Paused{{color:#8e44ad}} .Progressing,.Promoting{{color:#2c6fbb}}
+small{{color:#777}}
+</style></head><body>
+<h1>canaryd</h1>
+<p><small>version {version} &middot; {ready} &middot; canary
+<span style="color:#f0a030">&#9632;</span> / stable <span style="color:#4a7bd0">&#9632;</span>
+&middot; <a href="/api/v1/openapi.json">API</a> &middot; <a href="/metrics">metrics</a></small></p>
+<table><thead><tr><th>Target</th><th>Phase</th><th>Stage</th><th>Image</th><th>Traffic</th>
+</tr></thead><tbody>
+{rows}
+</tbody></table></body></html>
+"""
+
+_ROW = (
+    '<tr><td>{name}</td><td class="phase {phase}">{phase}</td><td>{stage}</td><td>{image}</td>'
+    '<td><div class="bar" title="canary {weight}% / stable {stable}%">'
+    '<div class="canary" style="width:{weight}%"></div></div>'
+    "<small>canary {weight}% / stable {stable}%</small></td></tr>"
+)
+
+
+async def status_page(request: web.Request) -> web.Response:
+    api = request.app[API]
+    rows = []
+    for target, rollout in await _currents(api.controller):
+        s = target_summary(target, rollout)
+        stage = f"{s['stage']}/{s['stages']}" if rollout else "&ndash;"
+        rows.append(
+            _ROW.format(
+                name=html.escape(target.name),
+                phase=html.escape(s["phase"] or "Idle"),
+                stage=stage,
+                image=html.escape(s["image"] or "") or "&ndash;",
+                weight=int(s["weight"]),
+                stable=int(s["stable_weight"]),
+            )
+        )
+    page = _PAGE.format(
+        version=html.escape(__version__),
+        ready="ready" if api.controller.ready else "loading state",
+        rows="\n".join(rows) or '<tr><td colspan="5">no targets configured</td></tr>',
+    )
+    return web.Response(text=page, content_type="text/html")
