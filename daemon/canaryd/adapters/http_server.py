@@ -640,7 +640,7 @@ async def _webhook(request: web.Request, api: Api) -> web.Response:
         api.telemetry.alerts_received.labels(alert.status).inc()
     if note.truncated:
         log.warning("webhook_truncated", truncated=note.truncated, group_key=note.group_key)
-    log.info(
+    log.debug(  # Alertmanager repeats deliveries: an info line each would drown the decisions
         "webhook_received",
         receiver=note.receiver,
         group_key=note.group_key,

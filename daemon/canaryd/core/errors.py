@@ -7,7 +7,9 @@
     │   └── RouterConflict     the router's object changed under us
     └── PermanentError         retrying will not help
         ├── NoDataError        a query returned nothing usable
-        └── CommandRejected    an operator command that the rollout's phase does not allow
+        ├── CommandRejected    an operator command that the rollout's phase does not allow
+        ├── UnknownTarget      no target of that name is configured (HTTP 404)
+        └── RolloutRefused     a start refused by admission: frozen, or already rolling (409)
 
 Adapters re-raise library errors as one of these with ``from``.
 """
@@ -59,3 +61,11 @@ class NoDataError(PermanentError):
 
 class CommandRejected(PermanentError):
     """The command does not apply to the rollout in its current phase (HTTP 409)."""
+
+
+class UnknownTarget(PermanentError):
+    """No target of that name is configured (HTTP 404)."""
+
+
+class RolloutRefused(PermanentError):
+    """A start that admission refused: frozen, or the same image already rolling (HTTP 409)."""

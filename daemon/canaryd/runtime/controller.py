@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from canaryd.core import stages
-from canaryd.core.errors import CanarydError, CommandRejected, PermanentError
+from canaryd.core.errors import CanarydError, CommandRejected, RolloutRefused, UnknownTarget
 from canaryd.core.model import Alert, Command, CommandKind, Measurement, Phase, Policy, Rollout
 from canaryd.core.rules import admit
 from canaryd.ports import Clock, Platform, Router, RuntimeEvents, StateStore
@@ -28,14 +28,6 @@ MeasureTarget = Callable[
 ]
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
-
-
-class UnknownTarget(PermanentError):
-    """No target of that name is configured (HTTP 404)."""
-
-
-class RolloutRefused(PermanentError):
-    """A start that admission refused: frozen, or the same image already rolling (HTTP 409)."""
 
 
 @dataclass
