@@ -5,7 +5,8 @@ and sets ``run``, a function of the parsed arguments returning the exit code. ``
 parses and dispatches, so ``serve`` and ``demo`` slot in as one more register function each.
 
 Exit codes: 0 success, 2 a bad config (each problem as ``file: key.path: message`` on stderr)
-or bad arguments (argparse's own convention).
+or bad arguments (argparse's own convention), 1 when ``serve`` cannot run for another reason
+(the state store cannot be opened: one line, and systemd's ``Restart=on-failure`` retries).
 
 ``check`` also says what a policy means in time, from the engine's rules (``core.stages``):
 a stage passes on credited passing evaluations, so its total is the sum of stage durations; a
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from canaryd import __version__
 from canaryd.core.durations import format_duration
-from canaryd.core.errors import ConfigError
+from canaryd.core.errors import CanarydError, ConfigError
 from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
 from canaryd.settings import (
     DockerPlatform,
@@ -44,7 +45,7 @@ from canaryd.settings import (
 )
 
 DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
-EXIT_OK, EXIT_CONFIG = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 Run = Callable[[argparse.Namespace], int]
 if TYPE_CHECKING:  # argparse's class is only generic in typeshed, not at run time
@@ -235,10 +236,58 @@ def _show(path: Path) -> str:
         return str(path)
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _register_serve(commands: Subparsers) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Run the daemon: load the config (exit 2 naming every problem, as check "
+        "does), resume stored rollouts, serve the HTTP API, stop cleanly on SIGTERM/SIGINT.",
+    )
+    add_config_option(parser)
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="lowest level logged (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--json-logs",
+        action="store_true",
+        default=None,
+        help="log JSON lines even on a terminal (default: JSON only off a terminal)",
+    )
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio  # only serve needs the event loop, aiohttp and the adapters
+
+    from canaryd import app
+    from canaryd.adapters.telemetry import configure_logging
+
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        return report_config_error(exc)
+    configure_logging(args.log_level, args.json_logs)
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    try:
+        return asyncio.run(app.serve(settings))
+    except ConfigError as exc:  # a kind this build cannot run yet, found while composing
+        return report_config_error(exc)
+    except CanarydError as exc:  # e.g. the state store cannot be opened: one line, exit 1,
+        print(f"canaryd: {exc}", file=sys.stderr)  # which systemd's Restart=on-failure retries
+        return EXIT_FAILED
+
+
 # --------------------------------------------------------------------------- dispatch
 
-# serve, demo: add their ``_register_*`` here.
-SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (_register_check,)
+# demo: add its ``_register_*`` here.
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (_register_check, _register_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,383 @@
+"""The small HTTP client ``canaryctl`` talks to a running canaryd with (SPEC §5.2).
+
+It is built on the standard library's ``urllib``, not aiohttp, on purpose: ``canaryctl`` makes
+one request (``watch``: one a second) and exits, so an event loop buys nothing, and importing
+aiohttp alone costs ~110 ms, more than half of a whole ``canaryctl status`` (~0.2 s here),
+which an operator typing it during an incident, or a script calling it in a loop, notices.
+
+Errors are the API's: ``{"error": {"code", "message"}}`` becomes an ``ApiError`` carrying the
+HTTP status, and each status ``canaryctl`` cares about has its own exit code (``EXIT_*``), so
+scripts can tell "bad token" from "no such target" from "a rollout is already running" without
+parsing text. A daemon that cannot be reached is ``DaemonUnreachable``.
+
+The API's payloads are read through the ``*_of`` helpers below into ``RolloutView``: they take
+the API's rollout view (1-based ``stage``, ``plan``), a target summary, or the stored record of
+``core.codec.rollout_to_dict``, bare or wrapped (``{"rollout": ...}``), so the renderers in
+``ctl`` depend on neither the envelope nor which of those shapes an endpoint returns.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from canaryd.core.errors import CanarydError, TemporaryError
+
+DEFAULT_URL = "http://127.0.0.1:9870"
+API = "/api/v1"
+
+# Exit codes of canaryctl (2 stays argparse's "bad arguments").
+EXIT_OK = 0
+EXIT_ERROR = 1  # anything else the API refused (400, 413, 5xx) or answered oddly
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_UNAUTHENTICATED = 4  # 401
+EXIT_FORBIDDEN = 5  # 403
+EXIT_NOT_FOUND = 6  # 404
+EXIT_CONFLICT = 7  # 409
+EXIT_INVALID = 8  # 422
+EXIT_UNAVAILABLE = 9  # 503: not ready yet, or shutting down
+EXIT_ROLLED_BACK = 10  # watch: the rollout ended rolled back
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+_EXIT_BY_STATUS = {
+    401: EXIT_UNAUTHENTICATED,
+    403: EXIT_FORBIDDEN,
+    404: EXIT_NOT_FOUND,
+    409: EXIT_CONFLICT,
+    422: EXIT_INVALID,
+    503: EXIT_UNAVAILABLE,
+}
+
+
+class ApiError(CanarydError):
+    """The API answered with an error status."""
+
+    def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
+        self.status, self.code, self.message, self.body = status, code, message, body
+        super().__init__(f"HTTP {status} {code}: {message}")
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_BY_STATUS.get(self.status, EXIT_ERROR)
+
+    @property
+    def required_role(self) -> str | None:
+        """The role a 403 says is needed, when the API names one."""
+        error = self.body.get("error") if isinstance(self.body, Mapping) else None
+        if isinstance(error, Mapping):
+            for key in ("required_role", "required", "needs", "role"):
+                if isinstance(error.get(key), str):
+                    return str(error[key])
+        return None
+
+
+class DaemonUnreachable(TemporaryError):
+    """Nothing answered at the URL (refused, timed out, unknown host)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"cannot reach canaryd at {url}: {reason} — is `canaryd serve` running?")
+
+    exit_code = EXIT_UNREACHABLE
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    url: str = DEFAULT_URL
+    token: str | None = None
+    timeout: float = 30.0
+
+    # ------------------------------------------------------------------ endpoints
+
+    def targets(self) -> Any:
+        return self.request("GET", f"{API}/targets")
+
+    def target(self, name: str) -> Any:
+        return self.request("GET", f"{API}/targets/{_seg(name)}")
+
+    def history(self, name: str) -> Any:
+        return self.request("GET", f"{API}/targets/{_seg(name)}/history")
+
+    def start(
+        self, name: str, image: str, traffic: int | None = None, policy: str | None = None
+    ) -> Any:
+        body: dict[str, Any] = {"image": image}
+        if traffic is not None:
+            body["traffic"] = traffic
+        if policy is not None:
+            body["policy"] = policy
+        return self.request("POST", f"{API}/targets/{_seg(name)}/rollouts", body)
+
+    def promote(self, name: str, full: bool = False) -> Any:
+        body = {"full": True} if full else {}
+        return self.request("POST", f"{API}/targets/{_seg(name)}/promote", body)
+
+    def rollback(self, name: str, reason: str | None = None) -> Any:
+        body = {"reason": reason} if reason else {}
+        return self.request("POST", f"{API}/targets/{_seg(name)}/rollback", body)
+
+    def pause(self, name: str) -> Any:
+        return self.request("POST", f"{API}/targets/{_seg(name)}/pause", {})
+
+    def resume(self, name: str) -> Any:
+        return self.request("POST", f"{API}/targets/{_seg(name)}/resume", {})
+
+    def set_weight(self, name: str, weight: int) -> Any:
+        return self.request("POST", f"{API}/targets/{_seg(name)}/weight", {"weight": weight})
+
+    def cleanup(self, name: str) -> Any:
+        return self.request("DELETE", f"{API}/targets/{_seg(name)}/rollout")
+
+    # ------------------------------------------------------------------ transport
+
+    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """One request; the decoded JSON answer (None for an empty one), or an error raised."""
+        url = self.url.rstrip("/") + path
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json", "User-Agent": "canaryctl"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+                return _decode(response.read())
+        except urllib.error.HTTPError as exc:
+            raise _api_error(exc) from exc
+        except urllib.error.URLError as exc:
+            raise DaemonUnreachable(self.url, _why(exc.reason)) from exc
+        except TimeoutError as exc:
+            raise DaemonUnreachable(self.url, f"no answer within {self.timeout:g}s") from exc
+        except ConnectionError as exc:  # reset or closed mid-answer
+            raise DaemonUnreachable(self.url, _why(exc)) from exc
+
+
+def _seg(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(0, "bad_response", f"the answer is not JSON: {raw[:80]!r}") from exc
+
+
+def _api_error(exc: urllib.error.HTTPError) -> ApiError:
+    raw = exc.read() if exc.fp is not None else b""
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, Mapping) else None
+    if isinstance(error, Mapping):
+        code = str(error.get("code") or exc.reason)
+        message = str(error.get("message") or exc.reason)
+    else:  # not our server (a proxy, something else on the port): say what came back
+        code = str(exc.reason)
+        text = raw.decode(errors="replace").strip().splitlines()
+        message = text[0][:200] if text else str(exc.reason)
+    return ApiError(exc.code, code, message, body)
+
+
+def _why(reason: object) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, socket.gaierror):
+        return f"unknown host ({reason.strerror})"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason)
+
+
+# --------------------------------------------------------------------------- payloads
+
+TERMINAL_PHASES = frozenset({"Succeeded", "RolledBack"})
+
+
+@dataclass(frozen=True, slots=True)
+class StageView:
+    weight: int
+    duration: float
+    checks: tuple[str, ...]
+    gate: str
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutView:
+    """What ``canaryctl`` shows of a rollout, read from any of the shapes the API uses."""
+
+    id: str
+    target: str
+    image: str
+    policy: str
+    phase: str
+    stage: int  # 1-based, as people count (and as the API shows it)
+    stage_count: int
+    plan: tuple[StageView, ...]  # empty when the answer only summarises
+    weight: int
+    stable_weight: int
+    started_at: float | None = None
+    finished_at: float | None = None
+    credited: float = 0.0
+    pause_reason: str | None = None
+    rollback_reason: str | None = None
+    message: str | None = None
+    waiting_for_promote: bool = False
+
+    @classmethod
+    def of(cls, d: Mapping[str, Any]) -> RolloutView:
+        """The API's rollout view (``stage`` 1-based, ``plan``), a target summary
+        (``rollout_id``), or the stored record of ``codec.rollout_to_dict`` (``stage``
+        0-based, ``policy.stages``)."""
+        raw = d.get("policy")
+        record = isinstance(raw, Mapping)  # codec.rollout_to_dict embeds the whole policy
+        policy: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        steps = policy.get("stages") if record else d.get("plan")
+        plan = tuple(
+            StageView(
+                int(s.get("weight", 0)),
+                float(s.get("duration", 0.0)),
+                tuple(str(c) for c in s.get("checks", ())),
+                str(s.get("gate", "auto")),
+            )
+            for s in (steps if isinstance(steps, list) else ())
+            if isinstance(s, Mapping)
+        )
+        count = d.get("stages")
+        stage_count = count if isinstance(count, int) else len(plan)
+        stage = int(d.get("stage") or 0) + (1 if record else 0)
+        weight = int(d.get("weight") or 0)
+        stable = d.get("stable_weight")
+        return cls(
+            id=str(d.get("id") or d.get("rollout_id") or "?"),
+            target=str(d.get("target") or d.get("name") or "?"),
+            image=str(d.get("image") or "?"),
+            policy=str(policy.get("name", "?") if record else raw or "?"),
+            phase=str(d.get("phase") or "?"),
+            stage=min(stage, stage_count) if stage_count else stage,
+            stage_count=stage_count,
+            plan=plan,
+            weight=weight,
+            stable_weight=int(stable) if isinstance(stable, int) else 100 - weight,
+            started_at=_float(d.get("started_at")),
+            finished_at=_float(d.get("finished_at")),
+            credited=float(d.get("credited") or 0.0),
+            pause_reason=_str(d.get("pause_reason")),
+            rollback_reason=_str(d.get("rollback_reason")),
+            message=_str(d.get("message")),
+            waiting_for_promote=bool(d.get("waiting_for_promote")),
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+    @property
+    def current(self) -> StageView | None:
+        return self.plan[self.stage - 1] if 0 < self.stage <= len(self.plan) else None
+
+    @property
+    def stage_text(self) -> str:
+        return f"{self.stage}/{self.stage_count}" if self.stage_count else str(self.stage)
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _str(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def rollout_of(doc: Any) -> RolloutView | None:
+    """The rollout in an answer: a rollout itself (``POST .../rollouts``, commands), or the
+    ``"rollout"`` of a target (``GET /targets/{t}``, cleanup); None when there is none."""
+    if not isinstance(doc, Mapping):
+        return None
+    if "rollout" in doc:
+        inner = doc["rollout"]
+        return RolloutView.of(inner) if isinstance(inner, Mapping) else None
+    if "phase" in doc and "id" in doc:
+        return RolloutView.of(doc)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRow:
+    name: str
+    policy: str | None
+    rollout: RolloutView | None
+
+
+def targets_of(doc: Any) -> list[TargetRow]:
+    """``GET /targets`` as rows: its items are target summaries (``rollout_id``, ``phase``,
+    ``stage``, ... at the top level) or carry a ``"rollout"``."""
+    items = doc.get("targets", doc.get("items", [])) if isinstance(doc, Mapping) else doc
+    out: list[TargetRow] = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, str):
+            out.append(TargetRow(item, None, None))
+        elif isinstance(item, Mapping):
+            name = str(item.get("name") or item.get("target") or "?")
+            policy = item.get("policy") if isinstance(item.get("policy"), str) else None
+            if "rollout" in item:
+                rollout = rollout_of(item)
+            elif item.get("rollout_id") or item.get("id"):
+                rollout = RolloutView.of(item)
+            else:
+                rollout = None
+            out.append(TargetRow(name, policy or (rollout.policy if rollout else None), rollout))
+    return out
+
+
+def decisions_of(doc: Any) -> list[dict[str, Any]]:
+    """The decisions of an answer (``ports.DecisionRecord`` rows), oldest first."""
+    if isinstance(doc, Mapping):
+        for key in ("decisions", "history", "items"):
+            if isinstance(doc.get(key), list):
+                doc = doc[key]
+                break
+    return [dict(d) for d in doc if isinstance(d, Mapping)] if isinstance(doc, list) else []
+
+
+def checks_of(doc: Any, decisions: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The latest ``{"value", "verdict", ...}`` per check: from the answer's own measurements
+    when it carries them, else from the evidence of the latest decision that records check
+    results (a passing evaluation that decides nothing leaves no decision behind)."""
+    latest: dict[str, dict[str, Any]] = {}
+    if isinstance(doc, Mapping):
+        for key in ("checks", "last_checks", "measurements"):
+            value = doc.get(key)
+            if isinstance(value, Mapping):
+                for name, v in value.items():
+                    latest[str(name)] = dict(v) if isinstance(v, Mapping) else {"value": v}
+            elif isinstance(value, list):
+                for m in value:
+                    if isinstance(m, Mapping) and "check" in m:
+                        latest[str(m["check"])] = dict(m)
+    if latest:
+        return latest
+    for decision in reversed(decisions):
+        evidence = decision.get("evidence")
+        if isinstance(evidence, Mapping):
+            found = {
+                str(k): dict(v)
+                for k, v in evidence.items()
+                if isinstance(v, Mapping) and "verdict" in v
+            }
+            if found:
+                return found
+    return {}
