@@ -27,10 +27,10 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY daemon/ daemon/
 COPY rules/ rules/
-# The shipped policies (matriz-*) are found by name through canaryd.policies.RULES_DIR, which
-# pip does not install (rules/ is not package data), so put them where that path points.
-RUN pip install . \
- && cp -r rules "$(python -c 'import canaryd.policies as p; print(p.RULES_DIR)')" \
+# pip installs the shipped policies (rules/*.yaml) under $prefix/share/canaryd/rules, where
+# canaryd.policies.RULES_DIR finds them by name (matriz-fast-track, ...).
+RUN pip install --no-cache-dir . \
+ && test -f "$(python -c 'import canaryd.policies as p; print(p.RULES_DIR)')/matriz-fast-track.yaml" \
  && install -d -o canaryd -g canaryd -m 0750 /etc/canaryd /var/lib/canaryd \
  && cd / && rm -rf /src
 

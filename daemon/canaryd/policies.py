@@ -36,7 +36,17 @@ from canaryd.validation import (
     to_str,
 )
 
-RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
+
+def _rules_dir() -> Path:
+    """``rules/`` of a source checkout, else the copy ``pip install .`` puts under share/."""
+    import sys
+
+    checkout = Path(__file__).resolve().parents[2] / "rules"
+    installed = Path(sys.prefix) / "share" / "canaryd" / "rules"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+RULES_DIR = _rules_dir()
 _TOP = {
     "name",
     "description",

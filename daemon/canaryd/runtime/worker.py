@@ -103,6 +103,8 @@ class Worker:
                     delay = self._delay()
                 except Exception as exc:  # a pass that fails is retried, never fatal
                     self._events.failed_pass(self.state, exc)
+                if self.done:
+                    break
                 await self._sleep(delay)
         finally:
             for _, future in self._commands:

@@ -1,0 +1,243 @@
+"""The composition root: settings in, a running daemon out (``canaryd serve``).
+
+The only module that knows every concrete adapter. It builds them from the settings, hands
+the runtime nothing but ports, and owns the order of start-up and shutdown:
+
+    start:  open the store → Prometheus session → resume stored rollouts (one reconcile pass
+            each) → listen → READY=1 (systemd) → watchdog pings from the main loop
+    stop:   STOPPING=1 → stop listening → cancel workers (their decisions are already
+            durable) → close the HTTP session → close the store
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from canaryd import policies
+from canaryd.adapters import systemd
+from canaryd.adapters.alertmanager import WebhookCredential
+from canaryd.adapters.noop import NonePlatform, NoopRouter
+from canaryd.adapters.prometheus import PrometheusClient
+from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.telemetry import Telemetry
+from canaryd.core.errors import ConfigError, Problem
+from canaryd.core.model import Policy
+from canaryd.ports import Platform, Router
+from canaryd.runtime.controller import Controller, Target
+from canaryd.runtime.evaluator import Evaluator
+from canaryd.runtime.supervisor import Supervisor
+from canaryd.runtime.worker import Timing
+from canaryd.settings import Settings, Token, load_tokens
+from canaryd.settings import Target as TargetSettings
+
+log = structlog.get_logger("canaryd")
+
+
+class WallClock:
+    def time(self) -> float:
+        return time.time()
+
+
+def build_router(target: TargetSettings) -> Router:
+    if target.router.kind == "noop":
+        return NoopRouter()
+    raise ConfigError(
+        [
+            Problem(
+                str(target.name),
+                "router.kind",
+                f"router {target.router.kind!r} is not available in this build "
+                "yet; use noop (observe-only) for now",
+            )
+        ]
+    )
+
+
+def build_platform(target: TargetSettings) -> Platform:
+    if target.platform.kind == "none":
+        return NonePlatform()
+    raise ConfigError(
+        [
+            Problem(
+                str(target.name),
+                "platform.kind",
+                f"platform {target.platform.kind!r} is not available in this "
+                "build yet; use none for now",
+            )
+        ]
+    )
+
+
+class Daemon:
+    """Everything ``canaryd serve`` runs, built from settings; tests drive it directly."""
+
+    def __init__(
+        self, settings: Settings, *, timing: Timing | None = None, gather: float = 0.25
+    ) -> None:
+        if settings.state.backend != "sqlite":
+            raise ConfigError(
+                [
+                    Problem(
+                        str(settings.file),
+                        "state.backend",
+                        "only the sqlite backend is available in this build",
+                    )
+                ]
+            )
+        self.settings = settings
+        self.clock = WallClock()
+        self.telemetry = Telemetry()
+        self.supervisor = Supervisor(on_crash=self._crashed)
+        self.store = SqliteStore(settings.state.path)
+        self.targets = [
+            Target(
+                name=t.name,
+                policy=t.policy,
+                router=build_router(t),
+                platform=build_platform(t),
+                labels=dict(t.labels),
+                concerns=t.concerns,
+            )
+            for t in settings.targets
+        ]
+        self.session: aiohttp.ClientSession | None = None
+        self.evaluator: Evaluator | None = None
+        self._gather = gather
+        self._timing = timing
+        self.controller: Controller | None = None
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    def _crashed(self, name: str, error: BaseException) -> None:
+        log.error("service_crashed", service=name, error=repr(error))
+
+    def _load_policy(self, ref: str) -> Policy:
+        return policies.load_policy(policies.resolve(ref, self.settings.file.parent))
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.session = aiohttp.ClientSession()
+        client = PrometheusClient(
+            self.session,
+            settings.prometheus.url,
+            settings.prometheus.timeout,
+            on_query=lambda s, outcome: self.telemetry.query(
+                s, outcome in ("value", "no_data", "nan")
+            ),
+        )
+        self.evaluator = Evaluator(client, gather=self._gather)
+        self.controller = Controller(
+            self.targets,
+            store=self.store,
+            measure=self.evaluator.measure,
+            clock=self.clock,
+            events=self.telemetry,
+            load_policy=self._load_policy,
+            timing=self._timing,
+        )
+        self.supervisor.keep("evaluator", self.evaluator.run)
+        await self.controller.load(self.supervisor.spawn)
+        self.runner = web.AppRunner(self._http_app(), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, settings.listen.host, settings.listen.port)
+        await site.start()
+        self.port = _bound_port(self.runner)
+        systemd.notify("READY=1")
+        interval = systemd.watchdog_interval()
+        if interval:
+            self.supervisor.keep("watchdog", lambda: _watchdog(interval))
+        log.info(
+            "serving",
+            listen=f"{settings.listen.host}:{self.port}",
+            targets=len(self.targets),
+            active=len(self.controller.workers()),
+        )
+
+    def _http_app(self) -> web.Application:
+        from canaryd.adapters.http_server import build_app
+
+        assert self.controller is not None
+        return build_app(
+            self.controller,
+            self.store,
+            self.telemetry,
+            tokens=_tokens(self.settings),
+            webhook=_webhook(self.settings),
+            clock=self.clock,
+        )
+
+    async def before_stop(self) -> None:
+        systemd.notify("STOPPING=1")
+        log.info("stopping")
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def after_stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        await asyncio.to_thread(self.store.close)
+
+    async def run(self) -> None:
+        await self.supervisor.run(self.start, self.before_stop, self.after_stop)
+
+
+async def _watchdog(interval: float) -> None:
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
+def _bound_port(runner: web.AppRunner) -> int | None:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return None
+
+
+def _tokens(settings: Settings) -> tuple[Token, ...]:
+    path = settings.auth.tokens_file
+    if path is None:
+        log.warning("no_api_tokens", hint="auth.tokens_file is not set: every API call is refused")
+        return ()
+    if not Path(path).exists():
+        raise ConfigError(
+            [Problem(str(settings.file), "auth.tokens_file", f"{path} does not exist")]
+        )
+    return load_tokens(path)
+
+
+def _secret_file(settings: Settings, key: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            [Problem(str(settings.file), key, f"cannot read {path}: {exc.strerror or exc}")]
+        ) from exc
+
+
+def _webhook(settings: Settings) -> WebhookCredential | None:
+    hook = settings.auth.webhook
+    if hook is None:
+        log.warning("webhook_unauthenticated", hint="set auth.webhook to require a credential")
+        return None
+    if hook.bearer_token_file is not None:
+        token = _secret_file(settings, "auth.webhook.bearer_token_file", hook.bearer_token_file)
+        return WebhookCredential(token=token)
+    if hook.basic is not None:
+        password = _secret_file(
+            settings, "auth.webhook.basic.password_file", hook.basic.password_file
+        )
+        return WebhookCredential(username=hook.basic.username, password=password)
+    return None
+
+
+async def serve(settings: Settings) -> int:
+    daemon = Daemon(settings)
+    await daemon.run()
+    return 0
