@@ -666,13 +666,17 @@ async def show_target(request: web.Request, who: Identity) -> web.Response:
     target = api.controller.targets[name]
     rollout = await asyncio.to_thread(api.controller.current, name)
     decisions: list[DecisionRecord] = []
+    checks: dict[str, dict[str, Any]] = {}
     if rollout is not None:
         decisions = await asyncio.to_thread(api.store.history, rollout_id=rollout.id)
+        for m in await asyncio.to_thread(api.store.measurements, rollout.id):
+            checks[m["check"]] = {"value": m["value"], "error": m["error"], "t": m["t"]}
     firing = api.controller.inbox.firing_for(name, api.clock.time())
     view = target_summary(target, rollout)
     view["rollout"] = rollout_view(rollout) if rollout else None
     view["decisions"] = decisions[-RECENT_DECISIONS:]
     view["alerts"] = [alert_view(a) for a in firing]
+    view["checks"] = checks  # the latest measurement of every check of the rollout
     return web.json_response(view)
 
 

@@ -187,8 +187,18 @@ def _schemas() -> dict[str, Any]:
         "allOf": [
             _ref("TargetSummary"),
             _object(
-                "rollout decisions alerts",
+                "rollout decisions alerts checks",
                 rollout=_nullable(_ref("Rollout")),
+                checks={
+                    "type": "object",
+                    "description": "The latest measurement of each check, by check name",
+                    "additionalProperties": _object(
+                        "value error t",
+                        value=_nullable("number"),
+                        error=_nullable("string"),
+                        t={"type": "number"},
+                    ),
+                },
                 decisions={
                     "type": "array",
                     "items": _ref("Decision"),
