@@ -290,11 +290,16 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         errors = s.consecutive_errors + 1
         s = replace(s, consecutive_errors=errors, next_eval_at=now + policy.error_backoff)
         if errors >= limits.consecutive_error_limit:
-            return _rollback(s, f"{errors} consecutive source errors", now, acts, evidence)
+            detail = next(a.detail for a in results if a.verdict is Verdict.ERROR)
+            last = detail.removeprefix("source error: ")
+            return _rollback(
+                s, f"{errors} consecutive source errors (last: {last})", now, acts, evidence
+            )
         acts.append(
             Action(
                 ActionKind.HOLD,
-                f"source error ({errors} of {limits.consecutive_error_limit}); "
+                f"{next(a.detail for a in results if a.verdict is Verdict.ERROR)} "
+                f"({errors} of {limits.consecutive_error_limit}); "
                 f"retrying in {policy.error_backoff:g}s",
                 s.weight,
                 evidence,
