@@ -6,19 +6,15 @@ duplicate targets, and every problem inside every policy the targets name (repor
 policy file itself). A wrong key is always an error, never a silent default.
 
 Platforms and routers are tagged by ``kind``; each kind is its own small dataclass with exactly
-the keys that kind understands, so an adapter receives a typed value and ``mypy`` narrows the
-union on ``kind``. To teach canaryd a new kind, add its dataclass and one reader function to the
-tables below.
+the keys that kind understands. They live in ``settings_kinds`` with their readers and the
+``PLATFORMS`` / ``ROUTERS`` tables this loader dispatches on; every name is re-exported here
+(``__all__``), so ``canaryd.settings`` stays the one import for the whole config.
 
 Secret files (API tokens, the webhook credential) are only *named* here. They need not exist
 when the config is checked — they are often provisioned later — so a missing one is a warning;
 a tokens file that does exist is validated, and its secrets are never echoed.
 
 Relative paths in the config are relative to the config file's directory.
-
-The module is longer than our usual ~400 lines because the value types, their loader and the
-per-kind tables only make sense read together; when the adapters grow more kind-specific keys,
-the platform and router kinds are the part to split off.
 """
 
 from __future__ import annotations
@@ -35,7 +31,63 @@ from canaryd import policies
 from canaryd.core.errors import Problem
 from canaryd.core.model import Matcher, Policy
 from canaryd.core.rules import matches, parse_matcher
-from canaryd.validation import Reader, duration, join, to_int, to_str
+from canaryd.settings_kinds import (
+    PLATFORM_KINDS,
+    PLATFORMS,
+    ROUTER_KINDS,
+    ROUTERS,
+    ArgoRolloutsRouter,
+    DockerPlatform,
+    GatewayApiRouter,
+    KubernetesPlatform,
+    NginxIngressRouter,
+    NginxRouter,
+    NoopRouter,
+    NoPlatform,
+    Platform,
+    Router,
+    TraefikFileRouter,
+    TraefikServiceRouter,
+    read_labels,
+    router_identity,
+    to_name,
+    to_port,
+)
+from canaryd.validation import Reader, duration, join, to_str
+
+__all__ = [
+    "DEFAULT_LISTEN",
+    "DEFAULT_STATE_PATH",
+    "PLATFORM_KINDS",
+    "ROLES",
+    "ROUTER_KINDS",
+    "ArgoRolloutsRouter",
+    "Auth",
+    "BasicAuth",
+    "DockerPlatform",
+    "GatewayApiRouter",
+    "KubernetesPlatform",
+    "KubernetesState",
+    "Listen",
+    "NginxIngressRouter",
+    "NginxRouter",
+    "NoPlatform",
+    "NoopRouter",
+    "Platform",
+    "Prometheus",
+    "Router",
+    "Settings",
+    "SqliteState",
+    "State",
+    "Target",
+    "Token",
+    "TraefikFileRouter",
+    "TraefikServiceRouter",
+    "WebhookAuth",
+    "load_config",
+    "load_tokens",
+    "read_tokens",
+]
 
 T = TypeVar("T")
 
@@ -45,8 +97,10 @@ ROLES = ("viewer", "operator", "admin")
 
 _TOP = {"listen", "state", "prometheus", "auth", "targets"}
 _TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers"}
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STATE_KEYS: dict[str, set[str]] = {
+    "sqlite": {"backend", "path"},
+    "kubernetes": {"backend", "namespace", "lease"},
+}
 
 
 # --------------------------------------------------------------------------- values
@@ -111,115 +165,6 @@ class Token:
     role: str
     token: str | None = field(default=None, repr=False)
     sha256: str | None = field(default=None, repr=False)
-
-
-# ---- platforms: where the canary runs
-
-
-@dataclass(frozen=True, slots=True)
-class KubernetesPlatform:
-    deployment: str
-    namespace: str = "default"
-    container: str | None = None  # which container's image changes (default: the first)
-    kind: Literal["kubernetes"] = field(default="kubernetes", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class DockerPlatform:
-    """A Compose service (``service``) or the containers carrying all of ``labels``."""
-
-    service: str | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-    project: str | None = None  # com.docker.compose.project, when several share a host
-    host: str | None = None  # Docker endpoint, e.g. unix:///var/run/docker.sock
-    probe_path: str | None = None  # HTTP readiness probe when the image has no HEALTHCHECK
-    probe_port: int | None = None
-    kind: Literal["docker"] = field(default="docker", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class NoPlatform:
-    """Something else deploys the canary; canaryd only routes and judges."""
-
-    kind: Literal["none"] = field(default="none", init=False)
-
-
-Platform = KubernetesPlatform | DockerPlatform | NoPlatform
-
-
-# ---- routers: how traffic is split
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayApiRouter:
-    name: str  # the HTTPRoute
-    stable_service: str
-    canary_service: str
-    namespace: str = "default"
-    port: int | None = None
-    kind: Literal["gateway-api"] = field(default="gateway-api", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class TraefikServiceRouter:
-    name: str  # the TraefikService
-    namespace: str = "default"
-    stable_service: str | None = None
-    canary_service: str | None = None
-    port: int | None = None
-    kind: Literal["traefik-service"] = field(default="traefik-service", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ArgoRolloutsRouter:
-    name: str  # the Rollout
-    namespace: str = "default"
-    kind: Literal["argo-rollouts"] = field(default="argo-rollouts", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class NginxIngressRouter:
-    name: str  # the stable Ingress; the canary one is "<name>-canary"
-    namespace: str = "default"
-    canary_service: str | None = None
-    port: int | None = None
-    kind: Literal["nginx-ingress"] = field(default="nginx-ingress", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class TraefikFileRouter:
-    path: Path  # the dynamic-configuration file, inside Traefik's watched directory
-    service: str | None = None  # name of the weighted service (default: the target's name)
-    stable_service: str | None = None
-    canary_service: str | None = None
-    kind: Literal["traefik-file"] = field(default="traefik-file", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class NginxRouter:
-    path: Path  # the include file with the upstream and the header map
-    reload_command: tuple[str, ...] = ("nginx", "-s", "reload")
-    test_command: tuple[str, ...] = ("nginx", "-t")
-    upstream: str | None = None  # upstream name (default: the target's name)
-    kind: Literal["nginx"] = field(default="nginx", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class NoopRouter:
-    """Observe only: weights are recorded, never applied (and cannot be verified)."""
-
-    kind: Literal["noop"] = field(default="noop", init=False)
-
-
-Router = (
-    GatewayApiRouter
-    | TraefikServiceRouter
-    | ArgoRolloutsRouter
-    | NginxIngressRouter
-    | TraefikFileRouter
-    | NginxRouter
-    | NoopRouter
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,8 +372,8 @@ class _Loader:
         self.keys(m, where, _STATE_KEYS[backend], f"state backend {backend}")
         if backend == "kubernetes":
             return KubernetesState(
-                namespace=r.field(m, "namespace", where, _name, "default"),
-                lease=r.field(m, "lease", where, _name, "canaryd"),
+                namespace=r.field(m, "namespace", where, to_name, "default"),
+                lease=r.field(m, "lease", where, to_name, "canaryd"),
             )
         return SqliteState(r.field(m, "path", where, self.path, Path(DEFAULT_STATE_PATH)))
 
@@ -503,7 +448,7 @@ class _Loader:
                     f"duplicate target name {target.name!r} (also {first_seen[target.name]})",
                 )
             first_seen.setdefault(target.name, where)
-            identity = _router_identity(target.router)
+            identity = router_identity(target.router)
             if identity is not None:
                 if identity in routed:
                     r.problem(
@@ -521,10 +466,10 @@ class _Loader:
             r.mapping(spec, where)
             return None
         t = r.mapping(spec, where, _TARGET)
-        name = self.need(t, "name", where, _name, "")
+        name = self.need(t, "name", where, to_name, "")
         ref = self.need(t, "policy", where, to_str, "")
         policy_file, policy = self._policy(ref, join(where, "policy"))
-        labels = _labels(r, t.get("labels"), join(where, "labels"))
+        labels = read_labels(r, t.get("labels"), join(where, "labels"))
         if name:  # the job label identifies the target's series; default: the target's name
             labels.setdefault("job", name)
         matchers: list[Matcher] = []
@@ -572,160 +517,23 @@ class _Loader:
         return file, self._policies[key]
 
     def _platform(self, raw: Any, where: str) -> Platform:
-        kind, m = self.kind(raw, where, "kind", _PLATFORMS, "platform kind")
+        kind, m = self.kind(raw, where, "kind", PLATFORMS, "platform kind")
         if not kind:
             return NoPlatform()
-        keys, read = _PLATFORMS[kind]
+        keys, read = PLATFORMS[kind]
         self.keys(m, where, keys | {"kind"}, f"platform kind {kind}")
         return read(self, m, where)
 
     def _router(self, raw: Any, where: str) -> Router:
-        kind, m = self.kind(raw, where, "kind", _ROUTERS, "router kind")
+        kind, m = self.kind(raw, where, "kind", ROUTERS, "router kind")
         if not kind:
             return NoopRouter()
-        keys, read = _ROUTERS[kind]
+        keys, read = ROUTERS[kind]
         self.keys(m, where, keys | {"kind"}, f"router kind {kind}")
         return read(self, m, where)
 
 
-# --------------------------------------------------------------------------- kinds
-
-
-def _kubernetes(ld: _Loader, m: Mapping[str, Any], where: str) -> Platform:
-    f = ld.r.field
-    return KubernetesPlatform(
-        deployment=ld.need(m, "deployment", where, _name, ""),
-        namespace=f(m, "namespace", where, _name, "default"),
-        container=f(m, "container", where, _name, None),
-    )
-
-
-def _docker(ld: _Loader, m: Mapping[str, Any], where: str) -> Platform:
-    r = ld.r
-    service = r.field(m, "service", where, to_str, None)
-    labels = _labels(r, m.get("labels", {}), join(where, "labels"), names=False)
-    if (service is None) == (not labels):
-        r.problem(where, "needs exactly one of service (a Compose service) or labels")
-    probe_path = r.field(m, "probe_path", where, to_str, None)
-    if probe_path is not None and not probe_path.startswith("/"):
-        r.problem(join(where, "probe_path"), f"must start with '/', got {probe_path!r}")
-    return DockerPlatform(
-        service=service,
-        labels=labels,
-        project=r.field(m, "project", where, to_str, None),
-        host=r.field(m, "host", where, to_str, None),
-        probe_path=probe_path,
-        probe_port=r.field(m, "probe_port", where, _port, None),
-    )
-
-
-def _no_platform(ld: _Loader, m: Mapping[str, Any], where: str) -> Platform:
-    return NoPlatform()
-
-
-def _gateway_api(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
-    f = ld.r.field
-    return GatewayApiRouter(
-        name=ld.need(m, "name", where, _name, ""),
-        stable_service=ld.need(m, "stable_service", where, _name, ""),
-        canary_service=ld.need(m, "canary_service", where, _name, ""),
-        namespace=f(m, "namespace", where, _name, "default"),
-        port=f(m, "port", where, _port, None),
-    )
-
-
-def _traefik_service(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
-    f = ld.r.field
-    return TraefikServiceRouter(
-        name=ld.need(m, "name", where, _name, ""),
-        namespace=f(m, "namespace", where, _name, "default"),
-        stable_service=f(m, "stable_service", where, _name, None),
-        canary_service=f(m, "canary_service", where, _name, None),
-        port=f(m, "port", where, _port, None),
-    )
-
-
-def _argo_rollouts(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
-    f = ld.r.field
-    return ArgoRolloutsRouter(
-        name=ld.need(m, "name", where, _name, ""),
-        namespace=f(m, "namespace", where, _name, "default"),
-    )
-
-
-def _nginx_ingress(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
-    f = ld.r.field
-    return NginxIngressRouter(
-        name=ld.need(m, "name", where, _name, ""),
-        namespace=f(m, "namespace", where, _name, "default"),
-        canary_service=f(m, "canary_service", where, _name, None),
-        port=f(m, "port", where, _port, None),
-    )
-
-
-def _traefik_file(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
-    f = ld.r.field
-    return TraefikFileRouter(
-        path=ld.need(m, "path", where, ld.path, Path()),
-        service=f(m, "service", where, to_str, None),
-        stable_service=f(m, "stable_service", where, to_str, None),
-        canary_service=f(m, "canary_service", where, to_str, None),
-    )
-
-
-def _nginx(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
-    f = ld.r.field
-    base = NginxRouter(path=Path())
-    return NginxRouter(
-        path=ld.need(m, "path", where, ld.path, Path()),
-        reload_command=f(m, "reload_command", where, _command, base.reload_command),
-        test_command=f(m, "test_command", where, _command, base.test_command),
-        upstream=f(m, "upstream", where, _label_name, None),
-    )
-
-
-def _noop(ld: _Loader, m: Mapping[str, Any], where: str) -> Router:
-    return NoopRouter()
-
-
-_STATE_KEYS: dict[str, set[str]] = {
-    "sqlite": {"backend", "path"},
-    "kubernetes": {"backend", "namespace", "lease"},
-}
-_PLATFORMS: dict[str, tuple[set[str], Callable[[_Loader, Mapping[str, Any], str], Platform]]] = {
-    "kubernetes": ({"deployment", "namespace", "container"}, _kubernetes),
-    "docker": (
-        {"service", "labels", "project", "host", "probe_path", "probe_port"},
-        _docker,
-    ),
-    "none": (set(), _no_platform),
-}
-_ROUTERS: dict[str, tuple[set[str], Callable[[_Loader, Mapping[str, Any], str], Router]]] = {
-    "gateway-api": (
-        {"name", "namespace", "stable_service", "canary_service", "port"},
-        _gateway_api,
-    ),
-    "traefik-service": (
-        {"name", "namespace", "stable_service", "canary_service", "port"},
-        _traefik_service,
-    ),
-    "argo-rollouts": ({"name", "namespace"}, _argo_rollouts),
-    "nginx-ingress": ({"name", "namespace", "canary_service", "port"}, _nginx_ingress),
-    "traefik-file": ({"path", "service", "stable_service", "canary_service"}, _traefik_file),
-    "nginx": ({"path", "reload_command", "test_command", "upstream"}, _nginx),
-    "noop": (set(), _noop),
-}
-PLATFORM_KINDS = tuple(_PLATFORMS)
-ROUTER_KINDS = tuple(_ROUTERS)
-
-
-def _router_identity(router: Router) -> tuple[object, ...] | None:
-    """What a router takes over: two targets must never share it."""
-    if isinstance(router, TraefikFileRouter | NginxRouter):
-        return (router.kind, router.path.resolve()) if router.path != Path() else None
-    if isinstance(router, NoopRouter) or not router.name:
-        return None
-    return (router.kind, router.namespace, router.name)
+# --------------------------------------------------------------------------- helpers
 
 
 def _rules_dir(config_dir: Path) -> Path:
@@ -744,22 +552,6 @@ def _show(path: Path) -> str:
         return str(path)
 
 
-def _labels(r: Reader, raw: Any, where: str, names: bool = True) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for key, value in (r.mapping(raw, where) if raw is not None else {}).items():
-        if names and not _LABEL.fullmatch(key):
-            r.problem(join(where, key), "not a valid Prometheus label name")
-            continue
-        if not isinstance(value, str):
-            r.problem(
-                join(where, key),
-                f"expected a string, got {type(value).__name__} {value!r} (quote it)",
-            )
-            continue
-        labels[key] = value
-    return labels
-
-
 # --------------------------------------------------------------------------- converters
 
 
@@ -772,27 +564,6 @@ def _choice(what: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
     return convert
 
 
-def _name(value: Any) -> str:
-    text = to_str(value)
-    if not _NAME.fullmatch(text):
-        raise ValueError(f"{text!r} is not a valid name (letters, digits, '.', '_', '-')")
-    return text
-
-
-def _label_name(value: Any) -> str:
-    text = to_str(value)
-    if not _LABEL.fullmatch(text):
-        raise ValueError(f"{text!r} is not a valid identifier")
-    return text
-
-
-def _port(value: Any) -> int:
-    port = to_int(value)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"port must be within 1..65535, got {port}")
-    return port
-
-
 def _listen(value: Any) -> Listen:
     if not isinstance(value, str):
         raise ValueError(f"expected host:port such as {DEFAULT_LISTEN}, got {value!r}")
@@ -801,7 +572,7 @@ def _listen(value: Any) -> Listen:
         host = host[1:-1]
     if not sep or not host or not port.isdigit():
         raise ValueError(f"expected host:port such as {DEFAULT_LISTEN}, got {value!r}")
-    return Listen(host, _port(int(port)))
+    return Listen(host, to_port(int(port)))
 
 
 def _url(value: Any) -> str:
@@ -817,15 +588,6 @@ def _positive_duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError(f"must be greater than zero, got {value!r}")
     return seconds
-
-
-def _command(value: Any) -> tuple[str, ...]:
-    """A command as an argv list, or one string split on whitespace (no shell is involved)."""
-    if isinstance(value, str) and value.split():
-        return tuple(value.split())
-    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
-        return tuple(value)
-    raise ValueError(f"expected a command (a string or a list of strings), got {value!r}")
 
 
 def _secret(value: Any) -> str:

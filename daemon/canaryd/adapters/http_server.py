@@ -14,35 +14,29 @@ How it behaves, and why:
   400 naming the field, a body over the size limit a 413 and a wrong credential a 401. A 503
   means canaryd could not take well-formed alerts in just now, which is exactly when a retry
   helps. The 200 is sent only once ``controller.receive_alerts`` has returned.
-* **Roles** (SPEC §5.3): ``viewer`` reads, ``operator`` starts, pauses, resumes, rolls back and
-  sets weights, ``admin`` also promotes and cleans up. A bearer token is looked up by comparing
-  SHA-256 digests in constant time against every configured token (plain tokens are hashed
-  once, at start), so neither the token nor its length leaks through timing, and the token
-  itself is never logged. No or an unknown token is a 401 with ``WWW-Authenticate: Bearer``; a
-  role too low for the request is a 403. ``anonymous_role`` (default none) lets requests
-  without a token act with that role: for a loopback-only daemon without a tokens file.
+* **Roles** (SPEC §5.3): each route names the role it needs (``reads``: ``viewer``;
+  ``writes(what, role)``). Who the caller is comes from ``api_auth``: no or an unknown token is
+  a 401 with ``WWW-Authenticate: Bearer``; a role too low for the request is a 403.
 * **Audit**: every state-changing request is written with ``store.audit`` whatever its outcome
   (201/200 and also 401, 403, 404, 409, 413, 422, 503), ``who`` being the token's name or
   ``anonymous``. The webhook's refused deliveries (401) are audited too; accepted deliveries
   are not (Alertmanager repeats them every group interval) — their effect is in the history.
-* **Open endpoints**: ``/healthz``, ``/readyz``, ``/metrics`` and the status page ``/``. The
-  page shows what ``/metrics`` already exposes (target, phase, stage, weight) plus the image,
-  and never a token, a credential or an alert's labels.
+* **Open endpoints**: ``/healthz``, ``/readyz``, ``/metrics`` and the status page ``/``
+  (rendered by ``status_page``; it shows no token, credential or alert labels).
 * **Body size**: checked against ``Content-Length`` first, then enforced while reading (a
   chunked body has none); ``client_max_size`` is set to the same limit as a second guard.
 
-The module is longer than our usual 400 lines: the protocols, the role check, the views and
-the status page are small and only make sense next to the routes that use them. When it grows,
-split the status page and the ``Authenticator`` into modules of their own.
+What is here: the routes, their handlers, the role and audit wrappers, request-body
+validation and the mapping of errors to answers. Around it: ``api_auth`` (tokens to identities,
+the role order), ``api_views`` (the JSON shapes) and ``status_page`` (the HTML). The module is
+still a little over our usual size because every handler reads best beside the wrappers and the
+error mapping it relies on; request-body validation is the next part to split off if it grows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
-import hmac
-import html
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,12 +48,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from canaryd import __version__
 from canaryd.adapters import openapi
-from canaryd.adapters.alertmanager import (
-    PayloadError,
-    WebhookCredential,
-    credentials_of,
-    parse_notification,
+from canaryd.adapters.alertmanager import PayloadError, WebhookCredential, parse_notification
+from canaryd.adapters.api_auth import (
+    ANONYMOUS,
+    CHALLENGE,
+    ApiToken,
+    Authenticator,
+    Identity,
+    Unauthenticated,
 )
+from canaryd.adapters.api_views import TargetInfo, alert_view, rollout_view, target_summary
+from canaryd.adapters.status_page import render_status_page
 from canaryd.adapters.telemetry import Telemetry
 from canaryd.core.errors import (
     CanarydError,
@@ -68,34 +67,16 @@ from canaryd.core.errors import (
     PermanentError,
     TemporaryError,
 )
-from canaryd.core.model import Alert, Command, CommandKind, Phase, Policy, Rollout
+from canaryd.core.model import Alert, Command, CommandKind, Rollout
 from canaryd.ports import Clock, CorruptState, DecisionRecord, RolloutConflict, StateStore
 
 MAX_BODY = 1 << 20  # 1 MiB: an Alertmanager message with hundreds of alerts fits easily
-ROLES = ("viewer", "operator", "admin")
-ANONYMOUS = "anonymous"
 RECENT_DECISIONS = 20  # shown with a target; the full list is under /history
 
 log = structlog.get_logger("canaryd.http")
 T = TypeVar("T")
 
 # --------------------------------------------------------------------------- what we need
-
-
-class Kind(Protocol):
-    @property
-    def kind(self) -> str: ...
-
-
-class TargetInfo(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def policy(self) -> Policy: ...
-    @property
-    def router(self) -> Kind: ...
-    @property
-    def platform(self) -> Kind: ...
 
 
 class FiringAlerts(Protocol):
@@ -129,19 +110,6 @@ class ControllerPort(Protocol):
     async def cleanup(self, name: str, by: str) -> Rollout | None: ...
 
     async def receive_alerts(self, alerts: list[Alert]) -> int: ...
-
-
-class ApiToken(Protocol):
-    """One entry of the tokens file (``settings.Token``): the token or its SHA-256 in hex."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def token(self) -> str | None: ...
-    @property
-    def sha256(self) -> str | None: ...
 
 
 # --------------------------------------------------------------------------- errors
@@ -215,58 +183,6 @@ async def _errors(
         return error_response(500, "internal", "internal error; the daemon's log has details")
 
 
-# --------------------------------------------------------------------------- identity
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    name: str
-    role: str
-
-    def may(self, role: str) -> bool:
-        return ROLES.index(self.role) >= ROLES.index(role)
-
-
-class Authenticator:
-    """Bearer tokens to identities, compared as SHA-256 digests in constant time."""
-
-    def __init__(self, tokens: Sequence[ApiToken], anonymous_role: str | None = None) -> None:
-        self._known: list[tuple[bytes, Identity]] = []
-        for t in tokens:
-            if t.role not in ROLES:
-                raise ValueError(f"token {t.name}: unknown role {t.role!r}")
-            if t.token is not None:
-                digest = hashlib.sha256(t.token.encode()).digest()
-            elif t.sha256 is not None:
-                digest = bytes.fromhex(t.sha256)
-            else:
-                raise ValueError(f"token {t.name}: needs a token or its sha256")
-            self._known.append((digest, Identity(t.name, t.role)))
-        if anonymous_role is not None and anonymous_role not in ROLES:
-            raise ValueError(f"anonymous_role: unknown role {anonymous_role!r}")
-        self._anonymous = Identity(ANONYMOUS, anonymous_role) if anonymous_role else None
-
-    def identify(self, authorization: str | None) -> Identity:
-        """The caller, or ``ApiError(401)``; a wrong token is never taken as anonymous."""
-        presented = credentials_of(authorization, "Bearer")
-        if presented is None:
-            if self._anonymous is not None and not authorization:
-                return self._anonymous
-            raise _unauthorized("a bearer token is required (Authorization: Bearer <token>)")
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
-        found: Identity | None = None
-        for known, identity in self._known:  # no early exit: the same work for every token
-            if hmac.compare_digest(digest, known) and found is None:
-                found = identity
-        if found is None:
-            raise _unauthorized("unknown token")
-        return found
-
-
-def _unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": 'Bearer realm="canaryd"'})
-
-
 # --------------------------------------------------------------------------- the app
 
 
@@ -338,12 +254,20 @@ def build_app(
     return app
 
 
+def _identify(request: web.Request) -> Identity:
+    """The caller (``api_auth``), or ``ApiError(401)`` with the bearer challenge."""
+    try:
+        return request.app[API].auth.identify(request.headers.get("Authorization"))
+    except Unauthenticated as exc:
+        raise ApiError(401, "unauthorized", str(exc), {"WWW-Authenticate": CHALLENGE}) from None
+
+
 def reads(handler: AuthedHandler) -> Handler:
     """A read: at least ``viewer``."""
 
     @functools.wraps(handler)
     async def checked(request: web.Request) -> web.StreamResponse:
-        who = request.app[API].auth.identify(request.headers.get("Authorization"))
+        who = _identify(request)
         _check_target(request)
         return await handler(request, who)
 
@@ -361,7 +285,7 @@ def writes(what: str, role: str) -> Callable[[AuthedHandler], Handler]:
             request[_DETAIL] = {}
             who = ANONYMOUS
             try:
-                identity = api.auth.identify(request.headers.get("Authorization"))
+                identity = _identify(request)
                 who = identity.name
                 if not identity.may(role):
                     raise ApiError(
@@ -503,68 +427,7 @@ async def _call(awaitable: Awaitable[T], *, bad_values: bool = False) -> T:
         raise
 
 
-# --------------------------------------------------------------------------- views
-
-
-def rollout_view(r: Rollout) -> dict[str, Any]:
-    """A rollout as the API shows it: stage numbers are 1-based, as people count them."""
-    stages = r.policy.stages
-    return {
-        "id": r.id,
-        "target": r.target,
-        "image": r.image,
-        "policy": r.policy.name,
-        "phase": str(r.phase),
-        "stage": min(r.stage + 1, len(stages)),
-        "stages": len(stages),
-        "weight": r.weight,
-        "stable_weight": r.stable_weight,
-        "started_at": r.started_at,
-        "stage_started_at": r.stage_started_at,
-        "credited": r.credited,
-        "finished_at": r.finished_at,
-        "waiting_for_promote": r.phase is Phase.PAUSED and r.stage_passed,
-        "pause_reason": r.pause_reason,
-        "rollback_reason": r.rollback_reason,
-        "message": r.message,
-        "successor": r.successor,
-        "plan": [
-            {
-                "weight": s.weight,
-                "duration": s.duration,
-                "checks": list(s.checks),
-                "gate": str(s.gate),
-            }
-            for s in stages
-        ],
-    }
-
-
-def alert_view(a: Alert) -> dict[str, Any]:
-    return {
-        "fingerprint": a.fingerprint,
-        "name": a.name,
-        "status": a.status,
-        "labels": dict(a.labels),
-        "starts_at": a.starts_at,
-        "ends_at": a.ends_at,
-    }
-
-
-def target_summary(t: TargetInfo, r: Rollout | None) -> dict[str, Any]:
-    return {
-        "name": t.name,
-        "policy": t.policy.name,
-        "router": t.router.kind,
-        "platform": t.platform.kind,
-        "rollout_id": r.id if r else None,
-        "image": r.image if r else None,
-        "phase": str(r.phase) if r else None,
-        "stage": min(r.stage + 1, len(r.policy.stages)) if r else None,
-        "stages": len(r.policy.stages) if r else None,
-        "weight": r.weight if r else 0,
-        "stable_weight": r.stable_weight if r else 100,
-    }
+# --------------------------------------------------------------------------- reading targets
 
 
 async def _currents(controller: ControllerPort) -> list[tuple[TargetInfo, Rollout | None]]:
@@ -774,56 +637,9 @@ async def cleanup(request: web.Request, who: Identity) -> web.Response:
 
 # --------------------------------------------------------------------------- status page
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>canaryd</title>
-<style>
-body{{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}}
-table{{border-collapse:collapse;width:100%}}
-th,td{{text-align:left;padding:.4em .6em;border-bottom:1px solid #ddd;vertical-align:middle}}
-.bar{{display:flex;width:16em;height:1em;border-radius:3px;overflow:hidden;background:#4a7bd0}}
-.bar .canary{{background:#f0a030}}
-.phase{{font-weight:600}} .Succeeded{{color:#2a8a3a}} .RolledBack,.Failed{{color:#c0392b}}
-.RollingBack{{color:#d35400}} .Paused{{color:#8e44ad}} .Progressing,.Promoting{{color:#2c6fbb}}
-small{{color:#777}}
-</style></head><body>
-<h1>canaryd</h1>
-<p><small>version {version} &middot; {ready} &middot; canary
-<span style="color:#f0a030">&#9632;</span> / stable <span style="color:#4a7bd0">&#9632;</span>
-&middot; <a href="/api/v1/openapi.json">API</a> &middot; <a href="/metrics">metrics</a></small></p>
-<table><thead><tr><th>Target</th><th>Phase</th><th>Stage</th><th>Image</th><th>Traffic</th>
-</tr></thead><tbody>
-{rows}
-</tbody></table></body></html>
-"""
-
-_ROW = (
-    '<tr><td>{name}</td><td class="phase {phase}">{phase}</td><td>{stage}</td><td>{image}</td>'
-    '<td><div class="bar" title="canary {weight}% / stable {stable}%">'
-    '<div class="canary" style="width:{weight}%"></div></div>'
-    "<small>canary {weight}% / stable {stable}%</small></td></tr>"
-)
-
 
 async def status_page(request: web.Request) -> web.Response:
     api = request.app[API]
-    rows = []
-    for target, rollout in await _currents(api.controller):
-        s = target_summary(target, rollout)
-        stage = f"{s['stage']}/{s['stages']}" if rollout else "&ndash;"
-        rows.append(
-            _ROW.format(
-                name=html.escape(target.name),
-                phase=html.escape(s["phase"] or "Idle"),
-                stage=stage,
-                image=html.escape(s["image"] or "") or "&ndash;",
-                weight=int(s["weight"]),
-                stable=int(s["stable_weight"]),
-            )
-        )
-    page = _PAGE.format(
-        version=html.escape(__version__),
-        ready="ready" if api.controller.ready else "loading state",
-        rows="\n".join(rows) or '<tr><td colspan="5">no targets configured</td></tr>',
-    )
+    rows = await _currents(api.controller)
+    page = render_status_page(rows, ready=api.controller.ready)
     return web.Response(text=page, content_type="text/html")

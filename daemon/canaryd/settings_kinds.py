@@ -1,0 +1,345 @@
+"""The platform and router kinds of a target: one small dataclass and one reader per kind.
+
+A target's ``platform`` (where the canary runs) and ``router`` (how traffic is split) are tagged
+by ``kind``. Each kind is its own frozen dataclass with exactly the keys that kind understands,
+so an adapter receives a typed value and ``mypy`` narrows the ``Platform`` / ``Router`` union on
+``kind``. To teach canaryd a new kind, add its dataclass here, one reader function, and a row in
+``PLATFORMS`` or ``ROUTERS`` (its keys and its reader); ``settings`` picks it up from the tables.
+
+Why apart from ``settings``: the kinds grow with the adapters (every new router brings its own
+keys), while the rest of the config file changes rarely; kept here they are one table to read,
+and ``settings`` stays the file's overall shape. ``settings`` re-exports every public name, so
+``from canaryd.settings import NginxRouter`` keeps working. The readers see the loader through
+``Loader`` (the three members they use), so this module never imports ``settings``; for the same
+reason the converters both modules need (names, ports, label sets) live here, the lower of the two.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from canaryd.validation import Reader, join, to_int, to_str
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# --------------------------------------------------------------------------- values
+
+
+# ---- platforms: where the canary runs
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesPlatform:
+    deployment: str
+    namespace: str = "default"
+    container: str | None = None  # which container's image changes (default: the first)
+    kind: Literal["kubernetes"] = field(default="kubernetes", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DockerPlatform:
+    """A Compose service (``service``) or the containers carrying all of ``labels``."""
+
+    service: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    project: str | None = None  # com.docker.compose.project, when several share a host
+    host: str | None = None  # Docker endpoint, e.g. unix:///var/run/docker.sock
+    probe_path: str | None = None  # HTTP readiness probe when the image has no HEALTHCHECK
+    probe_port: int | None = None
+    kind: Literal["docker"] = field(default="docker", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NoPlatform:
+    """Something else deploys the canary; canaryd only routes and judges."""
+
+    kind: Literal["none"] = field(default="none", init=False)
+
+
+Platform = KubernetesPlatform | DockerPlatform | NoPlatform
+
+
+# ---- routers: how traffic is split
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayApiRouter:
+    name: str  # the HTTPRoute
+    stable_service: str
+    canary_service: str
+    namespace: str = "default"
+    port: int | None = None
+    kind: Literal["gateway-api"] = field(default="gateway-api", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TraefikServiceRouter:
+    name: str  # the TraefikService
+    namespace: str = "default"
+    stable_service: str | None = None
+    canary_service: str | None = None
+    port: int | None = None
+    kind: Literal["traefik-service"] = field(default="traefik-service", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ArgoRolloutsRouter:
+    name: str  # the Rollout
+    namespace: str = "default"
+    kind: Literal["argo-rollouts"] = field(default="argo-rollouts", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NginxIngressRouter:
+    name: str  # the stable Ingress; the canary one is "<name>-canary"
+    namespace: str = "default"
+    canary_service: str | None = None
+    port: int | None = None
+    kind: Literal["nginx-ingress"] = field(default="nginx-ingress", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TraefikFileRouter:
+    path: Path  # the dynamic-configuration file, inside Traefik's watched directory
+    service: str | None = None  # name of the weighted service (default: the target's name)
+    stable_service: str | None = None
+    canary_service: str | None = None
+    kind: Literal["traefik-file"] = field(default="traefik-file", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NginxRouter:
+    path: Path  # the include file with the upstream and the header map
+    reload_command: tuple[str, ...] = ("nginx", "-s", "reload")
+    test_command: tuple[str, ...] = ("nginx", "-t")
+    upstream: str | None = None  # upstream name (default: the target's name)
+    kind: Literal["nginx"] = field(default="nginx", init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class NoopRouter:
+    """Observe only: weights are recorded, never applied (and cannot be verified)."""
+
+    kind: Literal["noop"] = field(default="noop", init=False)
+
+
+Router = (
+    GatewayApiRouter
+    | TraefikServiceRouter
+    | ArgoRolloutsRouter
+    | NginxIngressRouter
+    | TraefikFileRouter
+    | NginxRouter
+    | NoopRouter
+)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class Loader(Protocol):
+    """What a kind's reader uses of ``settings``' loader."""
+
+    @property
+    def r(self) -> Reader: ...
+
+    def need(
+        self, m: Mapping[str, Any], key: str, where: str, convert: Callable[[Any], T], missing: T
+    ) -> T:
+        """A required key: a problem if absent; ``missing`` stands in for a bad or absent value."""
+        ...
+
+    def path(self, value: Any) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        ...
+
+
+def _kubernetes(ld: Loader, m: Mapping[str, Any], where: str) -> Platform:
+    f = ld.r.field
+    return KubernetesPlatform(
+        deployment=ld.need(m, "deployment", where, to_name, ""),
+        namespace=f(m, "namespace", where, to_name, "default"),
+        container=f(m, "container", where, to_name, None),
+    )
+
+
+def _docker(ld: Loader, m: Mapping[str, Any], where: str) -> Platform:
+    r = ld.r
+    service = r.field(m, "service", where, to_str, None)
+    labels = read_labels(r, m.get("labels", {}), join(where, "labels"), names=False)
+    if (service is None) == (not labels):
+        r.problem(where, "needs exactly one of service (a Compose service) or labels")
+    probe_path = r.field(m, "probe_path", where, to_str, None)
+    if probe_path is not None and not probe_path.startswith("/"):
+        r.problem(join(where, "probe_path"), f"must start with '/', got {probe_path!r}")
+    return DockerPlatform(
+        service=service,
+        labels=labels,
+        project=r.field(m, "project", where, to_str, None),
+        host=r.field(m, "host", where, to_str, None),
+        probe_path=probe_path,
+        probe_port=r.field(m, "probe_port", where, to_port, None),
+    )
+
+
+def _no_platform(ld: Loader, m: Mapping[str, Any], where: str) -> Platform:
+    return NoPlatform()
+
+
+def _gateway_api(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return GatewayApiRouter(
+        name=ld.need(m, "name", where, to_name, ""),
+        stable_service=ld.need(m, "stable_service", where, to_name, ""),
+        canary_service=ld.need(m, "canary_service", where, to_name, ""),
+        namespace=f(m, "namespace", where, to_name, "default"),
+        port=f(m, "port", where, to_port, None),
+    )
+
+
+def _traefik_service(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return TraefikServiceRouter(
+        name=ld.need(m, "name", where, to_name, ""),
+        namespace=f(m, "namespace", where, to_name, "default"),
+        stable_service=f(m, "stable_service", where, to_name, None),
+        canary_service=f(m, "canary_service", where, to_name, None),
+        port=f(m, "port", where, to_port, None),
+    )
+
+
+def _argo_rollouts(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return ArgoRolloutsRouter(
+        name=ld.need(m, "name", where, to_name, ""),
+        namespace=f(m, "namespace", where, to_name, "default"),
+    )
+
+
+def _nginx_ingress(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return NginxIngressRouter(
+        name=ld.need(m, "name", where, to_name, ""),
+        namespace=f(m, "namespace", where, to_name, "default"),
+        canary_service=f(m, "canary_service", where, to_name, None),
+        port=f(m, "port", where, to_port, None),
+    )
+
+
+def _traefik_file(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    return TraefikFileRouter(
+        path=ld.need(m, "path", where, ld.path, Path()),
+        service=f(m, "service", where, to_str, None),
+        stable_service=f(m, "stable_service", where, to_str, None),
+        canary_service=f(m, "canary_service", where, to_str, None),
+    )
+
+
+def _nginx(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
+    f = ld.r.field
+    base = NginxRouter(path=Path())
+    return NginxRouter(
+        path=ld.need(m, "path", where, ld.path, Path()),
+        reload_command=f(m, "reload_command", where, _command, base.reload_command),
+        test_command=f(m, "test_command", where, _command, base.test_command),
+        upstream=f(m, "upstream", where, _label_name, None),
+    )
+
+
+def _noop(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
+    return NoopRouter()
+
+
+PLATFORMS: dict[str, tuple[set[str], Callable[[Loader, Mapping[str, Any], str], Platform]]] = {
+    "kubernetes": ({"deployment", "namespace", "container"}, _kubernetes),
+    "docker": (
+        {"service", "labels", "project", "host", "probe_path", "probe_port"},
+        _docker,
+    ),
+    "none": (set(), _no_platform),
+}
+ROUTERS: dict[str, tuple[set[str], Callable[[Loader, Mapping[str, Any], str], Router]]] = {
+    "gateway-api": (
+        {"name", "namespace", "stable_service", "canary_service", "port"},
+        _gateway_api,
+    ),
+    "traefik-service": (
+        {"name", "namespace", "stable_service", "canary_service", "port"},
+        _traefik_service,
+    ),
+    "argo-rollouts": ({"name", "namespace"}, _argo_rollouts),
+    "nginx-ingress": ({"name", "namespace", "canary_service", "port"}, _nginx_ingress),
+    "traefik-file": ({"path", "service", "stable_service", "canary_service"}, _traefik_file),
+    "nginx": ({"path", "reload_command", "test_command", "upstream"}, _nginx),
+    "noop": (set(), _noop),
+}
+PLATFORM_KINDS = tuple(PLATFORMS)
+ROUTER_KINDS = tuple(ROUTERS)
+
+
+def router_identity(router: Router) -> tuple[object, ...] | None:
+    """What a router takes over: two targets must never share it."""
+    if isinstance(router, TraefikFileRouter | NginxRouter):
+        return (router.kind, router.path.resolve()) if router.path != Path() else None
+    if isinstance(router, NoopRouter) or not router.name:
+        return None
+    return (router.kind, router.namespace, router.name)
+
+
+# --------------------------------------------------------------------------- converters
+
+
+def to_name(value: Any) -> str:
+    text = to_str(value)
+    if not _NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a valid name (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _label_name(value: Any) -> str:
+    text = to_str(value)
+    if not _LABEL.fullmatch(text):
+        raise ValueError(f"{text!r} is not a valid identifier")
+    return text
+
+
+def to_port(value: Any) -> int:
+    port = to_int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be within 1..65535, got {port}")
+    return port
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    """A command as an argv list, or one string split on whitespace (no shell is involved)."""
+    if isinstance(value, str) and value.split():
+        return tuple(value.split())
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a command (a string or a list of strings), got {value!r}")
+
+
+def read_labels(r: Reader, raw: Any, where: str, names: bool = True) -> dict[str, str]:
+    """Label names (any keys, with ``names=False``) to strings; a bad entry is a problem."""
+    labels: dict[str, str] = {}
+    for key, value in (r.mapping(raw, where) if raw is not None else {}).items():
+        if names and not _LABEL.fullmatch(key):
+            r.problem(join(where, key), "not a valid Prometheus label name")
+            continue
+        if not isinstance(value, str):
+            r.problem(
+                join(where, key),
+                f"expected a string, got {type(value).__name__} {value!r} (quote it)",
+            )
+            continue
+        labels[key] = value
+    return labels
