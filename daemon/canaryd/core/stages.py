@@ -291,9 +291,9 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         s = replace(s, consecutive_errors=errors, next_eval_at=now + policy.error_backoff)
         if errors >= limits.consecutive_error_limit:
             detail = next(a.detail for a in results if a.verdict is Verdict.ERROR)
-            last = detail.removeprefix("source error: ")
+            cause = detail.removeprefix("source error: ")
             return _rollback(
-                s, f"{errors} consecutive source errors (last: {last})", now, acts, evidence
+                s, f"{errors} consecutive source errors (last: {cause})", now, acts, evidence
             )
         acts.append(
             Action(
