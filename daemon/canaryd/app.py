@@ -127,8 +127,10 @@ class Daemon:
             self.session,
             settings.prometheus.url,
             settings.prometheus.timeout,
+            # A batched query answers one series per target, which the client classifies as
+            # "ambiguous": that is a normal answer here, not a failed query.
             on_query=lambda s, outcome: self.telemetry.query(
-                s, outcome in ("value", "no_data", "nan")
+                s, outcome not in ("error", "unavailable")
             ),
         )
         self.evaluator = Evaluator(client, gather=self._gather)
