@@ -165,17 +165,18 @@ class Evaluator:
         if answer.kind == "error":
             return {id(m): f"error: {answer.error}" for m in members}
         out: dict[int, float | str | None] = {id(m): None for m in members}
-        by_labels = {tuple(m.labels[n] for n in names): m for m in members}
+        # Targets with the same label values (two targets on one job) share their series.
+        by_labels: dict[tuple[str, ...], list[_Request]] = {}
+        for m in members:
+            by_labels.setdefault(tuple(m.labels[n] for n in names), []).append(m)
         for labels, value in answer.series:
             if labels.get("deployment", CANARY) != CANARY:
                 continue
-            member = by_labels.get(tuple(labels.get(n, "") for n in names))
-            if member is None:
-                continue
-            if out[id(member)] is not None:
-                out[id(member)] = "error: ambiguous: more than one series for this target"
-            else:
-                out[id(member)] = value
+            for member in by_labels.get(tuple(labels.get(n, "") for n in names), ()):
+                if out[id(member)] is not None:
+                    out[id(member)] = "error: ambiguous: more than one series for this target"
+                else:
+                    out[id(member)] = value
         return out
 
 
