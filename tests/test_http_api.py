@@ -360,6 +360,11 @@ async def test_readyz_is_503_until_the_controller_has_loaded(
         assert response.status == 503
         assert (await response.json())["error"]["code"] == "not_ready"
         assert (await client.get("/healthz")).status == 200
+        webhook = await client.post(
+            "/api/v1/alerts", json=payload("webhook-firing.json"), headers=webhook_auth()
+        )
+        assert webhook.status == 503  # Alertmanager retries: the alerts are not lost
+        assert (await client.get("/api/v1/targets", headers=auth("admin"))).status == 503
         await stack.load()
         response = await client.get("/readyz")
         assert response.status == 200

@@ -24,10 +24,10 @@ tests use stages without checks (nothing to query: the fastest way through the w
 loop); the third runs fast-track's success-rate check against a real Prometheus scraping the
 demo service, so evaluations, request counts and their schedule cross the restarts too.
 
-``/readyz`` is only probed: the daemon loads its state and runs one reconcile pass before it
-opens its listener, so a probe sees the connection refused, never a 200 before the state is
-loaded; a 503 would also be acceptable. What is asserted is the consequence: right after the
-first 200 the API already shows the stored rollout at the stored stage.
+``/readyz`` is probed from the moment the process is spawned: it may refuse the connection
+(not listening yet) or answer 503 (listening, state still loading), never 200 before the state
+is loaded and reconciled. What is asserted is the consequence: right after the first 200 the
+API already shows the stored rollout at the stored stage.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The only module that knows every concrete adapter. It builds them from the settings, hands
 the runtime nothing but ports, and owns the order of start-up and shutdown:
 
-    start:  open the store → Prometheus session → resume stored rollouts (one reconcile pass
-            each) → listen → READY=1 (systemd) → watchdog pings from the main loop
+    start:  open the store → Prometheus session → listen (/readyz 503) → resume stored
+            rollouts (one reconcile pass each; /readyz 200) → READY=1 (systemd) → watchdog
     stop:   STOPPING=1 → stop listening → cancel workers (their decisions are already
             durable) → close the HTTP session → close the store
 """
@@ -144,12 +144,14 @@ class Daemon:
             timing=self._timing,
         )
         self.supervisor.keep("evaluator", self.evaluator.run)
-        await self.controller.load(self.supervisor.spawn)
+        # Listen first: /healthz answers while the state loads and /readyz says 503 until
+        # every stored rollout had its reconcile pass (the API answers 503 meanwhile).
         self.runner = web.AppRunner(self._http_app(), access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.listen.host, settings.listen.port)
         await site.start()
         self.port = _bound_port(self.runner)
+        await self.controller.load(self.supervisor.spawn)
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
         if interval:

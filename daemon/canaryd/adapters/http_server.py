@@ -166,6 +166,19 @@ def error_response(
 
 
 @web.middleware
+async def _until_ready(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The listener opens before stored rollouts are loaded, so probes can tell "starting" from
+    "dead"; until then the API answers 503 (Alertmanager retries a 503, so no alert is lost)."""
+    path = request.path
+    loading = not request.app[API].controller.ready
+    if loading and path.startswith("/api/v1/") and path != "/api/v1/openapi.json":
+        raise ApiError(503, "not_ready", "canaryd is loading its state; retry shortly")
+    return await handler(request)
+
+
+@web.middleware
 async def _errors(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
@@ -216,7 +229,7 @@ def build_app(
     anonymous_role: str | None = None,
 ) -> web.Application:
     """The daemon's aiohttp application. ``webhook`` None leaves the webhook unauthenticated."""
-    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app = web.Application(middlewares=[_errors, _until_ready], client_max_size=max_body)
     app[API] = Api(
         controller,
         store,
