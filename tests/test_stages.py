@@ -473,3 +473,11 @@ def test_cleanup_of_a_rolled_back_rollout_skips_the_scale_down_delay() -> None:
     s, acts = stages.decide(s, world(s), cmd(CommandKind.CLEANUP), 12.0)
     assert s.cleanup_at is None and kinds(acts) == [ActionKind.REMOVE_CANARY]
     assert stages.check_command(s, Command(CommandKind.CLEANUP)) is not None
+
+
+def test_evaluations_keep_their_cadence_when_they_run_a_little_late() -> None:
+    s = started()
+    s, _ = stages.decide(s, world(s), good(), 10.3)  # due at 10, ran 0.3 s late
+    assert s.next_eval_at == 20.0
+    s, _ = stages.decide(s, world(s), good(), 45.0)  # more than an interval late: start afresh
+    assert s.next_eval_at == 55.0

@@ -257,10 +257,14 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         a.check: {"verdict": str(a.verdict), "value": a.value, "detail": a.detail} for a in results
     }
     last = s.last_eval_at if s.last_eval_at is not None else s.stage_started_at or now
+    # Keep a fixed cadence: an evaluation that ran a little late (query time, batching) does
+    # not push every later one back; one that ran more than an interval late starts afresh.
+    due = s.next_eval_at if s.next_eval_at is not None else now
+    cadence = due if now - due < policy.interval else now
     s = replace(
         s,
         last_eval_at=now,
-        next_eval_at=now + policy.interval,
+        next_eval_at=cadence + policy.interval,
         stage_requests=s.stage_requests + (f.requests or 0.0),
     )
 
