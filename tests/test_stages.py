@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 from tests.enginekit import (
-    INTERVAL,
     bad,
     err,
     gated_policy,
@@ -69,7 +68,7 @@ def test_the_stage_timer_starts_only_when_the_router_reports_the_weight() -> Non
     assert s.stage_started_at is None
     s, acts = stages.decide(s, world(s), Findings(), 5.0)
     assert s.stage_started_at == 5.0 and kinds(acts) == [ActionKind.STAGE_STARTED]
-    assert s.next_eval_at == 5.0 + INTERVAL
+    assert s.next_eval_at == 10.0  # the next tick of the shared 10 s grid
 
 
 def test_a_weight_the_router_never_applies_rolls_back_at_the_deadline() -> None:
@@ -475,9 +474,15 @@ def test_cleanup_of_a_rolled_back_rollout_skips_the_scale_down_delay() -> None:
     assert stages.check_command(s, Command(CommandKind.CLEANUP)) is not None
 
 
-def test_evaluations_keep_their_cadence_when_they_run_a_little_late() -> None:
+def test_evaluations_stay_on_the_shared_grid_when_they_run_late() -> None:
     s = started()
     s, _ = stages.decide(s, world(s), good(), 10.3)  # due at 10, ran 0.3 s late
     assert s.next_eval_at == 20.0
-    s, _ = stages.decide(s, world(s), good(), 45.0)  # more than an interval late: start afresh
-    assert s.next_eval_at == 55.0
+    s, _ = stages.decide(s, world(s), good(), 45.0)  # far behind: the next tick of the grid
+    assert s.next_eval_at == 50.0
+
+
+def test_rollouts_started_at_different_moments_are_evaluated_at_the_same_instants() -> None:
+    a, b = started(at=3.0), started(at=7.5)
+    assert a.next_eval_at == b.next_eval_at == 10.0
+    assert stages.next_tick(10.0, 10.0) == 20.0 and stages.next_tick(9.999999, 10.0) == 10.0

@@ -20,6 +20,7 @@ letting it run. ``progress_deadline`` bounds how far a stage can be stretched.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from canaryd.core import analysis
@@ -238,6 +239,18 @@ def _alert_paused(s: Rollout) -> bool:
 # --------------------------------------------------------------------------- evaluation
 
 
+def next_tick(now: float, interval: float) -> float:
+    """The first multiple of ``interval`` (on the caller's clock) strictly after ``now``.
+
+    Evaluations run on a shared grid, as Prometheus's rule evaluations do, rather than
+    ``interval`` after each rollout's own stage start: every rollout with the same interval is
+    then due at the same instants, so the evaluator batches all of them into one query per
+    check per cycle (SPEC §7). A stage's first evaluation may come sooner than a full interval;
+    it is credited only the time it actually observed.
+    """
+    return (math.floor(now / interval + 1e-9) + 1) * interval
+
+
 def evaluation_due(s: Rollout, now: float) -> bool:
     """Whether a call at ``now`` is an evaluation (the caller must then supply measurements)."""
     return (
@@ -257,14 +270,10 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         a.check: {"verdict": str(a.verdict), "value": a.value, "detail": a.detail} for a in results
     }
     last = s.last_eval_at if s.last_eval_at is not None else s.stage_started_at or now
-    # Keep a fixed cadence: an evaluation that ran a little late (query time, batching) does
-    # not push every later one back; one that ran more than an interval late starts afresh.
-    due = s.next_eval_at if s.next_eval_at is not None else now
-    cadence = due if now - due < policy.interval else now
     s = replace(
         s,
         last_eval_at=now,
-        next_eval_at=cadence + policy.interval,
+        next_eval_at=next_tick(now, policy.interval),
         stage_requests=s.stage_requests + (f.requests or 0.0),
     )
 
@@ -534,7 +543,10 @@ def _progress(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Roll
         if s.stage_started_at is None:
             if obs.weight == s.weight and obs.canary_ready:
                 s = replace(
-                    s, stage_started_at=now, last_eval_at=now, next_eval_at=now + s.policy.interval
+                    s,
+                    stage_started_at=now,
+                    last_eval_at=now,
+                    next_eval_at=next_tick(now, s.policy.interval),
                 )
                 acts.append(
                     Action(
