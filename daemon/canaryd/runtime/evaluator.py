@@ -8,8 +8,10 @@ targets (``{{job}}`` ...) becomes an anchored regular-expression alternation of 
 ``sum by ({{group}}) (rate(x{job=~"{{job}}"}[{{window}}]))`` returns one series per target.
 The answer is split by those labels and each target gets its own ``Measurement``.
 
-Cost therefore grows with the number of checks, not targets × checks (SPEC §7). Workers that
-were batched together are re-armed together, so batches stay together from cycle to cycle.
+Cost therefore grows with the number of checks, not targets × checks (SPEC §7). The engine
+schedules every evaluation on a shared grid (``core.stages.next_tick``: multiples of the
+interval), so all rollouts with the same interval are due at the same instant and land in the
+same batch, however far apart they started.
 
 Canary request counts (for ``min_requests``) come from one more batched query per cycle: the
 request rate over the policy's window times the evaluation interval (an ``increase`` over the
