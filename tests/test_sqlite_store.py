@@ -366,8 +366,8 @@ def test_alerts_are_recorded_once_and_the_firing_ones_survive_a_reopen(tmp_path:
     firing = Alert("f1", "firing", {"alertname": "A", "target": "t"}, 100.0)
     other = Alert("f2", "firing", {"alertname": "B"}, 100.0)
     with SqliteStore(path) as store:
-        assert store.record_alerts([firing, other], 101.0) == [firing, other]
-        assert store.record_alerts([firing], 102.0) == []  # a repeat of the same notification
+        assert store.record_alerts([firing, other], 101.0) == 2
+        assert store.record_alerts([firing], 102.0) == 0  # a repeat of the same notification
         store.record_alerts([Alert("f2", "resolved", {"alertname": "B"}, 100.0, 103.0)], 103.0)
     with SqliteStore(path) as store:
         assert [a.fingerprint for a in store.firing_alerts(104.0)] == ["f1"]

@@ -126,8 +126,8 @@ class StateStore(Protocol):
 
     def audit_log(self, target: str | None = None) -> list[AuditRecord]: ...
 
-    def record_alerts(self, alerts: Sequence[Alert], now: float) -> list[Alert]:
-        """Durably record alerts (de-duplicated by key); return the ones new to the store."""
+    def record_alerts(self, alerts: Sequence[Alert], now: float) -> int:
+        """Durably record alerts (de-duplicated by key); return how many were new."""
         ...
 
     def firing_alerts(self, now: float) -> list[Alert]:

@@ -350,16 +350,21 @@ async def audit(
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    too_large = ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
+    """The whole body, refused with 413 past ``limit`` (the app's ``client_max_size``, which
+    aiohttp also enforces while reading a chunked body)."""
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks, size = [], 0
-    while chunk := await request.content.readany():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+        raise _too_large(limit)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
 
 
 def decode_json(raw: bytes) -> Any:
@@ -512,8 +517,11 @@ async def _webhook(request: web.Request, api: Api) -> web.Response:
         fresh = await api.controller.receive_alerts(alerts)
     except TemporaryError as exc:  # could not take them in: let Alertmanager retry
         raise ApiError(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
-    for alert in alerts:
-        api.telemetry.alerts_received.labels(alert.status).inc()
+    firing = sum(1 for alert in alerts if alert.status == "firing")
+    if firing:
+        api.telemetry.alerts_received.labels("firing").inc(firing)
+    if len(alerts) > firing:
+        api.telemetry.alerts_received.labels("resolved").inc(len(alerts) - firing)
     if note.truncated:
         log.warning("webhook_truncated", truncated=note.truncated, group_key=note.group_key)
     log.debug(  # Alertmanager repeats deliveries: an info line each would drown the decisions

@@ -250,10 +250,12 @@ class Alert:
     labels: Mapping[str, str]
     starts_at: float
     ends_at: float | None = None
+    # The de-duplication key: Alertmanager re-sends the same (fingerprint, status, startsAt)
+    # on every group_interval and retry. Computed once: the webhook's hot path reads it twice.
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.fingerprint}:{self.status}:{self.starts_at:.3f}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.fingerprint}:{self.status}:{self.starts_at:.3f}")
 
     @property
     def name(self) -> str:

@@ -45,36 +45,57 @@ class GroupCommit:
     """Record alerts durably with one transaction for every request that arrived meanwhile.
 
     Each webhook request must not be answered before its alerts are on disk, and a durable
-    SQLite commit costs an fsync. Requests queue on a lock; whoever takes it commits every
-    request queued so far in one transaction and answers them all. Under load the batch grows
-    and the fsync is shared, so throughput scales without giving up durability.
+    SQLite commit costs a thread hop and an fsync. Requests queue their alerts and wait; one
+    committer task (``run``, owned by the controller's task group) takes everything queued so
+    far, commits it in one transaction and answers all of those requests. Under load the batch
+    grows and the commit's cost is shared, so throughput scales without giving up durability.
+    Before the committer runs (tests that never ``load``), a request commits on its own.
     """
 
     def __init__(self, store: StateStore, clock: Clock) -> None:
         self._store, self._clock = store, clock
-        self._lock = asyncio.Lock()
         self._pending: list[tuple[list[Alert], asyncio.Future[None]]] = []
+        self._arrived = asyncio.Event()
+        self._running = False
         self.commits = 0
 
     async def record(self, alerts: list[Alert]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((alerts, future))
-        async with self._lock:
-            if not future.done():
-                batch, self._pending = self._pending, []
-                merged = [a for group, _ in batch for a in group]
-                try:
-                    await asyncio.to_thread(self._store.record_alerts, merged, self._clock.time())
-                except Exception as exc:
-                    for _, waiting in batch:
-                        if not waiting.done():
-                            waiting.set_exception(exc)
-                else:
-                    self.commits += 1
-                    for _, waiting in batch:
-                        if not waiting.done():
-                            waiting.set_result(None)
+        if self._running:
+            self._arrived.set()
+        else:
+            await self._commit()
         await future
+
+    async def run(self) -> None:
+        """Eternal: commit whatever is queued, as one transaction per round."""
+        self._running = True
+        try:
+            while True:
+                await self._arrived.wait()
+                self._arrived.clear()
+                await self._commit()
+        finally:
+            self._running = False
+            await self._commit()  # answer whoever is still waiting
+
+    async def _commit(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        merged = [a for group, _ in batch for a in group]
+        try:
+            await asyncio.to_thread(self._store.record_alerts, merged, self._clock.time())
+        except Exception as exc:
+            for _, waiting in batch:
+                if not waiting.done():
+                    waiting.set_exception(exc)
+            return
+        self.commits += 1
+        for _, waiting in batch:
+            if not waiting.done():
+                waiting.set_result(None)
 
 
 class Controller:
@@ -103,6 +124,7 @@ class Controller:
     async def load(self, spawn: Spawn) -> None:
         """Resume every stored rollout that still owes work, and run one pass of each."""
         self._spawn = spawn
+        spawn(self._recorder.run())
         self.inbox.receive(await asyncio.to_thread(self._store.firing_alerts, self._clock.time()))
         stored = await asyncio.to_thread(self._store.load_active)
         newest = {r.target: r for r in sorted(stored, key=lambda r: r.started_at)}
@@ -255,10 +277,14 @@ class Controller:
         """
         await self._recorder.record(alerts)
         fresh = self.inbox.receive(alerts)
-        for name in {t for a in fresh for t in self.inbox.targets_of(a)}:
+        by_target: dict[str, list[Alert]] = {}
+        for alert in fresh:
+            for name in self.inbox.targets_of(alert):
+                by_target.setdefault(name, []).append(alert)
+        for name, concerning in by_target.items():
             worker = self._workers.get(name)
             if worker is not None and worker.state.phase is not Phase.ROLLED_BACK:
-                worker.deliver([a for a in fresh if name in self.inbox.targets_of(a)])
+                worker.deliver(concerning)
         return len(fresh)
 
     def workers(self) -> dict[str, Worker]:
