@@ -130,6 +130,13 @@ class StateStore(Protocol):
         """Durably record alerts (de-duplicated by key); return how many were new."""
         ...
 
+    def prepare_alerts(self, alerts: Sequence[Alert], now: float) -> list[tuple[object, ...]]:
+        """``record_alerts`` in two halves: this cheap one on the loop, ``write_alerts`` (the
+        durable write) in a thread."""
+        ...
+
+    def write_alerts(self, rows: Sequence[tuple[object, ...]]) -> int: ...
+
     def firing_alerts(self, now: float) -> list[Alert]:
         """Alerts still firing, to rebuild the inbox after a restart."""
         ...

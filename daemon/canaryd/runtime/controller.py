@@ -86,7 +86,9 @@ class GroupCommit:
             return
         merged = [a for group, _ in batch for a in group]
         try:
-            await asyncio.to_thread(self._store.record_alerts, merged, self._clock.time())
+            rows = self._store.prepare_alerts(merged, self._clock.time())
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self._store.write_alerts, rows)
         except Exception as exc:
             for _, waiting in batch:
                 if not waiting.done():
@@ -275,7 +277,8 @@ class Controller:
         Returns how many were new. When this returns the alerts are on disk, so the webhook
         may answer 2xx: a crash afterwards re-delivers them from the store on restart.
         """
-        await self._recorder.record(alerts)
+        if any(a.key not in self.inbox.seen for a in alerts):  # repeats are on disk already
+            await self._recorder.record(alerts)
         fresh = self.inbox.receive(alerts)
         by_target: dict[str, list[Alert]] = {}
         for alert in fresh:
