@@ -193,7 +193,7 @@ def _alert(raw: object, index: int) -> Alert:
     return Alert(
         fingerprint=given,
         status=str(status),
-        labels=dict(labels),
+        labels=labels,  # freshly decoded and checked above: ours to keep, no copy
         starts_at=starts_at,
         ends_at=ends_at,
     )

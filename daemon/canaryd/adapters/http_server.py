@@ -491,7 +491,7 @@ async def receive_alerts(request: web.Request) -> web.StreamResponse:
         status = exc.status
         raise
     finally:
-        api.telemetry.webhook_requests.labels(str(status)).inc()
+        api.telemetry.webhook_request(status)
 
 
 async def _webhook(request: web.Request, api: Api) -> web.Response:
@@ -518,10 +518,7 @@ async def _webhook(request: web.Request, api: Api) -> web.Response:
     except TemporaryError as exc:  # could not take them in: let Alertmanager retry
         raise ApiError(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
     firing = sum(1 for alert in alerts if alert.status == "firing")
-    if firing:
-        api.telemetry.alerts_received.labels("firing").inc(firing)
-    if len(alerts) > firing:
-        api.telemetry.alerts_received.labels("resolved").inc(len(alerts) - firing)
+    api.telemetry.alerts_arrived(firing, len(alerts) - firing)
     if note.truncated:
         log.warning("webhook_truncated", truncated=note.truncated, group_key=note.group_key)
     log.debug(  # Alertmanager repeats deliveries: an info line each would drown the decisions

@@ -105,7 +105,21 @@ class Telemetry:
         )
         self.build_info = Gauge("canaryd_build_info", "canaryd version", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
+        # The webhook's hot path: label children resolved once (labels() takes a lock).
+        self._webhook_ok = self.webhook_requests.labels("200")
+        self._firing = self.alerts_received.labels("firing")
+        self._resolved = self.alerts_received.labels("resolved")
         self.log = structlog.get_logger("canaryd")
+
+    def webhook_request(self, status: int) -> None:
+        child = self._webhook_ok if status == 200 else self.webhook_requests.labels(str(status))
+        child.inc()
+
+    def alerts_arrived(self, firing: int, resolved: int) -> None:
+        if firing:
+            self._firing.inc(firing)
+        if resolved:
+            self._resolved.inc(resolved)
 
     # ---------------------------------------------------------------- RuntimeEvents
 
