@@ -276,7 +276,8 @@ def run(
     def persist(s: Rollout, actions: tuple[Action, ...], now: float, _m: Any) -> None:
         for a in actions:
             weight = s.weight if a.weight is None else a.weight
-            records.append(Record(now, str(s.phase), s.stage + 1, weight, str(a.kind), a.reason))
+            phase = a.phase or s.phase
+            records.append(Record(now, str(phase), s.stage + 1, weight, str(a.kind), a.reason))
 
     state, first = stages.start("sim", "simulated", image, policy, 0.0, traffic)
     persist(state, (first,), 0.0, ())

@@ -268,7 +268,7 @@ class SqliteStore:
                 rollout.id,
                 rollout.target,
                 now,
-                str(rollout.phase),
+                str(action.phase or rollout.phase),
                 stage,
                 rollout.weight if action.weight is None else action.weight,
                 str(action.kind),

@@ -319,6 +319,7 @@ class Action:
     reason: str
     weight: int | None = None
     evidence: Mapping[str, object] = field(default_factory=dict)
+    phase: Phase | None = None  # the phase right after this decision (set by ``decide``)
 
 
 class EffectKind(StrEnum):

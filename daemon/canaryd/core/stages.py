@@ -671,17 +671,27 @@ def decide(
     s = state
     if s.phase.terminal:
         for command in findings.commands:
-            s = _apply_command(s, command, now, acts)
-        return _cleanup(s, now, acts), tuple(acts)
+            s = _tagged(_apply_command(s, command, now, acts), acts)
+        return _tagged(_cleanup(s, now, acts), acts), tuple(acts)
     for command in findings.commands:
-        s = _apply_command(s, command, now, acts)
+        s = _tagged(_apply_command(s, command, now, acts), acts)
     for alert in findings.alerts:
-        s = _apply_alert(s, alert, now, acts)
+        s = _tagged(_apply_alert(s, alert, now, acts), acts)
     if evaluation_due(s, now):
-        s = _evaluate(s, findings, now, acts)
+        s = _tagged(_evaluate(s, findings, now, acts), acts)
     if s.phase.active:
-        s = _progress(s, observed, now, acts)
+        s = _tagged(_progress(s, observed, now, acts), acts)
     return s, tuple(acts)
+
+
+def _tagged(s: Rollout, acts: list[Action]) -> Rollout:
+    """Stamp the actions of the step just taken with the phase that step left (a ``hold``
+    decided before a rollback in the same call is recorded as Progressing, not RollingBack)."""
+    for i in range(len(acts) - 1, -1, -1):
+        if acts[i].phase is not None:
+            break
+        acts[i] = replace(acts[i], phase=s.phase)
+    return s
 
 
 def hand_over(state: Rollout, successor: str) -> tuple[Rollout, tuple[Action, ...]]:
