@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from support.procs import free_port
+from support.procs import free_port, read_tail, stop_process
 
 TOKENS = {
     "viewer": "viewer-token-0123456789abcdef",
@@ -183,20 +183,10 @@ class Serve:
         """SIGTERM, then SIGKILL if it lingers; the exit code (None if never spawned)."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return read_tail(self.log_path, chars)
 
     # ------------------------------------------------------------------ the API
 
@@ -337,14 +327,3 @@ def start_load(url: str, rps: float, duration: float, log: Path) -> subprocess.P
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM this one pid, SIGKILL it if it lingers."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)

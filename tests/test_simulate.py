@@ -47,6 +47,12 @@ def simulate(
     return records
 
 
+def run_ctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "canaryd.ctl", *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
 def weight_changes(records: list[dict[str, object]]) -> list[tuple[float, object]]:
     changes, last = [], None
     for r in records:
@@ -130,21 +136,7 @@ def test_enough_requests_arriving_later_let_the_stage_pass(tmp_path: Path) -> No
 def test_a_bad_samples_line_is_named_and_exits_2(tmp_path: Path, bad: str) -> None:
     samples = tmp_path / "bad.jsonl"
     samples.write_text('{"t": 0, "requests": 5}\n' + bad + "\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "canaryd.ctl",
-            "simulate",
-            "--policy",
-            "matriz-fast-track",
-            "--samples",
-            str(samples),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    done = run_ctl("simulate", "--policy", "matriz-fast-track", "--samples", str(samples))
     assert done.returncode == 2
     assert f"{samples}:2:" in done.stderr
 
@@ -152,22 +144,8 @@ def test_a_bad_samples_line_is_named_and_exits_2(tmp_path: Path, bad: str) -> No
 def test_table_output_ends_with_the_final_phase(tmp_path: Path) -> None:
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps(line) + "\n" for line in HEALTHY))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "canaryd.ctl",
-            "simulate",
-            "--policy",
-            "matriz-fast-track",
-            "--samples",
-            str(samples),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
+    done = run_ctl("simulate", "--policy", "matriz-fast-track", "--samples", str(samples))
+    assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1].startswith("final: Succeeded")
 
 

@@ -72,20 +72,30 @@ class Proc:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """Terminate this pid, kill it if it lingers; return its exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def log(self, tail: int = 4000) -> str:
+        return read_tail(self.log_path, tail)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> int | None:
+    """SIGTERM one pid we started, SIGKILL it if it lingers; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except OSError:
-            return ""
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+    return process.returncode
+
+
+def read_tail(path: Path, chars: int = 4000) -> str:
+    """The end of a process's log, for error messages ("" if there is none)."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
 
 
 def free_port() -> int:
