@@ -424,6 +424,7 @@ def conforms(instance: Any, schema: str) -> None:
 
 def test_the_openapi_document_is_valid_openapi_3_1() -> None:
     import openapi_spec_validator as validator
+
     validator.validate(DOCUMENT)
     assert DOCUMENT["openapi"] == "3.1.0" and DOCUMENT["info"]["version"] == __version__
 

@@ -140,6 +140,38 @@ async def test_the_same_alert_delivered_again_is_new_only_once(running: Running)
     assert len(running.store.firing_alerts(time.time())) == 1
 
 
+async def test_the_alert_journal_is_compacted_when_the_daemon_starts(tmp_path: Path) -> None:
+    from canaryd.runtime.controller import ALERT_RETENTION
+
+    store = SqliteStore(tmp_path / "state.db")
+    long_ago = time.time() - ALERT_RETENTION - 3600
+    labels = {"alertname": "X", "target": "other"}
+    for n in range(20):
+        gone = Alert(f"gone{n}", "firing", labels, long_ago, long_ago + 60)
+        store.record_alerts([gone], long_ago)
+    store.record_alerts([Alert("still", "firing", labels, long_ago)], long_ago)
+    controller = make_controller(store, slow_policy(), Healthy())
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks: list[asyncio.Task[None]] = []
+
+            def spawn(coro: Any) -> asyncio.Task[None]:
+                tasks.append(tg.create_task(coro))
+                return tasks[-1]
+
+            await controller.load(spawn)
+            for _ in range(100):
+                if len(store.alert_journal()) == 1:
+                    break
+                await asyncio.sleep(0.02)
+            for task in tasks:
+                task.cancel()
+        assert [a.fingerprint for a in store.alert_journal()] == ["still"]
+        assert [a.fingerprint for a in controller.inbox.active.values()] == ["still"]
+    finally:
+        store.close()
+
+
 async def test_a_command_returns_once_its_decision_is_durable(running: Running) -> None:
     await running.controller.start("svc", "v2")
     await running.until("svc", lambda r: r.stage_started_at is not None)

@@ -292,7 +292,7 @@ def test_a_database_from_a_newer_canaryd_is_refused(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
 
-    with pytest.raises(CorruptState, match="schema version 2 is newer"):
+    with pytest.raises(CorruptState, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
         SqliteStore(path)
 
 
@@ -359,16 +359,103 @@ def test_commits_from_several_threads_all_land(store: SqliteStore) -> None:
         assert reasons == [f"hold {i}" for i in range(20)]
 
 
-def test_alerts_are_recorded_once_and_the_firing_ones_survive_a_reopen(tmp_path: Path) -> None:
+def test_alerts_are_journalled_and_the_firing_ones_survive_a_reopen(tmp_path: Path) -> None:
     from canaryd.core.model import Alert
 
     path = tmp_path / "alerts.db"
     firing = Alert("f1", "firing", {"alertname": "A", "target": "t"}, 100.0)
     other = Alert("f2", "firing", {"alertname": "B"}, 100.0)
     with SqliteStore(path) as store:
-        assert store.record_alerts([firing, other], 101.0) == 2
-        assert store.record_alerts([firing], 102.0) == 0  # a repeat of the same notification
+        store.record_alerts([firing, other], 101.0)
+        store.record_alerts([firing], 102.0)  # a repeat of the same notification
         store.record_alerts([Alert("f2", "resolved", {"alertname": "B"}, 100.0, 103.0)], 103.0)
     with SqliteStore(path) as store:
         assert [a.fingerprint for a in store.firing_alerts(104.0)] == ["f1"]
         assert store.firing_alerts(104.0)[0].labels == {"alertname": "A", "target": "t"}
+        assert len(store.alert_journal()) == 4  # repeats are kept; the replay ignores them
+
+
+def test_the_replay_takes_alerts_in_as_the_inbox_does(store: SqliteStore) -> None:
+    from canaryd.core.model import Alert
+    from canaryd.runtime.inbox import Inbox
+
+    labels = {"alertname": "A"}
+    sent = [
+        Alert("f1", "firing", labels, 100.0),
+        Alert("f1", "resolved", labels, 100.0, 150.0),
+        Alert("f1", "firing", labels, 100.0),  # a late retry of the first: changes nothing
+        Alert("f2", "firing", labels, 120.0, 500.0),  # ends at 500
+        Alert("f3", "firing", labels, 130.0),
+        Alert("f3", "resolved", labels, 130.0, 160.0),
+        Alert("f3", "firing", labels, 170.0),  # fires again: a new startsAt
+    ]
+    for i, alert in enumerate(sent):
+        store.record_alerts([alert], 200.0 + i)
+    inbox = Inbox({})
+    inbox.receive(sent)
+    assert store.firing_alerts(300.0) == list(inbox.active.values())
+    assert [(a.fingerprint, a.starts_at) for a in store.firing_alerts(300.0)] == [
+        ("f2", 120.0),
+        ("f3", 170.0),
+    ]
+    assert [a.fingerprint for a in store.firing_alerts(600.0)] == ["f3"]  # f2 has ended
+
+
+def test_compaction_forgets_old_alerts_but_keeps_the_ones_still_firing(
+    store: SqliteStore,
+) -> None:
+    from canaryd.core.model import Alert
+
+    labels = {"alertname": "A"}
+    for n in range(50):  # old and over: 50 alerts that fired and resolved
+        store.record_alerts([Alert(f"old{n}", "firing", labels, 10.0)], 10.0 + n)
+        store.record_alerts([Alert(f"old{n}", "resolved", labels, 10.0, 70.0)], 70.0 + n)
+    store.record_alerts([Alert("still", "firing", labels, 100.0)], 100.0)
+    store.record_alerts([Alert("ended", "firing", labels, 100.0, 150.0)], 101.0)
+    store.record_alerts([Alert("later", "firing", labels, 300.0)], 300.0)
+    store.record_alerts([Alert("still", "resolved", labels, 100.0, 310.0)], 310.0)
+    before = store.firing_alerts(400.0)
+
+    assert store.compact_alerts(200.0) == 101  # 102 rows before t=200 became one
+    assert store.compact_alerts(200.0) == 0  # nothing more to do
+    assert store.firing_alerts(400.0) == before  # same state: "still" resolved after the cut
+    assert [a.fingerprint for a in store.firing_alerts(400.0)] == ["later"]
+    kept = [a.fingerprint for a in store.alert_journal()]
+    assert kept == ["still", "later", "still"]  # "ended" ended before t=200: forgotten
+
+
+def test_a_schema_1_database_is_migrated_and_keeps_its_alerts(path: Path) -> None:
+    with sqlite3.connect(path) as conn:  # what canaryd 0.1 wrote: one row per alert
+        conn.execute(
+            "CREATE TABLE alerts (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status TEXT "
+            "NOT NULL, labels TEXT NOT NULL, starts_at REAL NOT NULL, ends_at REAL, "
+            "received_at REAL NOT NULL)"
+        )
+        conn.execute("CREATE INDEX alerts_by_fingerprint ON alerts (fingerprint, received_at)")
+        rows = [
+            ("f1:firing:100.000", "f1", "firing", '{"alertname": "A"}', 100.0, None, 101.0),
+            ("f2:firing:100.000", "f2", "firing", '{"alertname": "B"}', 100.0, None, 101.0),
+            ("f2:resolved:100.000", "f2", "resolved", '{"alertname": "B"}', 100.0, 102.0, 102.0),
+        ]
+        conn.executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        for statement in (
+            "CREATE TABLE rollouts (id TEXT PRIMARY KEY, target TEXT NOT NULL, phase TEXT NOT "
+            "NULL, active INTEGER NOT NULL, image TEXT NOT NULL, started_at REAL NOT NULL, "
+            "updated_at REAL NOT NULL, cleanup_at REAL, record TEXT NOT NULL)",
+            "CREATE TABLE decisions (seq INTEGER PRIMARY KEY)",
+            "CREATE TABLE measurements (seq INTEGER PRIMARY KEY)",
+            "CREATE TABLE audit (seq INTEGER PRIMARY KEY)",
+            "PRAGMA user_version = 1",
+        ):
+            conn.execute(statement)
+    with SqliteStore(path) as store:
+        assert [(a.fingerprint, a.labels) for a in store.firing_alerts(200.0)] == [
+            ("f1", {"alertname": "A"})
+        ]
+    probe = sqlite3.connect(path)
+    try:
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master")}
+        assert "alert_journal" in tables and "alerts" not in tables
+    finally:
+        probe.close()

@@ -82,6 +82,11 @@ class AuditRecord(TypedDict):
 # --------------------------------------------------------------------------- ports
 
 
+# A batch of alerts ready to be written: (time received, the alerts encoded as JSON). Encoding
+# happens on the event loop, the write in a thread (see ``StateStore.prepare_alerts``).
+PreparedAlerts = tuple[float, str]
+
+
 class StateStore(Protocol):
     """Where rollouts, their decisions and measurements, and the audit log are kept.
 
@@ -126,16 +131,20 @@ class StateStore(Protocol):
 
     def audit_log(self, target: str | None = None) -> list[AuditRecord]: ...
 
-    def record_alerts(self, alerts: Sequence[Alert], now: float) -> int:
-        """Durably record alerts (de-duplicated by key); return how many were new."""
+    def record_alerts(self, alerts: Sequence[Alert], now: float) -> None:
+        """Durably record alerts as received at ``now`` (repeats too: the inbox de-duplicates)."""
         ...
 
-    def prepare_alerts(self, alerts: Sequence[Alert], now: float) -> list[tuple[object, ...]]:
+    def prepare_alerts(self, alerts: Sequence[Alert], now: float) -> PreparedAlerts:
         """``record_alerts`` in two halves: this cheap one on the loop, ``write_alerts`` (the
         durable write) in a thread."""
         ...
 
-    def write_alerts(self, rows: Sequence[tuple[object, ...]]) -> int: ...
+    def write_alerts(self, prepared: PreparedAlerts) -> None: ...
+
+    def compact_alerts(self, before: float) -> int:
+        """Forget alerts received before ``before`` unless they still fire."""
+        ...
 
     def firing_alerts(self, now: float) -> list[Alert]:
         """Alerts still firing, to rebuild the inbox after a restart."""
@@ -222,3 +231,5 @@ class RuntimeEvents(Protocol):
     def failed_pass(self, state: Rollout, error: Exception) -> None: ...
 
     def orphan(self, state: Rollout) -> None: ...
+
+    def housekeeping_failed(self, what: str, error: Exception) -> None: ...

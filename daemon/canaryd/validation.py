@@ -100,7 +100,11 @@ class Reader:
 
 def _placeholder(convert: Callable[[Any], Any]) -> Any:
     placeholders: dict[Callable[[Any], Any], Any] = {
-        to_int: 0, to_float: 0.0, to_str: "", to_bool: False, duration: 0.0,
+        to_int: 0,
+        to_float: 0.0,
+        to_str: "",
+        to_bool: False,
+        duration: 0.0,
     }
     return placeholders.get(convert)
 

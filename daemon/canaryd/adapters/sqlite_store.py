@@ -1,4 +1,5 @@
-"""The embedded state store (SPEC §7): rollouts, decisions, measurements and audit in SQLite.
+"""The embedded state store (SPEC §7): rollouts, decisions, measurements, audit and Alertmanager's
+alerts in SQLite.
 
 Why it is shaped this way:
 
@@ -9,8 +10,11 @@ Why it is shaped this way:
 * The record is the codec's JSON (``canaryd.core.codec``), which embeds the policy the rollout
   started with; the other ``rollouts`` columns are copies for queries and for the partial
   unique index that enforces "at most one active rollout per target" in the database itself.
-* The schema is versioned with ``PRAGMA user_version`` and created in one transaction on open;
-  a database from a newer canaryd, or one that is not ours, is refused, never "repaired".
+* Alerts are an append-only journal, one row per webhook commit (see ``_ALERT_JOURNAL``): the
+  webhook's durable write is an append, and a restart replays the journal as the inbox took it.
+* The schema is versioned with ``PRAGMA user_version``, created in one transaction on open and
+  migrated step by step from an older canaryd's (``_MIGRATIONS``); a database from a newer
+  canaryd, or one that is not ours, is refused, never "repaired".
 * Calls block. The runtime runs them with ``asyncio.to_thread``; a lock makes the one
   connection safe for whichever thread holds it (sqlite3 connections are not re-entrant).
 """
@@ -32,13 +36,29 @@ from canaryd.ports import (
     CorruptState,
     DecisionRecord,
     MeasurementRecord,
+    PreparedAlerts,
     RolloutConflict,
     StateStore,
     StoreUnavailable,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lock
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # made once: it is the hot path
+
+# Alertmanager's alerts as an append-only journal: one row per durable commit of the webhook,
+# holding that commit's new alerts as a JSON list of [fingerprint, status, labels, starts_at,
+# ends_at]. Appending one row costs a page or two whatever the batch; one row per alert keyed
+# by (fingerprint, status, startsAt) cost a random B-tree insert per alert and per index, ten
+# times the CPU on the webhook's hot path. De-duplication is the inbox's job, in memory; the
+# journal is replayed in order on restart (``firing_alerts``) and compacted (``compact_alerts``).
+_ALERT_JOURNAL = """
+    CREATE TABLE alert_journal (
+        seq          INTEGER PRIMARY KEY,
+        received_at  REAL NOT NULL,
+        alerts       TEXT NOT NULL
+    )
+"""
 
 _SCHEMA = (
     """
@@ -98,18 +118,7 @@ _SCHEMA = (
         detail   TEXT NOT NULL
     )
     """,
-    """
-    CREATE TABLE alerts (
-        key          TEXT PRIMARY KEY,
-        fingerprint  TEXT NOT NULL,
-        status       TEXT NOT NULL,
-        labels       TEXT NOT NULL,
-        starts_at    REAL NOT NULL,
-        ends_at      REAL,
-        received_at  REAL NOT NULL
-    )
-    """,
-    "CREATE INDEX alerts_by_fingerprint ON alerts (fingerprint, received_at)",
+    _ALERT_JOURNAL,
 )
 
 _DECISION_COLUMNS = "seq, rollout_id, target, t, phase, stage, weight, action, reason, evidence"
@@ -156,21 +165,28 @@ class SqliteStore:
                     f"{self.path}: state schema version {version} is newer than this canaryd "
                     f"understands ({SCHEMA_VERSION}); refusing to touch it"
                 )
-            tables = [
-                row[0]
-                for row in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' "
-                    "AND name NOT LIKE 'sqlite_%' ORDER BY name"
-                )
-            ]
-            if tables:
-                raise CorruptState(
-                    f"{self.path}: not a canaryd state database "
-                    f"(tables {', '.join(tables)} but no schema version)"
-                )
-            for statement in _SCHEMA:
-                conn.execute(statement)
+            if version == 0:
+                self._create(conn)
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[step](conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        if tables:
+            raise CorruptState(
+                f"{self.path}: not a canaryd state database "
+                f"(tables {', '.join(tables)} but no schema version)"
+            )
+        for statement in _SCHEMA:
+            conn.execute(statement)
 
     def close(self) -> None:
         with self._lock:
@@ -397,63 +413,65 @@ class SqliteStore:
 
     # ------------------------------------------------------------------- alerts
 
-    def record_alerts(self, alerts: Sequence[Alert], now: float) -> int:
-        """Durably record Alertmanager's alerts; return how many were not recorded before."""
-        return self.write_alerts(self.prepare_alerts(alerts, now))
+    def record_alerts(self, alerts: Sequence[Alert], now: float) -> None:
+        """Durably append Alertmanager's alerts to the journal, as received at ``now``."""
+        self.write_alerts(self.prepare_alerts(alerts, now))
 
-    def prepare_alerts(self, alerts: Sequence[Alert], now: float) -> list[tuple[object, ...]]:
-        """The rows for ``write_alerts``: pure Python, cheap, run it on the event loop.
+    def prepare_alerts(self, alerts: Sequence[Alert], now: float) -> PreparedAlerts:
+        """The journal row for ``write_alerts``: pure Python, run it on the event loop.
 
-        Split from the write because the webhook is the hot path: building rows needs the GIL
-        either way, while the write (``executemany`` and the fsync) runs in a thread that
-        releases it; doing the first half on the loop keeps the thread from queueing for it.
+        Split from the write because the webhook is the hot path: encoding needs the GIL
+        either way, while the write (an append and the fsync) runs in a thread that releases
+        it for as long as SQLite works, and takes it back only three times per commit.
         """
-        return [
-            (
-                a.key,
-                a.fingerprint,
-                a.status,
-                json.dumps(a.labels, sort_keys=True),
-                a.starts_at,
-                a.ends_at,
-                now,
-            )
-            for a in alerts
-        ]
+        rows = [[a.fingerprint, a.status, a.labels, a.starts_at, a.ends_at] for a in alerts]
+        return now, _compact_json(rows)
 
-    def write_alerts(self, rows: Sequence[tuple[object, ...]]) -> int:
-        """Insert prepared alert rows in one durable transaction; return how many were new.
-
-        The key is (fingerprint, status, startsAt): Alertmanager's repeats and retries of the
-        same notification are recorded once.
-        """
+    def write_alerts(self, prepared: PreparedAlerts) -> None:
+        """Append a prepared journal row in one durable transaction."""
         with self._writing("record alerts") as conn:
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO alerts (key, fingerprint, status, labels, starts_at, "
-                "ends_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            return conn.total_changes - before
+            conn.execute("INSERT INTO alert_journal (received_at, alerts) VALUES (?, ?)", prepared)
+
+    def alert_journal(self) -> list[Alert]:
+        """Every journalled alert, in the order received (repeats included)."""
+        with self._reading("read alerts") as conn:
+            rows = conn.execute("SELECT seq, alerts FROM alert_journal ORDER BY seq").fetchall()
+        return [alert for seq, text in rows for alert in self._journal_row(seq, text)]
 
     def firing_alerts(self, now: float) -> list[Alert]:
         """The alerts whose latest notification is ``firing`` and that have not ended."""
-        with self._reading("read alerts") as conn:
+        return _firing(self.alert_journal(), now)
+
+    def compact_alerts(self, before: float) -> int:
+        """Forget journal rows received before ``before``, keeping the alerts they hold that
+        still fire; return how many rows went. The survivors take the place (``seq``) of the
+        newest row removed, so a replay still sees every later notification after them."""
+        with self._writing("compact alerts") as conn:
             rows = conn.execute(
-                "SELECT fingerprint, status, labels, starts_at, ends_at FROM alerts a "
-                "WHERE received_at = (SELECT MAX(received_at) FROM alerts b "
-                "WHERE b.fingerprint = a.fingerprint) ORDER BY received_at"
+                "SELECT seq, received_at, alerts FROM alert_journal WHERE received_at < ? "
+                "ORDER BY seq",
+                (before,),
             ).fetchall()
-        latest: dict[str, Alert] = {}
-        for fingerprint, status, labels, starts_at, ends_at in rows:
-            latest[fingerprint] = Alert(
-                fingerprint, status, self._json(labels, "alert"), starts_at, ends_at
+            if len(rows) < 2:
+                return 0
+            old = [alert for seq, _, text in rows for alert in self._journal_row(seq, text)]
+            last_seq, last_received = rows[-1][0], rows[-1][1]
+            conn.execute("DELETE FROM alert_journal WHERE seq <= ?", (last_seq,))
+            _, text = self.prepare_alerts(_firing(old, before), last_received)
+            conn.execute(
+                "INSERT INTO alert_journal (seq, received_at, alerts) VALUES (?, ?, ?)",
+                (last_seq, last_received, text),
             )
-        return [
-            a
-            for a in latest.values()
-            if a.status == "firing" and (a.ends_at is None or a.ends_at > now)
-        ]
+            return len(rows) - 1
+
+    def _journal_row(self, seq: int, text: str) -> list[Alert]:
+        try:
+            return [
+                Alert(str(fp), str(status), dict(labels), float(starts), _optional(ends))
+                for fp, status, labels, starts, ends in json.loads(text)
+            ]
+        except (ValueError, TypeError) as exc:
+            raise CorruptState(f"{self.path}: alert journal row {seq}: unreadable: {exc}") from exc
 
     # ------------------------------------------------------------------- audit
 
@@ -503,6 +521,45 @@ class SqliteStore:
         if not isinstance(value, dict):
             raise CorruptState(f"{self.path}: {what}: expected a JSON object")
         return value
+
+
+def _optional(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _firing(journal: Sequence[Alert], now: float) -> list[Alert]:
+    """Replay the journal as the inbox took it in (``runtime.inbox.Inbox.receive``): a repeat of
+    a (fingerprint, status, startsAt) already seen changes nothing, a new ``firing`` makes the
+    alert active, a new ``resolved`` ends it. The active ones that have not ended, in order."""
+    seen: set[str] = set()
+    active: dict[str, Alert] = {}
+    for alert in journal:
+        if alert.key in seen:
+            continue
+        seen.add(alert.key)
+        active.pop(alert.fingerprint, None)  # re-inserted last: ordered by latest arrival
+        if alert.status == "firing":
+            active[alert.fingerprint] = alert
+    return [a for a in active.values() if a.ends_at is None or a.ends_at > now]
+
+
+def _alerts_v1_to_v2(conn: sqlite3.Connection) -> None:
+    """Schema 1 kept one row per alert notification; 2 journals one row per commit."""
+    conn.execute(_ALERT_JOURNAL)
+    batches: dict[float, list[list[object]]] = {}
+    for fp, status, labels, starts, ends, received in conn.execute(
+        "SELECT fingerprint, status, labels, starts_at, ends_at, received_at FROM alerts "
+        "ORDER BY received_at, rowid"
+    ):
+        batches.setdefault(received, []).append([fp, status, json.loads(labels), starts, ends])
+    conn.executemany(
+        "INSERT INTO alert_journal (received_at, alerts) VALUES (?, ?)",
+        [(t, _compact_json(rows)) for t, rows in batches.items()],
+    )
+    conn.execute("DROP TABLE alerts")
+
+
+_MIGRATIONS = {1: _alerts_v1_to_v2}  # from version N to N + 1, inside the open transaction
 
 
 if TYPE_CHECKING:  # mypy proves here that the class satisfies the port

@@ -189,6 +189,9 @@ class Telemetry:
     def failed_pass(self, state: Rollout, error: Exception) -> None:
         self.log.warning("pass_failed", target=state.target, rollout=state.id, error=str(error))
 
+    def housekeeping_failed(self, what: str, error: Exception) -> None:
+        self.log.warning("housekeeping_failed", what=what, error=str(error), retry="next hour")
+
     def orphan(self, state: Rollout) -> None:
         self.log.warning(
             "orphan_rollout",

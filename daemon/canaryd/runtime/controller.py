@@ -10,7 +10,9 @@ they concern, which wake at once.
 from __future__ import annotations
 
 import asyncio
+import queue
 import secrets
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ from canaryd.core import stages
 from canaryd.core.errors import CanarydError, CommandRejected, RolloutRefused, UnknownTarget
 from canaryd.core.model import Alert, Command, CommandKind, Measurement, Phase, Policy, Rollout
 from canaryd.core.rules import admit
-from canaryd.ports import Clock, Platform, Router, RuntimeEvents, StateStore
+from canaryd.ports import Clock, Platform, PreparedAlerts, Router, RuntimeEvents, StateStore
 from canaryd.runtime.inbox import Concerns, Inbox
 from canaryd.runtime.worker import Timing, Worker
 
@@ -41,6 +43,10 @@ class Target:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+ALERT_RETENTION = 24 * 3600.0  # journalled alerts older than this are forgotten unless firing
+COMPACT_EVERY = 3600.0  # how often the alert journal is compacted
+
+
 class GroupCommit:
     """Record alerts durably with one transaction for every request that arrived meanwhile.
 
@@ -49,14 +55,19 @@ class GroupCommit:
     committer task (``run``, owned by the controller's task group) takes everything queued so
     far, commits it in one transaction and answers all of those requests. Under load the batch
     grows and the commit's cost is shared, so throughput scales without giving up durability.
-    Before the committer runs (tests that never ``load``), a request commits on its own.
+    While it runs, the committer has a writer thread of its own: handing a batch over is a
+    ``SimpleQueue.put``, cheaper than a round through the loop's default executor. Before the
+    committer runs (tests that never ``load``), a request commits on its own, in a thread.
     """
 
-    def __init__(self, store: StateStore, clock: Clock) -> None:
-        self._store, self._clock = store, clock
+    def __init__(self, store: StateStore, clock: Clock, events: RuntimeEvents) -> None:
+        self._store, self._clock, self._events = store, clock, events
+        self._compacted = float("-inf")
         self._pending: list[tuple[list[Alert], asyncio.Future[None]]] = []
         self._arrived = asyncio.Event()
         self._running = False
+        self._writes: queue.SimpleQueue[tuple[PreparedAlerts, asyncio.Future[None]] | None]
+        self._writes = queue.SimpleQueue()
         self.commits = 0
 
     async def record(self, alerts: list[Alert]) -> None:
@@ -65,30 +76,46 @@ class GroupCommit:
         if self._running:
             self._arrived.set()
         else:
-            await self._commit()
+            await self._commit(self._write_in_a_thread)
         await future
 
     async def run(self) -> None:
         """Eternal: commit whatever is queued, as one transaction per round."""
+        loop = asyncio.get_running_loop()
+        writer = threading.Thread(
+            target=self._writer, args=(loop,), name="canaryd-alerts", daemon=True
+        )
+        writer.start()
         self._running = True
         try:
             while True:
+                if self._clock.time() - self._compacted >= COMPACT_EVERY:
+                    await self._compact()  # here, so the journal has one writer at a time
                 await self._arrived.wait()
+                await asyncio.sleep(0)  # one loop tick: requests already readable join in
                 self._arrived.clear()
-                await self._commit()
+                await self._commit(self._write_in_the_writer)
         finally:
             self._running = False
-            await self._commit()  # answer whoever is still waiting
+            self._writes.put(None)
+            await asyncio.to_thread(writer.join)
+            await self._commit(self._write_in_a_thread)  # answer whoever is still waiting
 
-    async def _commit(self) -> None:
+    async def _compact(self) -> None:
+        now = self._clock.time()
+        self._compacted = now
+        try:
+            await asyncio.to_thread(self._store.compact_alerts, now - ALERT_RETENTION)
+        except Exception as exc:  # the journal only grows meanwhile; alerts keep flowing
+            self._events.housekeeping_failed("compact the alert journal", exc)
+
+    async def _commit(self, write: Callable[[PreparedAlerts], Awaitable[None]]) -> None:
         batch, self._pending = self._pending, []
         if not batch:
             return
         merged = [a for group, _ in batch for a in group]
         try:
-            rows = self._store.prepare_alerts(merged, self._clock.time())
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self._store.write_alerts, rows)
+            await write(self._store.prepare_alerts(merged, self._clock.time()))
         except Exception as exc:
             for _, waiting in batch:
                 if not waiting.done():
@@ -98,6 +125,34 @@ class GroupCommit:
         for _, waiting in batch:
             if not waiting.done():
                 waiting.set_result(None)
+
+    async def _write_in_a_thread(self, prepared: PreparedAlerts) -> None:
+        await asyncio.to_thread(self._store.write_alerts, prepared)
+
+    async def _write_in_the_writer(self, prepared: PreparedAlerts) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.put((prepared, done))
+        await done
+
+    def _writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer thread: one durable write at a time, each answered on the loop."""
+        while (job := self._writes.get()) is not None:
+            prepared, done = job
+            try:
+                self._store.write_alerts(prepared)
+            except Exception as exc:
+                loop.call_soon_threadsafe(_settle, done, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, None)
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():  # the awaiting task was cancelled meanwhile
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 class Controller:
@@ -117,7 +172,7 @@ class Controller:
         self._store, self._measure, self._clock = store, measure, clock
         self._events, self._load_policy, self._timing = events, load_policy, timing or Timing()
         self._workers: dict[str, Worker] = {}
-        self._recorder = GroupCommit(store, clock)
+        self._recorder = GroupCommit(store, clock, events)
         self._spawn: Spawn | None = None
         self.ready = False
 
@@ -277,8 +332,10 @@ class Controller:
         Returns how many were new. When this returns the alerts are on disk, so the webhook
         may answer 2xx: a crash afterwards re-delivers them from the store on restart.
         """
-        if any(a.key not in self.inbox.seen for a in alerts):  # repeats are on disk already
-            await self._recorder.record(alerts)
+        seen = self.inbox.seen
+        new = [a for a in alerts if a.key not in seen]
+        if new:  # repeats are on disk already
+            await self._recorder.record(new)
         fresh = self.inbox.receive(alerts)
         by_target: dict[str, list[Alert]] = {}
         for alert in fresh:
