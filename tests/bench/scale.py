@@ -26,15 +26,16 @@ through ``POST /api/v1/targets/{t}/rollouts`` (32 at a time). Per window:
 
 * from Prometheus's query log, over whole cycles (a cycle is one evaluation of every active
   rollout; it lasts a little longer than the interval, and its length is measured): queries per
-  cycle, split into the policy's checks and the request-count query (one per evaluation
-  batch), so batches per cycle, queries per batch and rollouts evaluated per cycle;
+  cycle, split into the policy's checks and the request-count part (one per evaluation batch,
+  joined to a check's query), so batches per cycle, queries per batch and rollouts evaluated
+  per cycle;
 * as cross-checks, queries per cycle from the daemon's ``canaryd_promql_duration_seconds_count``
   and from Prometheus's ``prometheus_http_requests_total{handler="/api/v1/query"}``;
 * the daemon's CPU (utime + stime from ``/proc/<pid>/stat``, as % of one core), its RSS
   (``VmRSS``, and the peak ``VmHWM``), and Prometheus's CPU for scale.
 
-Targets (issue: 1,000 targets): queries per cycle = the checks in use (4 here; the evaluator
-adds one request-count query per batch, so 5), daemon CPU < 20 % of one core at a 10 s
+Targets (issue: 1,000 targets): queries per cycle = the checks in use (4 here; the request
+count of each batch rides along inside one of them), daemon CPU < 20 % of one core at a 10 s
 interval, RSS < 200 MB. Rollouts started more than the evaluator's ``gather`` apart are
 evaluated in separate batches, so ``--start-spread 10`` (the full window's rollouts started over
 10 s, as they would be in life) is the case to look at for the query count. ``--keep`` leaves
@@ -353,6 +354,7 @@ class Window:
 
 REQUEST_COUNT = "(request count)"
 _JOB_MATCHER = re.compile(r'job=~"((?:[^"\\]|\\.)*)"')
+_JOINED_PART = re.compile(r'label_replace\((.*?)\n, "canaryd_part", "\d+", "", ""\)', re.S)
 
 
 def query_shapes(variants: list[dict[str, Any]], interval: float) -> dict[str, str]:
@@ -383,6 +385,7 @@ class Logged:
     at: float
     kind: str
     jobs: tuple[str, ...]
+    rider: bool = False  # a later part of a joined query: not a query of its own
 
 
 def read_query_log(path: Path, offset: int, shapes: dict[str, str]) -> list[Logged]:
@@ -396,10 +399,12 @@ def read_query_log(path: Path, offset: int, shapes: dict[str, str]) -> list[Logg
                 query, at = str(entry["params"]["query"]), _timestamp(str(entry["ts"]))
             except (ValueError, KeyError):
                 continue
-            matched = _JOB_MATCHER.search(query)
-            kind = shapes.get(_JOB_MATCHER.sub('job=~"X"', query), "(other)")
-            jobs = tuple(matched.group(1).split("|")) if matched else ()
-            found.append(Logged(at, kind, jobs))
+            # A check and the request count may be one query (runtime.evaluator): its parts.
+            for i, part in enumerate(_JOINED_PART.findall(query) or [query]):
+                matched = _JOB_MATCHER.search(part)
+                kind = shapes.get(_JOB_MATCHER.sub('job=~"X"', part), "(other)")
+                jobs = tuple(matched.group(1).split("|")) if matched else ()
+                found.append(Logged(at, kind, jobs, rider=i > 0))
     return found
 
 
@@ -464,7 +469,7 @@ def measure(
         active=active,
         cycles=cycles,
         period=period,
-        logged=len(inside) / per,
+        logged=sum(not q.rider for q in inside) / per,
         queries=count / by_time,
         prometheus_queries=(after.prometheus_queries - before.prometheus_queries) / by_time,
         query_ms=1000 * (after.query_seconds - before.query_seconds) / count if count else 0.0,
@@ -553,14 +558,14 @@ def report(args: argparse.Namespace, windows: list[Window], notes: list[str]) ->
         print(f"  {w.name:<9}{shown}")
     full = windows[-1]
     checks = len([k for k in full.per_check if not k.startswith("(")])
-    ok_queries = full.logged <= checks + 1
+    ok_queries = full.logged <= checks
     ok_cpu = full.cpu < CPU_TARGET
     ok_rss = full.rss < RSS_TARGET_MB
     mark = {True: "PASS", False: "FAIL"}
     print(f"\ntargets at {full.active} active rollouts:")
     print(
         f"  {mark[ok_queries]} queries per cycle {full.logged:.2f} vs {checks} checks in use "
-        f"(+1 request-count query per batch: {checks + 1}); {full.batches:.2f} batches per cycle"
+        f"(the request count rides along with a check); {full.batches:.2f} batches per cycle"
     )
     print(f"  {mark[ok_cpu]} daemon CPU {full.cpu:.1f}% of one core (< {CPU_TARGET:g}%)")
     print(f"  {mark[ok_rss]} daemon RSS {full.rss:.1f} MB (< {RSS_TARGET_MB:g} MB)")

@@ -13,9 +13,13 @@ schedules every evaluation on a shared grid (``core.stages.next_tick``: multiple
 interval), so all rollouts with the same interval are due at the same instant and land in the
 same batch, however far apart they started.
 
-Canary request counts (for ``min_requests``) come from one more batched query per cycle: the
-request rate over the policy's window times the evaluation interval (an ``increase`` over the
-interval itself would need two scrapes inside it, which short intervals do not have).
+Canary request counts (for ``min_requests``) are the request rate over the policy's window
+times the evaluation interval (an ``increase`` over the interval itself would need two scrapes
+inside it, which short intervals do not have). They ride along with one of the cycle's check
+queries, so a cycle costs exactly one query per check: the two are joined as
+``label_replace(<check>, "canaryd_part", "0", "", "") or label_replace(<count>, ...)`` and the
+answer is split again by ``canaryd_part``. Should Prometheus refuse the joined query (a check
+whose result is not an instant vector cannot be labelled), both are asked again on their own.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from canaryd.core.errors import SourceUnavailable
 from canaryd.core.model import Check, Measurement, Rollout
 
 CANARY = "canary"
+_PART = "canaryd_part"  # the label that tells the parts of a joined query apart
+_COUNT = object()  # key of a request count that goes alone
 DEFAULT_REQUESTS_QUERY = (
     'sum by ({{group}}) (rate(http_requests_total{job=~"{{job}}",'
     'deployment=~"{{deployment}}"}[{{window}}])) * {{interval_seconds}}'
@@ -115,34 +121,64 @@ class Evaluator:
         counted: dict[tuple[object, ...], list[_Request]] = {}
         for request in batch:
             counted.setdefault(_requests_key(request), []).append(request)
-
-        async def one_check(key: tuple[object, ...], members: list[_Request]) -> None:
-            check = members[0].state.policy.checks[str(key[0])]
-            found = await self._run(check.query, members)
-            for request in members:
-                value = found.get(id(request))
-                results[id(request)][check.name] = _measurement(check.name, value)
-
+        riders: dict[tuple[object, ...], list[_Request]] = {}  # check key -> count members
+        check_keys = list(groups)
+        for count_key, members in counted.items():
+            host = next((k for k in check_keys if _requests_key_of(k) == count_key), None)
+            if host is not None and host not in riders:
+                riders[host] = members
+            else:  # no check of this interval in the batch: the count goes alone
+                groups[(_COUNT, count_key)] = members
         requests: dict[int, float | None] = {}
 
-        async def one_count(members: list[_Request]) -> None:
-            found = await self._run(self.requests_query, members)
+        def counts(members: list[_Request], found: dict[int, float | str | None]) -> None:
             for request in members:
                 value = found.get(id(request))
                 requests[id(request)] = value if isinstance(value, float) else None
 
+        async def one_query(key: tuple[object, ...], members: list[_Request]) -> None:
+            if key[0] is _COUNT:
+                counts(members, (await self._run([(self.requests_query, members)]))[0])
+                return
+            check = members[0].state.policy.checks[str(key[0])]
+            parts = [(check.query, members)]
+            if key in riders:
+                parts.append((self.requests_query, riders[key]))
+            found = await self._run(parts)
+            for request in members:
+                value = found[0].get(id(request))
+                results[id(request)][check.name] = _measurement(check.name, value)
+            if key in riders:
+                counts(riders[key], found[1])
+
         async with asyncio.TaskGroup() as tg:
             for key, members in groups.items():
-                tg.create_task(one_check(key, members))
-            for members in counted.values():
-                tg.create_task(one_count(members))
+                tg.create_task(one_query(key, members))
         for request in batch:
             ordered = tuple(results[id(request)].values())
             if not request.future.done():
                 request.future.set_result((ordered, requests.get(id(request))))
 
-    async def _run(self, template: str, members: list[_Request]) -> dict[int, float | str | None]:
-        """Render ``template`` for ``members``, query once, and split the answer per member."""
+    async def _run(
+        self, parts: list[tuple[str, list[_Request]]]
+    ) -> list[dict[int, float | str | None]]:
+        """Render each (template, members) part, ask Prometheus once for all of them, and split
+        the answer per part and per member."""
+        rendered = [self._render(template, members) for template, members in parts]
+        if len(parts) > 1:
+            joined = " or ".join(
+                f'label_replace({promql}\n, "{_PART}", "{i}", "", "")'  # \n: ends a # comment
+                for i, promql in enumerate(rendered)
+            )
+            answer = await self._ask(joined)
+            if isinstance(answer, SourceUnavailable) or answer.kind != "error":
+                return [_split(answer, members, tag=str(i)) for i, (_, members) in enumerate(parts)]
+        return [
+            _split(await self._ask(promql), members)
+            for promql, (_, members) in zip(rendered, parts, strict=True)
+        ]
+
+    def _render(self, template: str, members: list[_Request]) -> str:
         state = members[0].state
         names = sorted(members[0].labels)
         variables: dict[str, str] = {
@@ -159,27 +195,42 @@ class Evaluator:
         if len(members) == 1:
             variables.setdefault("target", members[0].state.target)
             variables.setdefault("version", members[0].state.image)
+        return templates.render(template, variables)
+
+    async def _ask(self, promql: str) -> Answer | SourceUnavailable:
         self.queries += 1
         try:
-            answer = await self.source.query(templates.render(template, variables))
+            return await self.source.query(promql)
         except SourceUnavailable as exc:
-            return {id(m): f"error: {exc}" for m in members}
-        if answer.kind == "error":
-            return {id(m): f"error: {answer.error}" for m in members}
-        out: dict[int, float | str | None] = {id(m): None for m in members}
-        # Targets with the same label values (two targets on one job) share their series.
-        by_labels: dict[tuple[str, ...], list[_Request]] = {}
-        for m in members:
-            by_labels.setdefault(tuple(m.labels[n] for n in names), []).append(m)
-        for labels, value in answer.series:
-            if labels.get("deployment", CANARY) != CANARY:
-                continue
-            for member in by_labels.get(tuple(labels.get(n, "") for n in names), ()):
-                if out[id(member)] is not None:
-                    out[id(member)] = "error: ambiguous: more than one series for this target"
-                else:
-                    out[id(member)] = value
-        return out
+            return exc
+
+
+def _split(
+    answer: Answer | SourceUnavailable, members: list[_Request], tag: str | None = None
+) -> dict[int, float | str | None]:
+    """Each member's value: the canary series whose target labels are the member's (and, in a
+    joined query, whose ``canaryd_part`` is ``tag``); an error for all if there is no answer."""
+    if isinstance(answer, SourceUnavailable):
+        return {id(m): f"error: {answer}" for m in members}
+    if answer.kind == "error":
+        return {id(m): f"error: {answer.error}" for m in members}
+    names = sorted(members[0].labels)
+    out: dict[int, float | str | None] = {id(m): None for m in members}
+    # Targets with the same label values (two targets on one job) share their series.
+    by_labels: dict[tuple[str, ...], list[_Request]] = {}
+    for m in members:
+        by_labels.setdefault(tuple(m.labels[n] for n in names), []).append(m)
+    for labels, value in answer.series:
+        if labels.get("deployment", CANARY) != CANARY:
+            continue
+        if tag is not None and labels.get(_PART) != tag:
+            continue
+        for member in by_labels.get(tuple(labels.get(n, "") for n in names), ()):
+            if out[id(member)] is not None:
+                out[id(member)] = "error: ambiguous: more than one series for this target"
+            else:
+                out[id(member)] = value
+    return out
 
 
 _REGEX_SPECIAL = re.compile(r"([.^$*+?()\[\]{}|\\])")
@@ -213,6 +264,11 @@ def _check_key(check: Check, request: _Request) -> tuple[object, ...]:
 def _requests_key(request: _Request) -> tuple[object, ...]:
     policy = request.state.policy
     return (policy.interval, tuple(sorted(request.labels)))
+
+
+def _requests_key_of(check_key: tuple[object, ...]) -> tuple[object, ...]:
+    """The request-count group a check group's members belong to (see ``_check_key``)."""
+    return (check_key[3], check_key[5])
 
 
 def _measurement(check: str, value: float | str | None) -> Measurement:
