@@ -121,7 +121,12 @@ def test_every_kind_of_platform_router_and_state_reads_into_its_own_type(tmp_pat
           - name: host
             policy: matriz-conservative
             platform: {kind: docker, labels: {app: host}}
-            router: {kind: nginx, path: nginx/host.conf, reload_command: "nginx -s reload"}
+            router:
+              kind: nginx
+              path: nginx/host.conf
+              reload_command: "nginx -s reload"
+              stable_servers: [10.0.0.5:8080, "[fd00::6]:8080"]
+              canary_servers: [host-canary.internal:8080]
         """,
         head="""\
         listen: "[::1]:9999"
@@ -141,7 +146,10 @@ def test_every_kind_of_platform_router_and_state_reads_into_its_own_type(tmp_pat
     assert not k8s.concerns({"service": "api-v2", "env": "dev"})
     assert host.platform == DockerPlatform(labels={"app": "host"})
     assert host.router == NginxRouter(
-        path=tmp_path / "nginx" / "host.conf", reload_command=("nginx", "-s", "reload")
+        path=tmp_path / "nginx" / "host.conf",
+        reload_command=("nginx", "-s", "reload"),
+        stable_servers=("10.0.0.5:8080", "[fd00::6]:8080"),
+        canary_servers=("host-canary.internal:8080",),
     )
     assert host.concerns({"job": "host"}) and not host.concerns({"job": "other"})
     assert set(settings.policies) == {"k8s", "host"}
@@ -216,7 +224,12 @@ def test_wrong_types_are_reported_where_they_are(tmp_path: Path) -> None:
           - name: web
             policy: matriz-fast-track
             platform: {kind: kubernetes, deployment: [web]}
-            router: {kind: nginx, path: /etc/nginx/web.conf, reload_command: 7}
+            router:
+              kind: nginx
+              path: /etc/nginx/web.conf
+              reload_command: 7
+              stable_servers: [127.0.0.1:8080]
+              canary_servers: 127.0.0.1:8081
             labels: {job: 42}
             alert_matchers: severity
         """,
@@ -233,6 +246,7 @@ def test_wrong_types_are_reported_where_they_are(tmp_path: Path) -> None:
         "prometheus.timeout",
         "targets[0].platform.deployment",
         "targets[0].router.reload_command",
+        "targets[0].router.canary_servers",
         "targets[0].labels.job",
         "targets[0].alert_matchers",
     }
@@ -261,6 +275,56 @@ def test_keys_of_another_kind_and_missing_required_keys_are_errors(tmp_path: Pat
     )
     assert any("targets[0].router.stable_service: required key is missing" in p for p in problems)
     assert any("targets[0].router.canary_service: required key is missing" in p for p in problems)
+
+
+def test_the_nginx_router_needs_both_server_lists(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        """\
+        targets:
+          - name: web
+            policy: matriz-fast-track
+            platform: {kind: none}
+            router: {kind: nginx, path: /etc/nginx/web.conf, canary_servers: []}
+        """,
+    )
+    problems = problems_of(path)
+    assert f"{path}: targets[0].router.stable_servers: required key is missing" in problems
+    assert any(
+        p.startswith(
+            f"{path}: targets[0].router.canary_servers: expected a non-empty list of host:port"
+        )
+        for p in problems
+    )
+    assert len(problems) == 2
+
+
+def test_each_bad_nginx_server_address_is_named_by_its_index(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        """\
+        targets:
+          - name: web
+            policy: matriz-fast-track
+            platform: {kind: none}
+            router:
+              kind: nginx
+              path: /etc/nginx/web.conf
+              stable_servers: [127.0.0.1:8080, "web; include /etc/passwd:80", 8080]
+              canary_servers: [127.0.0.1:99999, 127.0.0.1:8080, 127.0.0.1:9090, 127.0.0.1:9090]
+        """,
+    )
+    problems = problems_of(path)
+    where = f"{path}: targets[0].router"
+    assert problems == [
+        f"{where}.stable_servers[1]: expected host:port such as 127.0.0.1:8080 or "
+        "web-1.internal:8080, got 'web; include /etc/passwd:80'",
+        f"{where}.stable_servers[2]: expected host:port such as 127.0.0.1:8080 or "
+        "web-1.internal:8080, got 8080",
+        f"{where}.canary_servers[0]: port must be within 1..65535, got '127.0.0.1:99999'",
+        f"{where}.canary_servers[1]: '127.0.0.1:8080' is also a stable server",
+        f"{where}.canary_servers[3]: '127.0.0.1:9090' is listed twice",
+    ]
 
 
 def test_duplicate_target_names_and_shared_router_files_are_refused(tmp_path: Path) -> None:

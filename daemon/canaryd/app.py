@@ -22,6 +22,7 @@ from aiohttp import web
 from canaryd import policies
 from canaryd.adapters import systemd
 from canaryd.adapters.alertmanager import WebhookCredential
+from canaryd.adapters.nginx import NginxFileRouter
 from canaryd.adapters.noop import NonePlatform, NoopRouter
 from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.sqlite_store import SqliteStore
@@ -47,6 +48,17 @@ class WallClock:
 def build_router(target: TargetSettings) -> Router:
     if target.router.kind == "noop":
         return NoopRouter()
+    if target.router.kind == "nginx":
+        r = target.router
+        return NginxFileRouter(
+            target.name,
+            r.path,
+            stable_servers=r.stable_servers,
+            canary_servers=r.canary_servers,
+            test_command=r.test_command,
+            reload_command=r.reload_command,
+            upstream=r.upstream,
+        )
     raise ConfigError(
         [
             Problem(

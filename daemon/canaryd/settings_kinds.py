@@ -28,6 +28,10 @@ T = TypeVar("T")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# host:port as nginx's upstream ``server`` takes it; nothing that could end the directive
+_SERVER = re.compile(
+    r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})"
+)
 
 
 # --------------------------------------------------------------------------- values
@@ -121,6 +125,9 @@ class NginxRouter:
     reload_command: tuple[str, ...] = ("nginx", "-s", "reload")
     test_command: tuple[str, ...] = ("nginx", "-t")
     upstream: str | None = None  # upstream name (default: the target's name)
+    # "host:port" of each server; required by the loader (empty only in a hand-built value)
+    stable_servers: tuple[str, ...] = ()
+    canary_servers: tuple[str, ...] = ()
     kind: Literal["nginx"] = field(default="nginx", init=False)
 
 
@@ -252,7 +259,46 @@ def _nginx(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
         reload_command=f(m, "reload_command", where, _command, base.reload_command),
         test_command=f(m, "test_command", where, _command, base.test_command),
         upstream=f(m, "upstream", where, _label_name, None),
+        stable_servers=_servers(ld, m, "stable_servers", where),
+        canary_servers=_servers(ld, m, "canary_servers", where, also=m.get("stable_servers")),
     )
+
+
+def _servers(
+    ld: Loader, m: Mapping[str, Any], key: str, where: str, also: Any = None
+) -> tuple[str, ...]:
+    """A required, non-empty list of ``host:port``; each bad entry is named by its index.
+
+    The addresses end up inside nginx's configuration, so nothing but a host name, an IPv4
+    address or a bracketed IPv6 address and a port gets through. An address may not appear
+    twice, nor in both lists (``also``: the other list): a server on both sides would blur the
+    split and defeat the ``X-Canary-Deploy`` pin.
+    """
+    r, path = ld.r, join(where, key)
+    raw: list[Any] = ld.need(m, key, where, _server_list, [])
+    others: set[Any] = set(also) if isinstance(also, list) else set()
+    servers: list[str] = []
+    for i, item in enumerate(raw):
+        try:
+            server = to_server(item)
+        except ValueError as exc:
+            r.problem(join(path, i), str(exc))
+            continue
+        if server in servers:
+            r.problem(join(path, i), f"{server!r} is listed twice")
+        elif server in others:
+            r.problem(join(path, i), f"{server!r} is also a stable server")
+        servers.append(server)
+    return tuple(servers)
+
+
+def _server_list(value: Any) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"expected a non-empty list of host:port addresses such as [127.0.0.1:8080], "
+            f"got {value!r}"
+        )
+    return value
 
 
 def _noop(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
@@ -279,7 +325,10 @@ ROUTERS: dict[str, tuple[set[str], Callable[[Loader, Mapping[str, Any], str], Ro
     "argo-rollouts": ({"name", "namespace"}, _argo_rollouts),
     "nginx-ingress": ({"name", "namespace", "canary_service", "port"}, _nginx_ingress),
     "traefik-file": ({"path", "service", "stable_service", "canary_service"}, _traefik_file),
-    "nginx": ({"path", "reload_command", "test_command", "upstream"}, _nginx),
+    "nginx": (
+        {"path", "reload_command", "test_command", "upstream", "stable_servers", "canary_servers"},
+        _nginx,
+    ),
     "noop": (set(), _noop),
 }
 PLATFORM_KINDS = tuple(PLATFORMS)
@@ -317,6 +366,19 @@ def to_port(value: Any) -> int:
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be within 1..65535, got {port}")
     return port
+
+
+def to_server(value: Any) -> str:
+    """``host:port`` for an nginx ``server`` line: a host name, IPv4 or ``[IPv6]``, and a port."""
+    text = value if isinstance(value, str) else None
+    found = _SERVER.fullmatch(text) if text is not None else None
+    if text is None or found is None:
+        raise ValueError(
+            f"expected host:port such as 127.0.0.1:8080 or web-1.internal:8080, got {value!r}"
+        )
+    if not 1 <= int(found.group(1)) <= 65535:
+        raise ValueError(f"port must be within 1..65535, got {value!r}")
+    return text
 
 
 def _command(value: Any) -> tuple[str, ...]:

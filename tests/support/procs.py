@@ -308,3 +308,118 @@ def wait_for_up(prometheus: Proc, job: str, count: int, timeout: float = 20.0) -
             return
         time.sleep(0.2)
     raise StartError(f"{count} targets of job {job!r} not up after {timeout:g}s")
+
+
+# --------------------------------------------------------------------------- nginx
+#
+# Facts (nginx 1.22 from Debian 12's nginx-light), verified here:
+# - `nginx -s reload` parses the whole configuration before it signals the master (a broken
+#   include makes it exit 1 with the [emerg] line), then returns at once, before the master
+#   has switched workers.
+# - After SIGHUP the master starts new workers and retitles the old ones "worker process is
+#   shutting down"; those no longer accept connections. `wait_nginx_reloaded` waits for that.
+# - The master logs each reload as "signal 1 (SIGHUP) received" (notice level), once.
+# - nginx opens its compiled-in error log (/var/log/nginx) before reading -c CONF; `-e` avoids it.
+
+
+def nginx_argv(nginx: Proc, *args: str) -> list[str]:
+    """``nginx`` aimed at this private instance (its config, prefix and error log), + args."""
+    return [*_nginx_base(nginx.extra["binary"], nginx.extra["config"], nginx.log_path), *args]
+
+
+def _nginx_base(binary: object, config: object, log_path: Path) -> list[str]:
+    prefix = Path(str(config)).parent
+    return [str(binary), "-c", str(config), "-p", f"{prefix}/", "-e", str(log_path)]
+
+
+def start_nginx(tmp: Path, include: Path, pool: str) -> Proc:
+    """nginx in the foreground on 127.0.0.1, one worker, proxying ``/`` to ``$<pool>`` (a
+    variable the router's ``include`` file defines); ``/__ready`` answers nginx itself."""
+    try:
+        binary = find_binary("nginx")
+    except StartError:
+        raise StartError(
+            "nginx is not installed: run `bash .ci/run` (it installs the Debian package "
+            "nginx-light) or apt-get install -y nginx-light"
+        ) from None
+    workdir = _workdir(tmp, "nginx")
+    config, log_path = workdir / "nginx.conf", workdir / "error.log"
+    (workdir / "tmp").mkdir()  # nginx creates the temp dirs, not their parent
+    failure = ""
+    for _ in range(_START_ATTEMPTS):
+        port = free_port()
+        config.write_text(_nginx_config(workdir, port, include, pool))
+        with (workdir / "nginx.out").open("ab") as out:
+            process = subprocess.Popen(
+                _nginx_base(binary, config, log_path),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        extra: dict[str, object] = {"binary": binary, "config": config}
+        proc = Proc("nginx", f"http://127.0.0.1:{port}", port, process, log_path, workdir, extra)
+        try:
+            wait_http_ok(proc.url + "/__ready", START_TIMEOUT, process)
+            return proc
+        except StartError as exc:
+            proc.stop()
+            failure = f"{exc}\n--- {log_path} ---\n{proc.log()}"
+    raise StartError(f"nginx did not start: {failure}")
+
+
+def _nginx_config(prefix: Path, port: int, include: Path, pool: str) -> str:
+    temp = "\n".join(
+        f"    {kind}_temp_path {prefix / 'tmp' / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} notice;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+{temp}
+    include {include};
+    server {{
+        listen 127.0.0.1:{port};
+        location = /__ready {{ return 200 "ready\\n"; }}
+        location / {{ proxy_pass http://${pool}; }}
+    }}
+}}
+"""
+
+
+def nginx_workers(nginx: Proc) -> set[int]:
+    """Pids of the master's workers that take requests (not those shutting down)."""
+    workers: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == nginx.pid and title == b"nginx: worker process":
+            workers.add(int(entry.name))
+    return workers
+
+
+def wait_nginx_reloaded(nginx: Proc, before: set[int], timeout: float = 5.0) -> None:
+    """Block until every worker taking requests is new (started after ``before`` was read)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = nginx_workers(nginx)
+        if now and not now & before:
+            return
+        time.sleep(0.01)
+    raise StartError(f"nginx did not reload within {timeout:g}s:\n{nginx.log()}")
+
+
+def nginx_reloads(nginx: Proc) -> int:
+    """How many reloads the master has begun, from its own log (notice level)."""
+    return nginx.log(10**7).count("(SIGHUP) received")

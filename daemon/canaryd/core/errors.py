@@ -4,7 +4,8 @@
     ├── ConfigError            bad config or policy; carries `file: key.path: message` problems
     ├── TemporaryError         worth retrying
     │   ├── SourceUnavailable  Prometheus (or another source) did not answer
-    │   └── RouterConflict     the router's object changed under us
+    │   ├── RouterConflict     the router's object changed under us
+    │   └── RouterUnavailable  the router refused or could not apply a change (nginx -t, reload)
     └── PermanentError         retrying will not help
         ├── NoDataError        a query returned nothing usable
         ├── CommandRejected    an operator command that the rollout's phase does not allow
@@ -49,6 +50,13 @@ class SourceUnavailable(TemporaryError):
 
 class RouterConflict(TemporaryError):
     pass
+
+
+class RouterUnavailable(TemporaryError):
+    """The router could not apply a weight just now: its own check refused the new
+    configuration (the previous one was put back) or its reload failed. Temporary because the
+    cause is outside canaryd (a host that does not resolve yet, a proxy that is down, a
+    hand-edited main config) and the worker re-applies the weight on its next pass."""
 
 
 class PermanentError(CanarydError):
