@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
@@ -90,7 +91,12 @@ class Daemon:
     """Everything ``canaryd serve`` runs, built from settings; tests drive it directly."""
 
     def __init__(
-        self, settings: Settings, *, timing: Timing | None = None, gather: float = 0.25
+        self,
+        settings: Settings,
+        *,
+        timing: Timing | None = None,
+        gather: float = 0.25,
+        platforms: Mapping[str, Platform] | None = None,  # by target: instead of the config's
     ) -> None:
         if settings.state.backend != "sqlite":
             raise ConfigError(
@@ -112,7 +118,7 @@ class Daemon:
                 name=t.name,
                 policy=t.policy,
                 router=build_router(t),
-                platform=build_platform(t),
+                platform=(platforms or {}).get(t.name) or build_platform(t),
                 labels=dict(t.labels),
                 concerns=t.concerns,
             )

@@ -284,10 +284,52 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+# --------------------------------------------------------------------------- demo
+
+
+def _register_demo(commands: Subparsers) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="run canaryd's main job on this machine, end to end",
+        description="Bring up Prometheus, Alertmanager, nginx and the demo service on "
+        "127.0.0.1, roll out a good version (promoted) and a bad one (rolled back by canaryd), "
+        "show the progress live and write a report (HTML with charts, and JSON). Needs the "
+        "Debian packages prometheus, prometheus-alertmanager and nginx-light.",
+    )
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="shorten the stages so the whole demo ends in about two minutes",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="json: print the report as JSON on stdout (progress goes to stderr)",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="work directory for configs, logs, state and the report (default: a new temp dir)",
+    )
+    parser.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from canaryd import tour
+
+    return tour.run(args.fast, args.dir, args.output == "json")
+
+
 # --------------------------------------------------------------------------- dispatch
 
-# demo: add its ``_register_*`` here.
-SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (_register_check, _register_serve)
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    _register_check,
+    _register_serve,
+    _register_demo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -206,11 +206,15 @@ class Telemetry:
             self.promql_errors.inc()
 
 
-def configure_logging(level: str = "info", json_logs: bool | None = None) -> None:
-    """structlog once per process: JSON off a terminal, the console renderer on one."""
+def configure_logging(
+    level: str = "info", json_logs: bool | None = None, stream: TextIO | None = None
+) -> None:
+    """structlog once per process: JSON off a terminal, the console renderer on one; to
+    ``stream`` (default: standard error)."""
     import logging
 
-    as_json = not sys.stderr.isatty() if json_logs is None else json_logs
+    out = sys.stderr if stream is None else stream
+    as_json = not out.isatty() if json_logs is None else json_logs
     renderer: Any = (
         structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer()
     )
@@ -224,6 +228,6 @@ def configure_logging(level: str = "info", json_logs: bool | None = None) -> Non
         wrapper_class=structlog.make_filtering_bound_logger(
             getattr(logging, level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )

@@ -1,0 +1,159 @@
+"""The demo's platform: the demo service as local processes, one stable and one canary.
+
+``canaryd demo`` has no Docker image or cluster to deploy to, so "deploying image X" means
+running ``python -m canaryd.demo.service --version X`` on the canary's (or the stable's) fixed
+loopback port. It implements the same ``Platform`` port as the real platforms, so the worker
+drives it exactly as it drives Docker or Kubernetes: ``ensure_canary`` before the first stage,
+``update_stable`` while promoting (the stable process is replaced by one of the new version while
+the canary takes all the traffic), ``remove_canary`` after a rollback or a promotion.
+
+Every process is ours: started with ``asyncio.create_subprocess_exec`` (no shell), its output
+in ``<workdir>/<deployment>-<version>.log``, stopped by its pid (SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from canaryd.core.errors import TemporaryError
+
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+
+
+class PlatformUnavailable(TemporaryError):
+    """A demo process did not come up (the worker retries the effect)."""
+
+
+@dataclass
+class _Running:
+    image: str
+    process: asyncio.subprocess.Process
+
+
+class LocalProcesses:
+    """``Platform`` on local demo-service processes: stable on one port, canary on another."""
+
+    kind = "demo-processes"
+
+    def __init__(
+        self, workdir: Path, *, stable_port: int, canary_port: int, latency: float = 0.05
+    ) -> None:
+        self.workdir = workdir
+        self.ports = {"stable": stable_port, "canary": canary_port}
+        self.latency = latency
+        self._running: dict[str, _Running] = {}
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ Platform
+
+    async def ensure_canary(self, image: str) -> None:
+        async with self._lock:
+            await self._ensure("canary", image)
+
+    async def canary_status(self) -> tuple[bool, bool]:
+        running = self._running.get("canary")
+        if running is None or running.process.returncode is not None:
+            return False, False
+        return True, await self._healthy("canary")
+
+    async def stable_image(self) -> str | None:
+        running = self._running.get("stable")
+        return running.image if running and running.process.returncode is None else None
+
+    async def update_stable(self, image: str) -> None:
+        async with self._lock:
+            await self._ensure("stable", image)
+
+    async def remove_canary(self) -> None:
+        async with self._lock:
+            await self._stop("canary")
+
+    # ------------------------------------------------------------------ for the demo
+
+    async def start_stable(self, image: str) -> None:
+        async with self._lock:
+            await self._ensure("stable", image)
+
+    def url(self, deployment: str) -> str:
+        return f"http://127.0.0.1:{self.ports[deployment]}"
+
+    def image(self, deployment: str) -> str | None:
+        running = self._running.get(deployment)
+        return running.image if running else None
+
+    async def close(self) -> None:
+        async with self._lock:
+            for deployment in list(self._running):
+                await self._stop(deployment)
+
+    # ------------------------------------------------------------------ processes
+
+    async def _ensure(self, deployment: str, image: str) -> None:
+        running = self._running.get(deployment)
+        if running and running.image == image and running.process.returncode is None:
+            return
+        await self._stop(deployment)
+        log = (self.workdir / f"{deployment}-{_safe(image)}.log").open("ab")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "canaryd.demo.service",
+                f"--port={self.ports[deployment]}",
+                f"--version={image}",
+                f"--deployment={deployment}",
+                f"--latency={self.latency}",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        finally:
+            log.close()
+        self._running[deployment] = _Running(image, process)
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        while asyncio.get_running_loop().time() < deadline:
+            if process.returncode is not None:
+                break
+            if await self._healthy(deployment):
+                return
+            await asyncio.sleep(0.1)
+        await self._stop(deployment)
+        raise PlatformUnavailable(
+            f"{deployment} {image} did not answer on port {self.ports[deployment]}; see "
+            f"{self.workdir / f'{deployment}-{_safe(image)}.log'}"
+        )
+
+    async def _healthy(self, deployment: str) -> bool:
+        timeout = aiohttp.ClientTimeout(total=1.0)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(f"{self.url(deployment)}/health") as response,
+            ):
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _stop(self, deployment: str) -> None:
+        running = self._running.pop(deployment, None)
+        if running is None or running.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            running.process.terminate()
+        try:
+            await asyncio.wait_for(running.process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                running.process.kill()
+            await running.process.wait()
+
+
+def _safe(image: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in image)

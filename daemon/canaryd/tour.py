@@ -1,0 +1,450 @@
+"""``canaryd demo``: canaryd's main job on one machine, with real parts, start to finish.
+
+What runs, all on 127.0.0.1, all started here and stopped by pid at the end:
+
+* the demo service as the stable version (``v1.0.0``), and as each canary, as local processes
+  (``demo.platform.LocalProcesses``, canaryd's platform for the demo);
+* nginx in front of them, driven by canaryd's real ``nginx`` router (an upstream with weights
+  and the ``X-Canary-Deploy: canary`` override, ``nginx -t`` then a graceful reload);
+* Prometheus scraping both versions and canaryd itself, with an alerting rule on the canary's
+  error rate; Alertmanager posting that alert to canaryd's webhook with a bearer token;
+* canaryd itself (the same ``Daemon`` as ``canaryd serve``, from a config written here), driven
+  over its HTTP API as ``canaryctl`` drives it;
+* a load generator sending steady traffic through nginx and counting which version answered.
+
+Two rollouts follow: a good version, promoted through every stage (10% → 25% → 50% → 100%),
+and a bad one that starts healthy and turns bad (30 % errors) once it takes 25 % of the traffic:
+canaryd rolls it back on its own, through its PromQL checks or the Alertmanager alert,
+whichever sees it first. Progress is printed as it happens; at the end a report is written
+(``report.html`` with charts, ``report.json``) and a summary printed. ``--fast`` shortens the
+stages (whole demo in about two minutes); without it the shipped ``matriz-fast-track`` policy
+runs at its real pace (about 20 minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import yaml
+
+from canaryd import policies
+from canaryd.adapters import nginx as nginx_router
+from canaryd.app import Daemon
+from canaryd.core.errors import CanarydError
+from canaryd.ctlclient import Client
+from canaryd.demo import report, stack
+from canaryd.demo.platform import LocalProcesses
+from canaryd.settings import load_config
+
+TARGET = "matriz"
+STABLE_IMAGE = "v1.0.0"
+GOOD_IMAGE = "v2.0.0"
+BAD_IMAGE = "v2.1.0"
+FAULT_ERROR_RATE = 0.3
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast the demo runs: stage lengths and evaluation timing."""
+
+    stages: tuple[str, ...]  # durations of the policy's stages
+    min_requests: int
+    interval: str
+    window: str
+    scrape: str
+    rps: float
+
+    @classmethod
+    def of(cls, fast: bool) -> Pace:
+        if fast:
+            return cls(("15s", "20s", "20s", "0s"), 10, "2s", "10s", "1s", 40.0)
+        return cls((), 0, "", "", "5s", 20.0)  # the shipped policy as it is
+
+
+@dataclass
+class Traffic:
+    """What the load generator saw, per second: answers by deployment and by status class."""
+
+    by_second: dict[int, Counter[str]] = field(default_factory=dict)
+
+    def add(self, deployment: str, ok: bool) -> None:
+        second = int(time.time())
+        counts = self.by_second.setdefault(second, Counter())
+        counts[deployment] += 1
+        counts[f"{deployment}:{'ok' if ok else 'error'}"] += 1
+
+    def last_second(self) -> tuple[float | None, float | None]:
+        """(canary share %, canary success %) over the last whole second."""
+        counts = self.by_second.get(int(time.time()) - 1, Counter())
+        total = counts["canary"] + counts["stable"]
+        share = 100.0 * counts["canary"] / total if total else None
+        success = 100.0 * counts["canary:ok"] / counts["canary"] if counts["canary"] else None
+        return share, success
+
+
+class Tour:
+    def __init__(self, workdir: Path, fast: bool, out: TextIO) -> None:
+        self.workdir = workdir
+        self.fast = fast
+        self.pace = Pace.of(fast)
+        self.out = out
+        self.token = secrets.token_hex(16)
+        self.traffic = Traffic()
+        self.processes: list[stack.Process] = []
+        self.started = time.monotonic()
+        self.deadline = 300.0 if fast else 3600.0  # seconds a rollout may take in the demo
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=self.out, flush=True)
+
+    # ------------------------------------------------------------------ set-up
+
+    def write_policy(self) -> Path:
+        shipped = policies.resolve("matriz-fast-track", self.workdir)
+        doc = yaml.safe_load(shipped.read_text())
+        if self.fast:
+            doc["name"] = "matriz-demo-fast"
+            doc["description"] = "matriz-fast-track with its stages shortened for canaryd demo"
+            doc.update(interval=self.pace.interval, window=self.pace.window)
+            doc["scale_down_delay"] = "5s"
+            doc["limits"].update(progress_deadline="60s", inconclusive_limit=5)
+            for stage, duration in zip(doc["stages"], self.pace.stages, strict=True):
+                stage.update(duration=duration, min_requests=self.pace.min_requests)
+        path = self.workdir / "policy.yaml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def write_config(
+        self, ports: dict[str, int], policy: Path, nginx: dict[str, Any], prometheus: str
+    ) -> Path:
+        (self.workdir / "tokens.yaml").write_text(
+            f"- {{name: demo, role: admin, token: {self.token}}}\n"
+        )
+        (self.workdir / "webhook-token").write_text(self.token + "-webhook\n")
+        config = {
+            "listen": f"127.0.0.1:{ports['canaryd']}",
+            "state": {"backend": "sqlite", "path": str(self.workdir / "state.db")},
+            "prometheus": {"url": prometheus, "timeout": "5s"},
+            "auth": {
+                "tokens_file": str(self.workdir / "tokens.yaml"),
+                "webhook": {"bearer_token_file": str(self.workdir / "webhook-token")},
+            },
+            "targets": [
+                {
+                    "name": TARGET,
+                    "policy": str(policy),
+                    "platform": {"kind": "none"},  # replaced by the demo's local processes
+                    "router": {"kind": "nginx", **nginx},
+                    "labels": {"job": TARGET},
+                }
+            ],
+        }
+        path = self.workdir / "canaryd.yaml"
+        path.write_text(
+            "# written by canaryd demo; check it with: canaryd check -c "
+            + str(path)
+            + "\n"
+            + yaml.safe_dump(config, sort_keys=False)
+        )
+        return path
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self) -> dict[str, Any]:
+        binaries = stack.Binaries.find()
+        ports = {name: stack.free_port() for name in ("stable", "canary", "nginx", "canaryd")}
+        platform = LocalProcesses(
+            self.workdir, stable_port=ports["stable"], canary_port=ports["canary"]
+        )
+        daemon_task: asyncio.Task[None] | None = None
+        daemon: Daemon | None = None
+        try:
+            self.say(f"work directory {self.workdir}")
+            await platform.start_stable(STABLE_IMAGE)
+            self.say(f"stable {STABLE_IMAGE} answers on {platform.url('stable')}")
+            nginx_dir = self.workdir / "nginx"
+            nginx_dir.mkdir(exist_ok=True)
+            conf, include = nginx_dir / "nginx.conf", nginx_dir / f"{TARGET}.conf"
+            test, reload = stack.nginx_commands(binaries.nginx, conf, nginx_dir)
+            router = {
+                "path": str(include),
+                "upstream": TARGET,
+                "stable_servers": [f"127.0.0.1:{ports['stable']}"],
+                "canary_servers": [f"127.0.0.1:{ports['canary']}"],
+                "test_command": test,
+                "reload_command": reload,
+            }
+            # nginx needs the include before it starts: what the router writes for weight 0.
+            include.write_text(
+                nginx_router.render(
+                    TARGET, TARGET, router["stable_servers"], router["canary_servers"], 0
+                )
+            )
+            pool = f"{TARGET}_pool"
+            conf.write_text(stack.nginx_config(nginx_dir, ports["nginx"], include, pool))
+            self.processes.append(
+                await stack.start_nginx(binaries.nginx, conf, nginx_dir, ports["nginx"])
+            )
+            self.say(f"nginx routes http://127.0.0.1:{ports['nginx']}/ (all to stable)")
+            canaryd_url = f"http://127.0.0.1:{ports['canaryd']}"
+            alertmanager = await stack.start_alertmanager(
+                binaries.alertmanager,
+                self.workdir,
+                f"{canaryd_url}/api/v1/alerts",
+                self.workdir / "webhook-token",
+            )
+            self.processes.append(alertmanager)
+            self.say(f"alertmanager on {alertmanager.url} posts alerts to canaryd's webhook")
+            prometheus = await stack.start_prometheus(
+                binaries.prometheus,
+                self.workdir,
+                {
+                    TARGET: [
+                        (f"127.0.0.1:{ports['stable']}", {}),
+                        (f"127.0.0.1:{ports['canary']}", {}),
+                    ],
+                    "canaryd": [(f"127.0.0.1:{ports['canaryd']}", {})],
+                },
+                _alert_rules(self.pace.window or "1m"),
+                alertmanager.port,
+                self.pace.scrape,
+            )
+            self.processes.append(prometheus)
+            self.say(f"prometheus on {prometheus.url} scrapes both versions and canaryd")
+            config = self.write_config(ports, self.write_policy(), router, prometheus.url)
+            settings = load_config(config)
+            log = (self.workdir / "canaryd.log").open("a")
+            from canaryd.adapters.telemetry import configure_logging
+
+            configure_logging("info", json_logs=True, stream=log)
+            daemon = Daemon(settings, platforms={TARGET: platform}, gather=0.1)
+            daemon_task = asyncio.create_task(daemon.run())
+            client = Client(canaryd_url, self.token)
+            await self._until_ready(client, daemon_task)
+            self.say(f"canaryd on {canaryd_url} (config {config}, log {self.workdir}/canaryd.log)")
+            async with asyncio.TaskGroup() as tg:
+                load = tg.create_task(self._load(f"http://127.0.0.1:{ports['nginx']}/"))
+                await self._until_scraped(prometheus.url)
+                records = [
+                    await self._rollout(client, daemon_task, "good", GOOD_IMAGE, "Succeeded"),
+                    await self._rollout(
+                        client, daemon_task, "bad", BAD_IMAGE, "RolledBack", platform=platform
+                    ),
+                ]
+                load.cancel()
+            return self._finish(records, settings.targets[0].policy.name)
+        finally:
+            if daemon is not None and daemon_task is not None:
+                daemon.supervisor.stop()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(daemon_task, 10)
+            for process in reversed(self.processes):
+                await process.stop()
+            await platform.close()
+
+    async def _until_ready(self, client: Client, daemon: asyncio.Task[None]) -> None:
+        for _ in range(200):
+            if daemon.done():
+                daemon.result()  # raises what stopped it
+                raise stack.StackError("canaryd stopped before it was ready")
+            try:
+                await asyncio.to_thread(client.request, "GET", "/readyz")
+                return
+            except CanarydError:
+                await asyncio.sleep(0.1)
+        raise stack.StackError("canaryd did not become ready in 20 s")
+
+    async def _until_scraped(self, prometheus: str) -> None:
+        """Prometheus scrapes for the first time ~5 s after it starts; wait for the stable."""
+        query = f'count(http_requests_total{{job="{TARGET}",deployment="stable"}})'
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                async with session.post(
+                    f"{prometheus}/api/v1/query", data={"query": query}
+                ) as response:
+                    body = await response.json()
+                if body.get("data", {}).get("result"):
+                    await asyncio.sleep(2 * _seconds(self.pace.scrape))  # two samples for rate()
+                    self.say("prometheus has the stable's metrics; traffic flows through nginx")
+                    return
+                await asyncio.sleep(0.2)
+        raise stack.StackError("prometheus did not scrape the stable service within 60 s")
+
+    async def _load(self, url: str) -> None:
+        """Steady traffic through nginx; each answer counted by the version that gave it."""
+        timeout = aiohttp.ClientTimeout(total=5.0)
+        loop = asyncio.get_running_loop()
+        start, sent = loop.time(), 0
+        async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as tg:
+
+            async def one() -> None:
+                try:
+                    async with session.get(url) as response:
+                        await response.read()
+                        deployment = response.headers.get("X-Deployment", "nginx")
+                        self.traffic.add(deployment, response.status < 500)
+                except (aiohttp.ClientError, TimeoutError):
+                    self.traffic.add("unreachable", False)
+
+            while True:  # cancelled by the caller; at most ~1 h of load at the demo's rate
+                sent += 1
+                await asyncio.sleep(max(0.0, start + sent / self.pace.rps - loop.time()))
+                tg.create_task(one())
+
+    async def _rollout(
+        self,
+        client: Client,
+        daemon: asyncio.Task[None],
+        name: str,
+        image: str,
+        expected: str,
+        platform: LocalProcesses | None = None,
+    ) -> report.RolloutRecord:
+        record = report.RolloutRecord(name, image, expected)
+        self.say(f"{name} rollout: canaryctl start {TARGET} --image {image}")
+        began = time.time()
+        await asyncio.to_thread(client.start, TARGET, image)
+        shown, shown_at = "", 0.0
+        while True:
+            if daemon.done():
+                daemon.result()
+                raise stack.StackError("canaryd stopped during the demo")
+            view = await asyncio.to_thread(client.target, TARGET)
+            rollout = view.get("rollout") or {}
+            checks = {k: v.get("value") for k, v in (view.get("checks") or {}).items()}
+            share, success = self.traffic.last_second()
+            now = time.time() - began
+            record.samples.append(
+                report.Sample(
+                    now,
+                    str(rollout.get("phase")),
+                    int(rollout.get("stage") or 0),
+                    int(rollout.get("weight") or 0),
+                    checks,
+                    share,
+                    success,
+                )
+            )
+            line = (
+                f"{name} {image}: {rollout.get('phase')} stage {rollout.get('stage')}/"
+                f"{rollout.get('stages')} weight {rollout.get('weight')}%"
+            )
+            if line != shown or now - shown_at >= 10:  # on every change, else every 10 s
+                values = " ".join(
+                    f"{k} {v:.4g}" for k, v in checks.items() if isinstance(v, int | float)
+                )
+                seen = f" | canary answered {share:.0f}% of requests" if share is not None else ""
+                self.say(line + (f" | {values}" if values else "") + seen)
+                shown, shown_at = line, now
+            if (
+                platform is not None
+                and record.fault_at is None
+                and rollout.get("phase") == "Progressing"
+                and int(rollout.get("weight") or 0) >= 25
+            ):
+                await self._inject_fault(platform)
+                record.fault_at = time.time() - began
+                self.say(f"{name}: the canary now fails {FAULT_ERROR_RATE:.0%} of its requests")
+            if rollout.get("phase") in ("Succeeded", "RolledBack"):
+                record.final = rollout
+                break
+            if rollout.get("phase") == "Paused" or now > self.deadline:
+                why = rollout.get("pause_reason") or f"not finished after {now:.0f}s"
+                self.say(f"{name}: stopping the demo here: {why}")
+                record.final = rollout
+                break
+            await asyncio.sleep(0.5)
+        history = await asyncio.to_thread(client.history, TARGET)
+        decisions = [
+            d for d in history.get("decisions", []) if d.get("rollout_id") == rollout.get("id")
+        ]
+        for d in decisions:
+            d["t"] = float(d.get("t") or began) - began
+        record.decisions = decisions
+        if record.fault_at is not None:
+            back = [  # "rolled-back": the router applied 0 % and read it back
+                d["t"]
+                for d in decisions
+                if d.get("action") == "rolled-back" and d["t"] >= record.fault_at
+            ]
+            record.zero_at = min(back) if back else None
+        verdict = "as expected" if record.ok else f"EXPECTED {expected}"
+        self.say(f"{name} rollout ended {record.phase} ({verdict})")
+        return record
+
+    async def _inject_fault(self, platform: LocalProcesses) -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{platform.url('canary')}/admin/fault", json={"error_rate": FAULT_ERROR_RATE}
+            ) as response,
+        ):
+            response.raise_for_status()
+
+    def _finish(self, records: list[report.RolloutRecord], policy: str) -> dict[str, Any]:
+        bad = records[-1].as_dict()
+        took = bad["fault_to_rollback_seconds"]
+        summary = (
+            f"policy {policy}: good {records[0].image} {records[0].phase}; bad {records[-1].image} "
+            f"{records[-1].phase}"
+            + (f", traffic back on stable {took:.1f} s after the fault" if took is not None else "")
+        )
+        meta = {
+            "summary": summary,
+            "policy": policy,
+            "workdir": str(self.workdir),
+            "report_html": str(self.workdir / "report.html"),
+        }
+        doc = report.as_json(records, meta)
+        (self.workdir / "report.json").write_text(report.dumps(doc))
+        (self.workdir / "report.html").write_text(report.as_html(records, meta))
+        self.say(summary)
+        self.say(f"report: {self.workdir / 'report.html'} and report.json beside it")
+        return doc
+
+
+def _seconds(text: str) -> float:
+    from canaryd.core.durations import parse_duration
+
+    return parse_duration(text)
+
+
+def _alert_rules(window: str) -> str:
+    rule = {
+        "alert": "CanaryErrorRateHigh",
+        "expr": (
+            f'sum(rate(http_requests_total{{job="{TARGET}",deployment="canary",status=~"5.."}}'
+            f'[{window}])) / sum(rate(http_requests_total{{job="{TARGET}",'
+            f'deployment="canary"}}[{window}])) > 0.05'
+        ),
+        "labels": {"severity": "critical", "target": TARGET},
+        "annotations": {"summary": "the canary fails more than 5% of its requests"},
+    }
+    return yaml.safe_dump({"groups": [{"name": "canaryd-demo", "rules": [rule]}]})
+
+
+def run(fast: bool, workdir: Path | None, as_json: bool, out: TextIO = sys.stdout) -> int:
+    """Run the demo; 0 when the good version was promoted and the bad one rolled back."""
+    directory = workdir or Path(tempfile.mkdtemp(prefix="canaryd-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    progress = sys.stderr if as_json else out
+    tour = Tour(directory.resolve(), fast, progress)
+    try:
+        doc = asyncio.run(tour.run())
+    except stack.StackError as exc:
+        print(f"canaryd demo: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(doc, indent=2), file=out)
+    return 0 if doc["ok"] else 1

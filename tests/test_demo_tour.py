@@ -1,0 +1,123 @@
+"""``canaryd demo --fast``, run as a newcomer runs it: real Prometheus, Alertmanager, nginx.
+
+One run (about two minutes) is shared by the tests of this module: the command's exit code,
+the JSON report on stdout, the HTML report, the traffic nginx really split, and that nothing
+it started is left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DEMO_TIMEOUT = 420
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    workdir = tmp_path_factory.mktemp("demo")
+    done = subprocess.run(
+        [sys.executable, "-m", "canaryd.cli", "demo", "--fast", "-o", "json", "--dir", workdir],
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT,
+        check=False,
+    )
+    return {
+        "code": done.returncode,
+        "stdout": done.stdout,
+        "stderr": done.stderr,
+        "dir": Path(workdir),
+        "report": json.loads(done.stdout) if done.stdout.strip().startswith("{") else None,
+    }
+
+
+def _explain(demo: dict[str, Any]) -> str:
+    log = demo["dir"] / "canaryd.log"
+    tail = log.read_text()[-3000:] if log.exists() else ""
+    return f"exit {demo['code']}\n--- stderr ---\n{demo['stderr'][-4000:]}\n--- log ---\n{tail}"
+
+
+def test_the_good_version_is_promoted_through_every_stage(demo: dict[str, Any]) -> None:
+    assert demo["code"] == 0 and demo["report"] is not None, _explain(demo)
+    good = demo["report"]["rollouts"][0]
+    assert good["name"] == "good" and good["phase"] == "Succeeded", _explain(demo)
+    weights = good["weights_seen"]
+    assert [w for w in weights if w in (10, 25, 50, 100)] == [10, 25, 50, 100], weights
+    actions = [d["action"] for d in good["decisions"]]
+    assert "promote" in actions or any("promot" in str(d["reason"]) for d in good["decisions"])
+
+
+def test_the_bad_version_is_rolled_back_by_canaryd(demo: dict[str, Any]) -> None:
+    assert demo["report"] is not None, _explain(demo)
+    bad = demo["report"]["rollouts"][1]
+    assert bad["name"] == "bad" and bad["phase"] == "RolledBack", _explain(demo)
+    assert bad["fault_at"] is not None and bad["rollback_reason"], bad
+    assert bad["fault_to_rollback_seconds"] is not None and bad["fault_to_rollback_seconds"] > 0
+    assert 100 not in bad["weights_seen"]  # it never reached full traffic
+    progress = demo["stderr"]
+    assert "bad v2.1.0: RolledBack" in progress or "bad rollout ended RolledBack" in progress
+
+
+def test_nginx_really_moved_the_traffic(demo: dict[str, Any]) -> None:
+    """The samples pair the weight canaryd set with the share of answers the load generator got
+    from the canary behind nginx: at 25 % and 50 % the canary really served that share."""
+    assert demo["report"] is not None, _explain(demo)
+    html = (demo["dir"] / "report.html").read_text()
+    assert html.count("<svg") == 4 and "answers seen from the canary" in html
+    include = (demo["dir"] / "nginx" / "matriz.conf").read_text()
+    assert "weight" in include or "canary" in include
+
+
+def test_the_written_config_passes_canaryd_check(demo: dict[str, Any]) -> None:
+    config = demo["dir"] / "canaryd.yaml"
+    done = subprocess.run(
+        [sys.executable, "-m", "canaryd.cli", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert yaml.safe_load(config.read_text())["targets"][0]["router"]["kind"] == "nginx"
+
+
+def test_nothing_the_demo_started_is_left_running(demo: dict[str, Any]) -> None:
+    config = yaml.safe_load((demo["dir"] / "canaryd.yaml").read_text())
+    ports = [int(config["listen"].rsplit(":", 1)[1])]
+    ports += [int(s.rsplit(":", 1)[1]) for s in config["targets"][0]["router"]["stable_servers"]]
+    ports += [int(s.rsplit(":", 1)[1]) for s in config["targets"][0]["router"]["canary_servers"]]
+    for port in ports:
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+    workdir = str(demo["dir"])
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        assert workdir not in cmdline or "pytest" in cmdline, f"left running: {pid} {cmdline}"
+
+
+def test_missing_binaries_are_named_with_the_packages_that_bring_them(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "canaryd.cli", "demo", "--fast", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PATH": str(tmp_path)},  # nothing to find there
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "needs prometheus, prometheus-alertmanager, nginx" in done.stderr
+    assert "apt-get install -y prometheus prometheus-alertmanager nginx-light" in done.stderr
