@@ -52,6 +52,7 @@ STABLE_IMAGE = "v1.0.0"
 GOOD_IMAGE = "v2.0.0"
 BAD_IMAGE = "v2.1.0"
 FAULT_ERROR_RATE = 0.3
+TAIL = 3.0  # seconds sampled after a rollout ended, to show where the traffic went
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,13 @@ class Traffic:
         counts[deployment] += 1
         counts[f"{deployment}:{'ok' if ok else 'error'}"] += 1
 
-    def last_second(self) -> tuple[float | None, float | None]:
-        """(canary share %, canary success %) over the last whole second."""
-        counts = self.by_second.get(int(time.time()) - 1, Counter())
+    def last_second(self, since: float) -> tuple[float | None, float | None]:
+        """(canary share %, canary success %) over the last whole second, if it began after
+        ``since`` (a second of the previous rollout is not this one's)."""
+        second = int(time.time()) - 1
+        if second < since:
+            return None, None
+        counts = self.by_second.get(second, Counter())
         total = counts["canary"] + counts["stable"]
         share = 100.0 * counts["canary"] / total if total else None
         success = 100.0 * counts["canary:ok"] / counts["canary"] if counts["canary"] else None
@@ -316,6 +321,7 @@ class Tour:
         began = time.time()
         await asyncio.to_thread(client.start, TARGET, image)
         shown, shown_at = "", 0.0
+        ended: float | None = None
         while True:
             if daemon.done():
                 daemon.result()
@@ -323,7 +329,7 @@ class Tour:
             view = await asyncio.to_thread(client.target, TARGET)
             rollout = view.get("rollout") or {}
             checks = {k: v.get("value") for k, v in (view.get("checks") or {}).items()}
-            share, success = self.traffic.last_second()
+            share, success = self.traffic.last_second(began)
             now = time.time() - began
             record.samples.append(
                 report.Sample(
@@ -358,7 +364,9 @@ class Tour:
                 self.say(f"{name}: the canary now fails {FAULT_ERROR_RATE:.0%} of its requests")
             if rollout.get("phase") in ("Succeeded", "RolledBack"):
                 record.final = rollout
-                break
+                ended = ended or now
+                if now - ended >= TAIL:  # a few seconds more: the traffic as it settles
+                    break
             if rollout.get("phase") == "Paused" or now > self.deadline:
                 why = rollout.get("pause_reason") or f"not finished after {now:.0f}s"
                 self.say(f"{name}: stopping the demo here: {why}")
