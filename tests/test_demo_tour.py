@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,19 @@ def test_nginx_really_moved_the_traffic(demo: dict[str, Any]) -> None:
     html = (demo["dir"] / "report.html").read_text()
     assert html.count("<svg") == 4 and "answers seen from the canary" in html
     include = (demo["dir"] / "nginx" / "matriz.conf").read_text()
-    assert "weight" in include or "canary" in include
+    assert include.startswith("# canaryd: target=matriz weight=0")  # given back to stable
+    for rollout in demo["report"]["rollouts"]:  # the header pins to the canary at each weight
+        assert rollout["header_pinned"] and set(rollout["header_pinned"].values()) == {5}
+    good = demo["report"]["rollouts"][0]["timeline"]
+    for weight in (10, 25, 50):  # steady for 2 s (4 samples): the share nginx really served
+        steady = [
+            good[i]["canary_share"]
+            for i in range(4, len(good))
+            if all(s["weight"] == weight for s in good[i - 4 : i + 1])
+            and good[i]["canary_share"] is not None
+        ]
+        assert steady, (weight, good)
+        assert abs(statistics.median(steady) - weight) <= 5, (weight, steady)
 
 
 def test_the_written_config_passes_canaryd_check(demo: dict[str, Any]) -> None:

@@ -106,6 +106,7 @@ class Tour:
         self.out = out
         self.token = secrets.token_hex(16)
         self.traffic = Traffic()
+        self.front = ""  # nginx's URL, once it runs
         self.processes: list[stack.Process] = []
         self.started = time.monotonic()
         self.deadline = 300.0 if fast else 3600.0  # seconds a rollout may take in the demo
@@ -239,7 +240,8 @@ class Tour:
             await self._until_ready(client, daemon_task)
             self.say(f"canaryd on {canaryd_url} (config {config}, log {self.workdir}/canaryd.log)")
             async with asyncio.TaskGroup() as tg:
-                load = tg.create_task(self._load(f"http://127.0.0.1:{ports['nginx']}/"))
+                self.front = f"http://127.0.0.1:{ports['nginx']}/"
+                load = tg.create_task(self._load(self.front))
                 await self._until_scraped(prometheus.url)
                 records = [
                     await self._rollout(client, daemon_task, "good", GOOD_IMAGE, "Succeeded"),
@@ -353,6 +355,9 @@ class Tour:
                 seen = f" | canary answered {share:.0f}% of requests" if share is not None else ""
                 self.say(line + (f" | {values}" if values else "") + seen)
                 shown, shown_at = line, now
+            weight = int(rollout.get("weight") or 0)
+            if rollout.get("phase") == "Progressing" and weight not in record.pinned:
+                record.pinned[weight] = await self._pinned()
             if (
                 platform is not None
                 and record.fault_at is None
@@ -390,6 +395,20 @@ class Tour:
         verdict = "as expected" if record.ok else f"EXPECTED {expected}"
         self.say(f"{name} rollout ended {record.phase} ({verdict})")
         return record
+
+    async def _pinned(self, probes: int = 5) -> int:
+        """How many of ``probes`` requests with ``X-Canary-Deploy: canary`` the canary answered
+        (through nginx, whatever the weight)."""
+        answered = 0
+        timeout = aiohttp.ClientTimeout(total=5.0)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for _ in range(probes):
+                headers = {"X-Canary-Deploy": "canary"}
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    async with session.get(self.front, headers=headers) as response:
+                        await response.read()
+                        answered += response.headers.get("X-Deployment") == "canary"
+        return answered
 
     async def _inject_fault(self, platform: LocalProcesses) -> None:
         async with (

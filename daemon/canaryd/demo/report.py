@@ -37,6 +37,7 @@ class RolloutRecord:
     final: dict[str, Any] = field(default_factory=dict)  # the API's rollout view at the end
     fault_at: float | None = None  # seconds since start
     zero_at: float | None = None  # seconds since start when traffic was back on stable
+    pinned: dict[int, int] = field(default_factory=dict)  # weight -> of 5 header probes, canary
 
     @property
     def phase(self) -> str:
@@ -58,6 +59,8 @@ class RolloutRecord:
                 {k: s.get(k) for k in ("weight", "duration", "checks", "gate")} for s in plan
             ],
             "weights_seen": _distinct([s.weight for s in self.samples]),
+            # X-Canary-Deploy: canary probes through nginx at each weight: canary answers of 5
+            "header_pinned": {str(w): n for w, n in sorted(self.pinned.items())},
             "rollback_reason": self.final.get("rollback_reason"),
             "fault_at": self.fault_at,
             "traffic_back_on_stable_at": self.zero_at,
@@ -67,6 +70,17 @@ class RolloutRecord:
                 else None
             ),
             "duration_seconds": self.samples[-1].t if self.samples else 0.0,
+            "timeline": [
+                {
+                    "t": round(s.t, 2),
+                    "phase": s.phase,
+                    "stage": s.stage,
+                    "weight": s.weight,
+                    "canary_share": s.canary_share,
+                    "canary_success": s.canary_success,
+                }
+                for s in self.samples
+            ],
             "decisions": [
                 {k: d.get(k) for k in ("t", "phase", "stage", "weight", "action", "reason")}
                 for d in self.decisions
@@ -130,6 +144,12 @@ def _section(r: RolloutRecord) -> str:
         lines[-1] += (
             f"; fault injected at t={d['fault_at']:.0f}s, traffic back on stable "
             f"{d['fault_to_rollback_seconds']:.1f} s later"
+        )
+    if d["header_pinned"]:
+        probes = ", ".join(f"at {w}%: {n}/5" for w, n in d["header_pinned"].items())
+        lines[-1] += (
+            f"<br>requests with <code>X-Canary-Deploy: canary</code> answered by the canary "
+            f"{probes}"
         )
     if d["rollback_reason"]:
         lines[-1] += f"<br>rollback reason: {html.escape(str(d['rollback_reason']))}"
