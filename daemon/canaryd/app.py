@@ -28,6 +28,7 @@ from canaryd.adapters.noop import NonePlatform, NoopRouter
 from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.sqlite_store import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
+from canaryd.adapters.traefik_file import TraefikFileProviderRouter
 from canaryd.core.errors import ConfigError, Problem
 from canaryd.core.model import Policy
 from canaryd.ports import Platform, Router
@@ -59,6 +60,17 @@ def build_router(target: TargetSettings) -> Router:
             test_command=r.test_command,
             reload_command=r.reload_command,
             upstream=r.upstream,
+        )
+    if target.router.kind == "traefik-file":
+        t = target.router
+        return TraefikFileProviderRouter(
+            target.name,
+            t.path,
+            service=t.service,
+            stable_service=t.stable_service,
+            canary_service=t.canary_service,
+            rule=t.rule,
+            entry_points=t.entry_points,
         )
     raise ConfigError(
         [

@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TRAEFIK_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:@[A-Za-z0-9][A-Za-z0-9_-]*)?")
+_TRAEFIK_SUFFIXES = (".yml", ".yaml")
 # host:port as nginx's upstream ``server`` takes it; nothing that could end the directive
 _SERVER = re.compile(
     r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})"
@@ -112,10 +114,12 @@ class NginxIngressRouter:
 
 @dataclass(frozen=True, slots=True)
 class TraefikFileRouter:
-    path: Path  # the dynamic-configuration file, inside Traefik's watched directory
+    path: Path  # the dynamic-configuration file (.yml or .yaml) in Traefik's watched directory
     service: str | None = None  # name of the weighted service (default: the target's name)
-    stable_service: str | None = None
-    canary_service: str | None = None
+    stable_service: str | None = None  # default "<service>-stable"; may be "name@provider"
+    canary_service: str | None = None  # default "<service>-canary"; may be "name@provider"
+    rule: str | None = None  # the main router's match; the header pin is ANDed with it
+    entry_points: tuple[str, ...] = ()  # the pin router's entry points (default: all)
     kind: Literal["traefik-file"] = field(default="traefik-file", init=False)
 
 
@@ -242,13 +246,30 @@ def _nginx_ingress(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
 
 
 def _traefik_file(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
-    f = ld.r.field
-    return TraefikFileRouter(
-        path=ld.need(m, "path", where, ld.path, Path()),
-        service=f(m, "service", where, to_str, None),
-        stable_service=f(m, "stable_service", where, to_str, None),
-        canary_service=f(m, "canary_service", where, to_str, None),
+    """Traefik's file provider loads ``.yml``, ``.yaml`` and ``.toml`` files and skips others
+    (a ``.json`` would be written and never read); canaryd writes YAML, so ``.yml``/``.yaml``."""
+    r, f = ld.r, ld.r.field
+    path = ld.need(m, "path", where, ld.path, Path())
+    if path != Path() and path.suffix.lower() not in _TRAEFIK_SUFFIXES:
+        r.problem(
+            join(where, "path"),
+            f"must end in .yml or .yaml, got {path.name!r}: canaryd writes YAML, and Traefik's "
+            "file provider skips a file with another suffix (.toml it reads, canaryd does not "
+            "write)",
+        )
+    router = TraefikFileRouter(
+        path=path,
+        service=f(m, "service", where, to_name, None),
+        stable_service=f(m, "stable_service", where, _traefik_ref, None),
+        canary_service=f(m, "canary_service", where, _traefik_ref, None),
+        rule=f(m, "rule", where, _traefik_rule, None),
+        entry_points=f(m, "entry_points", where, _entry_points, ()),
     )
+    service = router.service or "<target>"
+    stable = router.stable_service or f"{service}-stable"
+    if (router.canary_service or f"{service}-canary") == stable:
+        r.problem(join(where, "canary_service"), f"is the stable service too ({stable!r})")
+    return router
 
 
 def _nginx(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
@@ -301,6 +322,30 @@ def _server_list(value: Any) -> list[Any]:
     return value
 
 
+def _traefik_ref(value: Any) -> str:
+    """A Traefik service reference: a name, or ``name@provider`` for another provider's."""
+    text = to_str(value)
+    if not _TRAEFIK_REF.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a Traefik service name (letters, digits, '.', '_', '-', "
+            "optionally @provider as in web-stable@docker)"
+        )
+    return text
+
+
+def _traefik_rule(value: Any) -> str:
+    text = to_str(value)
+    if not text.strip() or "\n" in text:
+        raise ValueError(f"expected a Traefik rule on one line such as Host(`a.b`), got {text!r}")
+    return text
+
+
+def _entry_points(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of entry point names, got {value!r}")
+    return tuple(to_name(v) for v in value)
+
+
 def _noop(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
     return NoopRouter()
 
@@ -324,7 +369,10 @@ ROUTERS: dict[str, tuple[set[str], Callable[[Loader, Mapping[str, Any], str], Ro
     ),
     "argo-rollouts": ({"name", "namespace"}, _argo_rollouts),
     "nginx-ingress": ({"name", "namespace", "canary_service", "port"}, _nginx_ingress),
-    "traefik-file": ({"path", "service", "stable_service", "canary_service"}, _traefik_file),
+    "traefik-file": (
+        {"path", "service", "stable_service", "canary_service", "rule", "entry_points"},
+        _traefik_file,
+    ),
     "nginx": (
         {"path", "reload_command", "test_command", "upstream", "stable_servers", "canary_servers"},
         _nginx,

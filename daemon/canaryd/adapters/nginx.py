@@ -73,12 +73,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from canaryd.adapters.files import read_if_present, write_atomically
 from canaryd.core.errors import RouterUnavailable
 
 COMMAND_TIMEOUT = 10.0  # seconds for nginx -t or a reload; a graceful reload returns in ~15 ms
@@ -162,7 +161,7 @@ class NginxFileRouter:
         wanted = self.render(weight).encode()
         async with self._lock:
             try:
-                previous = await asyncio.to_thread(_read, self.path)
+                previous = await asyncio.to_thread(read_if_present, self.path)
             except OSError as exc:
                 raise RouterUnavailable(f"cannot read {self.path}: {exc}") from exc
             if previous == wanted and self._applied == wanted:
@@ -193,7 +192,7 @@ class NginxFileRouter:
 
     async def get_weight(self) -> int | None:
         try:
-            content = await asyncio.to_thread(_read, self.path)
+            content = await asyncio.to_thread(read_if_present, self.path)
         except OSError:
             return None
         if content is None or content != self._applied:
@@ -235,7 +234,7 @@ class NginxFileRouter:
 
     def _write_or_raise(self, content: bytes) -> None:
         try:
-            _write_atomically(self.path, content)
+            write_atomically(self.path, content)
         except OSError as exc:
             raise RouterUnavailable(f"cannot write {self.path}: {exc}") from exc
 
@@ -245,42 +244,10 @@ class NginxFileRouter:
             if previous is None:
                 await asyncio.to_thread(self.path.unlink, missing_ok=True)
                 return "removed again"
-            await asyncio.to_thread(_write_atomically, self.path, previous)
+            await asyncio.to_thread(write_atomically, self.path, previous)
         except OSError as exc:
             return f"could NOT be restored: {exc}"
         return "restored"
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _write_atomically(path: Path, content: bytes) -> None:
-    """Readers (nginx -t, a reload someone else triggers) see the old file or the new one."""
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(content)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
 
 
 def _trim(stderr: bytes) -> str:

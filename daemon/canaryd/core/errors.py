@@ -5,7 +5,8 @@
     ├── TemporaryError         worth retrying
     │   ├── SourceUnavailable  Prometheus (or another source) did not answer
     │   ├── RouterConflict     the router's object changed under us
-    │   └── RouterUnavailable  the router refused or could not apply a change (nginx -t, reload)
+    │   └── RouterUnavailable  the router refused or could not apply a change (nginx -t, reload,
+    │                          a file that cannot be written)
     └── PermanentError         retrying will not help
         ├── NoDataError        a query returned nothing usable
         ├── CommandRejected    an operator command that the rollout's phase does not allow
@@ -54,9 +55,10 @@ class RouterConflict(TemporaryError):
 
 class RouterUnavailable(TemporaryError):
     """The router could not apply a weight just now: its own check refused the new
-    configuration (the previous one was put back) or its reload failed. Temporary because the
-    cause is outside canaryd (a host that does not resolve yet, a proxy that is down, a
-    hand-edited main config) and the worker re-applies the weight on its next pass."""
+    configuration (the previous one was put back), its reload failed, or its file could not be
+    written (a directory not mounted yet, a read-only one). Temporary because the cause is
+    outside canaryd (a host that does not resolve yet, a proxy that is down, a hand-edited main
+    config) and the worker re-applies the weight on its next pass."""
 
 
 class PermanentError(CanarydError):
