@@ -299,6 +299,103 @@ def test_the_nginx_router_needs_both_server_lists(tmp_path: Path) -> None:
     assert len(problems) == 2
 
 
+def test_the_traefik_file_router_reads_its_rule_entry_points_and_other_providers_services(
+    tmp_path: Path,
+) -> None:
+    path = config(
+        tmp_path,
+        """\
+        targets:
+          - name: web
+            policy: matriz-fast-track
+            platform: {kind: none}
+            router:
+              kind: traefik-file
+              path: dynamic/web.yaml
+              service: shop
+              stable_service: shop-v1@docker
+              canary_service: shop-v2@docker
+              rule: "Host(`shop.example.com`) && PathPrefix(`/api`)"
+              entry_points: [web, websecure]
+        """,
+    )
+    assert load_config(path).targets[0].router == TraefikFileRouter(
+        path=tmp_path / "dynamic" / "web.yaml",
+        service="shop",
+        stable_service="shop-v1@docker",
+        canary_service="shop-v2@docker",
+        rule="Host(`shop.example.com`) && PathPrefix(`/api`)",
+        entry_points=("web", "websecure"),
+    )
+
+
+@pytest.mark.parametrize("name", ["web.json", "web.toml", "web"])
+def test_a_traefik_file_with_a_suffix_traefik_would_skip_is_refused(
+    tmp_path: Path, name: str
+) -> None:
+    path = config(
+        tmp_path,
+        f"""\
+        targets:
+          - name: web
+            policy: matriz-fast-track
+            platform: {{kind: none}}
+            router: {{kind: traefik-file, path: /etc/traefik/dynamic/{name}}}
+        """,
+    )
+    [problem] = problems_of(path)
+    assert problem.startswith(
+        f"{path}: targets[0].router.path: must end in .yml or .yaml, got {name!r}"
+    )
+    assert "Traefik's file provider skips" in problem
+
+
+def test_bad_traefik_file_names_rules_and_entry_points_are_each_named(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        """\
+        targets:
+          - name: web
+            policy: matriz-fast-track
+            platform: {kind: none}
+            router:
+              kind: traefik-file
+              path: /etc/traefik/dynamic/web.yml
+              service: shop@file
+              stable_service: "web stable"
+              canary_service: web-canary@
+              rule: ""
+              entry_points: []
+              entrypoints: [web]
+          - name: api
+            policy: matriz-fast-track
+            platform: {kind: none}
+            router:
+              kind: traefik-file
+              path: /etc/traefik/dynamic/api.yml
+              stable_service: api-v1
+              canary_service: api-v1
+              rule: "Host(`a`)\\n|| Host(`b`)"
+        """,
+    )
+    problems = problems_of(path)
+    where = f"{path}: targets[0].router"
+    expected = [
+        f"{where}.entrypoints: unknown key for router kind traefik-file (did you mean "
+        "'entry_points'?",
+        f"{where}.service: 'shop@file' is not a valid name",
+        f"{where}.stable_service: 'web stable' is not a Traefik service name",
+        f"{where}.canary_service: 'web-canary@' is not a Traefik service name",
+        f"{where}.rule: expected a non-empty string",
+        f"{path}: targets[1].router.rule: expected a Traefik rule on one line",
+        f"{where}.entry_points: expected a non-empty list of entry point names",
+        f"{path}: targets[1].router.canary_service: is the stable service too ('api-v1')",
+    ]
+    for start in expected:
+        assert any(p.startswith(start) for p in problems), (start, problems)
+    assert len(problems) == len(expected), problems
+
+
 def test_each_bad_nginx_server_address_is_named_by_its_index(tmp_path: Path) -> None:
     path = config(
         tmp_path,

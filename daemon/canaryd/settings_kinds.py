@@ -265,10 +265,11 @@ def _traefik_file(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
         rule=f(m, "rule", where, _traefik_rule, None),
         entry_points=f(m, "entry_points", where, _entry_points, ()),
     )
-    service = router.service or "<target>"
-    stable = router.stable_service or f"{service}-stable"
-    if (router.canary_service or f"{service}-canary") == stable:
-        r.problem(join(where, "canary_service"), f"is the stable service too ({stable!r})")
+    # The defaults (<service>-stable, <service>-canary) differ; two names given may not.
+    if router.stable_service is not None and router.canary_service == router.stable_service:
+        r.problem(
+            join(where, "canary_service"), f"is the stable service too ({router.stable_service!r})"
+        )
     return router
 
 
