@@ -424,6 +424,66 @@ def test_each_bad_nginx_server_address_is_named_by_its_index(tmp_path: Path) -> 
     ]
 
 
+def test_docker_canary_ports_read_like_compose_ports_on_loopback_by_default(
+    tmp_path: Path,
+) -> None:
+    path = config(
+        tmp_path,
+        """\
+        targets:
+          - name: web
+            policy: matriz-fast-track
+            router: {kind: noop}
+            platform:
+              kind: docker
+              service: web
+              probe_path: /healthz
+              canary_ports: ["18080:8080", "0.0.0.0:18443:8443/tcp", "[::1]:15353:53/udp"]
+        """,
+    )
+    [target] = load_config(path).targets
+    assert target.platform == DockerPlatform(
+        service="web",
+        probe_path="/healthz",
+        canary_ports={
+            "8080/tcp": ("127.0.0.1", 18080),
+            "8443/tcp": ("0.0.0.0", 18443),
+            "53/udp": ("::1", 15353),
+        },
+    )
+
+
+def test_each_bad_docker_canary_port_is_named_by_its_index(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        """\
+        targets:
+          - name: web
+            policy: matriz-fast-track
+            router: {kind: noop}
+            platform:
+              kind: docker
+              service: web
+              canary_ports: ["18080:8080", 8080, "18081:99999", "18082:8080", "a:b:c"]
+          - name: api
+            policy: matriz-fast-track
+            router: {kind: noop}
+            platform: {kind: docker, service: api, canary_ports: "18080:8080"}
+        """,
+    )
+    where = f"{path}: targets[0].platform.canary_ports"
+    assert problems_of(path) == [
+        f"{where}[1]: expected [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp] such as "
+        "127.0.0.1:18080:8080, got 8080",
+        f"{where}[2]: ports must be within 1..65535, got '18081:99999'",
+        f"{where}[3]: container port 8080/tcp is published twice",
+        f"{where}[4]: expected [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp] such as "
+        "127.0.0.1:18080:8080, got 'a:b:c'",
+        f"{path}: targets[1].platform.canary_ports: expected a list such as "
+        "['127.0.0.1:18080:8080'], got '18080:8080'",
+    ]
+
+
 def test_duplicate_target_names_and_shared_router_files_are_refused(tmp_path: Path) -> None:
     target = """\
           - name: web

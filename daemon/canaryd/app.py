@@ -23,6 +23,7 @@ from aiohttp import web
 from canaryd import policies
 from canaryd.adapters import systemd
 from canaryd.adapters.alertmanager import WebhookCredential
+from canaryd.adapters.docker import DockerEnginePlatform
 from canaryd.adapters.nginx import NginxFileRouter
 from canaryd.adapters.noop import NonePlatform, NoopRouter
 from canaryd.adapters.prometheus import PrometheusClient
@@ -87,13 +88,25 @@ def build_router(target: TargetSettings) -> Router:
 def build_platform(target: TargetSettings) -> Platform:
     if target.platform.kind == "none":
         return NonePlatform()
+    if target.platform.kind == "docker":
+        p = target.platform
+        return DockerEnginePlatform(
+            target.name,
+            service=p.service,
+            labels=p.labels,
+            project=p.project,
+            host=p.host,
+            probe_path=p.probe_path,
+            probe_port=p.probe_port,
+            canary_ports=p.canary_ports,
+        )
     raise ConfigError(
         [
             Problem(
                 str(target.name),
                 "platform.kind",
                 f"platform {target.platform.kind!r} is not available in this "
-                "build yet; use none for now",
+                "build yet; use docker or none for now",
             )
         ]
     )

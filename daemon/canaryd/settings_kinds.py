@@ -30,6 +30,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TRAEFIK_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:@[A-Za-z0-9][A-Za-z0-9_-]*)?")
 _TRAEFIK_SUFFIXES = (".yml", ".yaml")
+# Compose's short port syntax: [IP:]HOST_PORT:CONTAINER_PORT[/PROTO] (IPv4 or [IPv6])
+_PUBLISH = re.compile(
+    r"(?:([0-9.]+|\[[0-9A-Fa-f:.]+\]):)?([0-9]{1,5}):([0-9]{1,5})(?:/(tcp|udp|sctp))?"
+)
 # host:port as nginx's upstream ``server`` takes it; nothing that could end the directive
 _SERVER = re.compile(
     r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):([0-9]{1,5})"
@@ -60,6 +64,8 @@ class DockerPlatform:
     host: str | None = None  # Docker endpoint, e.g. unix:///var/run/docker.sock
     probe_path: str | None = None  # HTTP readiness probe when the image has no HEALTHCHECK
     probe_port: int | None = None
+    # "8080/tcp" -> (host ip, host port): where the canary's ports are published for the router
+    canary_ports: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     kind: Literal["docker"] = field(default="docker", init=False)
 
 
@@ -198,7 +204,37 @@ def _docker(ld: Loader, m: Mapping[str, Any], where: str) -> Platform:
         host=r.field(m, "host", where, to_str, None),
         probe_path=probe_path,
         probe_port=r.field(m, "probe_port", where, to_port, None),
+        canary_ports=_published_ports(r, m.get("canary_ports", []), join(where, "canary_ports")),
     )
+
+
+def _published_ports(r: Reader, raw: Any, where: str) -> dict[str, tuple[str, int]]:
+    """Compose-style ``[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]``, by container port; without an
+    address the port is published on 127.0.0.1 only (unlike Compose: it is for a router on
+    this host). Each bad entry is named by its index."""
+    if not isinstance(raw, list):
+        r.problem(where, f"expected a list such as ['127.0.0.1:18080:8080'], got {raw!r}")
+        return {}
+    ports: dict[str, tuple[str, int]] = {}
+    for i, item in enumerate(raw):
+        found = _PUBLISH.fullmatch(item) if isinstance(item, str) else None
+        if found is None:
+            r.problem(
+                join(where, i),
+                f"expected [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp] such as "
+                f"127.0.0.1:18080:8080, got {item!r}",
+            )
+            continue
+        ip, host_port, port, proto = found.groups()
+        if not all(1 <= int(p) <= 65535 for p in (host_port, port)):
+            r.problem(join(where, i), f"ports must be within 1..65535, got {item!r}")
+            continue
+        key = f"{int(port)}/{proto or 'tcp'}"
+        if key in ports:
+            r.problem(join(where, i), f"container port {key} is published twice")
+            continue
+        ports[key] = ((ip or "127.0.0.1").strip("[]"), int(host_port))
+    return ports
 
 
 def _no_platform(ld: Loader, m: Mapping[str, Any], where: str) -> Platform:
@@ -354,7 +390,7 @@ def _noop(ld: Loader, m: Mapping[str, Any], where: str) -> Router:
 PLATFORMS: dict[str, tuple[set[str], Callable[[Loader, Mapping[str, Any], str], Platform]]] = {
     "kubernetes": ({"deployment", "namespace", "container"}, _kubernetes),
     "docker": (
-        {"service", "labels", "project", "host", "probe_path", "probe_port"},
+        {"service", "labels", "project", "host", "probe_path", "probe_port", "canary_ports"},
         _docker,
     ),
     "none": (set(), _no_platform),

@@ -61,6 +61,14 @@ class RouterUnavailable(TemporaryError):
     config) and the worker re-applies the weight on its next pass."""
 
 
+class PlatformUnavailable(TemporaryError):
+    """The platform could not do what an effect asked just now: its API failed or timed out,
+    the image is not on the host (canaryd never pulls), no stable container to clone, or a
+    new container did not get ready in time. Temporary because the worker applies the effect
+    again on its next pass, and each of these causes can go away (an engine restarting, an
+    image loaded meanwhile)."""
+
+
 class PermanentError(CanarydError):
     pass
 
