@@ -21,14 +21,10 @@ from pathlib import Path
 
 import aiohttp
 
-from canaryd.core.errors import TemporaryError
+from canaryd.core.errors import PlatformUnavailable
 
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
-
-
-class PlatformUnavailable(TemporaryError):
-    """A demo process did not come up (the worker retries the effect)."""
 
 
 @dataclass
