@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from canaryd import __version__, simulate
+from canaryd import __version__, render, simulate
 from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import ConfigError
 from canaryd.ctlclient import (
@@ -601,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--epoch", help="ISO time that t=0 stands for (for alerts' startsAt)")
     sim.add_argument("-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS)
     sim.set_defaults(handler=_simulate)
+    render.register(commands)
 
     _add_api_commands(commands)
     return parser

@@ -33,7 +33,7 @@ from typing import Protocol
 from canaryd.core import templates
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import SourceUnavailable
-from canaryd.core.model import Check, Measurement, Rollout
+from canaryd.core.model import Check, Measurement, Policy, Rollout
 
 CANARY = "canary"
 _PART = "canaryd_part"  # the label that tells the parts of a joined query apart
@@ -180,18 +180,8 @@ class Evaluator:
 
     def _render(self, template: str, members: list[_Request]) -> str:
         state = members[0].state
-        names = sorted(members[0].labels)
-        variables: dict[str, str] = {
-            "window": state.policy.window,
-            "interval": format_duration(state.policy.interval),
-            "interval_seconds": f"{state.policy.interval:g}",
-            "deployment": CANARY,
-            "group": ", ".join([*names, "deployment"]),
-            **dict(state.policy.params),
-        }
-        for name in names:
-            values = sorted({m.labels[name] for m in members})
-            variables[name] = "|".join(promql_regex_literal(v) for v in values)
+        labels = {name: [m.labels[name] for m in members] for name in members[0].labels}
+        variables = template_variables(state.policy, labels)
         if len(members) == 1:
             variables.setdefault("target", members[0].state.target)
             variables.setdefault("version", members[0].state.image)
@@ -231,6 +221,27 @@ def _split(
             else:
                 out[id(member)] = value
     return out
+
+
+def template_variables(
+    policy: Policy, labels: Mapping[str, Sequence[str]], deployments: Sequence[str] = (CANARY,)
+) -> dict[str, str]:
+    """The values of a policy's ``{{variables}}`` for the targets whose label values are
+    ``labels`` (name -> each target's value): each label an anchored regular-expression
+    alternation of its values, ``{{group}}`` their names plus ``deployment``. ``canaryctl
+    render`` fills its documents with the same values, so they match what the daemon asks."""
+    names = sorted(labels)
+    variables: dict[str, str] = {
+        "window": policy.window,
+        "interval": format_duration(policy.interval),
+        "interval_seconds": f"{policy.interval:g}",
+        "deployment": "|".join(promql_regex_literal(d) for d in deployments),
+        "group": ", ".join([*names, "deployment"]),
+        **dict(policy.params),
+    }
+    for name in names:
+        variables[name] = "|".join(promql_regex_literal(v) for v in sorted(set(labels[name])))
+    return variables
 
 
 _REGEX_SPECIAL = re.compile(r"([.^$*+?()\[\]{}|\\])")
