@@ -24,6 +24,7 @@ from canaryd import policies
 from canaryd.adapters import systemd
 from canaryd.adapters.alertmanager import WebhookCredential
 from canaryd.adapters.docker import DockerEnginePlatform
+from canaryd.adapters.gateway_api import GatewayApiHTTPRouteRouter
 from canaryd.adapters.nginx import NginxFileRouter
 from canaryd.adapters.noop import NonePlatform, NoopRouter
 from canaryd.adapters.prometheus import PrometheusClient
@@ -72,6 +73,11 @@ def build_router(target: TargetSettings) -> Router:
             canary_service=t.canary_service,
             rule=t.rule,
             entry_points=t.entry_points,
+        )
+    if target.router.kind == "gateway-api":
+        g = target.router
+        return GatewayApiHTTPRouteRouter(
+            g.name, g.stable_service, g.canary_service, namespace=g.namespace, port=g.port
         )
     raise ConfigError(
         [
