@@ -25,6 +25,7 @@ from canaryd.adapters import systemd
 from canaryd.adapters.alertmanager import WebhookCredential
 from canaryd.adapters.docker import DockerEnginePlatform
 from canaryd.adapters.gateway_api import GatewayApiHTTPRouteRouter
+from canaryd.adapters.kubernetes import KubernetesDeploymentPlatform
 from canaryd.adapters.nginx import NginxFileRouter
 from canaryd.adapters.noop import NonePlatform, NoopRouter
 from canaryd.adapters.prometheus import PrometheusClient
@@ -106,13 +107,18 @@ def build_platform(target: TargetSettings) -> Platform:
             probe_port=p.probe_port,
             canary_ports=p.canary_ports,
         )
+    if target.platform.kind == "kubernetes":
+        k = target.platform
+        return KubernetesDeploymentPlatform(
+            k.deployment, namespace=k.namespace, container=k.container
+        )
     raise ConfigError(
         [
             Problem(
                 str(target.name),
                 "platform.kind",
                 f"platform {target.platform.kind!r} is not available in this "
-                "build yet; use docker or none for now",
+                "build yet; use kubernetes, docker or none",
             )
         ]
     )
