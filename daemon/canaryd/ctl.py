@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from canaryd import __version__, render, simulate
+from canaryd import __version__, render, replay, simulate
 from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import ConfigError
 from canaryd.ctlclient import (
@@ -52,7 +52,7 @@ exit codes:
     0  done (watch: the rollout succeeded)
     1  any other error
     2  bad arguments
-    3  canaryd cannot be reached
+    3  canaryd cannot be reached (replay: Prometheus cannot be reached)
     4  401: token missing or not accepted
     5  403: the token's role is too low for the command
     6  404: no such target
@@ -602,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS)
     sim.set_defaults(handler=_simulate)
     render.register(commands)
+    replay.register(commands)
 
     _add_api_commands(commands)
     return parser
