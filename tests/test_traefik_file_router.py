@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,45 +256,19 @@ async def test_a_missing_directory_is_a_canaryd_error_naming_the_path(tmp_path: 
     assert await router.get_weight() is None
 
 
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A directory nobody may write into: mode 0555, and immutable (``chattr +i``) for root,
-    whom a mode does not stop."""
-    directory = tmp_path / "ro"
-    directory.mkdir()
-    directory.chmod(0o555)
-    immutable = False
-    if os.geteuid() == 0 and shutil.which("chattr"):
-        done = subprocess.run(["chattr", "+i", str(directory)], capture_output=True)
-        immutable = done.returncode == 0
-    if not _refuses_writes(directory):
-        pytest.skip(f"cannot make {directory} read-only here (root without chattr +i)")
-    try:
-        yield directory
-    finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(directory)], check=True)
-        directory.chmod(0o755)
-
-
-def _refuses_writes(directory: Path) -> bool:
-    try:
-        (directory / "probe").write_text("x")
-    except OSError:
-        return True
-    (directory / "probe").unlink()
-    return False
-
-
-async def test_a_read_only_directory_is_a_canaryd_error_naming_the_path(
-    read_only_dir: Path,
+async def test_a_directory_that_cannot_be_written_is_a_canaryd_error_naming_the_path(
+    tmp_path: Path,
 ) -> None:
-    path = read_only_dir / "web.yml"
+    """The watched "directory" is a file: no write can succeed there, for root too (a mode
+    0555 directory would not stop root), so the test never depends on chattr."""
+    blocker = tmp_path / "dynamic"
+    blocker.write_text("not a directory")
+    path = blocker / "web.yml"
     with pytest.raises(CanarydError) as caught:
         await TraefikFileProviderRouter(TARGET, path).set_weight(10)
     assert isinstance(caught.value, RouterUnavailable)
     assert str(path) in str(caught.value)
-    assert list(read_only_dir.iterdir()) == []
+    assert blocker.read_text() == "not a directory"
 
 
 # --------------------------------------------------------------------------- configuration
