@@ -396,7 +396,7 @@ def run(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         return 2
     try:
-        labels = dict(_label(text) for text in args.label)
+        labels = parse_labels(args.label)
         target = target_for(policy, labels, args.target, args.image)
     except ValueError as exc:
         print(f"canaryctl render: {exc}", file=sys.stderr)
@@ -413,8 +413,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _label(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise ValueError(f"--label expects NAME=VALUE, got {text!r}")
-    return name, value
+def parse_labels(texts: list[str]) -> dict[str, str]:
+    """``--label NAME=VALUE`` options (render, replay); ``ValueError`` naming a bad one."""
+    labels = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--label expects NAME=VALUE, got {text!r}")
+        labels[name] = value
+    return labels

@@ -59,6 +59,7 @@ from canaryd.core.durations import parse_duration
 from canaryd.core.errors import ConfigError, SourceUnavailable
 from canaryd.core.model import Policy
 from canaryd.policies import load_policy, resolve
+from canaryd.render import parse_labels
 from canaryd.runtime.evaluator import CANARY, DEFAULT_REQUESTS_QUERY, template_variables
 
 if TYPE_CHECKING:
@@ -366,10 +367,7 @@ def _window(args: argparse.Namespace, policy: Policy, now: float) -> Window:
 
 
 def _labels(texts: list[str]) -> dict[str, str]:
-    labels = {}
-    for text in texts:
-        name, sep, value = text.partition("=")
-        if not sep or not name:
-            raise ReplayError(f"--label expects NAME=VALUE, got {text!r}")
-        labels[name] = value
-    return labels
+    try:
+        return parse_labels(texts)
+    except ValueError as exc:
+        raise ReplayError(str(exc)) from None
