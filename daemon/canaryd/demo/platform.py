@@ -7,14 +7,14 @@ drives it exactly as it drives Docker or Kubernetes: ``ensure_canary`` before th
 ``update_stable`` while promoting (the stable process is replaced by one of the new version while
 the canary takes all the traffic), ``remove_canary`` after a rollback or a promotion.
 
-Every process is ours: started with ``asyncio.create_subprocess_exec`` (no shell), its output
-in ``<workdir>/<deployment>-<version>.log``, stopped by its pid (SIGTERM, then SIGKILL).
+Every process is ours: started by ``demo.stack.launch`` (no shell, waited until it answers),
+its output in ``<workdir>/<deployment>-<version>.log``, stopped by its pid (SIGTERM, then
+SIGKILL).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +22,13 @@ from pathlib import Path
 import aiohttp
 
 from canaryd.core.errors import PlatformUnavailable
-
-START_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
+from canaryd.demo.stack import Process, StackError, launch
 
 
 @dataclass
 class _Running:
     image: str
-    process: asyncio.subprocess.Process
+    process: Process
 
 
 class LocalProcesses:
@@ -55,13 +53,13 @@ class LocalProcesses:
 
     async def canary_status(self) -> tuple[bool, bool]:
         running = self._running.get("canary")
-        if running is None or running.process.returncode is not None:
+        if running is None or not running.process.alive:
             return False, False
         return True, await self._healthy("canary")
 
     async def stable_image(self) -> str | None:
         running = self._running.get("stable")
-        return running.image if running and running.process.returncode is None else None
+        return running.image if running and running.process.alive else None
 
     async def update_stable(self, image: str) -> None:
         async with self._lock:
@@ -93,38 +91,24 @@ class LocalProcesses:
 
     async def _ensure(self, deployment: str, image: str) -> None:
         running = self._running.get(deployment)
-        if running and running.image == image and running.process.returncode is None:
+        if running and running.image == image and running.process.alive:
             return
         await self._stop(deployment)
-        log = (self.workdir / f"{deployment}-{_safe(image)}.log").open("ab")
+        argv = [
+            sys.executable,
+            "-m",
+            "canaryd.demo.service",
+            f"--port={self.ports[deployment]}",
+            f"--version={image}",
+            f"--deployment={deployment}",
+            f"--latency={self.latency}",
+        ]
+        name = f"{deployment}-{_safe(image)}"
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "canaryd.demo.service",
-                f"--port={self.ports[deployment]}",
-                f"--version={image}",
-                f"--deployment={deployment}",
-                f"--latency={self.latency}",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
-        finally:
-            log.close()
-        self._running[deployment] = _Running(image, process)
-        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
-        while asyncio.get_running_loop().time() < deadline:
-            if process.returncode is not None:
-                break
-            if await self._healthy(deployment):
-                return
-            await asyncio.sleep(0.1)
-        await self._stop(deployment)
-        raise PlatformUnavailable(
-            f"{deployment} {image} did not answer on port {self.ports[deployment]}; see "
-            f"{self.workdir / f'{deployment}-{_safe(image)}.log'}"
-        )
+            started = await launch(name, argv, self.workdir, self.ports[deployment], "/health")
+        except StackError as exc:
+            raise PlatformUnavailable(f"{deployment} {image}: {exc}") from exc
+        self._running[deployment] = _Running(image, started)
 
     async def _healthy(self, deployment: str) -> bool:
         timeout = aiohttp.ClientTimeout(total=1.0)
@@ -139,16 +123,8 @@ class LocalProcesses:
 
     async def _stop(self, deployment: str) -> None:
         running = self._running.pop(deployment, None)
-        if running is None or running.process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            running.process.terminate()
-        try:
-            await asyncio.wait_for(running.process.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                running.process.kill()
-            await running.process.wait()
+        if running is not None:
+            await running.process.stop()
 
 
 def _safe(image: str) -> str:

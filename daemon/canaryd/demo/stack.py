@@ -81,6 +81,10 @@ class Process:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
     async def stop(self) -> None:
         if self.process.returncode is not None:
             return
