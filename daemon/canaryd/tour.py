@@ -40,7 +40,9 @@ import yaml
 
 from canaryd import policies
 from canaryd.adapters import nginx as nginx_router
+from canaryd.adapters.telemetry import configure_logging
 from canaryd.app import Daemon
+from canaryd.core.durations import parse_duration
 from canaryd.core.errors import CanarydError
 from canaryd.ctlclient import Client
 from canaryd.demo import report, stack
@@ -231,8 +233,6 @@ class Tour:
             config = self.write_config(ports, self.write_policy(), router, prometheus.url)
             settings = load_config(config)
             log = (self.workdir / "canaryd.log").open("a")
-            from canaryd.adapters.telemetry import configure_logging
-
             configure_logging("info", json_logs=True, stream=log)
             daemon = Daemon(settings, platforms={TARGET: platform}, gather=0.1)
             daemon_task = asyncio.create_task(daemon.run())
@@ -282,7 +282,8 @@ class Tour:
                 ) as response:
                     body = await response.json()
                 if body.get("data", {}).get("result"):
-                    await asyncio.sleep(2 * _seconds(self.pace.scrape))  # two samples for rate()
+                    # two samples for rate()
+                    await asyncio.sleep(2 * parse_duration(self.pace.scrape))
                     self.say("prometheus has the stable's metrics; traffic flows through nginx")
                     return
                 await asyncio.sleep(0.2)
@@ -439,12 +440,6 @@ class Tour:
         self.say(summary)
         self.say(f"report: {self.workdir / 'report.html'} and report.json beside it")
         return doc
-
-
-def _seconds(text: str) -> float:
-    from canaryd.core.durations import parse_duration
-
-    return parse_duration(text)
 
 
 def _alert_rules(window: str) -> str:
