@@ -33,6 +33,10 @@ class CorruptState(PermanentError):
     """Stored state canaryd cannot read: an unknown schema version or a damaged record."""
 
 
+class StateLocked(PermanentError):
+    """Another canaryd holds the state (SPEC §7: one state, one actor)."""
+
+
 # --------------------------------------------------------------------------- rows
 
 
@@ -157,6 +161,17 @@ class StateStore(Protocol):
         ...
 
     def measurements(self, rollout_id: str) -> list[MeasurementRecord]: ...
+
+    def write_problem(self) -> str | None:
+        """None while the store can write; else why its last write failed (disk full, the
+        file deleted under us, the lock lost). Cheap: called by ``/readyz``; after a failure it
+        probes with a tiny write at most once a second, so recovery is noticed."""
+        ...
+
+    def compact_audit(self, before: float, keep: int) -> int:
+        """Forget audit rows older than ``before`` and all but the newest ``keep``; return how
+        many went."""
+        ...
 
     def close(self) -> None: ...
 

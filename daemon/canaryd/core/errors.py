@@ -2,6 +2,8 @@
 
     CanarydError
     ├── ConfigError            bad config or policy; carries `file: key.path: message` problems
+    ├── StillRunning           accepted and under way, not finished within the request's
+    │                          bounded wait (HTTP 202 + Location to poll)
     ├── TemporaryError         worth retrying
     │   ├── SourceUnavailable  Prometheus (or another source) did not answer
     │   ├── RouterConflict     the router's object changed under us
@@ -39,6 +41,15 @@ class ConfigError(CanarydError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class StillRunning(CanarydError):
+    """A request was accepted and is being carried out, but did not finish within the bounded
+    time a request may wait (HTTP 202 with a ``Location`` to poll). ``target`` names it."""
+
+    def __init__(self, message: str, target: str) -> None:
+        super().__init__(message)
+        self.target = target
 
 
 class TemporaryError(CanarydError):
