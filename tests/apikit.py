@@ -51,7 +51,7 @@ from canaryd.runtime.controller import Controller, Target
 from canaryd.runtime.worker import Timing
 from canaryd.settings import Token
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "alertmanager"
+REFERENCE = Path(__file__).resolve().parent / "upstream" / "alertmanager"
 FIRING_PAYLOADS = (
     "webhook-firing.json",
     "webhook-firing-v0.31.json",

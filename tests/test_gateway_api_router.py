@@ -1,7 +1,7 @@
 """The ``gateway-api`` router through the real kubernetes_asyncio client against kmock's
 Kubernetes emulator over HTTP (tests/support/kube.py adds resourceVersion, replace and 409
 Conflict), every written route checked against the upstream HTTPRoute CRD (Gateway API v1.6.1,
-/work/shared/reference/gateway-api), closed like Kubernetes' pruning."""
+tests/upstream/gateway-api), closed like Kubernetes' pruning."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The emulator is ``support/kube.py``'s (resourceVersion, replace, 409 Conflict). 
 controllers: a test plays the Deployment controller by writing ``status`` itself
 (``roll_out``), as another writer would.
 
-No OpenAPI schema for apps/v1 or core/v1 is in ``/work/shared/reference`` (only CRDs), so what
+No OpenAPI schema for apps/v1 or core/v1 is in ``tests/upstream`` (only CRDs), so what
 the platform creates is validated structurally against kubernetes_asyncio's models, which are
 generated from the Kubernetes OpenAPI spec: every field must be one the model knows, of its
 type, and every required field present (the models' client-side validation) — see

@@ -30,8 +30,7 @@ from canaryd.core.errors import SourceUnavailable
 from canaryd.core.model import Measurement
 from support import procs
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFERENCE = SHARED / "reference" / "prometheus"
+REFERENCE = Path(__file__).resolve().parent / "upstream" / "prometheus"
 JOB = "lukhas-matriz-canary"
 WINDOW = "15s"
 

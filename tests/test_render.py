@@ -3,7 +3,7 @@
 Prometheus rules by the real ``promtool`` and a real Prometheus that fires them against the demo
 service; the dashboard's and the AnalysisTemplate's queries by a real Prometheus's parser (a
 query that does not parse is answered 400 ``bad_data``); the AnalysisTemplate by the upstream
-CRD's schema (Argo Rollouts v1.9.1, /work/shared/reference), closed like Kubernetes' pruning
+CRD's schema (Argo Rollouts v1.9.1, tests/upstream), closed like Kubernetes' pruning
 would close it, so a misspelt key is an error rather than a silently dropped field.
 """
 
@@ -32,7 +32,7 @@ from canaryd import ctl, render
 from canaryd.policies import RULES_DIR, load_policy
 from support.procs import Proc, start_demo_service, start_prometheus, wait_for_up
 
-REFERENCE = Path("/work/shared/reference/argo-rollouts")
+REFERENCE = Path(__file__).resolve().parent / "upstream" / "argo-rollouts"
 POLICIES = sorted(RULES_DIR.glob("*.yaml"))
 STANDARD = load_policy(RULES_DIR / "matriz-standard.yaml")
 

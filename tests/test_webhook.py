@@ -1,6 +1,6 @@
 """Alertmanager's webhook: the parser against the reference payloads, and the endpoint end to end.
 
-The reference payloads (``../shared/reference/alertmanager/``) reproduce Alertmanager's exact
+The reference payloads (``tests/upstream/alertmanager/``) reproduce Alertmanager's exact
 output, real fingerprints included; see ``webhook-semantics.md`` there for the semantics.
 """
 

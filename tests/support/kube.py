@@ -80,7 +80,7 @@ import kmock
 import yaml
 from kubernetes_asyncio import client as k8s_client
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "upstream"
 HTTPROUTE_CRD = "gateway-api/gateway.networking.k8s.io_httproutes.yaml"
 HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
 
@@ -325,7 +325,7 @@ def _crd_schema_json(crd: str, version: str | None) -> str:
 
 def crd_schema(crd: str, version: str | None = None) -> dict[str, Any]:
     """The ``openAPIV3Schema`` of ``version`` (default: the storage version) of the CRD at
-    ``crd``, a path relative to ``/work/shared/reference``."""
+    ``crd``, a path relative to ``tests/upstream``."""
     schema: dict[str, Any] = json.loads(_crd_schema_json(crd, version))
     return schema
 

@@ -1,6 +1,6 @@
 """Alertmanager's webhook (protocol version "4") into ``core.model.Alert``, and its credential.
 
-The wire format is summarised in ``../shared/reference/alertmanager/webhook-semantics.md``
+The wire format is summarised in ``tests/upstream/alertmanager/webhook-semantics.md``
 (upstream ``notify/webhook/webhook.go`` and ``template/template.go``, v0.34.0). What this
 module relies on, and why it is shaped the way it is:
 
