@@ -208,3 +208,13 @@ def test_a_bad_alerts_section_is_named(tmp_path: Path, value: str, message: str)
     path = write(tmp_path / "canaryd.yaml", HEAD + f"alerts: {value}\n" + TARGET)
     [problem] = problems_of(path)
     assert problem.startswith(f"{path}: {message}")
+
+
+def test_the_shipped_config_lets_the_api_name_its_listed_policies() -> None:
+    settings = load_config(Path(__file__).resolve().parents[1] / "config" / "canaryd.yaml")
+    assert sorted(settings.api_policies) == [
+        "matriz-conservative",
+        "matriz-fast-track",
+        "matriz-standard",
+    ]
+    assert settings.alerts.expire_after == 12 * 3600
