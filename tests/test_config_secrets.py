@@ -215,6 +215,23 @@ def test_a_secret_file_others_may_write_is_refused(
     assert served.returncode == 2 and served.stderr == checked.stderr
 
 
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_secret_file_that_is_not_a_regular_file_is_refused_without_reading_it(
+    tmp_path: Path, kind: str
+) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    if kind == "fifo":
+        os.mkfifo(tokens, 0o600)  # reading it would block check and serve forever
+    else:
+        tokens.mkdir(0o700)
+    config = setup(tmp_path, "{tokens_file: tokens.yaml}")
+    checked = canaryd("check", "-c", str(config), timeout=20)
+    assert checked.returncode == 2
+    assert checked.stderr == f"{config}: auth.tokens_file: {tokens} is not a regular file\n"
+    served = serve_refuses(config)
+    assert served.returncode == 2 and served.stderr == checked.stderr
+
+
 def test_a_world_readable_secret_file_is_a_warning_from_check_and_serve(tmp_path: Path) -> None:
     secret(tmp_path / "tokens.yaml", f"- {{name: ci, role: admin, token: {TOKEN}}}\n", 0o644)
     secret(tmp_path / "webhook-token", WEBHOOK_TOKEN, 0o640)  # group-readable: no warning

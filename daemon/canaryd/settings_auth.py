@@ -161,12 +161,15 @@ class AuthReader:
 
 
 def file_access(path: Path) -> tuple[str | None, str | None]:
-    """(error, warning) about who besides canaryd's user may change or read a secret file.
+    """(error, warning) about a secret file: not a regular file, or who else may change or read it.
 
     Follows symlinks (a Kubernetes secret volume is a symlink to a 0644 file: readable, so a
     warning, not an error). ``OSError`` if the file cannot be looked at.
     """
-    mode = stat.S_IMODE(path.stat().st_mode)
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file", None
+    mode = stat.S_IMODE(info.st_mode)
     bits = (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
     writers = [who for who, bit in bits if mode & bit]
     if writers:
