@@ -20,7 +20,6 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from canaryd import policies
 from canaryd.adapters import systemd
 from canaryd.adapters.alertmanager import WebhookCredential
 from canaryd.adapters.docker import DockerEnginePlatform
@@ -39,7 +38,7 @@ from canaryd.runtime.controller import Controller, Target
 from canaryd.runtime.evaluator import Evaluator
 from canaryd.runtime.supervisor import Supervisor
 from canaryd.runtime.worker import Timing
-from canaryd.settings import Settings, Token, load_tokens
+from canaryd.settings import Settings, Token, secret_for_serve, tokens_for_serve
 from canaryd.settings import Target as TargetSettings
 
 log = structlog.get_logger("canaryd")
@@ -172,8 +171,12 @@ class Daemon:
     def _crashed(self, name: str, error: BaseException) -> None:
         log.error("service_crashed", service=name, error=repr(error))
 
-    def _load_policy(self, ref: str) -> Policy:
-        return policies.load_policy(policies.resolve(ref, self.settings.file.parent))
+    def _load_policy(self, name: str) -> Policy:
+        """A policy a start request names: one the config allows (``LookupError`` otherwise).
+
+        Never a file read: a request must not make the daemon open a path of its choosing.
+        """
+        return self.settings.api_policy(name)
 
     async def start(self) -> None:
         settings = self.settings
@@ -264,20 +267,12 @@ def _tokens(settings: Settings) -> tuple[Token, ...]:
     if path is None:
         log.warning("no_api_tokens", hint="auth.tokens_file is not set: every API call is refused")
         return ()
-    if not Path(path).exists():
-        raise ConfigError(
-            [Problem(str(settings.file), "auth.tokens_file", f"{path} does not exist")]
-        )
-    return load_tokens(path)
+    return tokens_for_serve(settings.file, "auth.tokens_file", path)
 
 
 def _secret_file(settings: Settings, key: str, path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(
-            [Problem(str(settings.file), key, f"cannot read {path}: {exc.strerror or exc}")]
-        ) from exc
+    """The secret in ``path`` under the rules ``canaryd check`` applied (never empty)."""
+    return secret_for_serve(settings.file, key, path)
 
 
 def _webhook(settings: Settings) -> WebhookCredential | None:

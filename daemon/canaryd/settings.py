@@ -10,9 +10,14 @@ the keys that kind understands. They live in ``settings_kinds`` with their reade
 ``PLATFORMS`` / ``ROUTERS`` tables this loader dispatches on; every name is re-exported here
 (``__all__``), so ``canaryd.settings`` stays the one import for the whole config.
 
-Secret files (API tokens, the webhook credential) are only *named* here. They need not exist
-when the config is checked — they are often provisioned later — so a missing one is a warning;
-a tokens file that does exist is validated, and its secrets are never echoed.
+Secret files (API tokens, the webhook credential) need not exist when the config is checked —
+they are often provisioned later — so a missing one is a warning; one that exists is checked
+here by the same rules ``serve`` applies (``settings_auth``: not writable by others, not empty,
+no token twice), and its secrets are never echoed.
+
+``policies:`` lists policies the API may name besides every target's own (``api_policies``, by
+file stem): a start request names one of those, never a file. ``alerts.expire_after`` is how
+long a firing alert that Alertmanager stopped re-sending stays active.
 
 Relative paths in the config are relative to the config file's directory.
 """
@@ -20,7 +25,6 @@ Relative paths in the config are relative to the config file's directory.
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,18 @@ from canaryd import policies
 from canaryd.core.errors import Problem
 from canaryd.core.model import Matcher, Policy
 from canaryd.core.rules import matches, parse_matcher
+from canaryd.settings_auth import (
+    ROLES,
+    Auth,
+    AuthReader,
+    BasicAuth,
+    Token,
+    WebhookAuth,
+    load_tokens,
+    read_tokens,
+    secret_for_serve,
+    tokens_for_serve,
+)
 from canaryd.settings_kinds import (
     PLATFORM_KINDS,
     PLATFORMS,
@@ -56,11 +72,13 @@ from canaryd.settings_kinds import (
 from canaryd.validation import Reader, duration, join, to_str
 
 __all__ = [
+    "DEFAULT_ALERT_EXPIRY",
     "DEFAULT_LISTEN",
     "DEFAULT_STATE_PATH",
     "PLATFORM_KINDS",
     "ROLES",
     "ROUTER_KINDS",
+    "Alerts",
     "ArgoRolloutsRouter",
     "Auth",
     "BasicAuth",
@@ -87,15 +105,18 @@ __all__ = [
     "load_config",
     "load_tokens",
     "read_tokens",
+    "secret_for_serve",
+    "tokens_for_serve",
 ]
 
 T = TypeVar("T")
 
 DEFAULT_LISTEN = "127.0.0.1:9870"
 DEFAULT_STATE_PATH = "/var/lib/canaryd/state.db"
-ROLES = ("viewer", "operator", "admin")
+# Alertmanager re-sends a firing alert every repeat_interval (default 4h): three of those.
+DEFAULT_ALERT_EXPIRY = 12 * 3600.0
 
-_TOP = {"listen", "state", "prometheus", "auth", "targets"}
+_TOP = {"listen", "state", "prometheus", "auth", "alerts", "policies", "targets"}
 _TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers"}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
@@ -138,33 +159,14 @@ class Prometheus:
 
 
 @dataclass(frozen=True, slots=True)
-class BasicAuth:
-    username: str
-    password_file: Path
+class Alerts:
+    """How Alertmanager's alerts are kept.
 
+    ``expire_after``: seconds a firing alert stays active after Alertmanager last sent it. It
+    re-sends firing alerts every ``repeat_interval`` of the route, so this must exceed that.
+    """
 
-@dataclass(frozen=True, slots=True)
-class WebhookAuth:
-    """How Alertmanager authenticates (its ``http_config``): one of a bearer token or basic."""
-
-    bearer_token_file: Path | None = None
-    basic: BasicAuth | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Auth:
-    tokens_file: Path | None = None
-    webhook: WebhookAuth | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Token:
-    """One API credential of the tokens file: the token itself or its SHA-256 (hex)."""
-
-    name: str
-    role: str
-    token: str | None = field(default=None, repr=False)
-    sha256: str | None = field(default=None, repr=False)
+    expire_after: float = DEFAULT_ALERT_EXPIRY
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +205,26 @@ class Settings:
     auth: Auth
     targets: tuple[Target, ...]
     warnings: tuple[Problem, ...] = ()
+    alerts: Alerts = Alerts()
+    # the policies a start request may name, by file stem: the targets' own and ``policies:``
+    api_policies: Mapping[str, Policy] = field(default_factory=dict)
 
     @property
     def policies(self) -> dict[str, Policy]:
         """The loaded policy of every target, by target name."""
         return {t.name: t.policy for t in self.targets}
+
+    def api_policy(self, name: str) -> Policy:
+        """The policy an API request names; ``LookupError`` for anything the config did not allow.
+
+        A lookup, never a file read: the API must not make the daemon open a path of the
+        caller's choosing (a FIFO, ``/dev/zero``, a file whose keys an error would echo).
+        """
+        found = self.api_policies.get(name)
+        if found is None:
+            allowed = ", ".join(sorted(self.api_policies)) or "none"
+            raise LookupError(f"unknown policy {name!r}; the config allows: {allowed}")
+        return found
 
     def target(self, name: str) -> Target:
         for t in self.targets:
@@ -230,37 +247,6 @@ def load_config(path: str | Path) -> Settings:
     return settings
 
 
-def load_tokens(path: str | Path) -> tuple[Token, ...]:
-    """The API tokens file (SPEC §5.3); ``ConfigError`` if it is unreadable or malformed."""
-    r = Reader(path)
-    doc = r.load()
-    tokens = read_tokens(r, doc) if not r.problems else ()
-    r.done()
-    return tokens
-
-
-def read_tokens(r: Reader, doc: Any) -> tuple[Token, ...]:
-    tokens: list[Token] = []
-    seen: set[str] = set()
-    for i, raw in enumerate(r.seq(doc, "")):
-        path = join("", i)
-        if not isinstance(raw, Mapping):
-            r.mapping(raw, path)
-            continue
-        t = r.mapping(raw, path, {"name", "role", "token", "sha256"})
-        name = _required(r, t, "name", path, to_str, "")
-        if name and name in seen:
-            r.problem(join(path, "name"), f"duplicate token name {name!r}")
-        seen.add(name)
-        role = _required(r, t, "role", path, _choice("role", ROLES), "")
-        secret = r.field(t, "token", path, _secret, None)
-        digest = r.field(t, "sha256", path, _sha256, None)
-        if ("token" in t) == ("sha256" in t):
-            r.problem(path, "needs exactly one of token or sha256")
-        tokens.append(Token(name, role, secret, digest))
-    return tuple(tokens)
-
-
 def _required(
     r: Reader, m: Mapping[str, Any], key: str, where: str, convert: Callable[[Any], T], missing: T
 ) -> T:
@@ -278,6 +264,7 @@ class _Loader:
         self.base = file.parent.absolute()
         self.warnings: list[Problem] = []
         self._policies: dict[Path, Policy | None] = {}
+        self._named: dict[str, tuple[Path, Policy]] = {}  # what the API may name, by stem
 
     def read(self, doc: Any) -> Settings:
         r = self.r
@@ -288,7 +275,9 @@ class _Loader:
             state=self._state(top.get("state")),
             prometheus=self._prometheus(top.get("prometheus")),
             auth=self._auth(top.get("auth")),
+            alerts=self._alerts(top.get("alerts")),
             targets=self._targets(top.get("targets")),
+            api_policies=self._api_policies(top.get("policies")),
             warnings=tuple(self.warnings),
         )
 
@@ -302,20 +291,6 @@ class _Loader:
     def path(self, value: Any) -> Path:
         p = Path(to_str(value)).expanduser()
         return p if p.is_absolute() else self.base / p
-
-    def secret_file(
-        self, m: Mapping[str, Any], key: str, where: str, required: bool = False
-    ) -> Path | None:
-        """A file holding a secret: named here, read by ``serve``; missing is only a warning."""
-        if required:
-            file: Path | None = self.need(m, key, where, self.path, None)
-        else:
-            file = self.r.field(m, key, where, self.path, None)
-        if file is not None and not file.exists():
-            self.warnings.append(
-                Problem(str(self.file), join(where, key), f"{_show(file)} does not exist (yet)")
-            )
-        return file
 
     def section(self, raw: Any, where: str, allowed: set[str] | None = None) -> dict[str, Any]:
         """A mapping; None (absent) reads as empty, anything else is a problem."""
@@ -392,39 +367,46 @@ class _Loader:
         )
 
     def _auth(self, raw: Any) -> Auth:
-        r, where = self.r, "auth"
-        m = self.section(raw, where, {"tokens_file", "webhook"})
-        tokens_file = self.secret_file(m, "tokens_file", where)
-        if tokens_file is not None and tokens_file.exists():
-            tokens = Reader(_show(tokens_file))
-            doc = tokens.load()
-            if not tokens.problems:
-                read_tokens(tokens, doc)
-            r.problems.extend(tokens.problems)
-        webhook = None
-        raw_webhook = m.get("webhook")
-        path = join(where, "webhook")
-        if isinstance(raw_webhook, Mapping):
-            w = r.mapping(raw_webhook, path, {"bearer_token_file", "basic"})
-            bearer = self.secret_file(w, "bearer_token_file", path)
-            basic = None
-            if isinstance(w.get("basic"), Mapping):
-                bpath = join(path, "basic")
-                b = r.mapping(w["basic"], bpath, {"username", "password_file"})
-                username = self.need(b, "username", bpath, to_str, "")
-                password = self.secret_file(b, "password_file", bpath, required=True)
-                basic = BasicAuth(username, password or Path())
-            elif w.get("basic") is not None:
-                r.mapping(w["basic"], join(path, "basic"))
-            has_bearer, has_basic = (w.get(k) is not None for k in ("bearer_token_file", "basic"))
-            if not has_bearer and not has_basic:
-                r.problem(path, "needs one of bearer_token_file or basic")
-            elif has_bearer and has_basic:
-                r.problem(path, "needs one of bearer_token_file or basic, not both")
-            webhook = WebhookAuth(bearer, basic)
-        elif raw_webhook is not None:
-            r.mapping(raw_webhook, path)
-        return Auth(tokens_file, webhook)
+        reader = AuthReader(self.r, self.file, self.path)
+        auth = reader.read(raw)
+        self.warnings += reader.warnings
+        return auth
+
+    def _alerts(self, raw: Any) -> Alerts:
+        m = self.section(raw, "alerts", {"expire_after"})
+        return Alerts(
+            expire_after=self.r.field(
+                m, "expire_after", "alerts", _positive_duration, DEFAULT_ALERT_EXPIRY
+            )
+        )
+
+    def _api_policies(self, raw: Any) -> dict[str, Policy]:
+        """The targets' policies (named as they load) and each entry of ``policies:``."""
+        where = "policies"
+        for i, ref in enumerate(self.r.seq(raw, where) if raw is not None else []):
+            try:
+                text = to_str(ref)
+            except ValueError as exc:
+                self.r.problem(join(where, i), str(exc))
+                continue
+            file, policy = self._policy(text, join(where, i))
+            self._name(file, policy, join(where, i))
+        return {name: policy for name, (_, policy) in self._named.items()}
+
+    def _name(self, file: Path, policy: Policy | None, where: str) -> None:
+        """Let the API name a loaded policy by its file's stem; one stem, one file."""
+        if policy is None:
+            return
+        name = file.stem
+        known = self._named.get(name)
+        if known is not None and known[0].resolve() != file.resolve():
+            self.r.problem(
+                where,
+                f"another policy is already named {name!r} ({known[0]}); "
+                "the API names policies by file name",
+            )
+            return
+        self._named.setdefault(name, (file, policy))
 
     def _targets(self, raw: Any) -> tuple[Target, ...]:
         r = self.r
@@ -469,6 +451,7 @@ class _Loader:
         name = self.need(t, "name", where, to_name, "")
         ref = self.need(t, "policy", where, to_str, "")
         policy_file, policy = self._policy(ref, join(where, "policy"))
+        self._name(policy_file, policy, join(where, "policy"))
         labels = read_labels(r, t.get("labels"), join(where, "labels"))
         if name:  # the job label identifies the target's series; default: the target's name
             labels.setdefault("job", name)
@@ -555,15 +538,6 @@ def _show(path: Path) -> str:
 # --------------------------------------------------------------------------- converters
 
 
-def _choice(what: str, choices: tuple[str, ...]) -> Callable[[Any], str]:
-    def convert(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(choices)}")
-        return str(value)
-
-    return convert
-
-
 def _listen(value: Any) -> Listen:
     if not isinstance(value, str):
         raise ValueError(f"expected host:port such as {DEFAULT_LISTEN}, got {value!r}")
@@ -588,17 +562,3 @@ def _positive_duration(value: Any) -> float:
     if seconds <= 0:
         raise ValueError(f"must be greater than zero, got {value!r}")
     return seconds
-
-
-def _secret(value: Any) -> str:
-    if not isinstance(value, str) or len(value) < 16:
-        raise ValueError("expected a string of at least 16 characters (value not shown)")
-    return value
-
-
-def _sha256(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected 64 hexadecimal digits as a string (quote it)")
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-        raise ValueError("expected 64 hexadecimal digits (a SHA-256 of the token)")
-    return value.lower()

@@ -140,6 +140,8 @@ class Tour:
             f"- {{name: demo, role: admin, token: {self.token}}}\n"
         )
         (self.workdir / "webhook-token").write_text(self.token + "-webhook\n")
+        for secret in ("tokens.yaml", "webhook-token"):  # serve refuses ones others may write
+            (self.workdir / secret).chmod(0o600)
         config = {
             "listen": f"127.0.0.1:{ports['canaryd']}",
             "state": {"backend": "sqlite", "path": str(self.workdir / "state.db")},

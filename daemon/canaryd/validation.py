@@ -4,11 +4,16 @@ A loader walks the parsed document with a ``Reader``; each accessor records a ``
 (``file: key.path: message``) and returns a placeholder instead of raising, so one run of
 ``canaryd check`` names all the mistakes in a file. ``Reader.done()`` raises ``ConfigError``
 if anything was recorded.
+
+Every YAML file canaryd reads (config, tokens file, policies) is parsed with ``StrictLoader``: a
+``SafeLoader`` that refuses a mapping key given twice. Plain YAML keeps the last one silently,
+so ``job: web`` followed by ``job: web-canary`` would quietly judge the wrong series.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +52,11 @@ class Reader:
             self.problem("", f"cannot read: {exc.strerror or exc}")
             return None
         try:
-            return yaml.safe_load(text)
+            return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass
+        except DuplicateKeys as exc:
+            for d in exc.duplicates:
+                self.problem(d.path, d.message)
+            return None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -96,6 +105,71 @@ class Reader:
         except (TypeError, ValueError) as exc:
             self.problem(where, str(exc))
             return default if default is not _MISSING else _placeholder(convert)
+
+
+# ---- YAML without silently repeated keys
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A mapping key given a second time: where (key path) and on which lines (1-based)."""
+
+    path: str
+    line: int
+    first_line: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"duplicate key (line {self.line}; first on line {self.first_line}): "
+            "YAML would silently keep the last"
+        )
+
+
+class DuplicateKeys(yaml.YAMLError):
+    """A document with repeated mapping keys; ``duplicates`` names every one of them."""
+
+    def __init__(self, duplicates: list[Duplicate]) -> None:
+        super().__init__("; ".join(f"{d.path}: {d.message}" for d in duplicates))
+        self.duplicates = duplicates
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document in which a mapping repeats a key.
+
+    The whole node tree is checked before anything is constructed, so one error names every
+    repeated key with its path. Aliases are walked once (a shared anchor is one node), which
+    keeps the walk linear even for a "billion laughs" document.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        duplicates = list(_duplicates(node, "", set()))
+        if duplicates:
+            raise DuplicateKeys(duplicates)
+        return super().construct_document(node)
+
+
+def _duplicates(node: yaml.Node, path: str, seen: set[int]) -> Iterator[Duplicate]:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicates(item, join(path, i), seen)
+    elif isinstance(node, yaml.MappingNode):
+        first: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merges, it is no key
+                yield from _duplicates(value, path, seen)
+                continue
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            where = join(path, name)
+            if isinstance(key, yaml.ScalarNode):
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    yield Duplicate(where, line, first[(key.tag, key.value)])
+                first.setdefault((key.tag, key.value), line)
+            yield from _duplicates(value, where, seen)
 
 
 def _placeholder(convert: Callable[[Any], Any]) -> Any:
