@@ -29,6 +29,7 @@ from canaryd.core.model import (
     ActionKind,
     Alert,
     AlertAction,
+    AlertRule,
     Command,
     CommandKind,
     Effect,
@@ -47,6 +48,9 @@ from canaryd.core.rules import rule_for
 
 _EPS = 1e-6
 _ALERT_PAUSE = "alert"
+HANDLED_ALERTS_KEPT = 1024  # de-duplication keys a record keeps (see ``_remember``)
+_NAMED_IN_SUMMARY = 5  # alerts named in a summarising "ignore" decision
+_RESTORE = "restore-stable"
 
 
 # --------------------------------------------------------------------------- starting
@@ -95,7 +99,7 @@ def check_command(state: Rollout, command: Command) -> str | None:
             return "promotion is completing; nothing to clean up"
         if phase.terminal and state.cleanup_at is None:
             return f"rollout {state.id} already ended ({phase}) and left nothing behind"
-        return None
+        return _restore_refusal(state)  # cleaning up an unfinished promotion rolls it back
     if phase.terminal:
         return f"rollout {state.id} already ended ({phase})"
     if kind is CommandKind.ROLLBACK:
@@ -103,7 +107,7 @@ def check_command(state: Rollout, command: Command) -> str | None:
             return "a rollback is already under way"
         if phase is Phase.PROMOTING and state.promote_step != "update-stable":
             return "stable already runs the new image; nothing to roll back to"
-        return None
+        return _restore_refusal(state)
     if phase not in (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED):
         return f"cannot {kind} a rollout that is {phase}"
     if kind is CommandKind.PAUSE and phase is Phase.PAUSED:
@@ -120,11 +124,55 @@ def check_command(state: Rollout, command: Command) -> str | None:
     return None
 
 
-def _apply_command(s: Rollout, c: Command, now: float, acts: list[Action]) -> Rollout:
+def _stable_update_begun(s: Rollout) -> bool:
+    """Promotion has asked the platform to put the new image on the stable (not yet done)."""
+    return s.rollback_reason is None and s.promote_step == "update-stable"
+
+
+def _restore_refusal(s: Rollout) -> str | None:
+    """Why a rollback cannot undo a promotion that began updating the stable, or None.
+
+    Once the stable update began, (part of) the stable may run the new image, so rolling back
+    means two things: canary weight 0 *and* the stable back on the image it ran before. canaryd
+    restores rather than refuses whenever it can, because a rollback is needed most exactly
+    then: the new image is reaching every stable replica, and a critical alert must still stop
+    it (a refusal would let it finish spreading). The image to restore is ``previous_image``,
+    the stable's image as first observed, before promotion touched it. A platform that reports
+    no stable image (``none``: something else deploys) leaves nothing to restore; a rollback
+    would then report RolledBack with the new image left on stable, so it is refused and the
+    refusal says why.
+    """
+    if _stable_update_begun(s) and s.previous_image is None:
+        return (
+            f"the stable update to {s.image} has begun and the previous stable image is unknown "
+            "(the platform reports none), so a rollback could not restore it"
+        )
+    return None
+
+
+def _remember_stable(s: Rollout, obs: Observed) -> Rollout:
+    """Record the stable's image the first time the platform reports one, before promotion."""
+    if (
+        s.previous_image is None
+        and obs.stable_image is not None
+        and s.promote_step is None
+        and s.rollback_reason is None
+    ):
+        return replace(s, previous_image=obs.stable_image)
+    return s
+
+
+def _apply_command(
+    s: Rollout, c: Command, index: int, now: float, acts: list[Action]
+) -> Rollout:
     refusal = check_command(s, c)
     who = f" by {c.by}" if c.by else ""
     if refusal is not None:
-        acts.append(Action(ActionKind.IGNORE, f"{c.kind}{who} refused: {refusal}", s.weight))
+        # the runtime answers the command at ``command_index`` 409 with ``refused``
+        evidence = {"command": str(c.kind), "refused": refusal, "command_index": index}
+        acts.append(
+            Action(ActionKind.IGNORE, f"{c.kind}{who} refused: {refusal}", s.weight, evidence)
+        )
         return s
     if c.kind is CommandKind.CLEANUP:
         if s.phase is Phase.ROLLED_BACK:
@@ -160,37 +208,113 @@ def _apply_command(s: Rollout, c: Command, now: float, acts: list[Action]) -> Ro
 # --------------------------------------------------------------------------- alerts
 
 
-def _apply_alert(s: Rollout, alert: Alert, now: float, acts: list[Action]) -> Rollout:
-    if alert.key in s.handled_alerts:
+def _apply_alerts(
+    s: Rollout, alerts: tuple[Alert, ...], now: float, acts: list[Action]
+) -> Rollout:
+    """Apply each alert not applied before, once, in work linear in the number of alerts.
+
+    A webhook body can carry tens of thousands of distinct alerts about one target. The keys
+    of this pass are gathered in one set (never a per-alert copy of the record's set), and the
+    alerts nothing is done about (no rule matches, started before the rollout, rollback
+    refused) become one summarising decision per reason, naming the count and a few of them,
+    not one decision each. Only alerts that matched a rule are remembered (``_remember``).
+    """
+    if not alerts:
         return s
-    s = replace(s, handled_alerts=s.handled_alerts | {alert.key})
-    rule = rule_for(s.policy.alert_rules, alert.labels)
-    evidence: dict[str, object] = {
+    seen = set(s.handled_alerts)
+    matched: list[str] = []
+    skipped: dict[str, list[Alert]] = {}
+    for alert in alerts:
+        if alert.key in seen:
+            continue
+        seen.add(alert.key)
+        rule = rule_for(s.policy.alert_rules, alert.labels)
+        if rule is None:
+            skipped.setdefault(": no rule matches", []).append(alert)
+            continue
+        matched.append(alert.key)
+        if alert.status == "firing" and alert.starts_at < s.started_at - _EPS:
+            if not rule.include_preexisting:
+                skipped.setdefault(" started before the rollout", []).append(alert)
+                continue
+        if alert.status == "firing" and rule.action is AlertAction.ROLLBACK:
+            refusal = check_command(s, Command(CommandKind.ROLLBACK))
+            if refusal is not None:
+                skipped.setdefault(f" firing; no rollback: {refusal}", []).append(alert)
+                continue
+        s = _tagged(_apply_rule(s, alert, rule, now, acts), acts)
+    for why, group in skipped.items():
+        acts.append(_summary(group, why, s.weight))
+    s = _tagged(s, acts)
+    if matched:
+        s = replace(s, handled_alerts=_remember(s.handled_alerts, matched))
+    return s
+
+
+def _remember(handled: frozenset[str], new: list[str]) -> frozenset[str]:
+    """The de-duplication keys a record keeps: at most ``HANDLED_ALERTS_KEPT``, newest first.
+
+    Keys (``fingerprint:status:startsAt``) are kept only for alerts that matched a rule: the
+    policy is fixed for the rollout, so an unmatched alert never matches later, and forgetting
+    it costs at most one more "no rule matches" summary when Alertmanager re-sends it. Beyond
+    the bound, the keys with the oldest ``startsAt`` are dropped. A dropped key's alert, if
+    delivered again, is applied again as if new: a rollback rule is then refused (the rollout
+    is already rolling back or over) and recorded as such, an observe or freeze rule is
+    recorded twice, and a pause rule pauses again only if the rollout is running and the alert
+    is (re-sent as) firing, which is what a firing pause alert asks for anyway. It takes more
+    than ``HANDLED_ALERTS_KEPT`` newer distinct matching alerts on one rollout to get there.
+    """
+    keys = handled.union(new)
+    if len(keys) <= HANDLED_ALERTS_KEPT:
+        return keys
+    newest = sorted(keys, key=lambda key: (_key_time(key), key))[-HANDLED_ALERTS_KEPT:]
+    return frozenset(newest)
+
+
+def _key_time(key: str) -> float:
+    """The ``startsAt`` in an alert's key; unreadable or non-finite ones sort as oldest."""
+    try:
+        value = float(key.rpartition(":")[2])
+    except ValueError:
+        return -math.inf
+    return value if math.isfinite(value) else -math.inf
+
+
+def _alert_evidence(alert: Alert) -> dict[str, object]:
+    return {
         "alert": alert.name,
         "labels": dict(alert.labels),
         "status": alert.status,
         "fingerprint": alert.fingerprint,
     }
-    if rule is None:
-        acts.append(
-            Action(ActionKind.IGNORE, f"alert {alert.name}: no rule matches", s.weight, evidence)
-        )
-        return s
+
+
+def _summary(group: list[Alert], why: str, weight: int) -> Action:
+    """One "ignore" decision for every alert of this pass skipped for the same reason."""
+    if len(group) == 1:
+        evidence = {**_alert_evidence(group[0]), "count": 1}
+        return Action(ActionKind.IGNORE, f"alert {group[0].name}{why}", weight, evidence)
+    named = group[:_NAMED_IN_SUMMARY]
+    names = ", ".join(a.name for a in named)
+    more = f" and {len(group) - len(named)} more" if len(group) > len(named) else ""
+    evidence: dict[str, object] = {
+        "count": len(group),
+        "alerts": [a.name for a in named],
+        "fingerprints": [a.fingerprint for a in named],
+    }
+    return Action(
+        ActionKind.IGNORE, f"{len(group)} alerts ({names}{more}){why}", weight, evidence
+    )
+
+
+def _apply_rule(
+    s: Rollout, alert: Alert, rule: AlertRule, now: float, acts: list[Action]
+) -> Rollout:
+    """What ``rule`` does about ``alert`` (a new alert that is not skipped)."""
+    evidence = _alert_evidence(alert)
     if alert.status == "firing":
-        if alert.starts_at < s.started_at - _EPS and not rule.include_preexisting:
-            acts.append(
-                Action(
-                    ActionKind.IGNORE,
-                    f"alert {alert.name} started before the rollout",
-                    s.weight,
-                    evidence,
-                )
-            )
-            return s
         if rule.action is AlertAction.ROLLBACK:
-            if check_command(s, Command(CommandKind.ROLLBACK)) is None:
-                return _rollback(s, f"alert {alert.name} firing", now, acts, evidence)
-            return s
+            return _rollback(s, f"alert {alert.name} firing", now, acts, evidence)
         if rule.action is AlertAction.PAUSE and s.phase in (
             Phase.PENDING,
             Phase.PROGRESSING,
@@ -274,7 +398,7 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         s,
         last_eval_at=now,
         next_eval_at=next_tick(now, policy.interval),
-        stage_requests=s.stage_requests + (f.requests or 0.0),
+        stage_requests=s.stage_requests + _usable_requests(f.requests),
     )
 
     if overall is Verdict.FAILED:
@@ -357,6 +481,14 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         )
         return s
     return _stage_passed(s, now, acts, evidence)
+
+
+def _usable_requests(requests: float | None) -> float:
+    """Canary requests an evaluation may credit: unknown, negative or non-finite counts add
+    nothing (NaN or +Inf would otherwise satisfy ``min_requests`` on their own)."""
+    if requests is None or not math.isfinite(requests) or requests < 0:
+        return 0.0
+    return requests
 
 
 def _stage_passed(
@@ -446,6 +578,7 @@ def _rollback(
     acts: list[Action],
     evidence: dict[str, object] | None = None,
 ) -> Rollout:
+    restore = _stable_update_begun(s)  # check_command made sure previous_image is known
     s = replace(
         s,
         phase=Phase.ROLLING_BACK,
@@ -456,8 +589,10 @@ def _rollback(
         resume_at=None,
         alert_pauses=frozenset(),
         stage_passed=False,
+        promote_step=_RESTORE if restore else s.promote_step,
     )
-    acts.append(Action(ActionKind.ROLLBACK, reason, 0, evidence or {}))
+    said = f"{reason}; restoring stable to {s.previous_image}" if restore else reason
+    acts.append(Action(ActionKind.ROLLBACK, said, 0, evidence or {}))
     return s
 
 
@@ -584,31 +719,47 @@ def _progress(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Roll
         return _promotion(s, obs, now, acts)
 
     if s.phase is Phase.ROLLING_BACK or (s.phase is Phase.FAILED and s.rollback_reason):
-        if obs.weight == 0:
-            took = now - (s.rollback_at or now)
-            s = replace(
-                s,
-                phase=Phase.ROLLED_BACK,
-                rolled_back_at=now,
-                finished_at=now,
-                cleanup_at=now + (0.0 if s.cleanup_now else s.policy.scale_down_delay),
-                message=None,
+        return _rolling_back(s, obs, now, acts)
+    return s
+
+
+def _rolling_back(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Rollout:
+    """A rollback is done once the router reports canary 0% and, if it interrupted the
+    stable update, the stable runs ``previous_image`` again. Past ``progress_deadline`` it is
+    Failed and keeps retrying, as a promotion that cannot update the stable does."""
+    limit = s.policy.limits.progress_deadline
+    restoring = s.promote_step == _RESTORE
+    restored = not restoring or obs.stable_image == s.previous_image
+    if obs.weight == 0 and restored:
+        took = now - (s.rollback_at or now)
+        s = replace(
+            s,
+            phase=Phase.ROLLED_BACK,
+            rolled_back_at=now,
+            finished_at=now,
+            cleanup_at=now + (0.0 if s.cleanup_now else s.policy.scale_down_delay),
+            message=None,
+        )
+        also = f" and stable runs {s.previous_image} again" if restoring else ""
+        acts.append(
+            Action(
+                ActionKind.ROLLED_BACK,
+                f"router applied canary 0%{also} {took:.3f}s after the trigger",
+                0,
+                {"time_to_rollback": took, "reason": s.rollback_reason},
             )
-            acts.append(
-                Action(
-                    ActionKind.ROLLED_BACK,
-                    f"router applied canary 0% {took:.3f}s after the trigger",
-                    0,
-                    {"time_to_rollback": took, "reason": s.rollback_reason},
-                )
-            )
-        elif s.phase is Phase.ROLLING_BACK and now + _EPS >= (s.rollback_at or now) + limit:
-            s = replace(
-                s,
-                phase=Phase.FAILED,
-                message=f"router has not applied canary 0% after {limit:g}s; retrying",
-            )
-            acts.append(Action(ActionKind.FAILED, s.message or "", 0))
+        )
+        return s
+    why = (
+        f"router has not applied canary 0% after {limit:g}s; retrying"
+        if obs.weight != 0
+        else f"stable not restored to {s.previous_image} after {limit:g}s; retrying"
+    )
+    if s.phase is Phase.ROLLING_BACK and now + _EPS >= (s.rollback_at or now) + limit:
+        s = replace(s, phase=Phase.FAILED, message=why)
+        acts.append(Action(ActionKind.FAILED, why, 0))
+    elif s.phase is Phase.FAILED and s.message != why:
+        s = replace(s, message=why)  # what it still waits for changed: say so, no new decision
     return s
 
 
@@ -670,13 +821,13 @@ def decide(
     acts: list[Action] = []
     s = state
     if s.phase.terminal:
-        for command in findings.commands:
-            s = _tagged(_apply_command(s, command, now, acts), acts)
+        for index, command in enumerate(findings.commands):
+            s = _tagged(_apply_command(s, command, index, now, acts), acts)
         return _tagged(_cleanup(s, now, acts), acts), tuple(acts)
-    for command in findings.commands:
-        s = _tagged(_apply_command(s, command, now, acts), acts)
-    for alert in findings.alerts:
-        s = _tagged(_apply_alert(s, alert, now, acts), acts)
+    s = _remember_stable(s, observed)
+    for index, command in enumerate(findings.commands):
+        s = _tagged(_apply_command(s, command, index, now, acts), acts)
+    s = _apply_alerts(s, findings.alerts, now, acts)
     if evaluation_due(s, now):
         s = _tagged(_evaluate(s, findings, now, acts), acts)
     if s.phase.active:
@@ -724,6 +875,9 @@ def reconcile(state: Rollout, observed: Observed) -> tuple[Effect, ...]:
         effects.append(Effect(EffectKind.SET_WEIGHT, weight=s.weight))
     if promoting and s.promote_step == "update-stable" and observed.stable_image != s.image:
         effects.append(Effect(EffectKind.UPDATE_STABLE, image=s.image))
+    restoring = s.promote_step == _RESTORE and s.phase in (Phase.ROLLING_BACK, Phase.FAILED)
+    if restoring and s.previous_image is not None and observed.stable_image != s.previous_image:
+        effects.append(Effect(EffectKind.UPDATE_STABLE, image=s.previous_image))
     if not (serving or draining) and observed.canary_present:
         effects.append(Effect(EffectKind.REMOVE_CANARY, image=s.image))
     return tuple(effects)
