@@ -24,6 +24,7 @@ from canaryd.core.model import (
     Observed,
     Phase,
     Rollout,
+    Verdict,
 )
 from canaryd.simulate import Timeline, World, settle
 
@@ -77,7 +78,7 @@ def test_a_rollback_during_the_stable_update_restores_the_previous_image() -> No
 def test_a_critical_alert_during_the_stable_update_rolls_back_and_restores() -> None:
     s = promoting()
     critical = Alert("fp", "firing", {"alertname": "Down", "severity": "critical"}, 2.0)
-    s, acts = stages.decide(s, rolling(s), Findings(alerts=(critical,)), 2.0)
+    s, _ = stages.decide(s, rolling(s), Findings(alerts=(critical,)), 2.0)
     assert s.phase is Phase.ROLLING_BACK and "Down" in (s.rollback_reason or "")
     assert Effect(EffectKind.UPDATE_STABLE, image="v1") in stages.reconcile(s, rolling(s))
 
@@ -230,7 +231,8 @@ def flood(count: int, at: float = 5.0) -> list[Alert]:
 def test_48000_unmatched_alerts_make_one_decision_and_a_small_record() -> None:
     s = started()
     critical = Alert("crit", "firing", {"alertname": "Down", "severity": "critical"}, 5.0)
-    alerts = flood(24_000) + [critical] + flood(48_000)[24_000:]
+    noise = flood(48_000)
+    alerts = [*noise[:24_000], critical, *noise[24_000:]]
     s, acts = stages.decide(s, world(s), Findings(alerts=tuple(alerts)), 5.0)
     assert s.phase is Phase.ROLLING_BACK and "Down" in (s.rollback_reason or "")
     ignored = [a for a in acts if a.kind is ActionKind.IGNORE]
@@ -251,7 +253,7 @@ def test_matched_alerts_are_remembered_up_to_a_bound_newest_first() -> None:
     assert len(s.handled_alerts) == stages.HANDLED_ALERTS_KEPT
     assert many[-1].key in s.handled_alerts and many[0].key not in s.handled_alerts
     # a re-delivered recent alert is still applied once
-    again, acts = stages.decide(s, world(s), Findings(alerts=(many[-1],)), 6.0)
+    _, acts = stages.decide(s, world(s), Findings(alerts=(many[-1],)), 6.0)
     assert acts == ()
 
 
@@ -279,13 +281,13 @@ def test_unmatched_alerts_are_summarised_and_not_remembered() -> None:
 def test_an_infinite_value_never_passes_a_threshold(op: str, value: float) -> None:
     check = Check("c", "q", op, 0.5)
     result = analysis.assess(check, Measurement("c", value))
-    assert result.verdict is analysis.Verdict.FAILED
+    assert result.verdict is Verdict.FAILED
     assert "not a finite" in result.detail
 
 
 def test_nan_stays_no_data() -> None:
     result = analysis.assess(Check("c", "q", ">=", 0.5), Measurement("c", math.nan))
-    assert result.verdict is analysis.Verdict.INCONCLUSIVE
+    assert result.verdict is Verdict.INCONCLUSIVE
 
 
 def test_an_infinite_success_rate_rolls_back_instead_of_promoting() -> None:
@@ -301,4 +303,3 @@ def test_non_finite_request_counts_never_satisfy_min_requests() -> None:
         for requests in (math.nan, math.inf):
             s, _ = stages.decide(s, world(s), good(requests=requests), s.next_eval_at or 0)
     assert s.stage == 0 and s.stage_requests == 0.0
-

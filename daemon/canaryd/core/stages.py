@@ -162,9 +162,7 @@ def _remember_stable(s: Rollout, obs: Observed) -> Rollout:
     return s
 
 
-def _apply_command(
-    s: Rollout, c: Command, index: int, now: float, acts: list[Action]
-) -> Rollout:
+def _apply_command(s: Rollout, c: Command, index: int, now: float, acts: list[Action]) -> Rollout:
     refusal = check_command(s, c)
     who = f" by {c.by}" if c.by else ""
     if refusal is not None:
@@ -208,9 +206,7 @@ def _apply_command(
 # --------------------------------------------------------------------------- alerts
 
 
-def _apply_alerts(
-    s: Rollout, alerts: tuple[Alert, ...], now: float, acts: list[Action]
-) -> Rollout:
+def _apply_alerts(s: Rollout, alerts: tuple[Alert, ...], now: float, acts: list[Action]) -> Rollout:
     """Apply each alert not applied before, once, in work linear in the number of alerts.
 
     A webhook body can carry tens of thousands of distinct alerts about one target. The keys
@@ -233,10 +229,10 @@ def _apply_alerts(
             skipped.setdefault(": no rule matches", []).append(alert)
             continue
         matched.append(alert.key)
-        if alert.status == "firing" and alert.starts_at < s.started_at - _EPS:
-            if not rule.include_preexisting:
-                skipped.setdefault(" started before the rollout", []).append(alert)
-                continue
+        early = alert.status == "firing" and alert.starts_at < s.started_at - _EPS
+        if early and not rule.include_preexisting:
+            skipped.setdefault(" started before the rollout", []).append(alert)
+            continue
         if alert.status == "firing" and rule.action is AlertAction.ROLLBACK:
             refusal = check_command(s, Command(CommandKind.ROLLBACK))
             if refusal is not None:
@@ -292,8 +288,8 @@ def _alert_evidence(alert: Alert) -> dict[str, object]:
 def _summary(group: list[Alert], why: str, weight: int) -> Action:
     """One "ignore" decision for every alert of this pass skipped for the same reason."""
     if len(group) == 1:
-        evidence = {**_alert_evidence(group[0]), "count": 1}
-        return Action(ActionKind.IGNORE, f"alert {group[0].name}{why}", weight, evidence)
+        alone = {**_alert_evidence(group[0]), "count": 1}
+        return Action(ActionKind.IGNORE, f"alert {group[0].name}{why}", weight, alone)
     named = group[:_NAMED_IN_SUMMARY]
     names = ", ".join(a.name for a in named)
     more = f" and {len(group) - len(named)} more" if len(group) > len(named) else ""
@@ -302,9 +298,7 @@ def _summary(group: list[Alert], why: str, weight: int) -> Action:
         "alerts": [a.name for a in named],
         "fingerprints": [a.fingerprint for a in named],
     }
-    return Action(
-        ActionKind.IGNORE, f"{len(group)} alerts ({names}{more}){why}", weight, evidence
-    )
+    return Action(ActionKind.IGNORE, f"{len(group)} alerts ({names}{more}){why}", weight, evidence)
 
 
 def _apply_rule(
