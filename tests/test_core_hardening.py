@@ -303,3 +303,12 @@ def test_non_finite_request_counts_never_satisfy_min_requests() -> None:
         for requests in (math.nan, math.inf):
             s, _ = stages.decide(s, world(s), good(requests=requests), s.next_eval_at or 0)
     assert s.stage == 0 and s.stage_requests == 0.0
+
+
+def test_more_rollback_alerts_during_a_rollback_add_nothing_to_the_history() -> None:
+    s = started()
+    two = tuple(
+        Alert(fp, "firing", {"alertname": "Down", "severity": "critical"}, 5.0) for fp in "ab"
+    )
+    s, acts = stages.decide(s, world(s), Findings(alerts=two), 5.0)
+    assert kinds(acts) == [ActionKind.ROLLBACK] and len(s.handled_alerts) == 2

@@ -234,8 +234,10 @@ def _apply_alerts(s: Rollout, alerts: tuple[Alert, ...], now: float, acts: list[
             skipped.setdefault(" started before the rollout", []).append(alert)
             continue
         if alert.status == "firing" and rule.action is AlertAction.ROLLBACK:
+            if s.rollback_reason is not None:
+                continue  # what it asks for is under way: nothing to add to the history
             refusal = check_command(s, Command(CommandKind.ROLLBACK))
-            if refusal is not None:
+            if refusal is not None:  # said, so that an alert that rolls nothing back is seen
                 skipped.setdefault(f" firing; no rollback: {refusal}", []).append(alert)
                 continue
         s = _tagged(_apply_rule(s, alert, rule, now, acts), acts)
