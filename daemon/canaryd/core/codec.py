@@ -2,7 +2,9 @@
 
 The record embeds the policy the rollout started with, so a policy file edited mid-rollout
 never changes the plan of a rollout already under way (Argo Rollouts keeps a hash of the plan
-for the same reason). ``SCHEMA`` is bumped whenever the shape changes.
+for the same reason). ``SCHEMA`` is bumped whenever the shape changes incompatibly; a field
+added with a default (``previous_image``) keeps the schema, and a record written before it
+existed loads with the default.
 """
 
 from __future__ import annotations

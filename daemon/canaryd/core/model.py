@@ -186,8 +186,14 @@ class Rollout:
     rolled_back_at: float | None = None
     cleanup_at: float | None = None
     finished_at: float | None = None
-    promote_step: str | None = None  # "update-stable" -> "shift" -> "remove"
-    handled_alerts: frozenset[str] = frozenset()  # de-duplication keys already applied
+    # "update-stable" -> "shift" -> "remove"; "restore-stable" when a rollback interrupts
+    # "update-stable" and the stable must be put back on ``previous_image``
+    promote_step: str | None = None
+    # the stable's image as first observed, before promotion touched it (None: the platform
+    # reports none); what a rollback during the stable update restores
+    previous_image: str | None = None
+    # de-duplication keys of applied alerts that matched a rule (bounded; see stages)
+    handled_alerts: frozenset[str] = frozenset()
     message: str | None = None  # why a Failed rollout is stuck
     successor: str | None = None  # the rollout that superseded this one and took its canary
     cleanup_now: bool = False  # an operator's cleanup: remove the canary without the delay

@@ -16,6 +16,10 @@ Deciding and doing are split in two pure functions:
 Stage timing is credit-based: each passing evaluation credits the time since the previous one
 (at most one interval), so missing data, pauses and downtime hold the stage timer instead of
 letting it run. ``progress_deadline`` bounds how far a stage can be stretched.
+
+The moves between phases (and when a command may make one) are in ``transitions``; alerts are
+applied by ``alerts``. This module composes them into ``decide`` and says what the world must
+look like (``reconcile``).
 """
 
 from __future__ import annotations
@@ -24,11 +28,10 @@ import math
 from dataclasses import replace
 
 from canaryd.core import analysis
+from canaryd.core.alerts import HANDLED_ALERTS_KEPT, apply_alerts
 from canaryd.core.model import (
     Action,
     ActionKind,
-    Alert,
-    AlertAction,
     Command,
     CommandKind,
     Effect,
@@ -43,10 +46,34 @@ from canaryd.core.model import (
     Stage,
     Verdict,
 )
-from canaryd.core.rules import rule_for
+from canaryd.core.transitions import (
+    EPS,
+    RESTORE,
+    check_command,
+    fresh_stage,
+    next_stage,
+    pause,
+    promote,
+    remember_stable,
+    resume,
+    rollback,
+    tagged,
+    unpause,
+)
 
-_EPS = 1e-6
-_ALERT_PAUSE = "alert"
+__all__ = [
+    "HANDLED_ALERTS_KEPT",
+    "check_command",
+    "decide",
+    "evaluation_due",
+    "hand_over",
+    "next_tick",
+    "next_wakeup",
+    "plan_stages",
+    "reconcile",
+    "stage_label",
+    "start",
+]
 
 
 # --------------------------------------------------------------------------- starting
@@ -87,54 +114,25 @@ def start(
 # --------------------------------------------------------------------------- commands
 
 
-def check_command(state: Rollout, command: Command) -> str | None:
-    """Why ``command`` cannot apply to ``state`` (an HTTP 409), or None if it can."""
-    phase, kind = state.phase, command.kind
-    if kind is CommandKind.CLEANUP:
-        if phase is Phase.PROMOTING and state.promote_step != "update-stable":
-            return "promotion is completing; nothing to clean up"
-        if phase.terminal and state.cleanup_at is None:
-            return f"rollout {state.id} already ended ({phase}) and left nothing behind"
-        return None
-    if phase.terminal:
-        return f"rollout {state.id} already ended ({phase})"
-    if kind is CommandKind.ROLLBACK:
-        if phase is Phase.ROLLING_BACK or (phase is Phase.FAILED and state.rollback_reason):
-            return "a rollback is already under way"
-        if phase is Phase.PROMOTING and state.promote_step != "update-stable":
-            return "stable already runs the new image; nothing to roll back to"
-        return None
-    if phase not in (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED):
-        return f"cannot {kind} a rollout that is {phase}"
-    if kind is CommandKind.PAUSE and phase is Phase.PAUSED:
-        return "already paused"
-    if kind is CommandKind.RESUME:
-        if phase is not Phase.PAUSED:
-            return "not paused"
-        if state.stage_passed:
-            return "waiting at a manual gate: use promote"
-    if kind is CommandKind.SET_WEIGHT and (
-        command.weight is None or not 0 <= command.weight <= 100
-    ):
-        return "weight must be within 0..100"
-    return None
-
-
-def _apply_command(s: Rollout, c: Command, now: float, acts: list[Action]) -> Rollout:
+def _apply_command(s: Rollout, c: Command, index: int, now: float, acts: list[Action]) -> Rollout:
     refusal = check_command(s, c)
     who = f" by {c.by}" if c.by else ""
     if refusal is not None:
-        acts.append(Action(ActionKind.IGNORE, f"{c.kind}{who} refused: {refusal}", s.weight))
+        # the runtime answers the command at ``command_index`` 409 with ``refused``
+        evidence = {"command": str(c.kind), "refused": refusal, "command_index": index}
+        acts.append(
+            Action(ActionKind.IGNORE, f"{c.kind}{who} refused: {refusal}", s.weight, evidence)
+        )
         return s
     if c.kind is CommandKind.CLEANUP:
         if s.phase is Phase.ROLLED_BACK:
             acts.append(Action(ActionKind.REMOVE_CANARY, f"cleanup{who}: canary removed now", 0))
             return replace(s, cleanup_at=None, cleanup_now=True)
         if s.rollback_reason is None:
-            s = _rollback(s, f"cleanup{who}", now, acts, {"by": c.by})
+            s = rollback(s, f"cleanup{who}", now, acts, {"by": c.by})
         return replace(s, cleanup_now=True)
     if c.kind is CommandKind.ROLLBACK:
-        return _rollback(
+        return rollback(
             s,
             f"manual rollback{who}" + (f": {c.reason}" if c.reason else ""),
             now,
@@ -142,98 +140,19 @@ def _apply_command(s: Rollout, c: Command, now: float, acts: list[Action]) -> Ro
             {"by": c.by},
         )
     if c.kind is CommandKind.PAUSE:
-        return _pause(s, f"paused{who}", now, acts)
+        return pause(s, f"paused{who}", now, acts)
     if c.kind is CommandKind.RESUME:
-        return _resume(s, f"resumed{who}", now, acts)
+        return resume(s, f"resumed{who}", now, acts)
     if c.kind is CommandKind.PROMOTE:
-        return _next_stage(s, f"promoted{who}: stage {s.stage + 1} wait skipped", now, acts)
+        return next_stage(s, f"promoted{who}: stage {s.stage + 1} wait skipped", now, acts)
     if c.kind is CommandKind.PROMOTE_FULL:
-        s = _unpause(s, now)
-        return _promote(replace(s, weight=100), f"promoted to 100%{who}", now, acts)
+        s = unpause(s, now)
+        return promote(replace(s, weight=100), f"promoted to 100%{who}", now, acts)
     weight = c.weight if c.weight is not None else s.weight
-    s = _pause(s, f"weight set to {weight}%{who}; resume returns to stage {s.stage + 1}", now, acts)
+    s = pause(s, f"weight set to {weight}%{who}; resume returns to stage {s.stage + 1}", now, acts)
     s = replace(s, weight=weight, weight_set_at=now, stage_started_at=None, credited=0.0)
     acts.append(Action(ActionKind.SET_WEIGHT, f"canary weight set to {weight}%{who}", weight))
     return s
-
-
-# --------------------------------------------------------------------------- alerts
-
-
-def _apply_alert(s: Rollout, alert: Alert, now: float, acts: list[Action]) -> Rollout:
-    if alert.key in s.handled_alerts:
-        return s
-    s = replace(s, handled_alerts=s.handled_alerts | {alert.key})
-    rule = rule_for(s.policy.alert_rules, alert.labels)
-    evidence: dict[str, object] = {
-        "alert": alert.name,
-        "labels": dict(alert.labels),
-        "status": alert.status,
-        "fingerprint": alert.fingerprint,
-    }
-    if rule is None:
-        acts.append(
-            Action(ActionKind.IGNORE, f"alert {alert.name}: no rule matches", s.weight, evidence)
-        )
-        return s
-    if alert.status == "firing":
-        if alert.starts_at < s.started_at - _EPS and not rule.include_preexisting:
-            acts.append(
-                Action(
-                    ActionKind.IGNORE,
-                    f"alert {alert.name} started before the rollout",
-                    s.weight,
-                    evidence,
-                )
-            )
-            return s
-        if rule.action is AlertAction.ROLLBACK:
-            if check_command(s, Command(CommandKind.ROLLBACK)) is None:
-                return _rollback(s, f"alert {alert.name} firing", now, acts, evidence)
-            return s
-        if rule.action is AlertAction.PAUSE and s.phase in (
-            Phase.PENDING,
-            Phase.PROGRESSING,
-            Phase.PAUSED,
-        ):
-            s = replace(s, alert_pauses=s.alert_pauses | {alert.fingerprint}, resume_at=None)
-            if s.phase is Phase.PAUSED:
-                acts.append(
-                    Action(
-                        ActionKind.OBSERVE,
-                        f"alert {alert.name} firing; stays paused",
-                        s.weight,
-                        evidence,
-                    )
-                )
-                return s
-            return _pause(s, f"{_ALERT_PAUSE} {alert.name} firing", now, acts, evidence)
-        what = "freeze: new rollouts refused" if rule.action is AlertAction.FREEZE else "recorded"
-        acts.append(
-            Action(ActionKind.OBSERVE, f"alert {alert.name} firing ({what})", s.weight, evidence)
-        )
-        return s
-    # resolved
-    if rule.action is AlertAction.PAUSE and alert.fingerprint in s.alert_pauses:
-        remaining = s.alert_pauses - {alert.fingerprint}
-        s = replace(s, alert_pauses=remaining)
-        if not remaining and s.phase is Phase.PAUSED and _alert_paused(s):
-            s = replace(s, resume_at=now + rule.cooldown)
-            acts.append(
-                Action(
-                    ActionKind.OBSERVE,
-                    f"alert {alert.name} resolved; resuming after {rule.cooldown:g}s cooldown",
-                    s.weight,
-                    evidence,
-                )
-            )
-            return s
-    acts.append(Action(ActionKind.OBSERVE, f"alert {alert.name} resolved", s.weight, evidence))
-    return s
-
-
-def _alert_paused(s: Rollout) -> bool:
-    return (s.pause_reason or "").startswith(_ALERT_PAUSE)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -257,7 +176,7 @@ def evaluation_due(s: Rollout, now: float) -> bool:
         s.phase in (Phase.PROGRESSING, Phase.PAUSED)
         and s.stage_started_at is not None
         and s.next_eval_at is not None
-        and now + _EPS >= s.next_eval_at
+        and now + EPS >= s.next_eval_at
     )
 
 
@@ -274,7 +193,7 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         s,
         last_eval_at=now,
         next_eval_at=next_tick(now, policy.interval),
-        stage_requests=s.stage_requests + (f.requests or 0.0),
+        stage_requests=s.stage_requests + _usable_requests(f.requests),
     )
 
     if overall is Verdict.FAILED:
@@ -287,7 +206,7 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
             (a for a in results if a.verdict is Verdict.FAILED), key=lambda a: failures[a.check]
         )
         if failures[worst.check] > limits.failure_limit:
-            return _rollback(s, f"check {worst.check} failed: {worst.detail}", now, acts, evidence)
+            return rollback(s, f"check {worst.check} failed: {worst.detail}", now, acts, evidence)
         acts.append(
             Action(
                 ActionKind.HOLD,
@@ -305,7 +224,7 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         if errors >= limits.consecutive_error_limit:
             detail = next(a.detail for a in results if a.verdict is Verdict.ERROR)
             cause = detail.removeprefix("source error: ")
-            return _rollback(
+            return rollback(
                 s, f"{errors} consecutive source errors (last: {cause})", now, acts, evidence
             )
         acts.append(
@@ -327,8 +246,8 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         if count >= limits.inconclusive_limit and s.phase is Phase.PROGRESSING:
             reason = f"{count} inconclusive evaluations in a row (no data: {missing})"
             if limits.on_inconclusive is OnInconclusive.ROLLBACK:
-                return _rollback(s, reason, now, acts, evidence)
-            return _pause(s, reason, now, acts, evidence)
+                return rollback(s, reason, now, acts, evidence)
+            return pause(s, reason, now, acts, evidence)
         if s.phase is Phase.PROGRESSING:
             acts.append(
                 Action(
@@ -342,7 +261,7 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
         return s
     credited = s.credited + max(0.0, min(now - last, policy.interval))
     s = replace(s, credited=credited)
-    if credited + _EPS < stage.duration:
+    if credited + EPS < stage.duration:
         return s
     seen = s.stage_requests
     if stage.min_requests and seen < stage.min_requests:
@@ -359,151 +278,22 @@ def _evaluate(s: Rollout, f: Findings, now: float, acts: list[Action]) -> Rollou
     return _stage_passed(s, now, acts, evidence)
 
 
+def _usable_requests(requests: float | None) -> float:
+    """Canary requests an evaluation may credit: unknown, negative or non-finite counts add
+    nothing (NaN or +Inf would otherwise satisfy ``min_requests`` on their own)."""
+    if requests is None or not math.isfinite(requests) or requests < 0:
+        return 0.0
+    return requests
+
+
 def _stage_passed(
     s: Rollout, now: float, acts: list[Action], evidence: dict[str, object]
 ) -> Rollout:
     number = s.stage + 1
     if s.current_stage.gate is Gate.MANUAL:
         s = replace(s, stage_passed=True)
-        return _pause(
-            s, f"stage {number} passed; waiting for a manual promote", now, acts, evidence
-        )
-    return _next_stage(s, f"stage {number} passed", now, acts, evidence)
-
-
-# --------------------------------------------------------------------------- transitions
-
-
-def _fresh_stage(s: Rollout, index: int, weight: int, now: float) -> Rollout:
-    return replace(
-        s,
-        stage=index,
-        weight=weight,
-        weight_set_at=now,
-        stage_started_at=None,
-        credited=0.0,
-        paused_total=0.0,
-        last_eval_at=None,
-        next_eval_at=None,
-        failures={},
-        stage_requests=0.0,
-        consecutive_inconclusive=0,
-        consecutive_errors=0,
-        stage_passed=False,
-    )
-
-
-def _next_stage(
-    s: Rollout,
-    reason: str,
-    now: float,
-    acts: list[Action],
-    evidence: dict[str, object] | None = None,
-) -> Rollout:
-    s = _unpause(s, now)
-    stages = s.policy.stages
-    if s.stage + 1 >= len(stages):
-        return _promote(s, f"{reason}; all stages passed", now, acts, evidence)
-    index = s.stage + 1
-    s = _fresh_stage(replace(s, phase=Phase.PROGRESSING), index, stages[index].weight, now)
-    acts.append(
-        Action(
-            ActionKind.SET_WEIGHT,
-            f"{reason}; stage {index + 1} of {len(stages)}: canary {s.weight}%",
-            s.weight,
-            evidence or {},
-        )
-    )
-    return s
-
-
-def _promote(
-    s: Rollout,
-    reason: str,
-    now: float,
-    acts: list[Action],
-    evidence: dict[str, object] | None = None,
-) -> Rollout:
-    s = replace(
-        s,
-        phase=Phase.PROMOTING,
-        promote_step="update-stable",
-        weight_set_at=now,
-        stage_passed=False,
-    )
-    acts.append(
-        Action(
-            ActionKind.PROMOTE, f"{reason}; updating stable to {s.image}", s.weight, evidence or {}
-        )
-    )
-    return s
-
-
-def _rollback(
-    s: Rollout,
-    reason: str,
-    now: float,
-    acts: list[Action],
-    evidence: dict[str, object] | None = None,
-) -> Rollout:
-    s = replace(
-        s,
-        phase=Phase.ROLLING_BACK,
-        weight=0,
-        rollback_reason=reason,
-        rollback_at=now,
-        paused_at=None,
-        resume_at=None,
-        alert_pauses=frozenset(),
-        stage_passed=False,
-    )
-    acts.append(Action(ActionKind.ROLLBACK, reason, 0, evidence or {}))
-    return s
-
-
-def _pause(
-    s: Rollout,
-    reason: str,
-    now: float,
-    acts: list[Action],
-    evidence: dict[str, object] | None = None,
-) -> Rollout:
-    s = replace(s, phase=Phase.PAUSED, paused_at=now, pause_reason=reason, resume_at=None)
-    acts.append(Action(ActionKind.PAUSE, reason, s.weight, evidence or {}))
-    return s
-
-
-def _unpause(s: Rollout, now: float) -> Rollout:
-    if s.phase is not Phase.PAUSED:
-        return s
-    paused = now - s.paused_at if s.paused_at is not None else 0.0
-    return replace(
-        s,
-        phase=Phase.PROGRESSING,
-        paused_at=None,
-        pause_reason=None,
-        resume_at=None,
-        alert_pauses=frozenset(),
-        paused_total=s.paused_total + paused,
-        consecutive_inconclusive=0,
-    )
-
-
-def _resume(s: Rollout, reason: str, now: float, acts: list[Action]) -> Rollout:
-    stage_weight = s.current_stage.weight
-    s = _unpause(s, now)
-    if s.weight != stage_weight:  # returning from a manual set-weight: the stage starts over
-        s = _fresh_stage(s, s.stage, stage_weight, now)
-        acts.append(
-            Action(
-                ActionKind.SET_WEIGHT,
-                f"{reason}; stage {s.stage + 1} restarts at canary {stage_weight}%",
-                stage_weight,
-            )
-        )
-        return s
-    acts.append(Action(ActionKind.RESUME, reason, s.weight))
-    return s
+        return pause(s, f"stage {number} passed; waiting for a manual promote", now, acts, evidence)
+    return next_stage(s, f"stage {number} passed", now, acts, evidence)
 
 
 # --------------------------------------------------------------------------- progress
@@ -527,7 +317,7 @@ def _progress(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Roll
     if s.phase is Phase.PENDING:
         if obs.canary_ready:
             stages = s.policy.stages
-            s = _fresh_stage(replace(s, phase=Phase.PROGRESSING), 0, stages[0].weight, now)
+            s = fresh_stage(replace(s, phase=Phase.PROGRESSING), 0, stages[0].weight, now)
             acts.append(
                 Action(
                     ActionKind.SET_WEIGHT,
@@ -535,8 +325,8 @@ def _progress(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Roll
                     s.weight,
                 )
             )
-        elif deadline is not None and now + _EPS >= deadline:
-            return _rollback(s, f"canary not ready within {limit:g}s", now, acts)
+        elif deadline is not None and now + EPS >= deadline:
+            return rollback(s, f"canary not ready within {limit:g}s", now, acts)
         return s
 
     if s.phase is Phase.PROGRESSING:
@@ -557,16 +347,16 @@ def _progress(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Roll
                     )
                 )
                 return s
-            if deadline is not None and now + _EPS >= deadline:
+            if deadline is not None and now + EPS >= deadline:
                 why = (
                     "canary not ready"
                     if obs.weight == s.weight
                     else (f"router did not apply canary {s.weight}% (reports {obs.weight})")
                 )
-                return _rollback(s, f"{why} within {limit:g}s", now, acts)
+                return rollback(s, f"{why} within {limit:g}s", now, acts)
             return s
-        if deadline is not None and now + _EPS >= deadline:
-            return _rollback(
+        if deadline is not None and now + EPS >= deadline:
+            return rollback(
                 s,
                 f"progress deadline: stage {s.stage + 1} not passed within "
                 f"{s.current_stage.duration + limit:g}s",
@@ -576,39 +366,55 @@ def _progress(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Roll
         return s
 
     if s.phase is Phase.PAUSED:
-        if s.resume_at is not None and now + _EPS >= s.resume_at and not s.alert_pauses:
-            return _resume(s, "alert cooldown over", now, acts)
+        if s.resume_at is not None and now + EPS >= s.resume_at and not s.alert_pauses:
+            return resume(s, "alert cooldown over", now, acts)
         return s
 
     if s.phase is Phase.PROMOTING or (s.phase is Phase.FAILED and s.rollback_reason is None):
         return _promotion(s, obs, now, acts)
 
     if s.phase is Phase.ROLLING_BACK or (s.phase is Phase.FAILED and s.rollback_reason):
-        if obs.weight == 0:
-            took = now - (s.rollback_at or now)
-            s = replace(
-                s,
-                phase=Phase.ROLLED_BACK,
-                rolled_back_at=now,
-                finished_at=now,
-                cleanup_at=now + (0.0 if s.cleanup_now else s.policy.scale_down_delay),
-                message=None,
+        return _rolling_back(s, obs, now, acts)
+    return s
+
+
+def _rolling_back(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Rollout:
+    """A rollback is done once the router reports canary 0% and, if it interrupted the
+    stable update, the stable runs ``previous_image`` again. Past ``progress_deadline`` it is
+    Failed and keeps retrying, as a promotion that cannot update the stable does."""
+    limit = s.policy.limits.progress_deadline
+    restoring = s.promote_step == RESTORE
+    restored = not restoring or obs.stable_image == s.previous_image
+    if obs.weight == 0 and restored:
+        took = now - (s.rollback_at or now)
+        s = replace(
+            s,
+            phase=Phase.ROLLED_BACK,
+            rolled_back_at=now,
+            finished_at=now,
+            cleanup_at=now + (0.0 if s.cleanup_now else s.policy.scale_down_delay),
+            message=None,
+        )
+        also = f" and stable runs {s.previous_image} again" if restoring else ""
+        acts.append(
+            Action(
+                ActionKind.ROLLED_BACK,
+                f"router applied canary 0%{also} {took:.3f}s after the trigger",
+                0,
+                {"time_to_rollback": took, "reason": s.rollback_reason},
             )
-            acts.append(
-                Action(
-                    ActionKind.ROLLED_BACK,
-                    f"router applied canary 0% {took:.3f}s after the trigger",
-                    0,
-                    {"time_to_rollback": took, "reason": s.rollback_reason},
-                )
-            )
-        elif s.phase is Phase.ROLLING_BACK and now + _EPS >= (s.rollback_at or now) + limit:
-            s = replace(
-                s,
-                phase=Phase.FAILED,
-                message=f"router has not applied canary 0% after {limit:g}s; retrying",
-            )
-            acts.append(Action(ActionKind.FAILED, s.message or "", 0))
+        )
+        return s
+    why = (
+        f"router has not applied canary 0% after {limit:g}s; retrying"
+        if obs.weight != 0
+        else f"stable not restored to {s.previous_image} after {limit:g}s; retrying"
+    )
+    if s.phase is Phase.ROLLING_BACK and now + EPS >= (s.rollback_at or now) + limit:
+        s = replace(s, phase=Phase.FAILED, message=why)
+        acts.append(Action(ActionKind.FAILED, why, 0))
+    elif s.phase is Phase.FAILED and s.message != why:
+        s = replace(s, message=why)  # what it still waits for changed: say so, no new decision
     return s
 
 
@@ -629,7 +435,7 @@ def _promotion(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Rol
                     ActionKind.SET_WEIGHT, f"stable runs {s.image}; all traffic back to stable", 0
                 )
             )
-        elif s.phase is Phase.PROMOTING and now + _EPS >= (s.weight_set_at or now) + limit:
+        elif s.phase is Phase.PROMOTING and now + EPS >= (s.weight_set_at or now) + limit:
             s = replace(
                 s,
                 phase=Phase.FAILED,
@@ -648,7 +454,7 @@ def _promotion(s: Rollout, obs: Observed, now: float, acts: list[Action]) -> Rol
 
 
 def _cleanup(s: Rollout, now: float, acts: list[Action]) -> Rollout:
-    if s.phase is Phase.ROLLED_BACK and s.cleanup_at is not None and now + _EPS >= s.cleanup_at:
+    if s.phase is Phase.ROLLED_BACK and s.cleanup_at is not None and now + EPS >= s.cleanup_at:
         s = replace(s, cleanup_at=None)
         acts.append(
             Action(
@@ -670,28 +476,18 @@ def decide(
     acts: list[Action] = []
     s = state
     if s.phase.terminal:
-        for command in findings.commands:
-            s = _tagged(_apply_command(s, command, now, acts), acts)
-        return _tagged(_cleanup(s, now, acts), acts), tuple(acts)
-    for command in findings.commands:
-        s = _tagged(_apply_command(s, command, now, acts), acts)
-    for alert in findings.alerts:
-        s = _tagged(_apply_alert(s, alert, now, acts), acts)
+        for index, command in enumerate(findings.commands):
+            s = tagged(_apply_command(s, command, index, now, acts), acts)
+        return tagged(_cleanup(s, now, acts), acts), tuple(acts)
+    s = remember_stable(s, observed)
+    for index, command in enumerate(findings.commands):
+        s = tagged(_apply_command(s, command, index, now, acts), acts)
+    s = apply_alerts(s, findings.alerts, now, acts)
     if evaluation_due(s, now):
-        s = _tagged(_evaluate(s, findings, now, acts), acts)
+        s = tagged(_evaluate(s, findings, now, acts), acts)
     if s.phase.active:
-        s = _tagged(_progress(s, observed, now, acts), acts)
+        s = tagged(_progress(s, observed, now, acts), acts)
     return s, tuple(acts)
-
-
-def _tagged(s: Rollout, acts: list[Action]) -> Rollout:
-    """Stamp the actions of the step just taken with the phase that step left (a ``hold``
-    decided before a rollback in the same call is recorded as Progressing, not RollingBack)."""
-    for i in range(len(acts) - 1, -1, -1):
-        if acts[i].phase is not None:
-            break
-        acts[i] = replace(acts[i], phase=s.phase)
-    return s
 
 
 def hand_over(state: Rollout, successor: str) -> tuple[Rollout, tuple[Action, ...]]:
@@ -724,6 +520,9 @@ def reconcile(state: Rollout, observed: Observed) -> tuple[Effect, ...]:
         effects.append(Effect(EffectKind.SET_WEIGHT, weight=s.weight))
     if promoting and s.promote_step == "update-stable" and observed.stable_image != s.image:
         effects.append(Effect(EffectKind.UPDATE_STABLE, image=s.image))
+    restoring = s.promote_step == RESTORE and s.phase in (Phase.ROLLING_BACK, Phase.FAILED)
+    if restoring and s.previous_image is not None and observed.stable_image != s.previous_image:
+        effects.append(Effect(EffectKind.UPDATE_STABLE, image=s.previous_image))
     if not (serving or draining) and observed.canary_present:
         effects.append(Effect(EffectKind.REMOVE_CANARY, image=s.image))
     return tuple(effects)
