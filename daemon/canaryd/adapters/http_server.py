@@ -63,7 +63,6 @@ from canaryd.adapters import openapi
 from canaryd.adapters.alertmanager import (
     PayloadError,
     WebhookCredential,
-    make_safe,
     parse_notification,
 )
 from canaryd.adapters.api_auth import (
@@ -75,6 +74,7 @@ from canaryd.adapters.api_auth import (
     Unauthenticated,
 )
 from canaryd.adapters.api_views import TargetInfo, alert_view, rollout_view, target_summary
+from canaryd.adapters.http_audit import Auditor, write_problem
 from canaryd.adapters.http_edge import (
     BODY_TIMEOUT,
     CODES,
@@ -94,7 +94,6 @@ from canaryd.adapters.refusals import RefusalFolder
 from canaryd.adapters.status_page import render_status_page
 from canaryd.adapters.telemetry import Telemetry
 from canaryd.core.errors import (
-    CanarydError,
     CommandRejected,
     ConfigError,
     PermanentError,
@@ -194,7 +193,7 @@ class Api:
     clock: Clock
     max_body: int
     body_timeout: float
-    refusals: RefusalFolder
+    auditor: Auditor
 
 
 API = web.AppKey("canaryd_api", Api)
@@ -228,7 +227,7 @@ def build_app(
         clock,
         max_body,
         body_timeout,
-        refusals or RefusalFolder(),
+        Auditor(store, clock, controller.targets, refusals),
     )
     app.cleanup_ctx.append(_flush_refusals)
     if webhook is None:
@@ -334,13 +333,6 @@ def writes(what: str, role: str) -> Callable[[AuthedHandler], Handler]:
     return wrap
 
 
-def write_problem(store: StateStore) -> str | None:
-    """``store.write_problem()``, called in a thread. The store's implementation lands beside
-    this (branch h-store); a store without one yet is taken as writable."""
-    probe: Callable[[], str | None] | None = getattr(store, "write_problem", None)
-    return None if probe is None else probe()
-
-
 async def _check_writable(api: Api) -> None:
     """503 at once when the store cannot write: a command must not wait on, or be applied
     after, a write that is failing (disk full, the file gone, the lock lost)."""
@@ -358,65 +350,22 @@ async def audit(
     request: web.Request,
     message: str | None = None,
 ) -> None:
-    """Write the audit row of a request; refusals (401, 403) are folded (``refusals``)."""
+    """Write the audit row of a request (``http_audit``; refusals are folded)."""
     outcome = OUTCOMES.get(status, "error" if status >= 500 else "ok")
-    remote = request.remote or ""
-    detail: dict[str, object] = {"status": status, "remote": remote}
+    detail: dict[str, object] = {"status": status, "remote": request.remote or ""}
     detail.update(request.get(_DETAIL) or {})
     if message is not None:
         detail["message"] = message
-    if target is not None and target not in api.controller.targets:
-        detail["target"] = make_safe(target[:200])  # from the URL: kept made safe, not as is
-        target = None
-    now = api.clock.time()
-    if status in (401, 403):
-        admitted = api.refusals.admit((remote, who, what, outcome), now)
-        if admitted is None:
-            return  # folded: counted, and written with the group's next row
-        detail["remote"], detail["count"] = admitted[0][0], admitted[1]
-        log.info("api_refusal_audited", who=who, what=what, status=status, count=admitted[1])
-    await _write_audit(api, now, who, what, target, outcome, detail)
-
-
-async def _write_audit(
-    api: Api,
-    now: float,
-    who: str,
-    what: str,
-    target: str | None,
-    outcome: str,
-    detail: dict[str, object],
-) -> None:
-    try:
-        await asyncio.to_thread(api.store.audit, now, who, what, target, outcome, detail)
-    except CanarydError as exc:  # the request's answer stands; the failure is logged loudly
-        log.error("audit_failed", who=who, what=what, target=target, error=str(exc))
-
-
-async def flush_refusals(api: Api, *, everything: bool = False) -> None:
-    """Write a row for each group of refusals still folded in memory."""
-    now = api.clock.time()
-    for (remote, who, what, outcome), count in api.refusals.flush(now, everything=everything):
-        detail: dict[str, object] = {"remote": remote, "count": count, "folded": True}
-        detail["message"] = f"{count} refused requests folded into this row"
-        await _write_audit(api, now, who, what, None, outcome, detail)
+    await api.auditor.request(who, what, target, outcome, status, detail)
 
 
 async def _flush_refusals(app: web.Application) -> AsyncIterator[None]:
     """The app's background flush of folded refusals, and a last one when it stops."""
-    api = app[API]
-
-    async def every_period() -> None:
-        while True:
-            await asyncio.sleep(api.refusals.every)
-            await flush_refusals(api)
-
-    task = asyncio.get_running_loop().create_task(every_period())
+    task = asyncio.get_running_loop().create_task(app[API].auditor.run_flushes())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await flush_refusals(api, everything=True)
 
 
 # --------------------------------------------------------------------------- bodies
