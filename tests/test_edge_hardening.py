@@ -19,11 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from apikit import NAMES, TARGET, Stack, auth, rfc3339, running_stack, wait_for, webhook_auth
+from canaryd.adapters import openapi
 from canaryd.adapters.alertmanager import MAX_LABELS, make_safe, parse_webhook
 from canaryd.adapters.http_server import KEEPALIVE_TIMEOUT, make_runner
 from canaryd.adapters.refusals import OVERFLOW, RefusalFolder
@@ -305,6 +307,8 @@ async def test_a_request_still_running_after_its_bounded_wait_is_202_with_a_loca
     assert response.headers["Location"] == f"/api/v1/targets/{TARGET}"
     doc = await response.json()
     assert doc["status"] == "running" and "still cleaning up" in doc["message"]
+    schema = openapi.document("test")["components"]["schemas"]["Running"]
+    jsonschema.validate(doc, schema)
     assert [(e["who"], e["outcome"]) for e in audit_rows(stack, "cleanup")] == [
         (NAMES["admin"], "accepted")
     ]
