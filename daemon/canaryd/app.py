@@ -204,7 +204,9 @@ class Daemon:
         self.supervisor.keep("evaluator", self.evaluator.run)
         # Listen first: /healthz answers while the state loads and /readyz says 503 until
         # every stored rollout had its reconcile pass (the API answers 503 meanwhile).
-        self.runner = web.AppRunner(self._http_app(), access_log=None)
+        from canaryd.adapters.http_server import make_runner
+
+        self.runner = make_runner(self._http_app())
         await self.runner.setup()
         site = web.TCPSite(self.runner, settings.listen.host, settings.listen.port)
         await site.start()

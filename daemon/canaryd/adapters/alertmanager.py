@@ -20,6 +20,16 @@ module relies on, and why it is shaped the way it is:
 * Every problem raises ``PayloadError`` (a ``ValueError``) naming the field, e.g.
   ``alerts[2].startsAt: not an RFC 3339 time``. The HTTP layer answers 400 for it: Alertmanager
   drops a 4xx message instead of retrying it, which is right for a body that will never parse.
+* **Hostile text is made safe, not refused.** JSON can carry a lone UTF-16 surrogate
+  (``"\udc80"``) that no UTF-8 encoder accepts, and control characters (NUL, ESC, newlines)
+  that would forge log lines or drive a terminal showing ``canaryctl status``. A 4xx makes
+  Alertmanager drop the *whole group*, possibly a critical alert beside the bad one, so every
+  label name and value, the fingerprint and the logged fields have each such character
+  replaced by U+FFFD (``make_safe``) instead: the alert still matches rules on its other
+  labels and can still roll a rollout back. Only absurd sizes are refused (400): more than
+  ``MAX_LABELS`` labels, a name over ``MAX_LABEL_NAME`` or a value over ``MAX_LABEL_VALUE``
+  characters. No real alert comes near them, and keeping such text would let one sender fill
+  the store and the inbox; refusing is the one answer that keeps the bound.
 
 The webhook's credential is what Alertmanager's ``http_config`` sends: ``authorization``
 (``Authorization: Bearer <credentials>``) or ``basic_auth``. It is compared in constant time
@@ -57,6 +67,20 @@ GO_ZERO_TEXT = "0001-01-01T00:00:00Z"  # how Go writes its zero time; a firing a
 _FNV_OFFSET = 14695981039346656037
 _FNV_PRIME = 1099511628211
 _SEPARATOR = 0xFF  # prometheus/common model.SeparatorByte
+
+
+MAX_LABELS = 256  # labels of one alert; real ones have a dozen or two
+MAX_LABEL_NAME = 1024  # characters
+MAX_LABEL_VALUE = 16384  # characters: room for a URL or a short message, not for a document
+
+# A lone UTF-16 surrogate (json.loads keeps them; pairs become one code point), a C0 or C1
+# control character, or DEL: text canaryd will not keep as it came.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def make_safe(text: str) -> str:
+    """``text`` with every lone surrogate and control character replaced by U+FFFD."""
+    return UNSAFE.sub("\ufffd", text) if UNSAFE.search(text) else text
 
 
 class PayloadError(ValueError):
@@ -172,9 +196,7 @@ def _alert(raw: object, index: int) -> Alert:
         raise PayloadError(
             f"alerts[{index}].status: expected 'firing' or 'resolved', got {_show(status)}"
         )
-    labels = raw.get("labels")
-    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-        labels = _labels(labels, f"alerts[{index}].labels")  # raises, naming the bad label
+    labels = _labels(raw.get("labels"), index)
     if "startsAt" not in raw:
         raise PayloadError(f"alerts[{index}].startsAt: is missing")
     try:
@@ -191,27 +213,57 @@ def _alert(raw: object, index: int) -> Alert:
     elif not isinstance(given, str) or not given or len(given) > 64:
         raise PayloadError(f"alerts[{index}].fingerprint: expected a non-empty string")
     return Alert(
-        fingerprint=given,
+        fingerprint=make_safe(given),
         status=str(status),
-        labels=labels,  # freshly decoded and checked above: ours to keep, no copy
+        labels=labels,  # freshly decoded (or made safe) above: ours to keep, no copy
         starts_at=starts_at,
         ends_at=ends_at,
     )
 
 
-def _labels(raw: object, where: str) -> dict[str, str]:
+def _labels(raw: object, index: int) -> dict[str, str]:
+    """An alert's labels, checked and made safe. The common case (a few short, clean strings)
+    is one pass and no copy: this runs for every label of every alert of every delivery."""
+    if isinstance(raw, dict) and len(raw) <= MAX_LABELS:
+        clean = True
+        for name, value in raw.items():
+            if (
+                not isinstance(value, str)
+                or len(name) > MAX_LABEL_NAME
+                or len(value) > MAX_LABEL_VALUE
+            ):
+                return _bad_labels(raw, f"alerts[{index}].labels")
+            if clean and (UNSAFE.search(name) or UNSAFE.search(value)):
+                clean = False
+        if clean:
+            return raw
+        return {make_safe(name): make_safe(value) for name, value in raw.items()}
+    return _bad_labels(raw, f"alerts[{index}].labels")
+
+
+def _bad_labels(raw: object, where: str) -> dict[str, str]:
+    """Raise ``PayloadError`` naming what is wrong with ``raw``, an alert's labels."""
     if not isinstance(raw, dict):
         problem = "is missing" if raw is None else f"expected an object, got {_kind(raw)}"
         raise PayloadError(f"{where}: {problem}")
+    if len(raw) > MAX_LABELS:
+        raise PayloadError(f"{where}: {len(raw)} labels, at most {MAX_LABELS} are taken")
     for name, value in raw.items():
+        label = f"{where}.{_show(name)}"
         if not isinstance(value, str):
-            raise PayloadError(f"{where}.{_show(name)}: expected a string, got {_kind(value)}")
-    return dict(raw)
+            raise PayloadError(f"{label}: expected a string, got {_kind(value)}")
+        if len(name) > MAX_LABEL_NAME:
+            raise PayloadError(f"{label}: a label name of at most {MAX_LABEL_NAME} characters")
+        if len(value) > MAX_LABEL_VALUE:
+            raise PayloadError(f"{label}: a value of at most {MAX_LABEL_VALUE} characters")
+    raise AssertionError("unreachable: _labels found a problem")  # pragma: no cover
 
 
 def _optional_str(doc: Mapping[str, Any], key: str, default: str) -> str:
     value = doc.get(key, default)
-    return value if isinstance(value, str) else default  # only logged, never acted on
+    if not isinstance(value, str):
+        return default
+    return make_safe(value[:1024])  # only logged, never acted on: bounded and made safe
 
 
 def _kind(value: object) -> str:

@@ -18,27 +18,39 @@ How it behaves, and why:
   ``writes(what, role)``). Who the caller is comes from ``api_auth``: no or an unknown token is
   a 401 with ``WWW-Authenticate: Bearer``; a role too low for the request is a 403.
 * **Audit**: every state-changing request is written with ``store.audit`` whatever its outcome
-  (201/200 and also 401, 403, 404, 409, 413, 422, 503), ``who`` being the token's name or
-  ``anonymous``. The webhook's refused deliveries (401) are audited too; accepted deliveries
+  (201/200 and also 401, 403, 404, 408, 409, 413, 422, 503), ``who`` being the token's name or
+  ``anonymous``; a request the engine refused is a 409 whose row says ``rejected`` with the
+  engine's reason. The webhook's refused deliveries (401) are audited too; accepted deliveries
   are not (Alertmanager repeats them every group interval) — their effect is in the history.
+  Refusals (401, 403) are folded by ``refusals.RefusalFolder`` so that a flood of them writes
+  a bounded number of rows that still count every request (``detail.count``).
+* **A store that cannot write** (``store.write_problem()``, asked off the loop) makes
+  ``/readyz`` answer 503 with the reason, and every state-changing request a 503 at once,
+  before the controller is asked, so nothing is queued to be applied later.
+* **Bounded waits**: a body must arrive within ``body_timeout`` (408); ``make_runner`` closes
+  idle keep-alive connections and connections whose headers never complete after
+  ``KEEPALIVE_TIMEOUT`` (aiohttp has no separate header timeout: its keep-alive timer runs
+  from the connection's start and while it waits for the next request's headers), and
+  cancels a handler whose client went away (audited as ``abandoned``). A request the
+  controller accepted but could not finish within its bounded wait (``StillRunning``) is a
+  202 with ``Location`` to poll. Every 503 carries ``Retry-After``.
 * **Open endpoints**: ``/healthz``, ``/readyz``, ``/metrics`` and the status page ``/``
   (rendered by ``status_page``; it shows no token, credential or alert labels).
 * **Body size**: checked against ``Content-Length`` first, then enforced while reading (a
   chunked body has none); ``client_max_size`` is set to the same limit as a second guard.
 
-What is here: the routes, their handlers, the role and audit wrappers, request-body
-validation and the mapping of errors to answers. Around it: ``api_auth`` (tokens to identities,
-the role order), ``api_views`` (the JSON shapes) and ``status_page`` (the HTML). The module is
-still a little over our usual size because every handler reads best beside the wrappers and the
-error mapping it relies on; request-body validation is the next part to split off if it grows.
+What is here: the routes, their handlers, the role and audit wrappers and the mapping of
+controller errors to answers. Around it: ``http_edge`` (error answers, bodies and fields),
+``refusals`` (folding refused requests' audit rows), ``api_auth`` (tokens to identities, the
+role order), ``api_views`` (the JSON shapes) and ``status_page`` (the HTML).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -48,7 +60,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from canaryd import __version__
 from canaryd.adapters import openapi
-from canaryd.adapters.alertmanager import PayloadError, WebhookCredential, parse_notification
+from canaryd.adapters.alertmanager import (
+    PayloadError,
+    WebhookCredential,
+    parse_notification,
+)
 from canaryd.adapters.api_auth import (
     ANONYMOUS,
     CHALLENGE,
@@ -58,19 +74,37 @@ from canaryd.adapters.api_auth import (
     Unauthenticated,
 )
 from canaryd.adapters.api_views import TargetInfo, alert_view, rollout_view, target_summary
+from canaryd.adapters.http_audit import Auditor, write_problem
+from canaryd.adapters.http_edge import (
+    BODY_TIMEOUT,
+    CODES,
+    OUTCOMES,
+    ApiError,
+    check_fields,
+    decode_json,
+    error_response,
+    int_field,
+    invalid,
+    policy_field,
+    read_body,
+    text_field,
+    unavailable,
+)
+from canaryd.adapters.refusals import RefusalFolder
 from canaryd.adapters.status_page import render_status_page
 from canaryd.adapters.telemetry import Telemetry
 from canaryd.core.errors import (
-    CanarydError,
     CommandRejected,
     ConfigError,
     PermanentError,
+    StillRunning,
     TemporaryError,
 )
 from canaryd.core.model import Alert, Command, CommandKind, Rollout
 from canaryd.ports import Clock, CorruptState, DecisionRecord, RolloutConflict, StateStore
 
 MAX_BODY = 1 << 20  # 1 MiB: an Alertmanager message with hundreds of alerts fits easily
+KEEPALIVE_TIMEOUT = 15.0  # seconds an idle connection, or one whose headers trickle, stays open
 RECENT_DECISIONS = 20  # shown with a target; the full list is under /history
 
 log = structlog.get_logger("canaryd.http")
@@ -115,56 +149,6 @@ class ControllerPort(Protocol):
 # --------------------------------------------------------------------------- errors
 
 
-class ApiError(Exception):
-    """An error answer: HTTP status, a stable machine code and a message for people."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        headers: Mapping[str, str] | None = None,
-        **extra: str,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = dict(headers or {})
-        self.extra = extra  # more fields of the error object, e.g. a 403's required_role
-
-    def response(self) -> web.Response:
-        return error_response(self.status, self.code, self.message, self.headers, **self.extra)
-
-
-_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    422: "invalid",
-    503: "unavailable",
-}
-_OUTCOMES = {
-    400: "invalid",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not-found",
-    409: "rejected",
-    413: "too-large",
-    422: "invalid",
-    503: "unavailable",
-}
-
-
-def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: str
-) -> web.Response:
-    body = {"error": {"code": code, "message": message, **extra}}
-    return web.json_response(body, status=status, headers=headers)
-
-
 @web.middleware
 async def _until_ready(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -174,7 +158,7 @@ async def _until_ready(
     path = request.path
     loading = not request.app[API].controller.ready
     if loading and path.startswith("/api/v1/") and path != "/api/v1/openapi.json":
-        raise ApiError(503, "not_ready", "canaryd is loading its state; retry shortly")
+        raise unavailable("canaryd is loading its state; retry shortly", "not_ready")
     return await handler(request)
 
 
@@ -190,7 +174,7 @@ async def _errors(
         if exc.status < 400:
             raise
         keep = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
-        return error_response(exc.status, _CODES.get(exc.status, "error"), exc.reason, keep)
+        return error_response(exc.status, CODES.get(exc.status, "error"), exc.reason, keep)
     except Exception:
         log.exception("http_handler_failed", method=request.method, path=request.path)
         return error_response(500, "internal", "internal error; the daemon's log has details")
@@ -208,6 +192,8 @@ class Api:
     webhook: WebhookCredential | None
     clock: Clock
     max_body: int
+    body_timeout: float
+    auditor: Auditor
 
 
 API = web.AppKey("canaryd_api", Api)
@@ -227,6 +213,8 @@ def build_app(
     max_body: int = MAX_BODY,
     *,
     anonymous_role: str | None = None,
+    body_timeout: float = BODY_TIMEOUT,
+    refusals: RefusalFolder | None = None,
 ) -> web.Application:
     """The daemon's aiohttp application. ``webhook`` None leaves the webhook unauthenticated."""
     app = web.Application(middlewares=[_errors, _until_ready], client_max_size=max_body)
@@ -238,7 +226,10 @@ def build_app(
         webhook,
         clock,
         max_body,
+        body_timeout,
+        Auditor(store, clock, controller.targets, refusals),
     )
+    app.cleanup_ctx.append(_flush_refusals)
     if webhook is None:
         log.warning("webhook_unauthenticated", hint="configure auth.webhook")
     if anonymous_role is not None:
@@ -265,6 +256,17 @@ def build_app(
         ]
     )
     return app
+
+
+def make_runner(
+    app: web.Application, *, keepalive_timeout: float = KEEPALIVE_TIMEOUT
+) -> web.AppRunner:
+    """The runner ``canaryd serve`` puts ``app`` on: a handler is cancelled when its client
+    goes away (the controller shields what must finish once begun), and a connection is closed
+    when idle, or still sending headers, for ``keepalive_timeout`` seconds."""
+    return web.AppRunner(
+        app, access_log=None, handler_cancellation=True, keepalive_timeout=keepalive_timeout
+    )
 
 
 def _identify(request: web.Request) -> Identity:
@@ -308,10 +310,17 @@ def writes(what: str, role: str) -> Callable[[AuthedHandler], Handler]:
                         required_role=role,
                     )
                 _check_target(request)
+                await _check_writable(api)
                 response = await handler(request, identity)
             except ApiError as exc:
-                log.info("api_refused", who=who, what=what, target=target, status=exc.status)
+                if exc.status >= 400:
+                    log.info("api_refused", who=who, what=what, target=target, status=exc.status)
                 await audit(api, who, what, target, exc.status, request, message=exc.message)
+                raise
+            except asyncio.CancelledError:  # the client went away (handler cancellation)
+                with contextlib.suppress(Exception):
+                    message = "the client went away before the answer; it may have been applied"
+                    await audit(api, who, what, target, 499, request, message=message)
                 raise
             except Exception as exc:
                 await audit(api, who, what, target, 500, request, message=type(exc).__name__)
@@ -324,6 +333,14 @@ def writes(what: str, role: str) -> Callable[[AuthedHandler], Handler]:
     return wrap
 
 
+async def _check_writable(api: Api) -> None:
+    """503 at once when the store cannot write: a command must not wait on, or be applied
+    after, a write that is failing (disk full, the file gone, the lock lost)."""
+    problem = await asyncio.to_thread(write_problem, api.store)
+    if problem is not None:
+        raise unavailable(f"the state store cannot write just now: {problem}")
+
+
 async def audit(
     api: Api,
     who: str,
@@ -333,88 +350,34 @@ async def audit(
     request: web.Request,
     message: str | None = None,
 ) -> None:
-    outcome = _OUTCOMES.get(status, "error" if status >= 500 else "ok")
-    detail: dict[str, object] = {"status": status, "remote": request.remote}
+    """Write the audit row of a request (``http_audit``; refusals are folded)."""
+    outcome = OUTCOMES.get(status, "error" if status >= 500 else "ok")
+    detail: dict[str, object] = {"status": status, "remote": request.remote or ""}
     detail.update(request.get(_DETAIL) or {})
     if message is not None:
         detail["message"] = message
-    try:
-        await asyncio.to_thread(
-            api.store.audit, api.clock.time(), who, what, target, outcome, detail
-        )
-    except CanarydError as exc:  # the request's answer stands; the failure is logged loudly
-        log.error("audit_failed", who=who, what=what, target=target, error=str(exc))
+    await api.auditor.request(who, what, target, outcome, status, detail)
+
+
+async def _flush_refusals(app: web.Application) -> AsyncIterator[None]:
+    """The app's background flush of folded refusals, and a last one when it stops."""
+    task = asyncio.get_running_loop().create_task(app[API].auditor.run_flushes())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 # --------------------------------------------------------------------------- bodies
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused with 413 past ``limit`` (the app's ``client_max_size``, which
-    aiohttp also enforces while reading a chunked body)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit)
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _too_large(limit) from None
-    if len(body) > limit:
-        raise _too_large(limit)
-    return body
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "payload_too_large", f"the body exceeds {limit} bytes")
-
-
-def decode_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-        raise ApiError(400, "invalid_json", f"body: not valid JSON ({exc})") from None
-
-
 async def json_body(request: web.Request, fields: set[str]) -> dict[str, Any]:
     """A request's JSON object (an empty body is ``{}``); unknown fields are refused."""
-    raw = await read_body(request, request.app[API].max_body)
+    api = request.app[API]
+    raw = await read_body(request, api.max_body, api.body_timeout)
     if not raw.strip():
         return {}
-    body = decode_json(raw)
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid", "body: expected a JSON object")
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        allowed = ", ".join(sorted(fields)) or "none"
-        raise ApiError(422, "invalid", f"{unknown[0]}: unknown field (allowed: {allowed})")
-    return body
-
-
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "invalid", f"{field}: {message}")
-
-
-def text_field(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise _invalid(key, "is required")
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > 1024:
-        raise _invalid(key, "expected a non-empty string of at most 1024 characters")
-    return value
-
-
-def int_field(
-    body: Mapping[str, Any], key: str, low: int, high: int, *, required: bool = False
-) -> int | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise _invalid(key, "is required")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _invalid(key, f"expected an integer within {low}..{high}")
-    return value
+    return check_fields(decode_json(raw), fields)
 
 
 def _check_target(request: web.Request) -> None:
@@ -429,18 +392,28 @@ async def _call(awaitable: Awaitable[T], *, bad_values: bool = False) -> T:
     """A controller call, its errors as HTTP answers (anything else is a 500)."""
     try:
         return await awaitable
+    except StillRunning as exc:  # accepted, under way: poll the target for the outcome
+        location = f"/api/v1/targets/{exc.target}"
+        raise ApiError(
+            202, "running", str(exc), {"Location": location}, target=exc.target, location=location
+        ) from exc
     except (CommandRejected, RolloutConflict) as exc:
         raise ApiError(409, "conflict", str(exc)) from exc
     except ConfigError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
     except TemporaryError as exc:
-        raise ApiError(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
+        raise unavailable(str(exc)) from exc
     except CorruptState:
         raise
     except PermanentError as exc:  # RolloutRefused: frozen, or the same image already active
         raise ApiError(409, "conflict", str(exc)) from exc
-    except (ValueError, LookupError, FileNotFoundError) as exc:
-        if bad_values:  # a start's traffic or policy the controller could not use
+    except LookupError as exc:
+        if bad_values:  # a policy name the configuration does not allow
+            message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+            raise invalid("policy", message) from exc
+        raise
+    except ValueError as exc:
+        if bad_values:  # a start's traffic the controller could not use
             raise ApiError(422, "invalid", str(exc)) from exc
         raise
 
@@ -463,8 +436,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if not request.app[API].controller.ready:
-        raise ApiError(503, "not_ready", "state not loaded yet, or the first reconcile pending")
+    api = request.app[API]
+    if not api.controller.ready:
+        raise unavailable("state not loaded yet, or the first reconcile pending", "not_ready")
+    problem = await asyncio.to_thread(write_problem, api.store)
+    if problem is not None:
+        raise unavailable(f"the state store cannot write: {problem}", "store_unwritable")
     return web.json_response({"status": "ready"})
 
 
@@ -496,7 +473,6 @@ async def receive_alerts(request: web.Request) -> web.StreamResponse:
 
 async def _webhook(request: web.Request, api: Api) -> web.Response:
     if api.webhook is not None and not api.webhook.accepts(request.headers.get("Authorization")):
-        log.warning("webhook_unauthorized", remote=request.remote)
         await audit(api, ANONYMOUS, "alerts", None, 401, request, "wrong or no credential")
         raise ApiError(
             401,
@@ -504,7 +480,7 @@ async def _webhook(request: web.Request, api: Api) -> web.Response:
             "the webhook credential is missing or wrong",
             {"WWW-Authenticate": api.webhook.challenge},
         )
-    doc = decode_json(await read_body(request, api.max_body))
+    doc = decode_json(await read_body(request, api.max_body, api.body_timeout))
     try:
         note = parse_notification(doc)
     except PayloadError as exc:
@@ -516,7 +492,7 @@ async def _webhook(request: web.Request, api: Api) -> web.Response:
     try:
         fresh = await api.controller.receive_alerts(alerts)
     except TemporaryError as exc:  # could not take them in: let Alertmanager retry
-        raise ApiError(503, "unavailable", str(exc), {"Retry-After": "1"}) from exc
+        raise unavailable(str(exc)) from exc
     firing = sum(1 for alert in alerts if alert.status == "firing")
     api.telemetry.alerts_arrived(firing, len(alerts) - firing)
     if note.truncated:
@@ -568,7 +544,7 @@ async def show_history(request: web.Request, who: Identity) -> web.Response:
     raw = request.query.get("limit")
     limit = int(raw) if raw and raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
     if raw is not None and not 0 < limit <= 100_000:
-        raise _invalid("limit", "expected an integer within 1..100000")
+        raise invalid("limit", "expected an integer within 1..100000")
     decisions = await asyncio.to_thread(api.store.history, target=name)
     if limit:
         decisions = decisions[-limit:]
@@ -585,9 +561,9 @@ async def start_rollout(request: web.Request, who: Identity) -> web.Response:
     image = text_field(body, "image", required=True)
     assert image is not None
     if any(c.isspace() or not c.isprintable() for c in image):
-        raise _invalid("image", "an image reference has no spaces or control characters")
+        raise invalid("image", "an image reference has no spaces or control characters")
     traffic = int_field(body, "traffic", 1, 100)
-    policy = text_field(body, "policy")
+    policy = policy_field(body)
     request[_DETAIL].update(image=image, traffic=traffic, policy=policy)
     controller = request.app[API].controller
     start = controller.start(name, image, traffic=traffic, policy=policy, by=who.name)
@@ -609,7 +585,7 @@ async def promote(request: web.Request, who: Identity) -> web.Response:
     body = await json_body(request, {"full"})
     full = body.get("full", False)
     if not isinstance(full, bool):
-        raise _invalid("full", "expected true or false")
+        raise invalid("full", "expected true or false")
     request[_DETAIL]["full"] = full
     kind = CommandKind.PROMOTE_FULL if full else CommandKind.PROMOTE
     return await _command(request, Command(kind, by=who.name))

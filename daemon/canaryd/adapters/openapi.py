@@ -30,10 +30,14 @@ ERRORS = {
     401: ("Unauthorized", "No credential, or an unknown one (`WWW-Authenticate` says which)."),
     403: ("Forbidden", "The token's role is too low for this request."),
     404: ("NotFound", "No target of that name is configured."),
+    408: ("Timeout", "The body did not arrive in time (10 s); the connection is closed."),
     409: ("Conflict", "Refused in the rollout's current state (or a rollout is active)."),
     413: ("TooLarge", "The body exceeds the size limit (1 MiB by default)."),
     422: ("Invalid", "A field has a wrong type or value; the message names it."),
-    503: ("Unavailable", "Not ready yet, or the state store is unavailable: retry."),
+    503: (
+        "Unavailable",
+        "Not ready yet, or the state store cannot write just now: retry after `Retry-After`.",
+    ),
 }
 
 
@@ -73,7 +77,12 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 _TARGET = {"$ref": "#/components/parameters/target"}
 _API_TOKEN: list[dict[str, list[str]]] = [{"apiToken": []}]
-_WRITE_ERRORS = (400, 401, 403, 404, 409, 413, 422, 503)
+_WRITE_ERRORS = (400, 401, 403, 404, 408, 409, 413, 422, 503)
+_RUNNING = _json(
+    _ref("Running"),
+    "Accepted and still running after the request's bounded wait: poll `Location`",
+    headers={"Location": {"schema": {"type": "string"}, "description": "The target to poll"}},
+)
 
 
 def _read(
@@ -103,7 +112,11 @@ def _write(
         "security": _API_TOKEN,
         "x-canaryd-role": role,
         "parameters": [_TARGET],
-        "responses": {str(status): _json(_ref(answer), summary), **_errors(*_WRITE_ERRORS)},
+        "responses": {
+            str(status): _json(_ref(answer), summary),
+            "202": _RUNNING,
+            **_errors(*_WRITE_ERRORS),
+        },
     }
     if body is not None:
         operation["requestBody"] = {
@@ -263,6 +276,13 @@ def _schemas() -> dict[str, Any]:
         "CleanupResult": _object(
             "target rollout", target={"type": "string"}, rollout=_nullable(_ref("Rollout"))
         ),
+        "Running": _object(
+            "status message target location",
+            status={"const": "running"},
+            message={"type": "string"},
+            target={"type": "string"},
+            location={"type": "string"},
+        ),
         "StartRequest": _object(
             "image",
             closed=True,
@@ -273,7 +293,11 @@ def _schemas() -> dict[str, Any]:
                 "maximum": 100,
                 "description": "The first stage's canary weight (default: the policy's)",
             },
-            policy={"type": "string", "description": "A policy other than the target's"},
+            policy={
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$",
+                "description": "The name of a policy the config allows (never a path)",
+            },
         ),
         "PromoteRequest": _object(
             "", closed=True, full={"type": "boolean", "description": "Straight to 100%"}
@@ -355,7 +379,7 @@ def document(version: str) -> dict[str, Any]:
                     },
                     "responses": {
                         "200": _json(_ref("WebhookAccepted"), "alerts taken in"),
-                        **_errors(400, 401, 413, 503),
+                        **_errors(400, 401, 408, 413, 503),
                     },
                 }
             },
