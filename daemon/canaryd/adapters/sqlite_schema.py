@@ -1,12 +1,17 @@
-"""What the SQLite state store keeps and how text gets there: the schema, its version, and
-the encoding that makes any text storable. Split from ``sqlite_store`` (the store's logic).
+"""What the SQLite state store keeps and how values get there: the schema, its version and
+migrations, the rows of a commit, the encoding that makes any text storable, and the errors
+for what cannot be stored or opened. Split from ``sqlite_store``, which holds the logic.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+from canaryd.core.codec import action_to_dict
+from canaryd.core.model import Action, Measurement, Rollout
 from canaryd.ports import CorruptState
 
 SCHEMA_VERSION = 3
@@ -18,6 +23,29 @@ compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encod
 class UnstorableValue(CorruptState):
     """A value SQLite cannot store (a number beyond 64 bits, a key JSON cannot write): the
     fault of this one write's input, not of the store, so ``write_problem`` ignores it."""
+
+
+@contextmanager
+def encoding(path: str, doing: str) -> Iterator[None]:
+    """Encoding a value for SQLite (JSON, text) failed: the input's fault, a store error."""
+    try:
+        yield
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UnstorableValue(f"{path}: {doing}: cannot store: {exc}") from exc
+
+
+def newer_schema(path: str, version: int) -> CorruptState:
+    return CorruptState(
+        f"{path}: state schema version {version} is newer than this canaryd "
+        f"understands ({SCHEMA_VERSION}); refusing to touch it"
+    )
+
+
+def foreign_database(path: str, tables: Sequence[str]) -> CorruptState:
+    return CorruptState(
+        f"{path}: not a canaryd state database "
+        f"(tables {', '.join(tables)} but no schema version); refusing to touch it"
+    )
 
 
 # Alertmanager's alerts as an append-only journal: one row per durable commit of the webhook,
@@ -123,3 +151,50 @@ def json_storable(value: object) -> str:
     """``value`` as JSON text for a column, storable (see ``storable``): keys sorted, anything
     JSON cannot name written as ``str`` (evidence holds enums and the like)."""
     return storable(json.dumps(value, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def commit_rows(
+    rollout: Rollout,
+    rid: str,
+    target: str,
+    actions: Sequence[Action],
+    now: float,
+    measurements: Sequence[Measurement],
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The decision and measurement rows of one commit, every text made storable."""
+    stage = rollout.stage + 1
+    decisions: list[tuple[object, ...]] = [
+        (
+            rid,
+            target,
+            now,
+            str(action.phase or rollout.phase),
+            stage,
+            rollout.weight if action.weight is None else action.weight,
+            str(action.kind),
+            storable(action.reason),
+            json_storable(action_to_dict(action)["evidence"]),
+        )
+        for action in actions
+    ]
+    measured: list[tuple[object, ...]] = [
+        (
+            rid,
+            now,
+            storable(m.check),
+            m.value,
+            optional_storable(m.error),
+            *(
+                (None, None, None, None)
+                if m.counts is None
+                else (
+                    m.counts.canary_requests,
+                    m.counts.canary_errors,
+                    m.counts.stable_requests,
+                    m.counts.stable_errors,
+                )
+            ),
+        )
+        for m in measurements
+    ]
+    return decisions, measured

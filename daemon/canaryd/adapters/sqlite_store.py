@@ -17,14 +17,12 @@ Why it is shaped this way:
   canaryd, or one that is not ours, is refused, never "repaired".
 * Calls block. The runtime runs them with ``asyncio.to_thread``; a lock makes the one
   connection safe for whichever thread holds it (sqlite3 connections are not re-entrant).
-* One state, one actor: the store holds ``StateLock`` (an exclusive lock on ``<state>.lock``)
-  from before it reads the database until ``close``, and every write first checks that the
-  lock and the state file are still the files it opened.
+* One state, one actor: ``StateLock`` is held from before the database is read until
+  ``close``, and every write first checks the lock and the state file are still ours;
+  ``WriteHealth`` is why writes fail, for ``write_problem`` (both in ``state_lock``).
 * Nothing from outside can make a write fail: text is made storable before it is bound (lone
   UTF-16 surrogates, which JSON can carry and UTF-8 cannot, become U+FFFD), and a value SQLite
   still cannot bind is ``UnstorableValue``, never a raw ``UnicodeEncodeError``.
-* ``write_problem`` remembers why the last write failed, for ``/readyz``; while it is set, a
-  tiny write in a thread of its own (at most once a second) notices when writing works again.
 * Opening refuses, before it changes anything, a file that is not ours, and refuses damage
   (``PRAGMA quick_check``, every record still owed work, the alert journal) before the daemon
   calls itself ready, rather than meeting it mid-rollout.
@@ -47,13 +45,17 @@ from canaryd.adapters.sqlite_schema import (
     SCHEMA_VERSION,
     UnstorableValue,
     audit_index_v2_to_v3,
+    commit_rows,
     compact_json,
+    encoding,
+    foreign_database,
     json_storable,
+    newer_schema,
     optional_storable,
     storable,
 )
 from canaryd.adapters.state_lock import StateLock, WriteHealth
-from canaryd.core.codec import action_to_dict, rollout_from_dict, rollout_to_dict
+from canaryd.core.codec import rollout_from_dict, rollout_to_dict
 from canaryd.core.errors import CanarydError
 from canaryd.core.model import Action, Alert, Measurement, Rollout
 from canaryd.ports import (
@@ -78,11 +80,8 @@ class SqliteStore:
     """``StateStore`` on one SQLite file; open it once per process."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        """Lock the state, refuse what is not ours or is damaged, then create or migrate.
-
-        Raises ``StateLocked`` (another canaryd holds it), ``CorruptState`` (not ours, newer,
-        damaged) or ``StoreUnavailable`` (cannot open); each names the file in one line.
-        """
+        """Lock, refuse what is not ours or is damaged, create or migrate. Raises (in one line
+        naming the file) ``StateLocked``, ``CorruptState`` or ``StoreUnavailable``."""
         self.path = os.fspath(path)
         self._lock = threading.Lock()
         self._health = WriteHealth(self.path, self._probe)
@@ -118,10 +117,10 @@ class SqliteStore:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise self._newer(version)
+            raise newer_schema(self.path, version)
         tables = self._tables(conn)
         if version == 0 and tables:
-            raise self._foreign(tables)
+            raise foreign_database(self.path, tables)
 
     def _verify(self) -> None:
         """Meet damage now, as one clear error, not mid-rollout: the file's structure, every
@@ -147,7 +146,7 @@ class SqliteStore:
             if version == SCHEMA_VERSION:
                 return
             if version > SCHEMA_VERSION:
-                raise self._newer(version)
+                raise newer_schema(self.path, version)
             if version == 0:
                 self._create(conn)
             else:
@@ -158,7 +157,7 @@ class SqliteStore:
     def _create(self, conn: sqlite3.Connection) -> None:
         tables = self._tables(conn)
         if tables:
-            raise self._foreign(tables)
+            raise foreign_database(self.path, tables)
         for statement in SCHEMA:
             conn.execute(statement)
 
@@ -171,18 +170,6 @@ class SqliteStore:
                 "AND name NOT LIKE 'sqlite_%' ORDER BY name"
             )
         ]
-
-    def _newer(self, version: int) -> CorruptState:
-        return CorruptState(
-            f"{self.path}: state schema version {version} is newer than this canaryd "
-            f"understands ({SCHEMA_VERSION}); refusing to touch it"
-        )
-
-    def _foreign(self, tables: Sequence[str]) -> CorruptState:
-        return CorruptState(
-            f"{self.path}: not a canaryd state database "
-            f"(tables {', '.join(tables)} but no schema version); refusing to touch it"
-        )
 
     def close(self) -> None:
         with self._lock:
@@ -219,14 +206,6 @@ class SqliteStore:
             raise UnstorableValue(f"{self.path}: {doing}: cannot store: {exc}") from exc
 
     @contextmanager
-    def _encoding(self, doing: str) -> Iterator[None]:
-        """Encoding for SQLite (JSON, text) failed: the input's fault, a store error anyway."""
-        try:
-            yield
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise UnstorableValue(f"{self.path}: {doing}: cannot store: {exc}") from exc
-
-    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the write lock up front (no upgrade deadlocks)."""
         conn = self._conn
@@ -244,6 +223,8 @@ class SqliteStore:
         """One write transaction, refused at once if the lock or the state file was lost;
         its failure or success is what ``write_problem`` reports."""
         with self._lock:
+            if self._closed:  # a late probe, or a write racing shutdown: not a disk problem
+                raise StoreUnavailable(f"{self.path}: {doing}: the store is closed")
             lost = None if self._owner is None else self._owner.lost()
             if lost is not None:
                 self._health.failed(lost)
@@ -269,10 +250,11 @@ class SqliteStore:
     def _probe(self) -> None:
         """A tiny real write (the schema version, rewritten as it is): it needs the disk to
         take a page, as every write does. Success clears the problem (in ``_writing``)."""
-        with contextlib.suppress(CanarydError, sqlite3.Error):
-            if not self._closed:
-                with self._writing("probe a write") as conn:
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        with (
+            contextlib.suppress(CanarydError, sqlite3.Error),
+            self._writing("probe a write") as conn,
+        ):
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _reading(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -323,10 +305,10 @@ class SqliteStore:
         now: float,
         measurements: Sequence[Measurement] = (),
     ) -> None:
-        with self._encoding(f"commit rollout {rollout.id}"):
+        with encoding(self.path, f"commit rollout {rollout.id}"):
             record = json_storable(rollout_to_dict(rollout))
             rid, target = storable(rollout.id), storable(rollout.target)
-            decisions, measured = self._rows(rollout, rid, target, actions, now, measurements)
+            decisions, measured = commit_rows(rollout, rid, target, actions, now, measurements)
         with self._writing(f"commit rollout {rid}") as conn:
             try:
                 conn.execute(
@@ -371,53 +353,6 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 measured,
             )
-
-    @staticmethod
-    def _rows(
-        rollout: Rollout,
-        rid: str,
-        target: str,
-        actions: Sequence[Action],
-        now: float,
-        measurements: Sequence[Measurement],
-    ) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
-        """The decision and measurement rows of one commit, every text made storable."""
-        stage = rollout.stage + 1
-        decisions: list[tuple[object, ...]] = [
-            (
-                rid,
-                target,
-                now,
-                str(action.phase or rollout.phase),
-                stage,
-                rollout.weight if action.weight is None else action.weight,
-                str(action.kind),
-                storable(action.reason),
-                json_storable(action_to_dict(action)["evidence"]),
-            )
-            for action in actions
-        ]
-        measured: list[tuple[object, ...]] = [
-            (
-                rid,
-                now,
-                storable(m.check),
-                m.value,
-                optional_storable(m.error),
-                *(
-                    (None, None, None, None)
-                    if m.counts is None
-                    else (
-                        m.counts.canary_requests,
-                        m.counts.canary_errors,
-                        m.counts.stable_requests,
-                        m.counts.stable_errors,
-                    )
-                ),
-            )
-            for m in measurements
-        ]
-        return decisions, measured
 
     # ------------------------------------------------------------------- history
 
@@ -486,7 +421,7 @@ class SqliteStore:
         it for as long as SQLite works, and takes it back only three times per commit.
         """
         rows = [[a.fingerprint, a.status, a.labels, a.starts_at, a.ends_at] for a in alerts]
-        with self._encoding("record alerts"):
+        with encoding(self.path, "record alerts"):
             return now, storable(compact_json(rows))
 
     def write_alerts(self, prepared: PreparedAlerts) -> None:
@@ -546,7 +481,7 @@ class SqliteStore:
         outcome: str,
         detail: Mapping[str, object] | None = None,
     ) -> None:
-        with self._encoding("append audit"):
+        with encoding(self.path, "append audit"):
             row = (
                 now,
                 storable(who),
