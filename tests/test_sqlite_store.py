@@ -115,9 +115,14 @@ def test_everything_committed_survives_closing_and_reopening(path: Path) -> None
 
 
 def test_a_commit_is_visible_to_another_connection_at_once(path: Path) -> None:
-    with SqliteStore(path) as writer, SqliteStore(path) as reader:
-        begin(writer, started())
-        assert reader.get("r1") == started()
+    with SqliteStore(path) as writer:  # a reader is another connection: the store is locked
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            begin(writer, started())
+            row = reader.execute("SELECT record FROM rollouts WHERE id = 'r1'").fetchone()
+            assert row is not None and json.loads(row[0])["id"] == "r1"
+        finally:
+            reader.close()
 
 
 # --------------------------------------------------------------------------- one active per target
@@ -444,7 +449,9 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_alerts(path: Path) -> Non
             "updated_at REAL NOT NULL, cleanup_at REAL, record TEXT NOT NULL)",
             "CREATE TABLE decisions (seq INTEGER PRIMARY KEY)",
             "CREATE TABLE measurements (seq INTEGER PRIMARY KEY)",
-            "CREATE TABLE audit (seq INTEGER PRIMARY KEY)",
+            "CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, t REAL NOT NULL, "
+            "who TEXT NOT NULL, what TEXT NOT NULL, target TEXT, outcome TEXT NOT NULL, "
+            "detail TEXT NOT NULL)",
             "PRAGMA user_version = 1",
         ):
             conn.execute(statement)
@@ -457,5 +464,6 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_alerts(path: Path) -> Non
         assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master")}
         assert "alert_journal" in tables and "alerts" not in tables
+        assert "audit_by_time" in tables  # schema 3: compact_audit by age uses it
     finally:
         probe.close()

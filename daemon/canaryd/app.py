@@ -3,8 +3,10 @@
 The only module that knows every concrete adapter. It builds them from the settings, hands
 the runtime nothing but ports, and owns the order of start-up and shutdown:
 
-    start:  open the store → Prometheus session → listen (/readyz 503) → resume stored
-            rollouts (one reconcile pass each; /readyz 200) → READY=1 (systemd) → watchdog
+    start:  lock and open the store (refused at once, before anything listens, if another
+            canaryd holds it or it is damaged or not ours) →
+            Prometheus session → listen (/readyz 503) → resume stored rollouts (one reconcile
+            pass each; /readyz 200) → READY=1 (systemd) → watchdog, state watch
     stop:   STOPPING=1 → stop listening → cancel workers (their decisions are already
             durable) → close the HTTP session → close the store
 """
@@ -42,6 +44,7 @@ from canaryd.settings import Settings, Token, secret_for_serve, tokens_for_serve
 from canaryd.settings import Target as TargetSettings
 
 log = structlog.get_logger("canaryd")
+STATE_WATCH_INTERVAL = 2.0  # seconds between checks that the state is still ours and writable
 
 
 class WallClock:
@@ -148,6 +151,8 @@ class Daemon:
         self.clock = WallClock()
         self.telemetry = Telemetry()
         self.supervisor = Supervisor(on_crash=self._crashed)
+        # Before anything else touches the outside world: one state, one actor (the store
+        # locks it), and damage or a foreign file is refused before anything listens.
         self.store = SqliteStore(settings.state.path)
         self.targets = [
             Target(
@@ -216,6 +221,7 @@ class Daemon:
         interval = systemd.watchdog_interval()
         if interval:
             self.supervisor.keep("watchdog", lambda: _watchdog(interval))
+        self.supervisor.keep("state-watch", lambda: _watch_state(self.store))
         log.info(
             "serving",
             listen=f"{settings.listen.host}:{self.port}",
@@ -255,6 +261,15 @@ async def _watchdog(interval: float) -> None:
     while True:
         systemd.notify("WATCHDOG=1")
         await asyncio.sleep(interval)
+
+
+async def _watch_state(store: SqliteStore, every: float = STATE_WATCH_INTERVAL) -> None:
+    """Ask the store whether it can still write, even when nothing writes: a state file
+    deleted or replaced under the daemon is then logged at once (the store logs the change),
+    and a failed disk is probed until it recovers. Two ``stat`` calls: fine on the loop."""
+    while True:
+        store.write_problem()
+        await asyncio.sleep(every)
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -6,7 +6,10 @@ parses and dispatches, so ``serve`` and ``demo`` slot in as one more register fu
 
 Exit codes: 0 success, 2 a bad config (each problem as ``file: key.path: message`` on stderr)
 or bad arguments (argparse's own convention), 1 when ``serve`` cannot run for another reason
-(the state store cannot be opened: one line, and systemd's ``Restart=on-failure`` retries).
+(the state store cannot be opened, is damaged or is not canaryd's: one line naming the file,
+and systemd's ``Restart=on-failure`` retries). A state held by another canaryd is exit 2 too:
+two daemons on one state is a deployment mistake a restart does not fix (SPEC §7), and the
+unit's ``RestartPreventExitStatus=2`` keeps systemd from retrying it every two seconds.
 
 ``check`` also says what a policy means in time, from the engine's rules (``core.stages``):
 a stage passes on credited passing evaluations, so its total is the sum of stage durations; a
@@ -30,6 +33,7 @@ from canaryd import __version__
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import CanarydError, ConfigError
 from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
+from canaryd.ports import StateLocked
 from canaryd.settings import (
     DockerPlatform,
     KubernetesPlatform,
@@ -277,11 +281,35 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     try:
         return asyncio.run(app.serve(settings))
-    except ConfigError as exc:  # a kind this build cannot run yet, found while composing
-        return report_config_error(exc)
-    except CanarydError as exc:  # e.g. the state store cannot be opened: one line, exit 1,
-        print(f"canaryd: {exc}", file=sys.stderr)  # which systemd's Restart=on-failure retries
-        return EXIT_FAILED
+    except (CanarydError, BaseExceptionGroup) as exc:
+        return report_start_failure(exc)
+
+
+def report_start_failure(error: BaseException) -> int:
+    """What ``serve`` says when it cannot run: one line per canaryd error, no traceback.
+
+    Errors raised inside the supervisor's task group arrive wrapped in an exception group;
+    they are unwrapped, so damaged state reads as one line naming the file, as it does when
+    found at open. Anything that is not a canaryd error is a bug: re-raised, traceback and all.
+    """
+    errors = _leaves(error)
+    if not all(isinstance(e, CanarydError) for e in errors):
+        raise error
+    code = EXIT_FAILED
+    for exc in errors:
+        if isinstance(exc, ConfigError):  # a kind this build cannot run yet, found composing
+            code = max(code, report_config_error(exc))
+            continue
+        if isinstance(exc, StateLocked):  # another canaryd acts on this state
+            code = EXIT_CONFIG
+        print("canaryd: " + " ".join(str(exc).split()), file=sys.stderr)
+    return code
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 # --------------------------------------------------------------------------- demo

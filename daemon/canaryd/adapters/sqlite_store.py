@@ -10,17 +10,27 @@ Why it is shaped this way:
 * The record is the codec's JSON (``canaryd.core.codec``), which embeds the policy the rollout
   started with; the other ``rollouts`` columns are copies for queries and for the partial
   unique index that enforces "at most one active rollout per target" in the database itself.
-* Alerts are an append-only journal, one row per webhook commit (see ``_ALERT_JOURNAL``): the
+* Alerts are an append-only journal, one row per webhook commit (see ``ALERT_JOURNAL``): the
   webhook's durable write is an append, and a restart replays the journal as the inbox took it.
 * The schema is versioned with ``PRAGMA user_version``, created in one transaction on open and
   migrated step by step from an older canaryd's (``_MIGRATIONS``); a database from a newer
   canaryd, or one that is not ours, is refused, never "repaired".
 * Calls block. The runtime runs them with ``asyncio.to_thread``; a lock makes the one
   connection safe for whichever thread holds it (sqlite3 connections are not re-entrant).
+* One state, one actor: ``StateLock`` is held from before the database is read until
+  ``close``, and every write first checks the lock and the state file are still ours;
+  ``WriteHealth`` is why writes fail, for ``write_problem`` (both in ``state_lock``).
+* Nothing from outside can make a write fail: text is made storable before it is bound (lone
+  UTF-16 surrogates, which JSON can carry and UTF-8 cannot, become U+FFFD), and a value SQLite
+  still cannot bind is ``UnstorableValue``, never a raw ``UnicodeEncodeError``.
+* Opening refuses, before it changes anything, a file that is not ours, and refuses damage
+  (``PRAGMA quick_check``, every record still owed work, the alert journal) before the daemon
+  calls itself ready, rather than meeting it mid-rollout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -29,7 +39,24 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from canaryd.core.codec import action_to_dict, rollout_from_dict, rollout_to_dict
+from canaryd.adapters.sqlite_schema import (
+    ALERT_JOURNAL,
+    SCHEMA,
+    SCHEMA_VERSION,
+    UnstorableValue,
+    audit_index_v2_to_v3,
+    commit_rows,
+    compact_json,
+    encoding,
+    foreign_database,
+    json_storable,
+    newer_schema,
+    optional_storable,
+    storable,
+)
+from canaryd.adapters.state_lock import StateLock, WriteHealth
+from canaryd.core.codec import rollout_from_dict, rollout_to_dict
+from canaryd.core.errors import CanarydError
 from canaryd.core.model import Action, Alert, Measurement, Rollout
 from canaryd.ports import (
     AuditRecord,
@@ -42,84 +69,9 @@ from canaryd.ports import (
     StoreUnavailable,
 )
 
-SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lock
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # made once: it is the hot path
+AUDIT_CHUNK = 5000  # rows deleted per transaction by compact_audit: writers wait less
 
-# Alertmanager's alerts as an append-only journal: one row per durable commit of the webhook,
-# holding that commit's new alerts as a JSON list of [fingerprint, status, labels, starts_at,
-# ends_at]. Appending one row costs a page or two whatever the batch; one row per alert keyed
-# by (fingerprint, status, startsAt) cost a random B-tree insert per alert and per index, ten
-# times the CPU on the webhook's hot path. De-duplication is the inbox's job, in memory; the
-# journal is replayed in order on restart (``firing_alerts``) and compacted (``compact_alerts``).
-_ALERT_JOURNAL = """
-    CREATE TABLE alert_journal (
-        seq          INTEGER PRIMARY KEY,
-        received_at  REAL NOT NULL,
-        alerts       TEXT NOT NULL
-    )
-"""
-
-_SCHEMA = (
-    """
-    CREATE TABLE rollouts (
-        id          TEXT PRIMARY KEY,
-        target      TEXT NOT NULL,
-        phase       TEXT NOT NULL,
-        active      INTEGER NOT NULL CHECK (active IN (0, 1)),
-        image       TEXT NOT NULL,
-        started_at  REAL NOT NULL,
-        updated_at  REAL NOT NULL,
-        cleanup_at  REAL,
-        record      TEXT NOT NULL
-    )
-    """,
-    "CREATE UNIQUE INDEX rollouts_one_active_per_target ON rollouts (target) WHERE active = 1",
-    "CREATE INDEX rollouts_by_target ON rollouts (target, started_at)",
-    """
-    CREATE TABLE decisions (
-        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-        rollout_id  TEXT NOT NULL REFERENCES rollouts (id),
-        target      TEXT NOT NULL,
-        t           REAL NOT NULL,
-        phase       TEXT NOT NULL,
-        stage       INTEGER NOT NULL,
-        weight      INTEGER NOT NULL,
-        action      TEXT NOT NULL,
-        reason      TEXT NOT NULL,
-        evidence    TEXT NOT NULL
-    )
-    """,
-    "CREATE INDEX decisions_by_rollout ON decisions (rollout_id, seq)",
-    "CREATE INDEX decisions_by_target ON decisions (target, seq)",
-    """
-    CREATE TABLE measurements (
-        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
-        rollout_id       TEXT NOT NULL REFERENCES rollouts (id),
-        t                REAL NOT NULL,
-        check_name       TEXT NOT NULL,
-        value            REAL,
-        error            TEXT,
-        canary_requests  REAL,
-        canary_errors    REAL,
-        stable_requests  REAL,
-        stable_errors    REAL
-    )
-    """,
-    "CREATE INDEX measurements_by_rollout ON measurements (rollout_id, seq)",
-    """
-    CREATE TABLE audit (
-        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
-        t        REAL NOT NULL,
-        who      TEXT NOT NULL,
-        what     TEXT NOT NULL,
-        target   TEXT,
-        outcome  TEXT NOT NULL,
-        detail   TEXT NOT NULL
-    )
-    """,
-    _ALERT_JOURNAL,
-)
 
 _DECISION_COLUMNS = "seq, rollout_id, target, t, phase, stage, weight, action, reason, evidence"
 
@@ -128,27 +80,60 @@ class SqliteStore:
     """``StateStore`` on one SQLite file; open it once per process."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        """Lock, refuse what is not ours or is damaged, create or migrate. Raises (in one line
+        naming the file) ``StateLocked``, ``CorruptState`` or ``StoreUnavailable``."""
         self.path = os.fspath(path)
         self._lock = threading.Lock()
+        self._health = WriteHealth(self.path, self._probe)
+        self._closed = False
+        # The lock first: nothing is read or written before we know we are the only actor.
+        self._owner = None if self.path == ":memory:" else StateLock(self.path)
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
+            self._release()
             raise StoreUnavailable(f"{self.path}: cannot open: {exc}") from exc
         try:
             with self._errors("open"):
+                self._inspect()
                 self._configure()
                 self._migrate()
+                self._verify()
+            if self._owner is not None:
+                self._owner.pin_state()
         except BaseException:
             self._conn.close()
+            self._release()
             raise
 
     # ------------------------------------------------------------------- lifecycle
 
-    def _configure(self) -> None:
+    def _inspect(self) -> None:
+        """Refuse a database that is not ours, reading only: nothing is changed in a file
+        canaryd does not own (WAL mode, set next, rewrites the header)."""
         conn = self._conn
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise newer_schema(self.path, version)
+        tables = self._tables(conn)
+        if version == 0 and tables:
+            raise foreign_database(self.path, tables)
+
+    def _verify(self) -> None:
+        """Meet damage now, as one clear error, not mid-rollout: the file's structure, every
+        record the runtime is about to resume, and the alert journal it will replay."""
+        (result,) = self._conn.execute("PRAGMA quick_check(1)").fetchone()
+        if result != "ok":
+            found = " ".join(result.replace("*** in database main ***", "").split())
+            raise CorruptState(f"{self.path}: the database is damaged: {found}")
+        self.load_active()
+        self.alert_journal()
+
+    def _configure(self) -> None:
+        conn = self._conn
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal" and self.path != ":memory:":
             raise StoreUnavailable(f"{self.path}: cannot use WAL journal mode (got {mode})")
@@ -161,10 +146,7 @@ class SqliteStore:
             if version == SCHEMA_VERSION:
                 return
             if version > SCHEMA_VERSION:
-                raise CorruptState(
-                    f"{self.path}: state schema version {version} is newer than this canaryd "
-                    f"understands ({SCHEMA_VERSION}); refusing to touch it"
-                )
+                raise newer_schema(self.path, version)
             if version == 0:
                 self._create(conn)
             else:
@@ -173,24 +155,31 @@ class SqliteStore:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _create(self, conn: sqlite3.Connection) -> None:
-        tables = [
+        tables = self._tables(conn)
+        if tables:
+            raise foreign_database(self.path, tables)
+        for statement in SCHEMA:
+            conn.execute(statement)
+
+    @staticmethod
+    def _tables(conn: sqlite3.Connection) -> list[str]:
+        return [
             row[0]
             for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' "
                 "AND name NOT LIKE 'sqlite_%' ORDER BY name"
             )
         ]
-        if tables:
-            raise CorruptState(
-                f"{self.path}: not a canaryd state database "
-                f"(tables {', '.join(tables)} but no schema version)"
-            )
-        for statement in _SCHEMA:
-            conn.execute(statement)
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()
+            self._release()
+
+    def _release(self) -> None:
+        if self._owner is not None:
+            self._owner.release()
 
     def __enter__(self) -> SqliteStore:
         return self
@@ -207,8 +196,14 @@ class SqliteStore:
             yield
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(f"{self.path}: {doing}: {exc}") from exc
+        except sqlite3.ProgrammingError as exc:
+            if "binding" not in str(exc):
+                raise CorruptState(f"{self.path}: {doing}: {exc}") from exc
+            raise UnstorableValue(f"{self.path}: {doing}: cannot store: {exc}") from exc
         except sqlite3.DatabaseError as exc:
             raise CorruptState(f"{self.path}: {doing}: {exc}") from exc
+        except (UnicodeError, OverflowError) as exc:  # a value bound as it came
+            raise UnstorableValue(f"{self.path}: {doing}: cannot store: {exc}") from exc
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -225,8 +220,41 @@ class SqliteStore:
 
     @contextmanager
     def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._errors(doing), self._transaction() as conn:
-            yield conn
+        """One write transaction, refused at once if the lock or the state file was lost;
+        its failure or success is what ``write_problem`` reports."""
+        with self._lock:
+            if self._closed:  # a late probe, or a write racing shutdown: not a disk problem
+                raise StoreUnavailable(f"{self.path}: {doing}: the store is closed")
+            lost = None if self._owner is None else self._owner.lost()
+            if lost is not None:
+                self._health.failed(lost)
+                raise StoreUnavailable(lost)
+            try:
+                with self._errors(doing), self._transaction() as conn:
+                    yield conn
+            except UnstorableValue:
+                raise
+            except (StoreUnavailable, CorruptState) as exc:
+                self._health.failed(str(exc))
+                raise
+            self._health.succeeded()
+
+    def write_problem(self) -> str | None:
+        """None while writes work; else why the last one failed (``WriteHealth``)."""
+        lost = None if self._owner is None else self._owner.lost()
+        if lost is not None:
+            self._health.failed(lost)
+            return lost
+        return self._health.problem()
+
+    def _probe(self) -> None:
+        """A tiny real write (the schema version, rewritten as it is): it needs the disk to
+        take a page, as every write does. Success clears the problem (in ``_writing``)."""
+        with (
+            contextlib.suppress(CanarydError, sqlite3.Error),
+            self._writing("probe a write") as conn,
+        ):
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _reading(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -277,43 +305,11 @@ class SqliteStore:
         now: float,
         measurements: Sequence[Measurement] = (),
     ) -> None:
-        record = json.dumps(rollout_to_dict(rollout), sort_keys=True)
-        stage = rollout.stage + 1
-        decisions = [
-            (
-                rollout.id,
-                rollout.target,
-                now,
-                str(action.phase or rollout.phase),
-                stage,
-                rollout.weight if action.weight is None else action.weight,
-                str(action.kind),
-                action.reason,
-                json.dumps(action_to_dict(action)["evidence"], sort_keys=True, default=str),
-            )
-            for action in actions
-        ]
-        measured = [
-            (
-                rollout.id,
-                now,
-                m.check,
-                m.value,
-                m.error,
-                *(
-                    (None, None, None, None)
-                    if m.counts is None
-                    else (
-                        m.counts.canary_requests,
-                        m.counts.canary_errors,
-                        m.counts.stable_requests,
-                        m.counts.stable_errors,
-                    )
-                ),
-            )
-            for m in measurements
-        ]
-        with self._writing(f"commit rollout {rollout.id}") as conn:
+        with encoding(self.path, f"commit rollout {rollout.id}"):
+            record = json_storable(rollout_to_dict(rollout))
+            rid, target = storable(rollout.id), storable(rollout.target)
+            decisions, measured = commit_rows(rollout, rid, target, actions, now, measurements)
+        with self._writing(f"commit rollout {rid}") as conn:
             try:
                 conn.execute(
                     "INSERT INTO rollouts (id, target, phase, active, image, started_at, "
@@ -323,11 +319,11 @@ class SqliteStore:
                     "started_at = excluded.started_at, updated_at = excluded.updated_at, "
                     "cleanup_at = excluded.cleanup_at, record = excluded.record",
                     (
-                        rollout.id,
-                        rollout.target,
+                        rid,
+                        target,
                         str(rollout.phase),
                         int(rollout.phase.active),
-                        rollout.image,
+                        storable(rollout.image),
                         rollout.started_at,
                         now,
                         rollout.cleanup_at,
@@ -339,12 +335,12 @@ class SqliteStore:
                     raise
                 other = conn.execute(
                     "SELECT id, phase FROM rollouts WHERE target = ? AND active = 1",
-                    (rollout.target,),
+                    (target,),
                 ).fetchone()
                 raise RolloutConflict(
-                    f"target {rollout.target} already has an active rollout "
+                    f"target {target} already has an active rollout "
                     f"{other[0] if other else '?'} ({other[1] if other else '?'}); "
-                    f"refusing to make {rollout.id} active beside it"
+                    f"refusing to make {rid} active beside it"
                 ) from exc
             conn.executemany(
                 "INSERT INTO decisions (rollout_id, target, t, phase, stage, weight, action, "
@@ -425,7 +421,8 @@ class SqliteStore:
         it for as long as SQLite works, and takes it back only three times per commit.
         """
         rows = [[a.fingerprint, a.status, a.labels, a.starts_at, a.ends_at] for a in alerts]
-        return now, _compact_json(rows)
+        with encoding(self.path, "record alerts"):
+            return now, storable(compact_json(rows))
 
     def write_alerts(self, prepared: PreparedAlerts) -> None:
         """Append a prepared journal row in one durable transaction."""
@@ -484,13 +481,49 @@ class SqliteStore:
         outcome: str,
         detail: Mapping[str, object] | None = None,
     ) -> None:
-        text = json.dumps(dict(detail or {}), sort_keys=True, default=str)
+        with encoding(self.path, "append audit"):
+            row = (
+                now,
+                storable(who),
+                storable(what),
+                optional_storable(target),
+                storable(outcome),
+                json_storable(dict(detail or {})),
+            )
         with self._writing("append audit") as conn:
             conn.execute(
                 "INSERT INTO audit (t, who, what, target, outcome, detail) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (now, who, what, target, outcome, text),
+                row,
             )
+
+    def compact_audit(self, before: float, keep: int) -> int:
+        """Forget audit rows older than ``before`` and all but the newest ``keep``; return how
+        many went. In chunks of ``AUDIT_CHUNK`` rows, one transaction each, so the webhook and
+        the workers never wait behind one long delete."""
+        if keep < 0:
+            raise ValueError(f"compact_audit: keep must be >= 0, not {keep}")
+        with self._reading("find the audit cut-off") as conn:
+            row = conn.execute(
+                "SELECT seq FROM audit ORDER BY seq DESC LIMIT 1 OFFSET ?", (keep,)
+            ).fetchone()
+        gone = self._delete_audit("t < ?", before)
+        if row is not None:
+            gone += self._delete_audit("seq <= ?", row[0])
+        return gone
+
+    def _delete_audit(self, where: str, value: float) -> int:
+        gone = 0
+        while True:
+            with self._writing("compact audit") as conn:
+                deleted = conn.execute(
+                    f"DELETE FROM audit WHERE seq IN "
+                    f"(SELECT seq FROM audit WHERE {where} LIMIT {AUDIT_CHUNK})",
+                    (value,),
+                ).rowcount
+            gone += deleted
+            if deleted < AUDIT_CHUNK:
+                return gone
 
     def audit_log(self, target: str | None = None) -> list[AuditRecord]:
         where, args = ("WHERE target = ?", (target,)) if target is not None else ("", ())
@@ -545,7 +578,7 @@ def _firing(journal: Sequence[Alert], now: float) -> list[Alert]:
 
 def _alerts_v1_to_v2(conn: sqlite3.Connection) -> None:
     """Schema 1 kept one row per alert notification; 2 journals one row per commit."""
-    conn.execute(_ALERT_JOURNAL)
+    conn.execute(ALERT_JOURNAL)
     batches: dict[float, list[list[object]]] = {}
     for fp, status, labels, starts, ends, received in conn.execute(
         "SELECT fingerprint, status, labels, starts_at, ends_at, received_at FROM alerts "
@@ -554,12 +587,13 @@ def _alerts_v1_to_v2(conn: sqlite3.Connection) -> None:
         batches.setdefault(received, []).append([fp, status, json.loads(labels), starts, ends])
     conn.executemany(
         "INSERT INTO alert_journal (received_at, alerts) VALUES (?, ?)",
-        [(t, _compact_json(rows)) for t, rows in batches.items()],
+        [(t, compact_json(rows)) for t, rows in batches.items()],
     )
     conn.execute("DROP TABLE alerts")
 
 
-_MIGRATIONS = {1: _alerts_v1_to_v2}  # from version N to N + 1, inside the open transaction
+# From version N to N + 1, inside the open transaction.
+_MIGRATIONS = {1: _alerts_v1_to_v2, 2: audit_index_v2_to_v3}
 
 
 if TYPE_CHECKING:  # mypy proves here that the class satisfies the port
