@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Container
+from collections.abc import Container
 
 import structlog
 
@@ -32,10 +32,8 @@ REFUSED = (401, 403)
 
 
 def write_problem(store: StateStore) -> str | None:
-    """``store.write_problem()`` (call it in a thread). The store's implementation lands beside
-    this (branch h-store); a store without one yet is taken as writable."""
-    probe: Callable[[], str | None] | None = getattr(store, "write_problem", None)
-    return None if probe is None else probe()
+    """``store.write_problem()``: None while the store can write (call it in a thread)."""
+    return store.write_problem()
 
 
 class Auditor:
