@@ -12,6 +12,7 @@ nothing. The real-Prometheus behaviour of the client is covered in test_promethe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import subprocess
@@ -30,6 +31,8 @@ from canaryd.adapters.prometheus import (
     ResultKind,
 )
 from canaryd.core.errors import SourceUnavailable
+from canaryd.runtime.evaluator import Evaluator
+from enginekit import started
 from support import procs
 
 T = TypeVar("T")
@@ -197,3 +200,22 @@ async def test_the_cap_is_enforced_while_reading_an_answer_without_a_length(big_
     assert "larger than the 4 MiB cap" in str(error)
     assert "did not answer" not in str(error)
     assert worst < WORST_LAG
+
+
+async def test_an_over_cap_answer_is_an_error_measurement_for_the_rollout(big_prometheus):
+    """What the daemon makes of it: the stage's check is measured as an error (retried, SPEC
+    §3), never as a value that could pass."""
+    async with aiohttp.ClientSession() as session:
+        client = PrometheusClient(session, big_prometheus.url + "/sized", 20)
+        evaluator = Evaluator(client, gather=0.01)
+        running = asyncio.create_task(evaluator.run())
+        try:
+            measure = evaluator.measure({"job": "matriz"}, started())
+            measurements, _requests = await asyncio.wait_for(measure, timeout=30)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    ((check, value, error),) = [(m.check, m.value, m.error) for m in measurements]
+    assert (check, value) == ("sr", None)
+    assert error is not None and "larger than the 16 MiB cap" in error
