@@ -260,9 +260,11 @@ def stamped(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- the tests
 
-# 4xx for text the edge refuses; 200 for text it accepts (made safe, or stored as it is).
+# 4xx for text the edge refuses; 200 for text it accepts (made safe, or stored as it is); 202
+# for a rollback accepted but still running when the API's bounded wait ends (core.errors.
+# StillRunning), whose end ``ensure_rollout`` then waits for, as it does after a 200.
 WEBHOOK_ANSWERS = (200, 400, 413, 422)
-ROLLBACK_ANSWERS = (200, 400, 409, 422)
+ROLLBACK_ANSWERS = (200, 202, 400, 409, 422)
 
 
 def test_fuzzed_alert_labels_never_stop_a_critical_alert_from_rolling_back(daemon: Daemon):
@@ -296,6 +298,6 @@ def test_fuzzed_rollback_reasons_never_stop_a_rollback(daemon: Daemon):
     # and a plain rollback of the target the fuzzing went to is still taken, promptly
     daemon.ensure_rollout(ROLLED)
     status, text = daemon.api("POST", f"/api/v1/targets/{ROLLED}/rollback", {"reason": "plain"})
-    assert status == 200, (status, text)
+    assert status in (200, 202), (status, text)
     wait_until(lambda: daemon.phase(ROLLED), lambda p: p == "RolledBack", ROLLBACK_WITHIN, ROLLED)
     daemon.assert_restarts()
