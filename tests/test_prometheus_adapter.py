@@ -256,6 +256,7 @@ async def test_a_hanging_prometheus_times_out_as_source_unavailable(aiohttp_serv
     [
         (502, "Bad Gateway", "without JSON"),
         (200, "<html>login</html>", "without JSON"),
+        (200, "[" * 100_000, "without JSON"),  # nested past the recursion limit
         (503, '{"message": "upstream down"}', "HTTP 503"),
         (404, '{"status": "success", "data": {}}', "HTTP 404"),
         (200, '{"status": "success"}', "malformed"),
