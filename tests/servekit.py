@@ -78,6 +78,8 @@ def write_config(
         )
     )
     (directory / "webhook-token").write_text(WEBHOOK_TOKEN + "\n")
+    for secret in ("tokens.yaml", "webhook-token"):  # as an operator keeps them: no warning
+        (directory / secret).chmod(0o600)
     prometheus = prometheus_url or f"http://127.0.0.1:{free_port()}"
     lines = [
         f"listen: 127.0.0.1:{port or free_port()}",

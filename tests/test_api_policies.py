@@ -58,9 +58,18 @@ def test_a_path_is_refused_at_once_without_being_read(daemon: Serve, tmp_path: P
         assert doc == {
             "error": {
                 "code": "invalid",
-                "message": f"unknown policy {path!r}; the config allows: own, slow",
+                "message": "policy: expected a policy name (letters, digits, '.', '_' or '-', "
+                "at most 64 characters), not a path",
             }
         }
+        assert probe(f"{daemon.url}/healthz") == "200"
+    for name in ("matriz-standard", "leaky", "fifo"):  # names, but not ones the config allows
+        status, doc = start(daemon, name)
+        assert status == 422, (name, doc)
+        assert isinstance(doc, dict)
+        assert doc["error"]["message"].endswith(
+            f"unknown policy {name!r}; the config allows: own, slow"
+        ), doc
         assert probe(f"{daemon.url}/healthz") == "200"
     assert "root:x:" not in daemon.tail() and "secret_key_name" not in daemon.tail()
 
