@@ -150,8 +150,9 @@ class StateStore(Protocol):
         """Forget alerts received before ``before`` unless they still fire."""
         ...
 
-    def firing_alerts(self, now: float) -> list[Alert]:
-        """Alerts still firing, to rebuild the inbox after a restart."""
+    def firing_alerts(self, now: float, expire_after: float = float("inf")) -> list[Alert]:
+        """Alerts still firing, to rebuild the inbox after a restart (``core.alertbook``'s
+        replay: a firing alert last received ``expire_after`` ago or more has expired)."""
         ...
 
     def history(
