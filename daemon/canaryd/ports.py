@@ -155,6 +155,13 @@ class StateStore(Protocol):
         replay: a firing alert last received ``expire_after`` ago or more has expired)."""
         ...
 
+    def alert_book(self, now: float, expire_after: float) -> list[tuple[float, Alert]]:
+        """What the inbox needs after a restart (``core.alertbook.rebuild``): the newest
+        notification of every fingerprint still active or seen within ``expire_after`` (a
+        resolved one too, so a late duplicate cannot re-open it), with when it was last
+        received, latest news last."""
+        ...
+
     def history(
         self, *, rollout_id: str | None = None, target: str | None = None
     ) -> list[DecisionRecord]:

@@ -443,16 +443,23 @@ class SqliteStore:
         """The alerts active at ``now`` after replaying the journal through
         ``core.alertbook`` (the inbox's own rule): ordered by Alertmanager's times, a resolved
         instance never re-opened, a firing one last received ``expire_after`` ago expired."""
+        return alertbook.replay(self._timed_journal(), now, expire_after)
+
+    def alert_book(self, now: float, expire_after: float) -> list[tuple[float, Alert]]:
+        """The inbox's book replayed from the journal: (last received, alert) per fingerprint."""
+        book = alertbook.rebuild(self._timed_journal(), now, expire_after)
+        return [(entry.seen, entry.alert) for entry in book.values()]
+
+    def _timed_journal(self) -> list[tuple[float, Alert]]:
         with self._reading("read alerts") as conn:
             rows = conn.execute(
                 "SELECT seq, received_at, alerts FROM alert_journal ORDER BY seq"
             ).fetchall()
-        journal = (
+        return [
             (float(received), alert)
             for seq, received, text in rows
             for alert in self._journal_row(seq, text)
-        )
-        return alertbook.replay(journal, now, expire_after)
+        ]
 
     def compact_alerts(self, before: float) -> int:
         """Forget journal rows received before ``before``, keeping the alerts they hold that

@@ -87,9 +87,11 @@ def take(
     return replace(entry, seen=max(entry.seen, received)), Taken.REPEAT
 
 
-def replay(journal: Iterable[tuple[float, Alert]], now: float, expire_after: float) -> list[Alert]:
-    """The alerts active at ``now`` after taking in ``journal`` (received time, alert) in
-    order, oldest taken first."""
+def rebuild(
+    journal: Iterable[tuple[float, Alert]], now: float, expire_after: float
+) -> dict[str, Entry]:
+    """The book after taking in ``journal`` (received time, alert) in order, without what can
+    no longer matter at ``now`` (see ``prune``); latest news last."""
     book: dict[str, Entry] = {}
     for received, alert in journal:
         entry, taken = take(book.get(alert.fingerprint), alert, received, expire_after)
@@ -97,7 +99,18 @@ def replay(journal: Iterable[tuple[float, Alert]], now: float, expire_after: flo
             book.pop(alert.fingerprint, None)  # re-inserted last: ordered by latest news
         if entry is not None:
             book[alert.fingerprint] = entry
-    return [e.alert for e in book.values() if e.active(now, expire_after)]
+    return {
+        fp: e
+        for fp, e in book.items()
+        if e.active(now, expire_after) or now - e.seen < expire_after
+    }
+
+
+def replay(journal: Iterable[tuple[float, Alert]], now: float, expire_after: float) -> list[Alert]:
+    """The alerts active at ``now`` after taking in ``journal`` in order, oldest news first."""
+    return [
+        e.alert for e in rebuild(journal, now, expire_after).values() if e.active(now, expire_after)
+    ]
 
 
 def prune(

@@ -211,8 +211,9 @@ class Controller:
         self._spawn = spawn
         spawn(self._recorder.run())
         now = self._clock.time()
-        firing = await asyncio.to_thread(self._store.firing_alerts, now, self.inbox.expire_after)
-        self.inbox.receive([a for a in firing if self.inbox.concerned(a)], now)
+        self.inbox.restore(
+            await asyncio.to_thread(self._store.alert_book, now, self.inbox.expire_after)
+        )
         stored = await asyncio.to_thread(self._store.load_active)
         newest = {r.target: r for r in sorted(stored, key=lambda r: r.started_at)}
         for rollout in sorted(stored, key=lambda r: r.started_at):

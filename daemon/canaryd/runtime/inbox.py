@@ -67,6 +67,14 @@ class Inbox:
             self.book = prune(self.book, now, self.expire_after, self.max_entries)
         return fresh
 
+    def restore(self, book: Iterable[tuple[float, Alert]]) -> None:
+        """Rebuild from the store's replay (``StateStore.alert_book``): each fingerprint's
+        newest notification with when it was last received, so expiry goes on counting from
+        there and a resolved instance stays resolved across a restart."""
+        for received, alert in book:
+            if self.concerned(alert):
+                self.book[alert.fingerprint] = Entry(alert, received, received)
+
     def expire(self, now: float) -> None:
         """Forget what can no longer matter (housekeeping; ``firing_for`` ignores it anyway)."""
         self.book = prune(self.book, now, self.expire_after, self.max_entries)
