@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from canaryd.core.model import Alert, Command, CommandKind, Phase, Policy
 from canaryd.policies import load_policy
 from canaryd.ports import StoreUnavailable
 from canaryd.runtime import controller as controller_module
+from servekit import WEBHOOK_TOKEN, Serve, TargetSpec, call, wait_until, write_config
 from test_runtime import ROOT, Healthy, Running, make_controller, slow_policy
 
 LONE_SURROGATE = "\udc80"
@@ -369,3 +371,85 @@ async def test_the_hourly_housekeeping_compacts_the_audit_log(tmp_path: Path) ->
         before, keep = counting.compactions[0]
         assert keep == controller_module.AUDIT_KEEP == 100_000
         assert abs(time.time() - controller_module.AUDIT_RETENTION - before) < 60
+
+
+# --------------------------------------------------------------------------- 1: a real daemon
+
+SERVE_POLICY = """\
+name: poison-slow
+interval: 30s
+scale_down_delay: 500ms
+checks:
+  unused: {query: vector(1), threshold: 0}
+stages:
+  - {weight: 10, duration: 10m}
+  - {weight: 100, duration: 10m}
+alerts:
+  - name: critical-rollback
+    match: {severity: critical}
+    action: rollback
+"""
+
+
+def webhook_body(fp: str, labels: dict[str, str]) -> dict[str, Any]:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    alerts = [
+        {
+            "status": "firing",
+            "labels": labels,
+            "annotations": {},
+            "startsAt": now,
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "",
+            "fingerprint": fp,
+        }
+    ]
+    return {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "canaryd",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": alerts,
+    }
+
+
+def test_serve_survives_a_lone_surrogate_rolls_back_and_restarts(tmp_path: Path) -> None:
+    """Issue 7 point 1 against ``canaryd serve``: the poisoned alert and rollback reason are
+    answered, a critical alert still rolls back within 2 s, SIGTERM ends it and it restarts."""
+    (tmp_path / "policy.yaml").write_text(SERVE_POLICY)
+    serve = Serve(write_config(tmp_path, [TargetSpec("svc", "policy.yaml", {"job": "svc"})]))
+    try:
+        serve.start()
+        serve.start_rollout("svc", "v2")
+        hook = {"token": WEBHOOK_TOKEN}
+        bad = {"alertname": f"Bad{LONE_SURROGATE}", "target": "svc", "x": LONE_SURROGATE}
+        status, _ = serve.call("POST", "/api/v1/alerts", webhook_body("aaaa0001", bad), **hook)
+        assert status in (200, 400), serve.tail()  # taken in (made safe) or refused at the edge
+        status, doc = call(serve.url, "POST", "/api/v1/targets/svc/pause", {}, timeout=5)
+        assert status == 200, (status, doc, serve.tail())  # answered, not stuck behind it
+        critical = {"alertname": "Boom", "target": "svc", "severity": "critical"}
+        sent = time.monotonic()
+        status, _ = serve.call("POST", "/api/v1/alerts", webhook_body("bbbb0002", critical), **hook)
+        assert status == 200
+        wait_until(
+            lambda: serve.rollout("svc") or {},
+            lambda r: r.get("phase") == "RolledBack",
+            2.0,
+            "the rollback after the poisoned input",
+        )
+        assert time.monotonic() - sent < 2.5
+        assert serve.stop() == 0, serve.tail()
+        serve.start()  # ready again on the same state
+        assert (serve.rollout("svc") or {}).get("phase") == "RolledBack"
+        serve.start_rollout("svc", "v3")
+        reason = {"reason": f"oops {LONE_SURROGATE}"}
+        path = "/api/v1/targets/svc/rollback"
+        status, doc = call(serve.url, "POST", path, reason, timeout=5)
+        assert status in (200, 400), (status, doc, serve.tail())  # made safe, or refused
+    finally:
+        serve.stop()

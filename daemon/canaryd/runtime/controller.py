@@ -19,7 +19,6 @@ from typing import Any
 
 from canaryd.core import stages
 from canaryd.core.errors import (
-    CanarydError,
     CommandRejected,
     RolloutRefused,
     StillRunning,
@@ -226,7 +225,7 @@ class Controller:
                 worker.hand_over(successor.id)  # an older rollout's canary slot is taken
             try:
                 await worker.step()  # one reconcile pass before we call ourselves ready
-            except CanarydError as exc:
+            except Exception as exc:  # retried by the worker; never a reason not to serve
                 self._events.failed_pass(rollout, exc)
             self._run(worker)
         self.ready = True
