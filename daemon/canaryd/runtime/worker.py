@@ -11,6 +11,13 @@ acted on within one pass, not at the next tick. Every pass:
    durable transaction *before* anything is acted on (a command's caller is answered then),
 4. applies what ``reconcile`` says is still missing. Effects are idempotent; a failed one is
    logged and retried on the next pass, which comes soon while the world has not converged.
+
+A pass whose commit fails never wedges the rollout. A store that cannot write just now
+(``TemporaryError``: disk full, locked) answers the waiting commands at once with that error
+(HTTP 503) and they are not applied later; its alerts are retried. Any other failure is an
+input the store cannot take (a lone surrogate in a label, say): the pass is redone one input
+at a time, each bad one retried with its text made safe and else dropped and logged, so a
+rollback is never blocked behind it. A refused command is answered with the engine's reason.
 """
 
 from __future__ import annotations
@@ -158,6 +165,10 @@ class Worker:
             self._events.failed_pass(state, exc)
             new, actions = await self._isolate(findings, commands, observed, now)
             commands = []  # each one answered by _isolate
+        except BaseException:  # cancelled (shutdown): nothing decided, keep the inputs
+            self._alerts[:0] = alerts
+            self._commands[:0] = commands  # answered by run()'s "the worker stopped"
+            raise
         self._settle(new, actions, commands, now, measurements)
         await self.act(stages.reconcile(new, observed), now)
 
@@ -229,7 +240,7 @@ class Worker:
                     continue
                 actions += result
                 self._answer(result, [(command, future)])
-            for alert in findings.alerts:
+            for i, alert in enumerate(findings.alerts):
                 result = await self._try_variants(
                     replace(quiet, alerts=(alert,)),
                     replace(quiet, alerts=(_safe_alert(alert),)),
@@ -238,6 +249,9 @@ class Worker:
                 )
                 if isinstance(result, tuple):
                     actions += result
+                elif isinstance(result, TemporaryError):  # the store, not the alert: later
+                    self._alerts[:0] = list(findings.alerts[i:])
+                    break
         except Exception as exc:
             _fail(waiting, exc)
             raise
