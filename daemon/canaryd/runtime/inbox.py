@@ -75,10 +75,6 @@ class Inbox:
             if self.concerned(alert):
                 self.book[alert.fingerprint] = Entry(alert, received, received)
 
-    def expire(self, now: float) -> None:
-        """Forget what can no longer matter (housekeeping; ``firing_for`` ignores it anyway)."""
-        self.book = prune(self.book, now, self.expire_after, self.max_entries)
-
     @property
     def active(self) -> dict[str, Alert]:
         """Fingerprint → alert of every instance still firing now as of the newest
