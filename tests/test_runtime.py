@@ -75,7 +75,9 @@ class Running:
         raise AssertionError(f"timed out; now {self.controller.current(target)}")
 
 
-def make_controller(store: SqliteStore, policy: Policy, source: Healthy) -> Controller:
+def make_controller(
+    store: SqliteStore, policy: Policy, source: Healthy, **options: Any
+) -> Controller:
     target = Target(
         "svc",
         policy,
@@ -92,6 +94,7 @@ def make_controller(store: SqliteStore, policy: Policy, source: Healthy) -> Cont
         events=Telemetry(),
         load_policy=load_policy,
         timing=Timing(observe_every=0.5, converge_every=0.02),
+        **options,
     )
 
 
@@ -134,10 +137,21 @@ async def test_a_critical_alert_wakes_its_worker_and_rolls_back_at_once(running:
 
 
 async def test_the_same_alert_delivered_again_is_new_only_once(running: Running) -> None:
-    alert = replace(critical(time.time()), labels={"alertname": "X", "target": "other"})
+    alert = replace(critical(time.time()), labels={"alertname": "X", "target": "svc"})
     assert await running.controller.receive_alerts([alert]) == 1
     assert await running.controller.receive_alerts([alert]) == 0
     assert len(running.store.firing_alerts(time.time())) == 1
+
+
+async def test_alerts_about_no_configured_target_are_not_kept(running: Running) -> None:
+    """Issue 7 point 16: anyone who can post alerts could grow the inbox without bound."""
+    unmanaged = [
+        Alert(f"fp{n}", "firing", {"alertname": "X", "target": "other"}, time.time())
+        for n in range(500)
+    ]
+    assert await running.controller.receive_alerts(unmanaged) == 0
+    assert running.controller.inbox.book == {}
+    assert running.store.firing_alerts(time.time()) == []  # nor journalled
 
 
 async def test_the_alert_journal_is_compacted_when_the_daemon_starts(tmp_path: Path) -> None:
@@ -145,12 +159,13 @@ async def test_the_alert_journal_is_compacted_when_the_daemon_starts(tmp_path: P
 
     store = SqliteStore(tmp_path / "state.db")
     long_ago = time.time() - ALERT_RETENTION - 3600
-    labels = {"alertname": "X", "target": "other"}
+    labels = {"alertname": "X", "target": "svc"}
     for n in range(20):
         gone = Alert(f"gone{n}", "firing", labels, long_ago, long_ago + 60)
         store.record_alerts([gone], long_ago)
     store.record_alerts([Alert("still", "firing", labels, long_ago)], long_ago)
-    controller = make_controller(store, slow_policy(), Healthy())
+    # "still" was last sent over a day ago: it has expired unless the expiry is longer.
+    controller = make_controller(store, slow_policy(), Healthy(), alert_expiry=3 * 24 * 3600)
     try:
         async with asyncio.TaskGroup() as tg:
             tasks: list[asyncio.Task[None]] = []
@@ -167,7 +182,8 @@ async def test_the_alert_journal_is_compacted_when_the_daemon_starts(tmp_path: P
             for task in tasks:
                 task.cancel()
         assert [a.fingerprint for a in store.alert_journal()] == ["still"]
-        assert [a.fingerprint for a in controller.inbox.active.values()] == ["still"]
+        firing = controller.inbox.firing_for("svc", time.time())
+        assert [a.fingerprint for a in firing] == ["still"]
     finally:
         store.close()
 

@@ -205,6 +205,7 @@ class Daemon:
             events=self.telemetry,
             load_policy=self._load_policy,
             timing=self._timing,
+            alert_expiry=settings.alerts.expire_after,
         )
         self.supervisor.keep("evaluator", self.evaluator.run)
         # Listen first: /healthz answers while the state loads and /readyz says 503 until

@@ -150,8 +150,16 @@ class StateStore(Protocol):
         """Forget alerts received before ``before`` unless they still fire."""
         ...
 
-    def firing_alerts(self, now: float) -> list[Alert]:
-        """Alerts still firing, to rebuild the inbox after a restart."""
+    def firing_alerts(self, now: float, expire_after: float = float("inf")) -> list[Alert]:
+        """Alerts still firing, to rebuild the inbox after a restart (``core.alertbook``'s
+        replay: a firing alert last received ``expire_after`` ago or more has expired)."""
+        ...
+
+    def alert_book(self, now: float, expire_after: float) -> list[tuple[float, Alert]]:
+        """What the inbox needs after a restart (``core.alertbook.rebuild``): the newest
+        notification of every fingerprint still active or seen within ``expire_after`` (a
+        resolved one too, so a late duplicate cannot re-open it), with when it was last
+        received, latest news last."""
         ...
 
     def history(

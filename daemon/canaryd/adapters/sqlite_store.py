@@ -55,6 +55,7 @@ from canaryd.adapters.sqlite_schema import (
     storable,
 )
 from canaryd.adapters.state_lock import StateLock, WriteHealth
+from canaryd.core import alertbook
 from canaryd.core.codec import rollout_from_dict, rollout_to_dict
 from canaryd.core.errors import CanarydError
 from canaryd.core.model import Action, Alert, Measurement, Rollout
@@ -435,9 +436,27 @@ class SqliteStore:
             rows = conn.execute("SELECT seq, alerts FROM alert_journal ORDER BY seq").fetchall()
         return [alert for seq, text in rows for alert in self._journal_row(seq, text)]
 
-    def firing_alerts(self, now: float) -> list[Alert]:
-        """The alerts whose latest notification is ``firing`` and that have not ended."""
-        return _firing(self.alert_journal(), now)
+    def firing_alerts(self, now: float, expire_after: float = float("inf")) -> list[Alert]:
+        """The alerts active at ``now`` after replaying the journal through
+        ``core.alertbook`` (the inbox's own rule): ordered by Alertmanager's times, a resolved
+        instance never re-opened, a firing one last received ``expire_after`` ago expired."""
+        return alertbook.replay(self._timed_journal(), now, expire_after)
+
+    def alert_book(self, now: float, expire_after: float) -> list[tuple[float, Alert]]:
+        """The inbox's book replayed from the journal: (last received, alert) per fingerprint."""
+        book = alertbook.rebuild(self._timed_journal(), now, expire_after)
+        return [(entry.seen, entry.alert) for entry in book.values()]
+
+    def _timed_journal(self) -> list[tuple[float, Alert]]:
+        with self._reading("read alerts") as conn:
+            rows = conn.execute(
+                "SELECT seq, received_at, alerts FROM alert_journal ORDER BY seq"
+            ).fetchall()
+        return [
+            (float(received), alert)
+            for seq, received, text in rows
+            for alert in self._journal_row(seq, text)
+        ]
 
     def compact_alerts(self, before: float) -> int:
         """Forget journal rows received before ``before``, keeping the alerts they hold that
@@ -561,19 +580,9 @@ def _optional(value: object) -> float | None:
 
 
 def _firing(journal: Sequence[Alert], now: float) -> list[Alert]:
-    """Replay the journal as the inbox took it in (``runtime.inbox.Inbox.receive``): a repeat of
-    a (fingerprint, status, startsAt) already seen changes nothing, a new ``firing`` makes the
-    alert active, a new ``resolved`` ends it. The active ones that have not ended, in order."""
-    seen: set[str] = set()
-    active: dict[str, Alert] = {}
-    for alert in journal:
-        if alert.key in seen:
-            continue
-        seen.add(alert.key)
-        active.pop(alert.fingerprint, None)  # re-inserted last: ordered by latest arrival
-        if alert.status == "firing":
-            active[alert.fingerprint] = alert
-    return [a for a in active.values() if a.ends_at is None or a.ends_at > now]
+    """The journal's active alerts at ``now`` by ``core.alertbook``'s rule (the inbox's), for
+    alerts without their received times (compaction): none expires for want of a re-send."""
+    return alertbook.replay(((now, alert) for alert in journal), now, float("inf"))
 
 
 def _alerts_v1_to_v2(conn: sqlite3.Connection) -> None:

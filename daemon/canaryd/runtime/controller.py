@@ -18,8 +18,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from canaryd.core import stages
-from canaryd.core.errors import CanarydError, CommandRejected, RolloutRefused, UnknownTarget
-from canaryd.core.model import Alert, Command, CommandKind, Measurement, Phase, Policy, Rollout
+from canaryd.core.errors import (
+    CommandRejected,
+    RolloutRefused,
+    StillRunning,
+    UnknownTarget,
+)
+from canaryd.core.model import (
+    Action,
+    Alert,
+    Command,
+    CommandKind,
+    Measurement,
+    Phase,
+    Policy,
+    Rollout,
+)
 from canaryd.core.rules import admit
 from canaryd.ports import Clock, Platform, PreparedAlerts, Router, RuntimeEvents, StateStore
 from canaryd.runtime.inbox import Concerns, Inbox
@@ -44,7 +58,13 @@ class Target:
 
 
 ALERT_RETENTION = 24 * 3600.0  # journalled alerts older than this are forgotten unless firing
-COMPACT_EVERY = 3600.0  # how often the alert journal is compacted
+COMPACT_EVERY = 3600.0  # how often the alert journal and the audit log are compacted
+# The audit log keeps 30 days (a month of "who did what" for a post-mortem) and at most
+# 100 000 rows (tens of MB): refused requests from a flood of clients must not grow it forever.
+AUDIT_RETENTION = 30 * 24 * 3600.0
+AUDIT_KEEP = 100_000
+RECEIVE_CHUNK = 1000  # alerts of one webhook request taken in per step; the loop runs between
+REQUEST_WAIT = 10.0  # longest a request waits for a worker (cleanup, a superseded rollout)
 
 
 class GroupCommit:
@@ -108,6 +128,10 @@ class GroupCommit:
             await asyncio.to_thread(self._store.compact_alerts, now - ALERT_RETENTION)
         except Exception as exc:  # the journal only grows meanwhile; alerts keep flowing
             self._events.housekeeping_failed("compact the alert journal", exc)
+        try:
+            await asyncio.to_thread(self._store.compact_audit, now - AUDIT_RETENTION, AUDIT_KEEP)
+        except Exception as exc:
+            self._events.housekeeping_failed("compact the audit log", exc)
 
     async def _commit(self, write: Callable[[PreparedAlerts], Awaitable[None]]) -> None:
         batch, self._pending = self._pending, []
@@ -166,9 +190,12 @@ class Controller:
         events: RuntimeEvents,
         load_policy: Callable[[str], Policy],
         timing: Timing | None = None,
+        alert_expiry: float = 12 * 3600,
+        request_wait: float = REQUEST_WAIT,
     ) -> None:
         self.targets = {t.name: t for t in targets}
-        self.inbox = Inbox({t.name: t.concerns for t in targets})
+        self.inbox = Inbox({t.name: t.concerns for t in targets}, expire_after=alert_expiry)
+        self._request_wait = request_wait
         self._store, self._measure, self._clock = store, measure, clock
         self._events, self._load_policy, self._timing = events, load_policy, timing or Timing()
         self._workers: dict[str, Worker] = {}
@@ -182,7 +209,10 @@ class Controller:
         """Resume every stored rollout that still owes work, and run one pass of each."""
         self._spawn = spawn
         spawn(self._recorder.run())
-        self.inbox.receive(await asyncio.to_thread(self._store.firing_alerts, self._clock.time()))
+        now = self._clock.time()
+        self.inbox.restore(
+            await asyncio.to_thread(self._store.alert_book, now, self.inbox.expire_after)
+        )
         stored = await asyncio.to_thread(self._store.load_active)
         newest = {r.target: r for r in sorted(stored, key=lambda r: r.started_at)}
         for rollout in sorted(stored, key=lambda r: r.started_at):
@@ -195,7 +225,7 @@ class Controller:
                 worker.hand_over(successor.id)  # an older rollout's canary slot is taken
             try:
                 await worker.step()  # one reconcile pass before we call ourselves ready
-            except CanarydError as exc:
+            except Exception as exc:  # retried by the worker; never a reason not to serve
                 self._events.failed_pass(rollout, exc)
             self._run(worker)
         self.ready = True
@@ -260,6 +290,8 @@ class Controller:
         policy: str | None = None,
         by: str = "operator",
     ) -> Rollout:
+        """Admit and begin a rollout; the target's lock is held for at most ``request_wait``
+        while a superseded rollout rolls back (then 409: start again once it has)."""
         target = self.target(name)
         chosen = self._load_policy(policy) if policy else target.policy
         if traffic is not None:
@@ -277,29 +309,41 @@ class Controller:
             rollout, first = stages.start(
                 rollout_id, name, image, chosen, self._clock.time(), traffic
             )
-            await asyncio.to_thread(self._store.commit, rollout, (first,), rollout.started_at)
-            self._events.decided(rollout, (first,), (), rollout.started_at)
-            self._run(self._worker_for(rollout))
+            # Durable and running even if the request is cancelled meanwhile (client gone).
+            await asyncio.shield(self._begin(rollout, first))
             return rollout
 
+    async def _begin(self, rollout: Rollout, first: Action) -> None:
+        await asyncio.to_thread(self._store.commit, rollout, (first,), rollout.started_at)
+        self._events.decided(rollout, (first,), (), rollout.started_at)
+        self._run(self._worker_for(rollout))
+
     async def _supersede(self, old: Worker, successor: str, image: str, by: str) -> None:
-        if stages.check_command(old.state, Command(CommandKind.ROLLBACK)) is None:
-            await old.command(Command(CommandKind.ROLLBACK, by=by, reason=f"superseded by {image}"))
-        old.hand_over(successor)
-        deadline = old.state.policy.limits.progress_deadline
+        """Roll ``old`` back, wait (bounded) until it has, then leave its canary slot to
+        ``successor``. The slot is handed over only once the start will go ahead: a start that
+        gives up here leaves the old rollout to scale its canary down as usual."""
+        wait = self._request_wait
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout(wait):
+                if stages.check_command(old.state, Command(CommandKind.ROLLBACK)) is None:
+                    reason = f"superseded by {image}"
+                    await old.command(Command(CommandKind.ROLLBACK, by=by, reason=reason))
+                await old.wait_until(lambda s: s.phase is Phase.ROLLED_BACK)
+                old.hand_over(successor)
                 await old.finished.wait()
         except TimeoutError as exc:
             raise RolloutRefused(
-                f"rollout {old.state.id} did not finish rolling back within {deadline:g}s"
+                f"rollout {old.state.id} is rolling back to make room for {image} but has not "
+                f"finished within {wait:g}s; start again once it has (GET the target to see)"
             ) from exc
 
     async def command(self, name: str, command: Command) -> Rollout:
         self.target(name)
         worker = self._workers.get(name)
         if worker is None:
-            latest = self._store.latest_for_target(name)
+            latest = await asyncio.to_thread(self._store.latest_for_target, name)
+            worker = self._workers.get(name)  # another request may have started one meanwhile
+        if worker is None:
             if latest is None:
                 raise CommandRejected(f"target {name} has no rollout")
             refusal = stages.check_command(latest, command)
@@ -310,17 +354,33 @@ class Controller:
         return await worker.command(command)
 
     async def cleanup(self, name: str, by: str) -> Rollout | None:
-        """Roll back what is active, remove the canary now, and give the router back."""
+        """Roll back what is active, remove the canary now, and give the router back.
+
+        Waits at most ``request_wait`` for the worker to finish (a router that never reaches
+        0% would hold the request forever); then ``StillRunning``: the cleanup goes on, the
+        caller polls the target (HTTP 202 + Location)."""
         target = self.target(name)
         worker = self._workers.get(name)
-        latest = worker.state if worker else self._store.latest_for_target(name)
+        if worker is not None:
+            latest: Rollout | None = worker.state
+        else:
+            latest = await asyncio.to_thread(self._store.latest_for_target, name)
         result = latest
         cmd = Command(CommandKind.CLEANUP, by=by)
         if latest is not None and stages.check_command(latest, cmd) is None:
             result = await self.command(name, cmd)
             worker = self._workers.get(name)
             if worker is not None:
-                await worker.finished.wait()
+                try:
+                    async with asyncio.timeout(self._request_wait):
+                        await worker.finished.wait()
+                except TimeoutError as exc:
+                    raise StillRunning(
+                        f"cleanup of rollout {worker.state.id} is under way but has not "
+                        f"finished within {self._request_wait:g}s (phase "
+                        f"{worker.state.phase}, weight {worker.state.weight}%)",
+                        name,
+                    ) from exc
                 result = worker.state
         await target.platform.remove_canary()
         await target.router.finalize()
@@ -330,16 +390,27 @@ class Controller:
         """Record alerts durably, then deliver the new ones to the workers they concern.
 
         Returns how many were new. When this returns the alerts are on disk, so the webhook
-        may answer 2xx: a crash afterwards re-delivers them from the store on restart.
+        may answer 2xx: a crash afterwards re-delivers them from the store on restart. Alerts
+        that concern no configured target are neither kept nor recorded. A large request is
+        taken in ``RECEIVE_CHUNK`` alerts at a time, the loop free in between.
         """
-        seen = self.inbox.seen
-        new = [a for a in alerts if a.key not in seen]
-        if new:  # repeats are on disk already
-            await self._recorder.record(new)
-        fresh = self.inbox.receive(alerts)
+        fresh = 0
+        for i in range(0, len(alerts), RECEIVE_CHUNK):
+            fresh += await self._receive_chunk(alerts[i : i + RECEIVE_CHUNK])
+        return fresh
+
+    async def _receive_chunk(self, alerts: list[Alert]) -> int:
+        inbox = self.inbox
+        kept = [a for a in alerts if inbox.concerned(a)]
+        record = inbox.to_record(kept, self._clock.time())
+        if record:  # repeats recorded recently are on disk already
+            await self._recorder.record(record)
+        else:
+            await asyncio.sleep(0)  # a chunk of repeats still lets the loop run
+        fresh = inbox.receive(kept, self._clock.time())
         by_target: dict[str, list[Alert]] = {}
         for alert in fresh:
-            for name in self.inbox.targets_of(alert):
+            for name in inbox.targets_of(alert):
                 by_target.setdefault(name, []).append(alert)
         for name, concerning in by_target.items():
             worker = self._workers.get(name)

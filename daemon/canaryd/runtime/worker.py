@@ -11,19 +11,30 @@ acted on within one pass, not at the next tick. Every pass:
    durable transaction *before* anything is acted on (a command's caller is answered then),
 4. applies what ``reconcile`` says is still missing. Effects are idempotent; a failed one is
    logged and retried on the next pass, which comes soon while the world has not converged.
+
+A pass whose commit fails never wedges the rollout. A store that cannot write just now
+(``TemporaryError``: disk full, locked) answers the waiting commands at once with that error
+(HTTP 503) and they are not applied later; its alerts are retried. Any other failure is an
+input the store cannot take (a lone surrogate in a label, say): the pass is redone one input
+at a time, each bad one retried with its text made safe and else dropped and logged, so a
+rollback is never blocked behind it. A refused command is answered with the engine's reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 
 from canaryd.core import stages
-from canaryd.core.errors import CanarydError, CommandRejected
+from canaryd.core.errors import CanarydError, CommandRejected, PermanentError, TemporaryError
 from canaryd.core.model import (
+    Action,
+    ActionKind,
     Alert,
+    AlertAction,
+    AlertRule,
     Command,
     Effect,
     EffectKind,
@@ -32,7 +43,10 @@ from canaryd.core.model import (
     Observed,
     Rollout,
 )
+from canaryd.core.rules import rule_for
 from canaryd.ports import Clock, Platform, Router, RuntimeEvents, StateStore
+
+ALERT_CHUNK = 256  # alerts decided per pass: a flood is spread over passes, the loop stays free
 
 Measure = Callable[[Rollout], Awaitable[tuple[tuple[Measurement, ...], float | None]]]
 
@@ -67,6 +81,7 @@ class Worker:
         self._outstanding = False
         self._successor: str | None = None
         self.finished = asyncio.Event()
+        self._changed = asyncio.Event()  # set (and replaced) whenever ``state`` moves on
 
     # ---------------------------------------------------------------- inputs
 
@@ -83,6 +98,16 @@ class Worker:
         self._commands.append((command, future))
         self._wake.set()
         return await future
+
+    async def wait_until(self, holds: Callable[[Rollout], bool]) -> None:
+        """Return once ``holds(state)`` or the worker has finished (callers bound the wait)."""
+        while not holds(self.state) and not self.finished.is_set():
+            await self._changed.wait()
+
+    def _moved(self, new: Rollout) -> None:
+        self.state = new
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def poke(self) -> None:
         self._wake.set()
@@ -111,6 +136,7 @@ class Worker:
                 if not future.done():
                     future.set_exception(CommandRejected("the worker stopped"))
             self.finished.set()
+            self._changed.set()  # wakes wait_until
 
     @property
     def done(self) -> bool:
@@ -126,26 +152,173 @@ class Worker:
         if stages.evaluation_due(state, now):
             measurements, requests = await self._measure(state)
             now = max(now, self._clock.time())
-        alerts, self._alerts = self._alerts, []
+        alerts = self._take_alerts()
         commands, self._commands = self._commands, []
         findings = Findings(measurements, tuple(alerts), tuple(c for c, _ in commands), requests)
         try:
-            new, actions = stages.decide(state, observed, findings, now)
-            if self._successor is not None:
-                new, more = stages.hand_over(new, self._successor)
-                actions += more
-            if new != state or actions or measurements:
-                await asyncio.to_thread(self._store.commit, new, actions, now, measurements)
-        except BaseException:
-            self._alerts[:0] = alerts  # nothing was decided: keep the inputs for the next pass
-            self._commands[:0] = commands
+            new, actions = await asyncio.to_thread(self._decide_and_commit, findings, observed, now)
+        except TemporaryError as exc:  # the store cannot write now: tell the callers at once
+            self._alerts[:0] = alerts  # durable in the journal; retried on the next pass
+            _fail(commands, exc)
             raise
-        self.state = new
-        for _, future in commands:
-            if not future.done():
-                future.set_result(new)
-        self._events.decided(new, actions, measurements, now)
+        except Exception as exc:  # this input cannot be committed: find it, keep the rest
+            self._events.failed_pass(state, exc)
+            new, actions = await self._isolate(findings, commands, observed, now)
+            commands = []  # each one answered by _isolate
+        except BaseException:  # cancelled (shutdown): nothing decided, keep the inputs
+            self._alerts[:0] = alerts
+            self._commands[:0] = commands  # answered by run()'s "the worker stopped"
+            raise
+        self._settle(new, actions, commands, now, measurements)
         await self.act(stages.reconcile(new, observed), now)
+
+    def _take_alerts(self) -> list[Alert]:
+        """At most ``ALERT_CHUNK`` queued alerts, those a rule rolls back on first: a flood of
+        alerts is decided over several passes (the loop stays free between them), and a
+        critical alert never waits behind it."""
+        queued = self._alerts
+        if len(queued) <= ALERT_CHUNK:
+            self._alerts = []
+            return queued
+        rules = self.state.policy.alert_rules
+        urgent = [a for a in queued if _rolls_back(rules, a)]
+        rest = [a for a in queued if not _rolls_back(rules, a)]
+        ordered = urgent + rest
+        self._alerts = ordered[ALERT_CHUNK:]
+        self._wake.set()  # the rest in the next pass, without waiting for a tick
+        return ordered[:ALERT_CHUNK]
+
+    def _decide_and_commit(
+        self, findings: Findings, observed: Observed, now: float
+    ) -> tuple[Rollout, tuple[Action, ...]]:
+        """One decision, durable before it returns (in a thread: ``decide`` over many alerts
+        and the commit must not hold the event loop)."""
+        state = self.state
+        new, actions = stages.decide(state, observed, findings, now)
+        if self._successor is not None:
+            new, more = stages.hand_over(new, self._successor)
+            actions += more
+        if new != state or actions or findings.measurements:
+            self._store.commit(new, actions, now, findings.measurements)
+        return new, actions
+
+    async def _isolate(
+        self,
+        findings: Findings,
+        commands: list[tuple[Command, asyncio.Future[Rollout]]],
+        observed: Observed,
+        now: float,
+    ) -> tuple[Rollout, tuple[Action, ...]]:
+        """Commit what can be committed of a pass that could not be, one input at a time.
+
+        First the measurements alone, then each command, then each alert, each in its own
+        pass from the state the previous one left. An input whose pass fails is tried once
+        more with its text made safe (the decision keeps its meaning: a rollback still rolls
+        back); if that fails too it is dropped and logged, and a command's caller gets the
+        error. So one bad input never blocks the others, least of all a rollback.
+        """
+        actions: list[Action] = []
+        waiting = list(commands)
+        try:
+            base = replace(findings, alerts=(), commands=())
+            outcome = await self._try_pass(base, observed, now)
+            if not isinstance(outcome, tuple):  # not even the measurements: retry next pass
+                self._alerts[:0] = list(findings.alerts)
+                raise _unstorable("the pass's measurements", outcome)
+            actions += outcome
+            quiet = replace(base, measurements=())
+            while waiting:
+                command, future = waiting.pop(0)
+                result = await self._try_variants(
+                    replace(quiet, commands=(command,)),
+                    replace(quiet, commands=(_safe_command(command),)),
+                    observed,
+                    now,
+                )
+                if isinstance(result, CanarydError):
+                    _fail([(command, future)], result)
+                    continue
+                actions += result
+                self._answer(result, [(command, future)])
+            for i, alert in enumerate(findings.alerts):
+                result = await self._try_variants(
+                    replace(quiet, alerts=(alert,)),
+                    replace(quiet, alerts=(_safe_alert(alert),)),
+                    observed,
+                    now,
+                )
+                if isinstance(result, tuple):
+                    actions += result
+                elif isinstance(result, TemporaryError):  # the store, not the alert: later
+                    self._alerts[:0] = list(findings.alerts[i:])
+                    break
+        except Exception as exc:
+            _fail(waiting, exc)
+            raise
+        except BaseException:
+            self._commands[:0] = waiting  # cancelled: answered by run()'s "worker stopped"
+            raise
+        return self.state, tuple(actions)
+
+    async def _try_variants(
+        self, one: Findings, safe: Findings, observed: Observed, now: float
+    ) -> tuple[Action, ...] | CanarydError:
+        """Try ``one``, then its made-safe twin: the actions of the first that is durable, else
+        the error (a temporary one as it is, so its caller is answered 503)."""
+        cause: Exception | None = None
+        for findings in (one, safe):
+            try:
+                outcome = await self._try_pass(findings, observed, now)
+            except TemporaryError as exc:
+                return exc
+            if isinstance(outcome, tuple):
+                return outcome
+            cause = outcome
+        what = f"command {one.commands[0].kind}" if one.commands else f"alert {one.alerts[0].key}"
+        error = _unstorable(what, cause)
+        self._events.failed_pass(self.state, error)
+        return error
+
+    async def _try_pass(
+        self, findings: Findings, observed: Observed, now: float
+    ) -> tuple[Action, ...] | Exception:
+        """One isolated pass: its actions once durable (``self.state`` moves on), else why it
+        could not be committed (``TemporaryError`` is raised: the store is unavailable)."""
+        try:
+            new, actions = await asyncio.to_thread(self._decide_and_commit, findings, observed, now)
+        except TemporaryError:
+            raise
+        except Exception as exc:
+            return exc
+        self._moved(new)
+        return actions
+
+    def _settle(
+        self,
+        new: Rollout,
+        actions: tuple[Action, ...],
+        commands: list[tuple[Command, asyncio.Future[Rollout]]],
+        now: float,
+        measurements: tuple[Measurement, ...],
+    ) -> None:
+        """The decision is durable: adopt it, answer its commands, report it."""
+        self._moved(new)
+        self._answer(actions, commands)
+        self._events.decided(new, actions, measurements, now)
+
+    def _answer(
+        self, actions: tuple[Action, ...], commands: list[tuple[Command, asyncio.Future[Rollout]]]
+    ) -> None:
+        """Answer each command with what the engine did: the rollout once applied, or
+        ``CommandRejected`` with the engine's reason when it refused (HTTP 409)."""
+        refused = _refusals(actions)
+        for i, (_, future) in enumerate(commands):
+            if future.done():
+                continue
+            if i in refused:
+                future.set_exception(CommandRejected(refused[i]))
+            else:
+                future.set_result(self.state)
 
     async def observe(self) -> Observed:
         weight = await self._router.get_weight()
@@ -197,3 +370,58 @@ class Worker:
             async with asyncio.timeout(delay):
                 await self._wake.wait()
         self._wake.clear()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class Unstorable(PermanentError):
+    """A decision that the store refused to commit for a reason retrying will not fix."""
+
+
+def _unstorable(what: str, cause: Exception | None) -> Unstorable:
+    why = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+    return Unstorable(f"{what} could not be committed to the state store{why}; dropped")
+
+
+def _fail(commands: Iterable[tuple[Command, asyncio.Future[Rollout]]], error: Exception) -> None:
+    """Answer each waiting command with ``error``: it is not applied later."""
+    if not isinstance(error, CanarydError):
+        error = _unstorable("the command", error)
+    for _, future in commands:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _refusals(actions: Iterable[Action]) -> dict[int, str]:
+    """Command index → the engine's reason, for each command ``decide`` refused (its IGNORE
+    action carries ``{"command", "refused", "command_index"}`` as evidence)."""
+    out: dict[int, str] = {}
+    for action in actions:
+        index = action.evidence.get("command_index")
+        if action.kind is ActionKind.IGNORE and isinstance(index, int):
+            out[index] = str(action.evidence.get("refused", action.reason))
+    return out
+
+
+def _rolls_back(rules: tuple[AlertRule, ...], alert: Alert) -> bool:
+    if alert.status != "firing":
+        return False
+    rule = rule_for(rules, alert.labels)
+    return rule is not None and rule.action is AlertAction.ROLLBACK
+
+
+def _safe(text: str) -> str:
+    """``text`` that any store can encode: a lone surrogate becomes its ``\\udc80`` escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe_alert(alert: Alert) -> Alert:
+    labels = {_safe(k): _safe(v) for k, v in alert.labels.items()}
+    return Alert(
+        _safe(alert.fingerprint), _safe(alert.status), labels, alert.starts_at, alert.ends_at
+    )
+
+
+def _safe_command(command: Command) -> Command:
+    return replace(command, by=_safe(command.by), reason=_safe(command.reason))
