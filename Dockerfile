@@ -28,9 +28,9 @@ COPY pyproject.toml ./
 COPY daemon/ daemon/
 COPY rules/ rules/
 # pip installs the shipped policies (rules/*.yaml) under $prefix/share/canaryd/rules, where
-# canaryd.policies.RULES_DIR finds them by name (matriz-fast-track, ...).
+# canaryd.config.policies.RULES_DIR finds them by name (matriz-fast-track, ...).
 RUN pip install --no-cache-dir . \
- && test -f "$(python -c 'import canaryd.policies as p; print(p.RULES_DIR)')/matriz-fast-track.yaml" \
+ && test -f "$(python -c 'import canaryd.config.policies as p; print(p.RULES_DIR)')/matriz-fast-track.yaml" \
  && install -d -o canaryd -g canaryd -m 0750 /etc/canaryd /var/lib/canaryd \
  && cd / && rm -rf /src
 

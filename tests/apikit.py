@@ -30,11 +30,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from canaryd.adapters.alertmanager import WebhookCredential, fingerprint
-from canaryd.adapters.http_server import build_app
-from canaryd.adapters.noop import NonePlatform, NoopRouter
-from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.platforms.none import NonePlatform
+from canaryd.adapters.routers.noop import NoopRouter
+from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
+from canaryd.api.server import build_app
+from canaryd.api.webhook import WebhookCredential, fingerprint
+from canaryd.config.settings import Token
 from canaryd.core.errors import ConfigError, Problem
 from canaryd.core.model import (
     AlertAction,
@@ -49,7 +51,6 @@ from canaryd.core.model import (
 )
 from canaryd.runtime.controller import Controller, Target
 from canaryd.runtime.worker import Timing
-from canaryd.settings import Token
 
 REFERENCE = Path(__file__).resolve().parent / "upstream" / "alertmanager"
 FIRING_PAYLOADS = (

@@ -50,11 +50,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from canaryd import simulate
-from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.store.sqlite import SqliteStore
+from canaryd.config.policies import load_policy, resolve
 from canaryd.core import stages
 from canaryd.core.model import Action, Effect, Measurement, Rollout
-from canaryd.policies import load_policy, resolve
+from canaryd.offline import simulate
 
 ROLLOUT_ID = "matriz-crash-1"
 TARGET = "matriz"

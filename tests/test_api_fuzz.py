@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apikit import FIRING_PAYLOADS, IDLE, TARGET, ServerThread, auth, reference, webhook_auth
-from canaryd.adapters.alertmanager import PayloadError, parse_webhook
+from canaryd.api.webhook import PayloadError, parse_webhook
 
 FUZZ = settings(
     max_examples=200,

@@ -11,7 +11,7 @@ import pytest
 
 from canaryd import __version__
 from canaryd.cli import describe_policy, fastest_rollout, main
-from canaryd.policies import RULES_DIR, load_policy
+from canaryd.config.policies import RULES_DIR, load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 

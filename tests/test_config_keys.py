@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from canaryd.config.policies import RULES_DIR, load_policy
+from canaryd.config.reader import DuplicateKeys, StrictLoader
+from canaryd.config.settings import load_config, load_tokens
 from canaryd.core.errors import ConfigError
-from canaryd.policies import RULES_DIR, load_policy
-from canaryd.settings import load_config, load_tokens
-from canaryd.validation import DuplicateKeys, StrictLoader
 
 HEAD = "prometheus: {url: http://127.0.0.1:9090}\n"
 TARGET = """\

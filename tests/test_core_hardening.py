@@ -26,7 +26,7 @@ from canaryd.core.model import (
     Rollout,
     Verdict,
 )
-from canaryd.simulate import Timeline, World, settle
+from canaryd.offline.simulate import Timeline, World, settle
 
 # ---------------------------------------------------------------- 3: rollback while promoting
 

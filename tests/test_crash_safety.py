@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from canaryd import simulate
-from canaryd.adapters.sqlite_store import SqliteStore
-from canaryd.policies import load_policy, resolve
+from canaryd.adapters.store.sqlite import SqliteStore
+from canaryd.config.policies import load_policy, resolve
+from canaryd.offline import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVER = Path(__file__).resolve().parent / "crash_driver.py"

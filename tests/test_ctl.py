@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
+from canaryd.config.policies import load_policy, resolve
 from canaryd.core import codec, stages
-from canaryd.ctlclient import Client, RolloutView, rollout_of
-from canaryd.policies import load_policy, resolve
+from canaryd.ctl.client import Client, RolloutView, rollout_of
 from support.procs import free_port, wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[1]

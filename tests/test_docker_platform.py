@@ -31,10 +31,10 @@ import aiodocker
 import aiohttp
 import pytest
 
-from canaryd.adapters.docker import DockerEnginePlatform
+from canaryd.adapters.platforms.docker import DockerEnginePlatform
 from canaryd.app import build_platform
+from canaryd.config.settings import load_config
 from canaryd.core.errors import CanarydError, PlatformUnavailable
-from canaryd.settings import load_config
 
 SOCKET = "/tmp/canaryd-docker.sock"
 URL = f"unix://{SOCKET}"

@@ -25,10 +25,10 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from apikit import NAMES, TARGET, Stack, auth, rfc3339, running_stack, wait_for, webhook_auth
-from canaryd.adapters import openapi
-from canaryd.adapters.alertmanager import MAX_LABELS, make_safe, parse_webhook
-from canaryd.adapters.http_server import KEEPALIVE_TIMEOUT, make_runner
-from canaryd.adapters.refusals import OVERFLOW, RefusalFolder
+from canaryd.api import openapi
+from canaryd.api.refusals import OVERFLOW, RefusalFolder
+from canaryd.api.server import KEEPALIVE_TIMEOUT, make_runner
+from canaryd.api.webhook import MAX_LABELS, make_safe, parse_webhook
 from canaryd.core.errors import StillRunning
 from servekit import TOKENS, WEBHOOK_TOKEN, Serve, TargetSpec, call, wait_until, write_config
 

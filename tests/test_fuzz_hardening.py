@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from apikit import rfc3339
-from canaryd.adapters.alertmanager import fingerprint
+from canaryd.api.webhook import fingerprint
 from servekit import TOKENS, WEBHOOK_TOKEN, Serve, TargetSpec, wait_until, write_config
 
 ALERTED = "fuzz-alerted"  # rolled back by the critical alert sent after the fuzzing

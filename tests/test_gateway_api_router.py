@@ -18,11 +18,11 @@ import yaml
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from canaryd.adapters import gateway_api
-from canaryd.adapters.gateway_api import GatewayApiHTTPRouteRouter
+from canaryd.adapters.routers import gateway_api
+from canaryd.adapters.routers.gateway_api import GatewayApiHTTPRouteRouter
 from canaryd.app import build_router
+from canaryd.config.settings import load_config
 from canaryd.core.errors import CanarydError, RouterConflict, RouterUnavailable
-from canaryd.settings import load_config
 from support import kube
 
 NS = "shop"

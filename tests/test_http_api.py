@@ -29,7 +29,7 @@ from apikit import (
     webhook_auth,
 )
 from canaryd import __version__
-from canaryd.adapters import openapi
+from canaryd.api import openapi
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[[web.Application], Awaitable[Client]]

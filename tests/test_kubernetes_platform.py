@@ -26,14 +26,14 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client import models
 
-from canaryd.adapters.kubernetes import (
+from canaryd.adapters.platforms.kubernetes import (
     KubernetesDeploymentPlatform,
     label_value,
     selects,
 )
 from canaryd.app import build_platform
+from canaryd.config.settings import load_config
 from canaryd.core.errors import CanarydError, PlatformUnavailable
-from canaryd.settings import load_config
 from support import kube
 
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")

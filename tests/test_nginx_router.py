@@ -22,10 +22,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from canaryd.adapters.nginx import NginxFileRouter, render, upstream_name
+from canaryd.adapters.routers.nginx import NginxFileRouter, render, upstream_name
 from canaryd.app import build_router
+from canaryd.config.settings import load_config
 from canaryd.core.errors import CanarydError, RouterUnavailable
-from canaryd.settings import load_config
 from support import procs
 
 REPO = Path(__file__).resolve().parents[1]

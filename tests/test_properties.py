@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.enginekit import make_policy, started, world
 
+from canaryd.config.policies import load_policy
 from canaryd.core import analysis, codec, stages
 from canaryd.core.model import (
     ActionKind,
@@ -27,8 +28,7 @@ from canaryd.core.model import (
     Rollout,
     Verdict,
 )
-from canaryd.policies import load_policy
-from canaryd.simulate import World
+from canaryd.offline.simulate import World
 
 FAST_TRACK = load_policy("rules/matriz-fast-track.yaml")
 

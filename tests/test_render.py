@@ -28,8 +28,9 @@ import jsonschema
 import pytest
 import yaml
 
-from canaryd import ctl, render
-from canaryd.policies import RULES_DIR, load_policy
+from canaryd import ctl
+from canaryd.config.policies import RULES_DIR, load_policy
+from canaryd.offline import render
 from support.procs import Proc, start_demo_service, start_prometheus, wait_for_up
 
 REFERENCE = Path(__file__).resolve().parent / "upstream" / "argo-rollouts"

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from canaryd.adapters.prometheus import RangeResult, RangeSeries, ResultKind
-from canaryd.replay import ReplayError, Window, alert_lines, check_lines, parse_time
+from canaryd.offline.replay import ReplayError, Window, alert_lines, check_lines, parse_time
 from support import procs
 
 ROOT = Path(__file__).resolve().parents[1]

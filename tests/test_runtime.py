@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 
-from canaryd.adapters.noop import NonePlatform, NoopRouter
-from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.platforms.none import NonePlatform
+from canaryd.adapters.routers.noop import NoopRouter
+from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
+from canaryd.config.policies import load_policy
 from canaryd.core.errors import CommandRejected, RolloutRefused
 from canaryd.core.model import Alert, Command, CommandKind, Measurement, Phase, Policy, Rollout
-from canaryd.policies import load_policy
 from canaryd.runtime.controller import Controller, Target
 from canaryd.runtime.worker import Timing
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 
-from canaryd.adapters.noop import NoopRouter
-from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.routers.noop import NoopRouter
+from canaryd.adapters.store.sqlite import SqliteStore
+from canaryd.config.policies import load_policy
 from canaryd.core.errors import (
     CommandRejected,
     RolloutRefused,
@@ -29,7 +30,6 @@ from canaryd.core.errors import (
     StillRunning,
 )
 from canaryd.core.model import Alert, Command, CommandKind, Phase, Policy
-from canaryd.policies import load_policy
 from canaryd.ports import StoreUnavailable
 from canaryd.runtime import controller as controller_module
 from servekit import WEBHOOK_TOKEN, Serve, TargetSpec, call, wait_until, write_config

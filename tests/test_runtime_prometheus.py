@@ -18,13 +18,14 @@ from typing import Any
 
 import aiohttp
 
-from canaryd.adapters.noop import NonePlatform, NoopRouter
+from canaryd.adapters.platforms.none import NonePlatform
 from canaryd.adapters.prometheus import PrometheusClient
-from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.routers.noop import NoopRouter
+from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
+from canaryd.config.policies import load_policy
 from canaryd.core.model import Phase, Policy, Rollout
 from canaryd.demo.load import generate
-from canaryd.policies import load_policy
 from canaryd.runtime.controller import Controller, Target
 from canaryd.runtime.evaluator import Evaluator
 from canaryd.runtime.worker import Timing

@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from canaryd.core.errors import ConfigError
-from canaryd.core.model import Matcher
-from canaryd.policies import RULES_DIR, load_policy
-from canaryd.settings import (
+from canaryd.config.policies import RULES_DIR, load_policy
+from canaryd.config.settings import (
     DockerPlatform,
     GatewayApiRouter,
     KubernetesState,
@@ -22,6 +20,8 @@ from canaryd.settings import (
     load_config,
     load_tokens,
 )
+from canaryd.core.errors import ConfigError
+from canaryd.core.model import Matcher
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "config" / "canaryd.yaml"

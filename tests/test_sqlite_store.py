@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from canaryd.adapters.sqlite_store import SCHEMA_VERSION, SqliteStore
+from canaryd.adapters.store.sqlite import SCHEMA_VERSION, SqliteStore
+from canaryd.config.policies import load_policy, resolve
 from canaryd.core import stages
 from canaryd.core.model import (
     Action,
@@ -22,7 +23,6 @@ from canaryd.core.model import (
     Phase,
     Rollout,
 )
-from canaryd.policies import load_policy, resolve
 from canaryd.ports import CorruptState, RolloutConflict, StateStore
 
 POLICY = load_policy(resolve("matriz-fast-track"))

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.store.sqlite import SqliteStore
+from canaryd.config.policies import load_policy, resolve
 from canaryd.core import stages
 from canaryd.core.model import Action, ActionKind
-from canaryd.policies import load_policy, resolve
 from servekit import TOKENS, Serve, TargetSpec, listen_port, probe, wait_until, write_config
 
 TARGET = "matriz"

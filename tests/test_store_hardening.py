@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.store.sqlite import SqliteStore
+from canaryd.config.policies import load_policy, resolve
 from canaryd.core import stages
 from canaryd.core.model import Action, ActionKind, Alert, Measurement, Phase, Rollout
-from canaryd.policies import load_policy, resolve
 from canaryd.ports import CorruptState, StateLocked, StoreUnavailable
 
 POLICY = load_policy(resolve("matriz-fast-track"))
@@ -200,7 +200,7 @@ def test_a_lock_taken_over_by_another_daemon_fences_the_first(tmp_path: Path) ->
 FULL_DISK = textwrap.dedent(
     """
     import json, os, resource, signal, sys, time
-    from canaryd.adapters.sqlite_store import SqliteStore
+    from canaryd.adapters.store.sqlite import SqliteStore
     from canaryd.ports import StoreUnavailable
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the kernel answers EFBIG instead

@@ -30,10 +30,14 @@ import pytest
 import yaml
 from aiohttp import web
 
-from canaryd.adapters.traefik_file import PIN_PRIORITY, TraefikFileProviderRouter, header_rule
+from canaryd.adapters.routers.traefik_file import (
+    PIN_PRIORITY,
+    TraefikFileProviderRouter,
+    header_rule,
+)
 from canaryd.app import build_router
+from canaryd.config.settings import load_config
 from canaryd.core.errors import CanarydError, RouterUnavailable
-from canaryd.settings import load_config
 from support import traefik as tk
 from support.procs import Proc
 

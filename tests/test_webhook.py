@@ -33,7 +33,7 @@ from apikit import (
     wait_for,
     webhook_auth,
 )
-from canaryd.adapters.alertmanager import (
+from canaryd.api.webhook import (
     PayloadError,
     WebhookCredential,
     basic_matches,

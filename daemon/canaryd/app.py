@@ -23,16 +23,19 @@ import structlog
 from aiohttp import web
 
 from canaryd.adapters import systemd
-from canaryd.adapters.alertmanager import WebhookCredential
-from canaryd.adapters.docker import DockerEnginePlatform
-from canaryd.adapters.gateway_api import GatewayApiHTTPRouteRouter
-from canaryd.adapters.kubernetes import KubernetesDeploymentPlatform
-from canaryd.adapters.nginx import NginxFileRouter
-from canaryd.adapters.noop import NonePlatform, NoopRouter
+from canaryd.adapters.platforms.docker import DockerEnginePlatform
+from canaryd.adapters.platforms.kubernetes import KubernetesDeploymentPlatform
+from canaryd.adapters.platforms.none import NonePlatform
 from canaryd.adapters.prometheus import PrometheusClient
-from canaryd.adapters.sqlite_store import SqliteStore
+from canaryd.adapters.routers.gateway_api import GatewayApiHTTPRouteRouter
+from canaryd.adapters.routers.nginx import NginxFileRouter
+from canaryd.adapters.routers.noop import NoopRouter
+from canaryd.adapters.routers.traefik_file import TraefikFileProviderRouter
+from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
-from canaryd.adapters.traefik_file import TraefikFileProviderRouter
+from canaryd.api.webhook import WebhookCredential
+from canaryd.config.settings import Settings, Token, secret_for_serve, tokens_for_serve
+from canaryd.config.settings import Target as TargetSettings
 from canaryd.core.errors import ConfigError, Problem
 from canaryd.core.model import Policy
 from canaryd.ports import Platform, Router
@@ -40,8 +43,6 @@ from canaryd.runtime.controller import Controller, Target
 from canaryd.runtime.evaluator import Evaluator
 from canaryd.runtime.supervisor import Supervisor
 from canaryd.runtime.worker import Timing
-from canaryd.settings import Settings, Token, secret_for_serve, tokens_for_serve
-from canaryd.settings import Target as TargetSettings
 
 log = structlog.get_logger("canaryd")
 STATE_WATCH_INTERVAL = 2.0  # seconds between checks that the state is still ours and writable
@@ -210,7 +211,7 @@ class Daemon:
         self.supervisor.keep("evaluator", self.evaluator.run)
         # Listen first: /healthz answers while the state loads and /readyz says 503 until
         # every stored rollout had its reconcile pass (the API answers 503 meanwhile).
-        from canaryd.adapters.http_server import make_runner
+        from canaryd.api.server import make_runner
 
         self.runner = make_runner(self._http_app())
         await self.runner.setup()
@@ -231,7 +232,7 @@ class Daemon:
         )
 
     def _http_app(self) -> web.Application:
-        from canaryd.adapters.http_server import build_app
+        from canaryd.api.server import build_app
 
         assert self.controller is not None
         return build_app(

@@ -30,11 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from canaryd import __version__
-from canaryd.core.durations import format_duration
-from canaryd.core.errors import CanarydError, ConfigError
-from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
-from canaryd.ports import StateLocked
-from canaryd.settings import (
+from canaryd.config.settings import (
     DockerPlatform,
     KubernetesPlatform,
     NginxRouter,
@@ -47,6 +43,10 @@ from canaryd.settings import (
     TraefikFileRouter,
     load_config,
 )
+from canaryd.core.durations import format_duration
+from canaryd.core.errors import CanarydError, ConfigError
+from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
+from canaryd.ports import StateLocked
 
 DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -346,7 +346,7 @@ def _register_demo(commands: Subparsers) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from canaryd import tour
+    from canaryd.demo import tour
 
     return tour.run(args.fast, args.dir, args.output == "json")
 

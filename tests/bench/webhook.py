@@ -7,7 +7,7 @@ ratio of each round compares neighbours in time), each in its own process pinned
 the load generator runs pinned to CPU 1:
 
 * ``bare``: an aiohttp handler that parses the JSON body and answers 200 (the baseline);
-* ``canaryd``: the real ``POST /api/v1/alerts`` of ``canaryd.adapters.http_server`` with the
+* ``canaryd``: the real ``POST /api/v1/alerts`` of ``canaryd.api.server`` with the
   real controller and SQLite store: bearer check, parsing into alerts, a durable (fsynced)
   group commit, de-duplication and target matching, then 200.
 
@@ -68,12 +68,13 @@ def serve_bare(port: int, ready: Any) -> None:
 def serve_canaryd(port: int, ready: Any, state_dir: str) -> None:
     from aiohttp import web
 
-    from canaryd.adapters.alertmanager import WebhookCredential
-    from canaryd.adapters.http_server import build_app
-    from canaryd.adapters.noop import NonePlatform, NoopRouter
-    from canaryd.adapters.sqlite_store import SqliteStore
+    from canaryd.adapters.platforms.none import NonePlatform
+    from canaryd.adapters.routers.noop import NoopRouter
+    from canaryd.adapters.store.sqlite import SqliteStore
     from canaryd.adapters.telemetry import Telemetry, configure_logging
-    from canaryd.policies import load_policy
+    from canaryd.api.server import build_app
+    from canaryd.api.webhook import WebhookCredential
+    from canaryd.config.policies import load_policy
     from canaryd.runtime.controller import Controller, Target
 
     pin(0)

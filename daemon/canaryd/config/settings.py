@@ -8,7 +8,7 @@ policy file itself). A wrong key is always an error, never a silent default.
 Platforms and routers are tagged by ``kind``; each kind is its own small dataclass with exactly
 the keys that kind understands. They live in ``settings_kinds`` with their readers and the
 ``PLATFORMS`` / ``ROUTERS`` tables this loader dispatches on; every name is re-exported here
-(``__all__``), so ``canaryd.settings`` stays the one import for the whole config.
+(``__all__``), so ``canaryd.config.settings`` stays the one import for the whole config.
 
 Secret files (API tokens, the webhook credential) need not exist when the config is checked —
 they are often provisioned later — so a missing one is a warning; one that exists is checked
@@ -31,23 +31,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from canaryd import policies
-from canaryd.core.errors import Problem
-from canaryd.core.model import Matcher, Policy
-from canaryd.core.rules import matches, parse_matcher
-from canaryd.settings_auth import (
-    ROLES,
-    Auth,
-    AuthReader,
-    BasicAuth,
-    Token,
-    WebhookAuth,
-    load_tokens,
-    read_tokens,
-    secret_for_serve,
-    tokens_for_serve,
-)
-from canaryd.settings_kinds import (
+from canaryd.config import policies
+from canaryd.config.kinds import (
     PLATFORM_KINDS,
     PLATFORMS,
     ROUTER_KINDS,
@@ -69,7 +54,22 @@ from canaryd.settings_kinds import (
     to_name,
     to_port,
 )
-from canaryd.validation import Reader, duration, join, to_str
+from canaryd.config.reader import Reader, duration, join, to_str
+from canaryd.config.secrets import (
+    ROLES,
+    Auth,
+    AuthReader,
+    BasicAuth,
+    Token,
+    WebhookAuth,
+    load_tokens,
+    read_tokens,
+    secret_for_serve,
+    tokens_for_serve,
+)
+from canaryd.core.errors import Problem
+from canaryd.core.model import Matcher, Policy
+from canaryd.core.rules import matches, parse_matcher
 
 __all__ = [
     "DEFAULT_ALERT_EXPIRY",

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from canaryd.adapters.alertmanager import credentials_of
+from canaryd.api.webhook import credentials_of
 
 ROLES = ("viewer", "operator", "admin")
 ANONYMOUS = "anonymous"

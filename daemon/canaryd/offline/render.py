@@ -42,12 +42,12 @@ from typing import Any
 
 import yaml
 
-from canaryd.adapters.files import write_atomically
+from canaryd.adapters.routers.files import write_atomically
+from canaryd.config.policies import load_policy, resolve
 from canaryd.core import templates
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import ConfigError
 from canaryd.core.model import Check, NoData, Policy
-from canaryd.policies import load_policy, resolve
 from canaryd.runtime.evaluator import CANARY, template_variables
 
 KINDS = ("prometheus-rules", "grafana", "argo-analysis")

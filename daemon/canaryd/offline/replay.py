@@ -53,13 +53,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from canaryd import simulate
+from canaryd.config.policies import load_policy, resolve
 from canaryd.core import templates
 from canaryd.core.durations import parse_duration
 from canaryd.core.errors import ConfigError, SourceUnavailable
 from canaryd.core.model import Policy
-from canaryd.policies import load_policy, resolve
-from canaryd.render import parse_labels
+from canaryd.offline import simulate
+from canaryd.offline.render import parse_labels
 from canaryd.runtime.evaluator import CANARY, DEFAULT_REQUESTS_QUERY, template_variables
 
 if TYPE_CHECKING:

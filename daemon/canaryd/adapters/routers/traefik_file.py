@@ -76,7 +76,7 @@ from typing import Any
 
 import yaml
 
-from canaryd.adapters.files import read_if_present, write_atomically
+from canaryd.adapters.routers.files import read_if_present, write_atomically
 from canaryd.core.errors import RouterUnavailable
 
 CANARY_HEADER = "X-Canary-Deploy"

@@ -77,7 +77,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from canaryd.adapters.files import read_if_present, write_atomically
+from canaryd.adapters.routers.files import read_if_present, write_atomically
 from canaryd.core.errors import RouterUnavailable
 
 COMMAND_TIMEOUT = 10.0  # seconds for nginx -t or a reload; a graceful reload returns in ~15 ms

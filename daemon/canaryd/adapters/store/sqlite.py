@@ -39,7 +39,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from canaryd.adapters.sqlite_schema import (
+from canaryd.adapters.store.lock import StateLock, WriteHealth
+from canaryd.adapters.store.schema import (
     ALERT_JOURNAL,
     SCHEMA,
     SCHEMA_VERSION,
@@ -54,7 +55,6 @@ from canaryd.adapters.sqlite_schema import (
     optional_storable,
     storable,
 )
-from canaryd.adapters.state_lock import StateLock, WriteHealth
 from canaryd.core import alertbook
 from canaryd.core.codec import rollout_from_dict, rollout_to_dict
 from canaryd.core.errors import CanarydError

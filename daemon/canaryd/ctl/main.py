@@ -28,10 +28,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from canaryd import __version__, render, replay, simulate
+from canaryd import __version__
+from canaryd.config.policies import load_policy, resolve
 from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import ConfigError
-from canaryd.ctlclient import (
+from canaryd.ctl.client import (
     DEFAULT_URL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -45,7 +46,7 @@ from canaryd.ctlclient import (
     rollout_of,
     targets_of,
 )
-from canaryd.policies import load_policy, resolve
+from canaryd.offline import render, replay, simulate
 
 EXIT_CODES = """\
 exit codes:

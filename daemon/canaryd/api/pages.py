@@ -16,7 +16,7 @@ import html
 from collections.abc import Iterable
 
 from canaryd import __version__
-from canaryd.adapters.api_views import TargetInfo, target_summary
+from canaryd.api.views import TargetInfo, target_summary
 from canaryd.core.model import Rollout
 
 _PAGE = """<!doctype html>

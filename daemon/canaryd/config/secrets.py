@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from canaryd.config.reader import Reader, join, to_str
 from canaryd.core.errors import ConfigError, Problem
-from canaryd.validation import Reader, join, to_str
 
 ROLES = ("viewer", "operator", "admin")
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()

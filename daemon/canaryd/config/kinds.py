@@ -8,10 +8,11 @@ so an adapter receives a typed value and ``mypy`` narrows the ``Platform`` / ``R
 
 Why apart from ``settings``: the kinds grow with the adapters (every new router brings its own
 keys), while the rest of the config file changes rarely; kept here they are one table to read,
-and ``settings`` stays the file's overall shape. ``settings`` re-exports every public name, so
-``from canaryd.settings import NginxRouter`` keeps working. The readers see the loader through
-``Loader`` (the three members they use), so this module never imports ``settings``; for the same
-reason the converters both modules need (names, ports, label sets) live here, the lower of the two.
+and ``settings`` stays the file's overall shape. ``settings`` re-exports every public name,
+so ``from canaryd.config.settings import NginxRouter`` keeps working. The readers see the loader
+through ``Loader`` (the three members they use), so this module never imports ``settings``;
+for the same reason the converters both modules need (names, ports, label sets) live here, the
+lower of the two.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from canaryd.validation import Reader, join, to_int, to_str
+from canaryd.config.reader import Reader, join, to_int, to_str
 
 T = TypeVar("T")
 

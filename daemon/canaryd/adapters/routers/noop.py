@@ -1,4 +1,4 @@
-"""Observe-only mode: the ``noop`` router and the ``none`` platform.
+"""Observe-only mode, the traffic half: the ``noop`` router (``platforms.none`` is the other).
 
 With these canaryd routes nothing and deploys nothing; another tool (a CD pipeline, Argo CD,
 a person) runs the canary and moves traffic, and canaryd judges it, records every decision and
@@ -24,28 +24,3 @@ class NoopRouter:
 
     async def finalize(self) -> None:
         self._weight = None
-
-
-class NonePlatform:
-    """Something else deploys: the canary is taken as present and ready."""
-
-    kind = "none"
-
-    def __init__(self) -> None:
-        self._stable: str | None = None
-        self._present = True
-
-    async def ensure_canary(self, image: str) -> None:
-        self._present = True
-
-    async def canary_status(self) -> tuple[bool, bool]:
-        return self._present, self._present
-
-    async def stable_image(self) -> str | None:
-        return self._stable
-
-    async def update_stable(self, image: str) -> None:
-        self._stable = image
-
-    async def remove_canary(self) -> None:
-        self._present = False

@@ -59,13 +59,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from canaryd import __version__
-from canaryd.adapters import openapi
-from canaryd.adapters.alertmanager import (
-    PayloadError,
-    WebhookCredential,
-    parse_notification,
-)
-from canaryd.adapters.api_auth import (
+from canaryd.adapters.telemetry import Telemetry
+from canaryd.api import openapi
+from canaryd.api.audit import Auditor, write_problem
+from canaryd.api.auth import (
     ANONYMOUS,
     CHALLENGE,
     ApiToken,
@@ -73,9 +70,7 @@ from canaryd.adapters.api_auth import (
     Identity,
     Unauthenticated,
 )
-from canaryd.adapters.api_views import TargetInfo, alert_view, rollout_view, target_summary
-from canaryd.adapters.http_audit import Auditor, write_problem
-from canaryd.adapters.http_edge import (
+from canaryd.api.edge import (
     BODY_TIMEOUT,
     CODES,
     OUTCOMES,
@@ -90,9 +85,14 @@ from canaryd.adapters.http_edge import (
     text_field,
     unavailable,
 )
-from canaryd.adapters.refusals import RefusalFolder
-from canaryd.adapters.status_page import render_status_page
-from canaryd.adapters.telemetry import Telemetry
+from canaryd.api.pages import render_status_page
+from canaryd.api.refusals import RefusalFolder
+from canaryd.api.views import TargetInfo, alert_view, rollout_view, target_summary
+from canaryd.api.webhook import (
+    PayloadError,
+    WebhookCredential,
+    parse_notification,
+)
 from canaryd.core.errors import (
     CommandRejected,
     ConfigError,

@@ -22,8 +22,8 @@ from collections.abc import Container
 
 import structlog
 
-from canaryd.adapters.alertmanager import make_safe
-from canaryd.adapters.refusals import RefusalFolder
+from canaryd.api.refusals import RefusalFolder
+from canaryd.api.webhook import make_safe
 from canaryd.core.errors import CanarydError
 from canaryd.ports import Clock, StateStore
 

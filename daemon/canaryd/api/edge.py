@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
-from canaryd.adapters.alertmanager import UNSAFE
+from canaryd.api.webhook import UNSAFE
 
 BODY_TIMEOUT = 10.0  # seconds for a whole request body: a 1 MiB one needs far less
 MAX_TEXT = 1024  # characters of a text field

@@ -11,6 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from canaryd.config.reader import (
+    Reader,
+    duration,
+    join,
+    one_of,
+    to_bool,
+    to_float,
+    to_int,
+    to_str,
+)
 from canaryd.core import templates
 from canaryd.core.model import (
     AlertAction,
@@ -25,16 +35,6 @@ from canaryd.core.model import (
     Stage,
 )
 from canaryd.core.rules import parse_matcher
-from canaryd.validation import (
-    Reader,
-    duration,
-    join,
-    one_of,
-    to_bool,
-    to_float,
-    to_int,
-    to_str,
-)
 
 
 def _rules_dir() -> Path:

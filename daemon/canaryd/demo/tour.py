@@ -38,16 +38,16 @@ from typing import Any, TextIO
 import aiohttp
 import yaml
 
-from canaryd import policies
-from canaryd.adapters import nginx as nginx_router
+from canaryd.adapters.routers import nginx as nginx_router
 from canaryd.adapters.telemetry import configure_logging
 from canaryd.app import Daemon
+from canaryd.config import policies
+from canaryd.config.settings import load_config
 from canaryd.core.durations import parse_duration
 from canaryd.core.errors import CanarydError
-from canaryd.ctlclient import Client
+from canaryd.ctl.client import Client
 from canaryd.demo import report, stack
 from canaryd.demo.platform import LocalProcesses
-from canaryd.settings import load_config
 
 TARGET = "matriz"
 STABLE_IMAGE = "v1.0.0"

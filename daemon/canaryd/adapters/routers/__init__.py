@@ -1,0 +1,1 @@
+"""Routers: each moves traffic between stable and canary on one kind of proxy or API."""

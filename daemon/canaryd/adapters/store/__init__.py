@@ -1,0 +1,1 @@
+"""The state store: rollouts, decisions, measurements, audit and alerts, durably."""

@@ -1,0 +1,1 @@
+"""Configuration: the YAML reader, the settings model, router/platform kinds, secrets, policies."""

@@ -1,0 +1,1 @@
+"""Tools that run the engine without a daemon: simulate, replay, render."""
