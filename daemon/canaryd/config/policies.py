@@ -41,7 +41,7 @@ def _rules_dir() -> Path:
     """``rules/`` of a source checkout, else the copy ``pip install .`` puts under share/."""
     import sys
 
-    checkout = Path(__file__).resolve().parents[2] / "rules"
+    checkout = Path(__file__).resolve().parents[3] / "rules"
     installed = Path(sys.prefix) / "share" / "canaryd" / "rules"
     return checkout if checkout.is_dir() or not installed.is_dir() else installed
 

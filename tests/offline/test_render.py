@@ -1,0 +1,362 @@
+"""``canaryctl render``: every document is checked by the tool that will read it.
+
+Prometheus rules by the real ``promtool`` and a real Prometheus that fires them against the demo
+service; the dashboard's and the AnalysisTemplate's queries by a real Prometheus's parser (a
+query that does not parse is answered 400 ``bad_data``); the AnalysisTemplate by the upstream
+CRD's schema (Argo Rollouts v1.9.1, tests/upstream), closed like Kubernetes' pruning
+would close it, so a misspelt key is an error rather than a silently dropped field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from canaryd.config.policies import RULES_DIR, load_policy
+from canaryd.ctl import main as ctl
+from canaryd.offline import render
+from support.procs import Proc, start_demo_service, start_prometheus, wait_for_up
+
+REFERENCE = Path(__file__).resolve().parents[1] / "upstream" / "argo-rollouts"
+POLICIES = sorted(RULES_DIR.glob("*.yaml"))
+STANDARD = load_policy(RULES_DIR / "matriz-standard.yaml")
+
+
+def _rendered(kind: str, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert ctl.main(["render", kind, *args]) == 0
+    return capsys.readouterr().out
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not installed: run `bash .ci/run` (Debian package prometheus)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proc]:
+    proc = start_prometheus(tmp_path_factory.mktemp("prom"), {})
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def _parse_error(prometheus: Proc, promql: str) -> str | None:
+    """None if Prometheus accepts ``promql``; else its error (400 bad_data on a parse error)."""
+    data = urllib.parse.urlencode({"query": promql}).encode()
+    try:
+        with urllib.request.urlopen(f"{prometheus.url}/api/v1/query", data, timeout=5) as answer:
+            assert json.load(answer)["status"] == "success"
+            return None
+    except urllib.error.HTTPError as exc:
+        body = json.load(exc)
+        return f"{exc.code} {body.get('errorType')}: {body.get('error')}"
+
+
+# --------------------------------------------------------------------------- prometheus-rules
+
+
+def test_each_check_alerts_on_the_other_side_of_its_threshold() -> None:
+    target = render.target_for(STANDARD, {"job": "web"})
+    rules = render.prometheus_rules(STANDARD, target)["groups"][0]["rules"]
+    bounds = {r["labels"]["canaryd_check"]: r["expr"].rsplit(")", 1)[1].strip() for r in rules}
+    assert bounds == {
+        "success-rate": "< 0.995",
+        "latency-p95": "> 0.25",
+        "error-rate": "> 0.001",
+        "health-score": "< 0.98",
+    }
+    first = rules[0]
+    assert first["alert"] == "CanarySuccessRateBreached"
+    assert first["for"] == "30s"
+    assert first["labels"]["severity"] == "critical"
+    assert first["labels"]["job"] == "web" and first["labels"]["target"] == "web"
+    assert 'job=~"web"' in first["expr"] and 'deployment=~"canary"' in first["expr"]
+    assert "sum by (job, deployment)" in first["expr"] and "[2m]" in first["expr"]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.stem)
+def test_rules_of_every_shipped_policy_pass_promtool(
+    policy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "rules.yaml"
+    args = ["--policy", str(policy), "--label", "job=web", "--out", str(out)]
+    assert ctl.main(["render", "prometheus-rules", *args]) == 0
+    assert capsys.readouterr().out == ""
+    check = subprocess.run(
+        [_promtool(), "check", "rules", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS" in check.stdout
+
+
+def test_a_failing_canary_fires_the_rendered_alert_in_prometheus(tmp_path: Path) -> None:
+    # The shipped policy, sped up so the test sees a verdict in seconds.
+    fast = dataclasses.replace(STANDARD, interval=1.0, window="10s")
+    target = render.target_for(fast, {"job": "web"})
+    rules = tmp_path / "canary.rules.yaml"
+    rules.write_text(render.render("prometheus-rules", fast, target))
+    canary = start_demo_service(deployment="canary", version="v2", error_rate=0.5, tmp=tmp_path)
+    prometheus: Proc | None = None
+    try:
+        prometheus = start_prometheus(tmp_path, {"web": [f"127.0.0.1:{canary.port}"]}, [rules])
+        wait_for_up(prometheus, "web", 1)
+        deadline = time.monotonic() + 40
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline and states.get("CanarySuccessRateBreached") != "firing":
+            for _ in range(20):  # traffic, half of it failing
+                with contextlib.suppress(urllib.error.HTTPError):  # the 500s
+                    urllib.request.urlopen(canary.url + "/", timeout=2).close()
+            with urllib.request.urlopen(f"{prometheus.url}/api/v1/alerts", timeout=5) as answer:
+                alerts = json.load(answer)["data"]["alerts"]
+            states = {a["labels"]["alertname"]: a["state"] for a in alerts}
+            time.sleep(0.3)
+        assert states.get("CanarySuccessRateBreached") == "firing", (states, prometheus.log())
+        assert states.get("CanaryErrorRateBreached") in ("pending", "firing")
+        fired = next(a for a in alerts if a["labels"]["alertname"] == "CanarySuccessRateBreached")
+        assert fired["labels"]["deployment"] == "canary"
+        assert fired["labels"]["target"] == "web" and fired["labels"]["severity"] == "critical"
+        assert float(fired["value"]) < 0.995
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        canary.stop()
+
+
+# --------------------------------------------------------------------------- grafana
+
+
+def _overlap(a: dict[str, int], b: dict[str, int]) -> bool:
+    return (
+        a["x"] < b["x"] + b["w"]
+        and b["x"] < a["x"] + a["w"]
+        and a["y"] < b["y"] + b["h"]
+        and b["y"] < a["y"] + a["h"]
+    )
+
+
+def test_the_dashboard_has_a_panel_per_check_with_its_threshold(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    text = _rendered("grafana", capsys, "--policy", "matriz-standard", "--label", "job=web")
+    dashboard = json.loads(text)
+    assert dashboard["uid"] == "canaryd-matriz-standard"
+    assert 30 <= dashboard["schemaVersion"] <= 41
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["DS_PROMETHEUS"]
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for i, a in enumerate(panels):
+        assert a["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+        assert a["targets"] and all(t["expr"] and t["refId"] for t in a["targets"])
+        assert a["gridPos"]["x"] >= 0 and a["gridPos"]["x"] + a["gridPos"]["w"] <= 24
+        for b in panels[i + 1 :]:
+            assert not _overlap(a["gridPos"], b["gridPos"]), (a["title"], b["title"])
+    by_title = {p["title"]: p for p in panels}
+    success = by_title["success-rate (>= 0.995)"]
+    assert success["targets"][0]["legendFormat"] == "{{deployment}}"
+    assert 'deployment=~"canary|stable"' in success["targets"][0]["expr"]
+    steps = success["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps == [{"color": "red", "value": None}, {"color": "green", "value": 0.995}]
+    latency = by_title["latency-p95 (<= 0.25)"]["fieldConfig"]["defaults"]["thresholds"]
+    assert latency["steps"][1] == {"color": "red", "value": 0.25}
+    exprs = [t["expr"] for p in panels for t in p["targets"]]
+    assert any("canaryd_rollout_weight" in e for e in exprs)
+
+
+def test_every_dashboard_and_analysis_query_parses_in_prometheus(prometheus: Proc) -> None:
+    assert _parse_error(prometheus, "sum by (job (up)") is not None  # the check can fail
+    for path in POLICIES:
+        policy = load_policy(path)
+        target = render.target_for(policy, {"job": "web"})
+        dashboard = render.grafana_dashboard(policy, target)
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+        analysis = render.argo_analysis(policy, target)
+        exprs += [m["provider"]["prometheus"]["query"] for m in analysis["spec"]["metrics"]]
+        for expr in exprs:
+            assert _parse_error(prometheus, expr) is None, (path.name, expr)
+
+
+def test_dashboard_uids_stay_within_grafanas_limit() -> None:
+    assert render.dashboard_uid("web") == "canaryd-web"
+    long = render.dashboard_uid("a very long policy name " * 4)
+    assert len(long) <= 40 and long.startswith("canaryd-a-very-long")
+    assert long != render.dashboard_uid("a very long policy name " * 5)
+
+
+# --------------------------------------------------------------------------- argo-analysis
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with every object that lists its properties closed to others, as Kubernetes'
+    structural pruning drops unknown fields (unless preserve-unknown-fields says otherwise)."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+def _crd_validator(name: str) -> jsonschema.Draft7Validator:
+    crd = yaml.safe_load((REFERENCE / name).read_text())
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+    schema = _closed(version["schema"]["openAPIV3Schema"])
+    schema["properties"]["metadata"].pop("additionalProperties", None)
+    return jsonschema.Draft7Validator(schema)
+
+
+def _errors(validator: jsonschema.Draft7Validator, doc: Any) -> list[str]:
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
+
+
+def test_the_validator_accepts_upstream_examples_and_rejects_mistakes() -> None:
+    example = yaml.safe_load((REFERENCE / "rollout-canary.example.yaml").read_text())
+    assert _errors(_crd_validator("rollout-crd.yaml"), example) == []
+    validator = _crd_validator("analysis-template-crd.yaml")
+    good = render.argo_analysis(STANDARD, render.target_for(STANDARD, {}))
+    assert _errors(validator, good) == []
+    for mistake in (
+        lambda m: m.pop("provider"),
+        lambda m: m.update(sucessCondition="result[0] > 1"),
+        lambda m: m.update(failureLimit=[1]),
+        lambda m: m["provider"]["prometheus"].update(adress="http://x"),
+    ):
+        bad = copy.deepcopy(good)
+        mistake(bad["spec"]["metrics"][0])
+        assert _errors(validator, bad), bad["spec"]["metrics"][0]
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: p.stem)
+def test_analysis_templates_match_the_argo_crd(
+    policy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _rendered("argo-analysis", capsys, "--policy", str(policy), "--label", "job=web")
+    doc = yaml.safe_load(text)
+    assert _errors(_crd_validator("analysis-template-crd.yaml"), doc) == []
+    assert doc["apiVersion"] == "argoproj.io/v1alpha1" and doc["kind"] == "AnalysisTemplate"
+    loaded = load_policy(policy)
+    metrics = doc["spec"]["metrics"]
+    assert [m["name"] for m in metrics] == list(loaded.checks)
+    for m in metrics:
+        assert m["failureLimit"] == loaded.limits.failure_limit
+        assert m["inconclusiveLimit"] == loaded.limits.inconclusive_limit - 1
+        assert m["provider"]["prometheus"]["address"] == render.DEFAULT_PROMETHEUS
+
+
+def test_analysis_conditions_follow_each_checks_operator_and_no_data() -> None:
+    policy = dataclasses.replace(
+        STANDARD,
+        checks={
+            **STANDARD.checks,
+            "error-rate": dataclasses.replace(
+                STANDARD.checks["error-rate"], no_data=render.NoData.FAIL
+            ),
+        },
+    )
+    doc = render.argo_analysis(policy, render.target_for(policy, {}), "http://prom:9090")
+    by_name = {m["name"]: m for m in doc["spec"]["metrics"]}
+    success = by_name["success-rate"]
+    assert success["successCondition"] == "len(result) > 0 && all(result, {# >= 0.995})"
+    assert success["failureCondition"] == "len(result) > 0 && any(result, {# < 0.995})"
+    assert success["interval"] == "30s"
+    assert success["provider"]["prometheus"]["address"] == "http://prom:9090"
+    errors = by_name["error-rate"]
+    assert errors["successCondition"] == "len(result) > 0 && all(result, {# <= 0.001})"
+    assert errors["failureCondition"] == "len(result) == 0 || any(result, {isNaN(#) || # > 0.001})"
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_without_labels_the_job_is_the_policys_name(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _rendered("argo-analysis", capsys, "--policy", "matriz-fast-track")
+    assert 'job=~"matriz-fast-track"' in text
+
+
+def test_label_values_are_matched_literally(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--policy", "matriz-standard", "--label", "job=api.v1", "--label", "env=prod")
+    rules = yaml.safe_load(_rendered("prometheus-rules", capsys, *args))["groups"][0]["rules"]
+    assert 'job=~"api\\\\.v1"' in rules[0]["expr"]
+    assert "sum by (env, job, deployment)" in rules[0]["expr"]
+    assert rules[0]["labels"]["env"] == "prod" and rules[0]["labels"]["target"] == "api.v1"
+
+
+def test_out_replaces_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "dashboard.json"
+    out.write_text("old")
+    assert ctl.main(["render", "grafana", "--policy", "matriz-standard", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["uid"] == "canaryd-matriz-standard"
+    assert capsys.readouterr().out == ""
+    assert list(tmp_path.iterdir()) == [out]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["nagios", "--policy", "matriz-standard"], "invalid choice"),
+        (["grafana", "--policy", "no-such-policy"], "no-such-policy"),
+        (["grafana", "--policy", "matriz-standard", "--label", "job"], "NAME=VALUE"),
+        (["grafana", "--policy", "matriz-standard", "--label", "1x=a"], "label name"),
+        (["grafana", "--policy", "matriz-standard", "--label", "window=5m"], "{{window}}"),
+    ],
+)
+def test_bad_arguments_exit_2_saying_what_is_wrong(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = ctl.main(["render", *args])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code  # type: ignore[assignment]
+    captured = capsys.readouterr()
+    assert code == 2
+    assert said in captured.err and captured.out == ""
+
+
+def test_the_installed_command_renders(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "canaryd.ctl",
+            "render",
+            "prometheus-rules",
+            "--policy",
+            "matriz-fast-track",
+            "--label",
+            "job=web",
+            "--severity",
+            "page",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    rules = yaml.safe_load(done.stdout)["groups"][0]["rules"]
+    assert {r["labels"]["severity"] for r in rules} == {"page"}
