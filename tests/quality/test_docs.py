@@ -18,6 +18,7 @@ list kept here, and compare them with the docs:
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -138,6 +139,20 @@ async def _status(client: Client, method: str, path: str, headers: dict[str, str
     body = {"zzz": 1} if method != "GET" else None
     async with client.request(method, path, json=body, headers=headers) as answer:
         return answer.status
+
+
+def test_every_canaryctl_command_is_in_docs_api_md() -> None:
+    """The canaryctl table maps each command to its route; the offline ones are named too."""
+    from canaryd.ctl.main import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    section = _section(API_MD.read_text(encoding="utf-8"), re.compile(r"^## canaryctl$"))
+    missing = [
+        name
+        for name in commands.choices
+        if f"`canaryctl {name}" not in section and f"`{name}`" not in section
+    ]
+    assert not missing, f"canaryctl commands not in docs/api.md: {missing}"
 
 
 # --------------------------------------------------------------------------- the config
