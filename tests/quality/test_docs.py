@@ -326,7 +326,18 @@ def test_every_relative_link_of_the_docs_leads_inside_the_project() -> None:
     assert not broken, "\n".join(broken)
 
 
-_SKIP_DIRS = {".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".venv"}
+_SKIP_DIRS = {  # what .gitignore keeps out of the project: caches and build output
+    ".git",
+    "__pycache__",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    ".import_linter_cache",
+    ".venv",
+    "build",
+    "dist",
+}
 
 
 def _project_files() -> Iterator[Path]:
