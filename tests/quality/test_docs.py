@@ -155,6 +155,15 @@ def test_every_canaryctl_command_is_in_docs_api_md() -> None:
     assert not missing, f"canaryctl commands not in docs/api.md: {missing}"
 
 
+def test_every_rollout_phase_is_in_docs_api_md() -> None:
+    """The API shows a rollout's phase; a phase added or renamed in the engine is documented."""
+    from canaryd.core.model import Phase
+
+    text = API_MD.read_text(encoding="utf-8")
+    missing = [str(p) for p in Phase if f"`{p}`" not in text]
+    assert not missing, f"phases not in docs/api.md: {missing}"
+
+
 # --------------------------------------------------------------------------- the config
 
 
