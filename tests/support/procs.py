@@ -423,3 +423,18 @@ def wait_nginx_reloaded(nginx: Proc, before: set[int], timeout: float = 5.0) -> 
 def nginx_reloads(nginx: Proc) -> int:
     """How many reloads the master has begun, from its own log (notice level)."""
     return nginx.log(10**7).count("(SIGHUP) received")
+
+
+def counted(argv: Sequence[str], counter: Path) -> list[str]:
+    """``argv`` behind a shell that first appends a line to ``counter``: how many times a
+    command (a router's reload) was run, known the moment it returns, with no log to wait for.
+    ``calls(counter)`` reads it back."""
+    return ["/bin/sh", "-c", 'echo run >> "$0" && exec "$@"', str(counter), *argv]
+
+
+def calls(counter: Path) -> int:
+    """How many times a ``counted`` command ran (0 before the first)."""
+    try:
+        return len(counter.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
