@@ -87,8 +87,10 @@ async def test_every_weight_0_to_100_reads_back_exactly(case: RouterCase) -> Non
 
 async def test_the_same_weight_again_changes_nothing(case: RouterCase) -> None:
     for weight in (0, 37, 100):
+        before = await case.writes()
         await case.router.set_weight(weight)
         written = await case.writes()
+        assert (written != before) == case.writes_outside, f"weight {weight} left no trace"
         await case.router.set_weight(weight)
         assert await case.writes() == written, f"weight {weight} applied twice wrote again"
         assert await case.router.get_weight() == weight

@@ -58,6 +58,7 @@ class RouterCase:
     # ``weight``; and the proxy's URL.
     through: Callable[[Op, int], Awaitable[None]] | None = None
     url: str = ""
+    writes_outside: bool = True  # False: it keeps its weight in the process, ``writes`` is fixed
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ async def _open_noop(tmp: Path) -> AsyncIterator[RouterCase]:
     async def released() -> None:
         assert await router.get_weight() is None, "noop forgets the weight it was told"
 
-    yield RouterCase(router, NoopRouter, nothing, released)
+    yield RouterCase(router, NoopRouter, nothing, released, writes_outside=False)
 
 
 NOOP = RouterKind(
