@@ -19,6 +19,8 @@ Stable API (other tests build on it; extend, do not change)::
         c.writes                           # (method, path) of every write request served
 
     kube.HTTPROUTES                        # kmock.resource for gateway.networking.k8s.io/v1
+    kube.DEPLOYMENTS, kube.SERVICES        # kmock.resource for apps/v1 and core v1
+    kube.roll_out(c, "default", "web")     # play the Deployment controller (see roll_out)
     kube.crd_schema("gateway-api/gateway.networking.k8s.io_httproutes.yaml", "v1")
     kube.schema_errors(obj, "gateway-api/gateway.networking.k8s.io_httproutes.yaml", "v1")
                                            # [] when obj validates; "path: message" otherwise
@@ -83,6 +85,8 @@ from kubernetes_asyncio import client as k8s_client
 REFERENCE = Path(__file__).resolve().parents[1] / "upstream"
 HTTPROUTE_CRD = "gateway-api/gateway.networking.k8s.io_httproutes.yaml"
 HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
+DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+SERVICES = kmock.resource("", "v1", "services")
 
 Hook = Callable[[kmock.Request], Awaitable[None] | None]
 
@@ -270,6 +274,24 @@ class Cluster:
 
     def before_every_write(self, hook: Hook) -> None:
         self.emulator.add_hook(hook, once=False)
+
+
+def roll_out(c: Cluster, namespace: str, name: str, ready: int | None = None) -> None:
+    """Play the Deployment controller, which the emulator does not run: every replica of the
+    current spec updated and ``ready`` (default: all) of them ready, written as another writer
+    would (a new resourceVersion, no request counted in ``c.writes``)."""
+
+    def edit(obj: dict[str, Any]) -> None:
+        replicas = obj["spec"].get("replicas", 1)
+        obj["status"] = {
+            "observedGeneration": obj["metadata"]["generation"],
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas if ready is None else ready,
+            "availableReplicas": replicas if ready is None else ready,
+        }
+
+    c.write(DEPLOYMENTS, namespace, name, edit)
 
 
 @asynccontextmanager

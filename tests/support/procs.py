@@ -24,6 +24,7 @@ Timing facts (Prometheus 2.42 / Alertmanager 0.25 from Debian 12), verified here
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -423,3 +424,44 @@ def wait_nginx_reloaded(nginx: Proc, before: set[int], timeout: float = 5.0) -> 
 def nginx_reloads(nginx: Proc) -> int:
     """How many reloads the master has begun, from its own log (notice level)."""
     return nginx.log(10**7).count("(SIGHUP) received")
+
+
+def counted(argv: Sequence[str], counter: Path) -> list[str]:
+    """``argv`` behind a shell that first appends a line to ``counter``: how many times a
+    command (a router's reload) was run, known the moment it returns, with no log to wait for.
+    ``calls(counter)`` reads it back."""
+    return ["/bin/sh", "-c", 'echo run >> "$0" && exec "$@"', str(counter), *argv]
+
+
+def calls(counter: Path) -> int:
+    """How many times a ``counted`` command ran (0 before the first)."""
+    try:
+        return len(counter.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the process listening on TCP ``port`` of 127.0.0.1 (from ``/proc``), or None:
+    tells from outside whether a process was replaced or left alone."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
