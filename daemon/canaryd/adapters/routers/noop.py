@@ -17,6 +17,8 @@ class NoopRouter:
         self._weight: int | None = None
 
     async def set_weight(self, weight: int) -> None:
+        if not 0 <= weight <= 100:  # as every router: an impossible weight changes nothing
+            raise ValueError(f"weight must be within 0..100, got {weight}")
         self._weight = weight
 
     async def get_weight(self) -> int | None:
