@@ -109,9 +109,6 @@ class Worker:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def poke(self) -> None:
-        self._wake.set()
-
     def hand_over(self, successor: str) -> None:
         """Once rolled back, leave the canary to ``successor`` instead of scaling it down."""
         self._successor = successor
