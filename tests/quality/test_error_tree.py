@@ -48,9 +48,7 @@ def test_every_exception_class_is_named_in_the_error_tree() -> None:
     doc = errors.__doc__ or ""
     defined = _exception_classes()
     assert "CanarydError" in defined and "PayloadError" in defined  # the walk reached both ends
-    missing = {
-        name: where for name, where in defined.items() if not re.search(rf"\b{name}\b", doc)
-    }
+    missing = {name: where for name, where in defined.items() if not re.search(rf"\b{name}\b", doc)}
     assert not missing, f"canaryd/core/errors.py's docstring does not name: {missing}"
 
 
