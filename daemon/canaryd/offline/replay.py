@@ -335,11 +335,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
     timeline = simulate.Timeline.parse((json.dumps(line) for line in lines), "replay", span.start)
     final, records = simulate.run(policy, timeline, until=span.end - span.start)
-    if args.output == "json":
-        json.dump([r.as_json() for r in records], sys.stdout, indent=None)
-        sys.stdout.write("\n")
-    else:
-        print(simulate.format_table(records, final))
+    simulate.print_run(records, final, args.output, sys.stdout)
     return 0
 
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from canaryd.core import stages
 from canaryd.core.model import (
@@ -312,3 +312,13 @@ def format_table(records: list[Record], final: Rollout) -> str:
         + (f" ({final.pause_reason})" if final.phase is Phase.PAUSED else "")
     )
     return "\n".join(lines)
+
+
+def print_run(records: list[Record], final: Rollout, output: str, out: TextIO) -> None:
+    """A run as ``canaryctl simulate`` and ``replay`` print it: one JSON list with ``-o json``,
+    else the table."""
+    if output == "json":
+        json.dump([r.as_json() for r in records], out, indent=None)
+        out.write("\n")
+    else:
+        print(format_table(records, final), file=out)
