@@ -93,7 +93,7 @@ def parse_time(text: str, now: float, option: str = "time") -> float:
             return now - parse_duration(relative.group(1))
         if re.fullmatch(r"\d+(?:\.\d+)?", value):
             return float(value)
-        moment = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows a lower-case t and z
         if moment.tzinfo is None:
             raise ValueError("no time zone offset")
         return moment.timestamp()

@@ -50,8 +50,8 @@ class SamplesError(ValueError):
 
 
 def _iso_seconds(text: str, epoch: float) -> float:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment.timestamp() - epoch
+    """An RFC 3339 time as seconds after ``epoch`` (``fromisoformat`` reads ``Z`` since 3.11)."""
+    return datetime.fromisoformat(text).timestamp() - epoch
 
 
 @dataclass
