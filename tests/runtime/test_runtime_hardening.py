@@ -271,9 +271,9 @@ async def test_a_command_that_cannot_be_written_fails_at_once_and_is_not_applied
             async with asyncio.timeout(2.0):
                 # a reason long enough that its decision needs a new page
                 await running.controller.command("svc", Command(CommandKind.PAUSE, by=filler))
-        for _ in range(5):  # passes after the disk has room again
-            running.controller.workers()["svc"].poke()
-            await asyncio.sleep(0.05)
+        for _ in range(3):  # passes after the disk has room again, each woken by a command
+            with pytest.raises(CommandRejected):  # RESUME of a progressing rollout: refused
+                await running.controller.command("svc", Command(CommandKind.RESUME, by="ops"))
         current = running.controller.current("svc")
         assert current is not None and current.phase is Phase.PROGRESSING
         assert all(d["action"] != "pause" for d in store.history(rollout_id=current.id))

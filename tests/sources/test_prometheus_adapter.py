@@ -5,6 +5,7 @@ demo services under load."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import subprocess
@@ -28,7 +29,9 @@ from canaryd.adapters.prometheus import (
 )
 from canaryd.core.errors import SourceUnavailable
 from canaryd.core.model import Measurement
+from canaryd.runtime.evaluator import Evaluator
 from support import procs
+from support.enginekit import started
 
 REFERENCE = Path(__file__).resolve().parents[1] / "upstream" / "prometheus"
 JOB = "lukhas-matriz-canary"
@@ -39,6 +42,50 @@ def _reference(name: str) -> object:
     return json.loads((REFERENCE / name).read_text())
 
 
+def _by(result: QueryResult, *names: str) -> dict[tuple[str, ...], float]:
+    """Each returned series' value by the values of its ``names`` labels."""
+    return {tuple(s.labels.get(n, "") for n in names): s.value for s in result.series}
+
+
+_COUNT_QUERY = "canaryd_test_request_count"
+
+
+@dataclass
+class _Answering:
+    """A source that answers the check's query with ``answer``: what Prometheus would have said.
+    It refuses the joined check+count query (so the evaluator asks each on its own, as it does
+    with a real Prometheus that cannot label a result) and knows no request count."""
+
+    answer: QueryResult
+
+    async def query(self, promql: str) -> QueryResult:
+        if "canaryd_part" in promql:
+            return parse_query({"status": "error", "errorType": "bad_data", "error": "no join"})
+        if promql == _COUNT_QUERY:
+            return parse_query(_vector())
+        return self.answer
+
+
+async def _measure(result: QueryResult, **labels: str) -> Measurement:
+    """What the daemon's evaluator makes of ``result`` for one target with ``labels``: the
+    ``Measurement`` of its one check (``sr``), which the engine then judges."""
+    evaluator = Evaluator(_Answering(result), gather=0.0, requests_query=_COUNT_QUERY)
+    running = asyncio.create_task(evaluator.run())
+    try:
+        found, _requests = await asyncio.wait_for(evaluator.measure(labels, started()), 10)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    (measurement,) = found
+    return measurement
+
+
+def _measured(result: QueryResult, **labels: str) -> Measurement:
+    """``_measure`` for the synchronous checks."""
+    return asyncio.run(_measure(result, **labels))
+
+
 # --------------------------------------------------------------------------- parsing
 
 
@@ -46,33 +93,35 @@ def _check_vector(result: QueryResult) -> None:
     assert result.kind is ResultKind.AMBIGUOUS
     assert result.value is None
     assert result.timestamp == 1435781451.781
-    by_job = result.split("job")
-    assert by_job.keys() == {("prometheus",), ("node",)}
-    assert by_job[("prometheus",)].kind is ResultKind.VALUE
-    assert by_job[("prometheus",)].value == 1.0
-    assert result.select(job="node", instance="localhost:9100").value == 0.0
-    assert result.select(job="absent").kind is ResultKind.NO_DATA
+    assert _by(result, "job", "instance") == {
+        ("prometheus", "localhost:9090"): 1.0,
+        ("node", "localhost:9100"): 0.0,
+    }
+    assert _measured(result, job="prometheus") == Measurement("sr", value=1.0)
+    assert _measured(result, job="node") == Measurement("sr", value=0.0)
+    assert _measured(result, job="absent") == Measurement("sr")  # no series: no value
 
 
 def _check_vector_openapi(result: QueryResult) -> None:
     assert result.kind is ResultKind.AMBIGUOUS
     assert len(result.series) == 2
-    assert result.select(job="alertmanager").series[0].labels["env"] == "demo"
-    assert result.select(job="alertmanager").value == 1.0
+    (alertmanager,) = [s for s in result.series if s.labels["job"] == "alertmanager"]
+    assert (alertmanager.labels["env"], alertmanager.value) == ("demo", 1.0)
+    assert _measured(result, job="alertmanager") == Measurement("sr", value=1.0)
 
 
 def _check_empty(result: QueryResult) -> None:
     assert result.kind is ResultKind.NO_DATA
     assert result.series == ()
     assert result.value is None
-    assert result.measurement("success-rate") == Measurement("success-rate")
+    assert _measured(result) == Measurement("sr")
 
 
 def _check_nan(result: QueryResult) -> None:
     assert result.kind is ResultKind.NAN
     assert result.value is not None and math.isnan(result.value)
     assert result.series[0].labels == {}
-    assert result.measurement("success-rate") == Measurement("success-rate")  # no value
+    assert _measured(result) == Measurement("sr")  # NaN: no value
 
 
 def _check_scalar(result: QueryResult) -> None:
@@ -80,13 +129,13 @@ def _check_scalar(result: QueryResult) -> None:
     assert result.result_type == "scalar"
     assert result.value == 42.0
     assert result.timestamp == 1767436620
-    assert result.measurement("x") == Measurement("x", value=42.0)
+    assert _measured(result) == Measurement("sr", value=42.0)
 
 
 def _check_tsdb_not_ready(result: QueryResult) -> None:
     assert result.kind is ResultKind.ERROR
     assert (result.error_type, result.error) == ("internal", "TSDB not ready")
-    assert result.measurement("x").error == "internal: TSDB not ready"
+    assert _measured(result) == Measurement("sr", error="TSDB not ready")
 
 
 def _check_bad_data(result: QueryResult) -> None:
@@ -164,16 +213,15 @@ def test_a_batched_query_splits_into_one_classified_result_per_label_set():
     payload["warnings"] = ["careful"]
     result = parse_query(payload)
     assert result.kind is ResultKind.AMBIGUOUS
-    assert result.measurement("x").error == "ambiguous: 3 series"
-    parts = result.split("target", "deployment")
-    assert {k: (r.kind, r.value) for k, r in parts.items() if k != ("b", "canary")} == {
-        ("a", "canary"): (ResultKind.VALUE, 0.8),
-        ("a", "stable"): (ResultKind.VALUE, 1.0),
-    }
-    assert parts[("b", "canary")].kind is ResultKind.NAN
-    assert ("b", "stable") not in parts  # absent label set: no data
-    assert parts[("a", "canary")].warnings == ("careful",)
-    assert result.select(target="a").kind is ResultKind.AMBIGUOUS
+    assert result.warnings == ("careful",)
+    parts = _by(result, "target", "deployment")
+    assert parts.keys() == {("a", "canary"), ("a", "stable"), ("b", "canary")}
+    assert (parts[("a", "canary")], parts[("a", "stable")]) == (0.8, 1.0)
+    assert math.isnan(parts[("b", "canary")])
+    # the evaluator reads each target's canary series only; NaN and absence are "no value"
+    assert _measured(result, target="a") == Measurement("sr", value=0.8)
+    assert _measured(result, target="b") == Measurement("sr")
+    assert _measured(result, target="c") == Measurement("sr")
 
 
 @pytest.mark.parametrize(
@@ -374,22 +422,25 @@ def _served_ok(load: dict[str, Any]) -> float:
 async def test_success_rate_per_deployment_matches_what_the_services_served(stack):
     result = await _query(stack, SUCCESS_RATE_BY.format(by="deployment", job=JOB, w=WINDOW))
     assert result.kind is ResultKind.AMBIGUOUS  # two series where a check expects one
-    parts = result.split("deployment")
+    parts = _by(result, "deployment")
     assert parts.keys() == {("stable",), ("canary",)}
-    assert parts[("stable",)].value == 1.0
-    canary = parts[("canary",)].value
-    assert canary is not None and 0.68 < canary < 0.92
+    assert parts[("stable",)] == 1.0
+    canary = parts[("canary",)]
+    assert 0.68 < canary < 0.92
     assert canary == pytest.approx(_served_ok(stack.loads["canary"]), abs=0.02)
     assert stack.loads["canary"]["sent"] >= 200
 
 
 async def test_a_batched_query_gives_each_target_and_deployment_its_own_verdict(stack):
     result = await _query(stack, SUCCESS_RATE_BY.format(by="target, deployment", job=JOB, w=WINDOW))
-    parts = result.split("target", "deployment")
-    assert parts[("matriz", "stable")].kind is ResultKind.VALUE
-    assert parts[("matriz", "canary")].kind is ResultKind.VALUE
-    assert parts[("idle", "stable")].kind is ResultKind.NAN  # no traffic: 0/0
+    parts = _by(result, "target", "deployment")
+    assert not math.isnan(parts[("matriz", "stable")])
+    assert not math.isnan(parts[("matriz", "canary")])
+    assert math.isnan(parts[("idle", "stable")])  # no traffic: 0/0
     assert ("idle", "canary") not in parts
+    # what a worker of each target is given: its own canary's value; "no value" for idle's
+    assert (await _measure(result, target="matriz")).value == parts[("matriz", "canary")]
+    assert await _measure(result, target="idle") == Measurement("sr")
 
 
 async def test_the_runbook_success_rate_for_the_canary_alone_is_a_single_value(stack):
@@ -409,10 +460,10 @@ async def test_p95_latency_per_deployment_is_plausible(stack):
         "histogram_quantile(0.95, sum by (deployment, le) "
         f'(rate(lukhas_matriz_pipeline_duration_seconds_bucket{{job="{JOB}"}}[{WINDOW}])))'
     )
-    parts = (await _query(stack, promql)).split("deployment")
+    parts = _by(await _query(stack, promql), "deployment")
     for deployment in ("stable", "canary"):
-        p95 = parts[(deployment,)].value
-        assert p95 is not None and 0.01 < p95 <= 0.025  # 20 ms ± 25 %: the 25 ms bucket
+        p95 = parts[(deployment,)]
+        assert 0.01 < p95 <= 0.025  # 20 ms ± 25 %: the 25 ms bucket
 
 
 async def test_a_query_matching_nothing_is_no_data(stack):
@@ -428,7 +479,7 @@ async def test_zero_over_zero_is_nan_not_a_value(stack):
     )
     result = await _query(stack, promql)
     assert result.kind is ResultKind.NAN
-    assert result.measurement("success-rate").value is None
+    assert (await _measure(result)).value is None
 
 
 async def test_scalars_and_infinities_come_back_as_values(stack):
@@ -443,7 +494,7 @@ async def test_bad_promql_is_an_error_with_prometheus_message(stack):
     assert result.kind is ResultKind.ERROR
     assert result.error_type == "bad_data"
     assert "parse error" in result.error
-    assert result.measurement("success-rate").error == f"bad_data: {result.error}"
+    assert await _measure(result) == Measurement("sr", error=result.error)
 
 
 async def test_a_range_query_returns_every_step_per_series(stack):

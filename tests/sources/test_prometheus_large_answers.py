@@ -172,9 +172,9 @@ async def test_a_29_mb_answer_is_parsed_while_the_loop_keeps_ticking(big_prometh
     )
     assert isinstance(result, QueryResult), result
     assert result.kind is ResultKind.AMBIGUOUS
-    parts = result.split("target", "deployment")
-    assert len(parts) == SERIES
-    assert parts[("target-000021", "canary")].value == 0.043
+    parts = {(s.labels["target"], s.labels["deployment"]): s.value for s in result.series}
+    assert len(parts) == len(result.series) == SERIES
+    assert parts[("target-000021", "canary")] == 0.043
     assert outcomes == ["ambiguous"]
     assert worst < WORST_LAG, f"the event loop stalled {worst:.2f}s while parsing"
     assert gc.isenabled()  # the collector, held off while parsing, is back

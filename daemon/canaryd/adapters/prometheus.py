@@ -13,8 +13,8 @@ shapes than a number, so a query's result is classified once, here, into a ``Res
                  Prometheus's own ``errorType`` and message, word for word.
 
 ``series`` always holds every returned sample as ``(labels, value)``, so one batched
-``sum by (target, deployment) (...)`` query is evaluated once and split per label set with
-``split()`` or ``select()``; each part is classified again on its own.
+``sum by (target, deployment) (...)`` query is evaluated once and split per target by the
+evaluator (``runtime.evaluator``), which also turns each part into the core's ``Measurement``.
 
 Failure design: **raise when Prometheus did not answer, return ``kind=error`` when it did.**
 Connection errors, the client-side ``asyncio.timeout()``, HTTP errors without Prometheus's JSON
@@ -54,7 +54,6 @@ from typing import NamedTuple, TypeVar
 import aiohttp
 
 from canaryd.core.errors import SourceUnavailable
-from canaryd.core.model import Measurement
 
 QueryHook = Callable[[float, str], None]
 
@@ -104,43 +103,6 @@ class QueryResult:
         if self.kind in (ResultKind.VALUE, ResultKind.NAN):
             return self.series[0].value
         return None
-
-    def split(self, *names: str) -> dict[tuple[str, ...], QueryResult]:
-        """One classified result per distinct combination of the ``names`` labels' values.
-
-        A label set absent from the answer is absent from the dict: that is its ``no_data``.
-        An error result has no series, so it splits into nothing; check ``kind`` first.
-        """
-        groups: dict[tuple[str, ...], list[Series]] = {}
-        for sample in self.series:
-            groups.setdefault(tuple(sample.labels.get(n, "") for n in names), []).append(sample)
-        return {key: self._subset(members) for key, members in groups.items()}
-
-    def select(self, **labels: str) -> QueryResult:
-        """The classified result of the series carrying all ``labels``; errors pass through."""
-        if self.kind is ResultKind.ERROR:
-            return self
-        chosen = [s for s in self.series if all(s.labels.get(k) == v for k, v in labels.items())]
-        return self._subset(chosen)
-
-    def measurement(self, check: str) -> Measurement:
-        """This result as the core's ``Measurement``: NaN and no data are both "no value"."""
-        if self.kind is ResultKind.VALUE:
-            return Measurement(check=check, value=self.value)
-        if self.kind in (ResultKind.NO_DATA, ResultKind.NAN):
-            return Measurement(check=check)
-        if self.kind is ResultKind.AMBIGUOUS:
-            return Measurement(check=check, error=f"ambiguous: {len(self.series)} series")
-        return Measurement(check=check, error=f"{self.error_type}: {self.error}")
-
-    def _subset(self, members: list[Series]) -> QueryResult:
-        return QueryResult(
-            kind=_classify(members),
-            series=tuple(members),
-            result_type=self.result_type,
-            timestamp=self.timestamp,
-            warnings=self.warnings,
-        )
 
 
 @dataclass(frozen=True, slots=True)

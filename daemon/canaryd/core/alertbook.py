@@ -87,18 +87,30 @@ def take(
     return replace(entry, seen=max(entry.seen, received)), Taken.REPEAT
 
 
+def take_in(
+    book: dict[str, Entry], journal: Iterable[tuple[float, Alert]], expire_after: float
+) -> list[Alert]:
+    """Take ``journal`` (received time, alert) into ``book`` in order; return the news (new
+    instances, resolutions) in arrival order. The one replay step: the inbox takes in each
+    webhook with it, ``rebuild`` the whole journal, so both reach the same book."""
+    news = []
+    for received, alert in journal:
+        entry, taken = take(book.get(alert.fingerprint), alert, received, expire_after)
+        if taken is Taken.NEW:
+            book.pop(alert.fingerprint, None)  # re-inserted last: ordered by latest news
+            news.append(alert)
+        if entry is not None:
+            book[alert.fingerprint] = entry
+    return news
+
+
 def rebuild(
     journal: Iterable[tuple[float, Alert]], now: float, expire_after: float
 ) -> dict[str, Entry]:
     """The book after taking in ``journal`` (received time, alert) in order, without what can
     no longer matter at ``now`` (see ``prune``); latest news last."""
     book: dict[str, Entry] = {}
-    for received, alert in journal:
-        entry, taken = take(book.get(alert.fingerprint), alert, received, expire_after)
-        if taken is Taken.NEW:
-            book.pop(alert.fingerprint, None)  # re-inserted last: ordered by latest news
-        if entry is not None:
-            book[alert.fingerprint] = entry
+    take_in(book, journal, expire_after)
     return {
         fp: e
         for fp, e in book.items()

@@ -1,19 +1,66 @@
-"""The one error tree of canaryd.
+"""The one error tree of canaryd: every exception class the package defines, where it lives and
+what it becomes at the edges (an HTTP answer of ``canaryd serve``, an exit code of ``canaryd`` or
+``canaryctl``). The classes of this module are the ones the core and the runtime reason about;
+the others live next to the one adapter that raises them. ``tests/quality/test_error_tree.py``
+fails when a class is defined anywhere in ``canaryd`` without being named here.
 
-    CanarydError
-    ├── ConfigError            bad config or policy; carries `file: key.path: message` problems
-    ├── StillRunning           accepted and under way, not finished within the request's
-    │                          bounded wait (HTTP 202 + Location to poll)
-    ├── TemporaryError         worth retrying
-    │   ├── SourceUnavailable  Prometheus (or another source) did not answer
-    │   ├── RouterConflict     the router's object changed under us
-    │   └── RouterUnavailable  the router refused or could not apply a change (nginx -t, reload,
-    │                          a file that cannot be written)
-    └── PermanentError         retrying will not help
-        ├── NoDataError        a query returned nothing usable
-        ├── CommandRejected    an operator command that the rollout's phase does not allow
-        ├── UnknownTarget      no target of that name is configured (HTTP 404)
-        └── RolloutRefused     a start refused by admission: frozen, or already rolling (409)
+    CanarydError (core.errors)   what canaryd raises on purpose; `canaryd serve` prints one line
+    │                            per such error and exits 1 (2 for config and StateLocked)
+    ├── ConfigError              bad config or policy; carries `file: key.path: message`
+    │                            problems. HTTP 422 (a start naming a bad policy); exit 2
+    ├── StillRunning             accepted and under way, not finished within the request's
+    │                            bounded wait. HTTP 202 + Location to poll
+    ├── ApiError (ctl.client)    the API answered an error status; canaryctl exits 4 (401),
+    │                            5 (403), 6 (404), 7 (409), 8 (422), 9 (503), 1 otherwise.
+    │                            Its name clashes with api.edge's: to be renamed
+    ├── TemporaryError           worth retrying: HTTP 503 (+ Retry-After); the worker retries
+    │   ├── SourceUnavailable    Prometheus did not answer (connection, timeout, no JSON
+    │   │                        envelope, over the size cap); an error measurement, never a fail
+    │   ├── RouterConflict       the router's object changed under us, attempts ran out
+    │   ├── RouterUnavailable    the router refused or could not apply a change (nginx -t,
+    │   │                        reload, a file that cannot be written)
+    │   ├── PlatformUnavailable  the platform could not do an effect just now
+    │   ├── StoreUnavailable (ports)     the state store is locked or failing just now;
+    │   │                        the webhook answers 503 so Alertmanager retries
+    │   └── DaemonUnreachable (ctl.client)  nothing answered at canaryctl's URL: exit 3
+    └── PermanentError           retrying will not help
+        ├── CommandRejected      an operator command the rollout's phase does not allow (409)
+        ├── UnknownTarget        no target of that name is configured (404)
+        ├── RolloutRefused       a start refused by admission: frozen, or already rolling (409)
+        ├── RolloutConflict (ports)   a second active rollout for a target (409)
+        ├── StateLocked (ports)  another canaryd holds the state file: `serve` exits 2
+        ├── Unstorable (runtime.worker)   a decision the store refused for good; the command's
+        │                        caller gets it (409), the pass goes on without it
+        └── CorruptState (ports) stored state canaryd cannot read: re-raised, HTTP 500;
+            │                    `serve` refuses to start, exit 1
+            └── UnstorableValue (adapters.store.schema)  one write's input SQLite cannot hold
+                                 (a number beyond 64 bits): that write fails, the store is fine
+
+Outside the tree: errors that never cross a layer, each turned into one of the above, or into
+an answer, by the module that defines it.
+
+    ValueError
+    ├── PayloadError (api.webhook)         a webhook body canaryd cannot take: HTTP 400
+    ├── RouteShapeError (adapters.routers.gateway_api)  an HTTPRoute canaryd cannot take over:
+    │                                      read as "cannot tell", applied as RouterUnavailable
+    ├── SamplesError (offline.simulate)    a bad line of `canaryctl simulate --samples`: exit 2
+    └── NotLoopback (demo.load)            the demo's load generator refuses a non-loopback URL
+    Exception
+    ├── ApiError (api.edge)                an error answer under way: status, code, message
+    │                                      (raised by handlers, answered by the middleware);
+    │                                      its name clashes with ctl.client's: to be renamed
+    ├── Unauthenticated (api.auth)         no or unknown bearer token: HTTP 401 + challenge
+    ├── ReplayError (offline.replay)       `canaryctl replay` cannot run: exit 2 (3: Prometheus
+    │                                      unreachable), carried in its `exit_code`
+    ├── _Conflict (adapters.routers.gateway_api; also adapters.platforms.kubernetes — a name
+    │                                      clash to remove)  409 from the Kubernetes API: read
+    │                                      again and re-apply; RouterConflict/PlatformUnavailable
+    │                                      once the attempts run out
+    RuntimeError
+    └── StackError (demo.stack)            the demo's stack did not start: `canaryd demo` exits 2
+    yaml.YAMLError
+    └── DuplicateKeys (config.reader)      repeated mapping keys; each becomes a ConfigError
+                                           problem naming its key path
 
 Adapters re-raise library errors as one of these with ``from``.
 """
@@ -81,10 +128,6 @@ class PlatformUnavailable(TemporaryError):
 
 
 class PermanentError(CanarydError):
-    pass
-
-
-class NoDataError(PermanentError):
     pass
 
 

@@ -43,11 +43,10 @@ from typing import Any
 import yaml
 
 from canaryd.adapters.routers.files import write_atomically
-from canaryd.config.policies import load_policy, resolve
 from canaryd.core import templates
 from canaryd.core.durations import format_duration
-from canaryd.core.errors import ConfigError
 from canaryd.core.model import Check, NoData, Policy
+from canaryd.offline.args import add_policy_and_target, parse_labels, policy_or_problems
 from canaryd.runtime.evaluator import CANARY, template_variables
 
 KINDS = ("prometheus-rules", "grafana", "argo-analysis")
@@ -367,16 +366,9 @@ def register(commands: Any) -> None:
         help="a policy as Prometheus alerts, a Grafana dashboard or an Argo AnalysisTemplate",
     )
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=" | ".join(KINDS))
-    p.add_argument("--policy", required=True, help="policy name under rules/ or a file path")
-    p.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a label of the target, repeatable (default: job=<the policy's name>)",
+    add_policy_and_target(
+        p, label_help="a label of the target, repeatable (default: job=<the policy's name>)"
     )
-    p.add_argument("--target", help="the target's name, {{target}} (default: its job)")
-    p.add_argument("--image", help="the canary's image, for queries that use {{version}}")
     p.add_argument("--severity", default="critical", help="prometheus-rules: alerts' severity")
     p.add_argument(
         "--prometheus",
@@ -389,11 +381,8 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(resolve(args.policy))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    policy = policy_or_problems(args.policy)
+    if policy is None:
         return 2
     try:
         labels = parse_labels(args.label)
@@ -411,14 +400,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"canaryctl render: cannot write {args.out}: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def parse_labels(texts: list[str]) -> dict[str, str]:
-    """``--label NAME=VALUE`` options (render, replay); ``ValueError`` naming a bad one."""
-    labels = {}
-    for text in texts:
-        name, sep, value = text.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--label expects NAME=VALUE, got {text!r}")
-        labels[name] = value
-    return labels

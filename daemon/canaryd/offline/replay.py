@@ -53,13 +53,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from canaryd.config.policies import load_policy, resolve
 from canaryd.core import templates
 from canaryd.core.durations import parse_duration
-from canaryd.core.errors import ConfigError, SourceUnavailable
+from canaryd.core.errors import SourceUnavailable
 from canaryd.core.model import Policy
 from canaryd.offline import simulate
-from canaryd.offline.render import parse_labels
+from canaryd.offline.args import add_policy_and_target, parse_labels, policy_or_problems
 from canaryd.runtime.evaluator import CANARY, DEFAULT_REQUESTS_QUERY, template_variables
 
 if TYPE_CHECKING:
@@ -94,7 +93,7 @@ def parse_time(text: str, now: float, option: str = "time") -> float:
             return now - parse_duration(relative.group(1))
         if re.fullmatch(r"\d+(?:\.\d+)?", value):
             return float(value)
-        moment = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows a lower-case t and z
         if moment.tzinfo is None:
             raise ValueError("no time zone offset")
         return moment.timestamp()
@@ -292,20 +291,11 @@ async def history(
 def register(commands: Any) -> None:
     """Add ``replay`` to ``canaryctl``'s subcommands."""
     p = commands.add_parser("replay", help="simulate a policy on a Prometheus's history")
-    p.add_argument("--policy", required=True, help="policy name under rules/ or a file path")
+    add_policy_and_target(p, label_help="a label of the target, repeatable; job=NAME is required")
     p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus's address")
     times = "RFC 3339, Unix seconds, now, or --{}=-30m / now-30m"
     p.add_argument("--from", dest="start", required=True, metavar="T", help=times.format("from"))
     p.add_argument("--to", dest="end", required=True, metavar="T", help=times.format("to"))
-    p.add_argument(
-        "--label",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a label of the target, repeatable; job=NAME is required",
-    )
-    p.add_argument("--target", help="the target's name, {{target}} (default: its job)")
-    p.add_argument("--image", help="the canary's image, for queries that use {{version}}")
     p.add_argument("--step", metavar="SECONDS", help="resolution (default: the policy interval)")
     p.add_argument("--no-alerts", action="store_true", help="ignore the ALERTS series")
     p.add_argument("--save-samples", metavar="FILE", help="also write the timeline (JSON lines)")
@@ -314,11 +304,8 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        policy = load_policy(resolve(args.policy))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    policy = policy_or_problems(args.policy)
+    if policy is None:
         return EXIT_BAD_ARGUMENTS
     try:
         span = _window(args, policy, time.time())
@@ -348,11 +335,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
     timeline = simulate.Timeline.parse((json.dumps(line) for line in lines), "replay", span.start)
     final, records = simulate.run(policy, timeline, until=span.end - span.start)
-    if args.output == "json":
-        json.dump([r.as_json() for r in records], sys.stdout, indent=None)
-        sys.stdout.write("\n")
-    else:
-        print(simulate.format_table(records, final))
+    simulate.print_run(records, final, args.output, sys.stdout)
     return 0
 
 

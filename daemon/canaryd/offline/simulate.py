@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from canaryd.core import stages
 from canaryd.core.model import (
@@ -50,8 +50,8 @@ class SamplesError(ValueError):
 
 
 def _iso_seconds(text: str, epoch: float) -> float:
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment.timestamp() - epoch
+    """An RFC 3339 time as seconds after ``epoch`` (``fromisoformat`` reads ``Z`` since 3.11)."""
+    return datetime.fromisoformat(text).timestamp() - epoch
 
 
 @dataclass
@@ -312,3 +312,13 @@ def format_table(records: list[Record], final: Rollout) -> str:
         + (f" ({final.pause_reason})" if final.phase is Phase.PAUSED else "")
     )
     return "\n".join(lines)
+
+
+def print_run(records: list[Record], final: Rollout, output: str, out: TextIO) -> None:
+    """A run as ``canaryctl simulate`` and ``replay`` print it: one JSON list with ``-o json``,
+    else the table."""
+    if output == "json":
+        json.dump([r.as_json() for r in records], out, indent=None)
+        out.write("\n")
+    else:
+        print(format_table(records, final), file=out)

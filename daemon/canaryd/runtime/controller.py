@@ -88,7 +88,6 @@ class GroupCommit:
         self._running = False
         self._writes: queue.SimpleQueue[tuple[PreparedAlerts, asyncio.Future[None]] | None]
         self._writes = queue.SimpleQueue()
-        self.commits = 0
 
     async def record(self, alerts: list[Alert]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -145,7 +144,6 @@ class GroupCommit:
                 if not waiting.done():
                     waiting.set_exception(exc)
             return
-        self.commits += 1
         for _, waiting in batch:
             if not waiting.done():
                 waiting.set_result(None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from canaryd.core.alertbook import Entry, Taken, prune, take
+from canaryd.core.alertbook import Entry, Taken, prune, take, take_in
 from canaryd.core.model import Alert
 
 Concerns = Callable[[Mapping[str, str]], bool]
@@ -55,14 +55,7 @@ class Inbox:
         """Take ``alerts`` in as received at ``now``; return the news (new instances,
         resolutions) in arrival order. (``now`` defaults to the epoch for replays that only
         care about order.)"""
-        fresh = []
-        for alert in alerts:
-            entry, taken = take(self.book.get(alert.fingerprint), alert, now, self.expire_after)
-            if taken is Taken.NEW:
-                self.book.pop(alert.fingerprint, None)  # re-inserted last: latest news last
-                fresh.append(alert)
-            if entry is not None:
-                self.book[alert.fingerprint] = entry
+        fresh = take_in(self.book, ((now, alert) for alert in alerts), self.expire_after)
         if len(self.book) > self.max_entries:
             self.book = prune(self.book, now, self.expire_after, self.max_entries)
         return fresh

@@ -109,9 +109,6 @@ class Worker:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def poke(self) -> None:
-        self._wake.set()
-
     def hand_over(self, successor: str) -> None:
         """Once rolled back, leave the canary to ``successor`` instead of scaling it down."""
         self._successor = successor
@@ -229,24 +226,15 @@ class Worker:
             quiet = replace(base, measurements=())
             while waiting:
                 command, future = waiting.pop(0)
-                result = await self._try_variants(
-                    replace(quiet, commands=(command,)),
-                    replace(quiet, commands=(_safe_command(command),)),
-                    observed,
-                    now,
-                )
+                one = replace(quiet, commands=(command,))
+                result = await self._try_variants(one, observed, now)
                 if isinstance(result, CanarydError):
                     _fail([(command, future)], result)
                     continue
                 actions += result
                 self._answer(result, [(command, future)])
             for i, alert in enumerate(findings.alerts):
-                result = await self._try_variants(
-                    replace(quiet, alerts=(alert,)),
-                    replace(quiet, alerts=(_safe_alert(alert),)),
-                    observed,
-                    now,
-                )
+                result = await self._try_variants(replace(quiet, alerts=(alert,)), observed, now)
                 if isinstance(result, tuple):
                     actions += result
                 elif isinstance(result, TemporaryError):  # the store, not the alert: later
@@ -261,11 +249,16 @@ class Worker:
         return self.state, tuple(actions)
 
     async def _try_variants(
-        self, one: Findings, safe: Findings, observed: Observed, now: float
+        self, one: Findings, observed: Observed, now: float
     ) -> tuple[Action, ...] | CanarydError:
         """Try ``one``, then its made-safe twin: the actions of the first that is durable, else
         the error (a temporary one as it is, so its caller is answered 503)."""
         cause: Exception | None = None
+        safe = replace(
+            one,
+            commands=tuple(_safe_command(c) for c in one.commands),
+            alerts=tuple(_safe_alert(a) for a in one.alerts),
+        )
         for findings in (one, safe):
             try:
                 outcome = await self._try_pass(findings, observed, now)
