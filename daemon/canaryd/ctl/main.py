@@ -32,6 +32,7 @@ from canaryd import __version__
 from canaryd.config.policies import load_policy, resolve
 from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import ConfigError
+from canaryd.core.timefmt import parse_rfc3339
 from canaryd.ctl.client import (
     DEFAULT_URL,
     EXIT_INTERRUPTED,
@@ -90,9 +91,10 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         epoch = 0.0
         if args.epoch:
-            from datetime import datetime
-
-            epoch = datetime.fromisoformat(args.epoch.replace("Z", "+00:00")).timestamp()
+            try:
+                epoch = parse_rfc3339(args.epoch)
+            except ValueError as exc:
+                raise ValueError(f"--epoch: not an RFC 3339 time: {exc}") from None
         if args.samples == "-":
             timeline = simulate.Timeline.parse(sys.stdin, "stdin", epoch)
         else:

@@ -58,6 +58,7 @@ from canaryd.core import templates
 from canaryd.core.durations import parse_duration
 from canaryd.core.errors import ConfigError, SourceUnavailable
 from canaryd.core.model import Policy
+from canaryd.core.timefmt import parse_rfc3339
 from canaryd.offline import simulate
 from canaryd.offline.render import parse_labels
 from canaryd.runtime.evaluator import CANARY, DEFAULT_REQUESTS_QUERY, template_variables
@@ -94,10 +95,7 @@ def parse_time(text: str, now: float, option: str = "time") -> float:
             return now - parse_duration(relative.group(1))
         if re.fullmatch(r"\d+(?:\.\d+)?", value):
             return float(value)
-        moment = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
-        if moment.tzinfo is None:
-            raise ValueError("no time zone offset")
-        return moment.timestamp()
+        return parse_rfc3339(value)
     except ValueError:
         raise ReplayError(
             f"{option}: expected RFC 3339 (2024-05-01T12:00:00Z), Unix seconds, now or a "
