@@ -35,7 +35,7 @@ How it behaves, and why:
   controller accepted but could not finish within its bounded wait (``StillRunning``) is a
   202 with ``Location`` to poll. Every 503 carries ``Retry-After``.
 * **Open endpoints**: ``/healthz``, ``/readyz``, ``/metrics`` and the status page ``/``
-  (rendered by ``status_page``; it shows no token, credential or alert labels).
+  (rendered by ``pages``; it shows no token, credential or alert labels).
 * **Body size**: checked against ``Content-Length`` first, then enforced while reading (a
   chunked body has none); ``client_max_size`` is set to the same limit as a second guard.
 

@@ -1,8 +1,8 @@
 """``canaryctl``: the operator's command line.
 
 Offline commands (``simulate``) run here without a daemon. The other commands talk to a running
-canaryd over its HTTP API (SPEC §5.1, §5.2) through ``ctlclient``, a stdlib ``urllib`` client,
-so that no command pays for importing aiohttp (see ``ctlclient`` for the numbers).
+canaryd over its HTTP API (SPEC §5.1, §5.2) through ``ctl.client``, a stdlib ``urllib`` client,
+so that no command pays for importing aiohttp (see ``ctl.client`` for the numbers).
 
 ``--url``/``CANARYD_URL``, ``--token``/``CANARYD_TOKEN`` and ``-o table|json`` may be given
 before or after the command. Tables are for people; ``-o json`` prints the API's JSON as is.
@@ -12,7 +12,7 @@ scripts such as ``deployment/canary/deploy-canary.sh`` can branch on them.
 ``watch`` redraws one screen a second with ``rich`` when it is installed and stdout is a
 terminal (rich is not a dependency); otherwise it prints plain text, and off a terminal (CI
 logs) only when something changed. The module is past our usual 400 lines because the commands,
-their tables and the watch view read best side by side; the wire side lives in ``ctlclient``.
+their tables and the watch view read best side by side; the wire side lives in ``ctl.client``.
 """
 
 from __future__ import annotations
