@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from canaryd.api.webhook import PayloadError, parse_webhook
+from canaryd.api.webhook import PayloadError, parse_notification
 from support.apikit import (
     FIRING_PAYLOADS,
     IDLE,
@@ -106,7 +106,7 @@ def mutated_payloads(draw: st.DrawFn) -> Any:
 @given(doc=json_values | mutated_payloads())
 def test_the_parser_fails_only_with_payload_errors(doc: Any) -> None:
     with contextlib.suppress(PayloadError):
-        parse_webhook(doc)
+        parse_notification(doc)
 
 
 # --------------------------------------------------------------------------- the webhook

@@ -27,7 +27,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from canaryd.api import openapi
 from canaryd.api.refusals import OVERFLOW, RefusalFolder
 from canaryd.api.server import KEEPALIVE_TIMEOUT, make_runner
-from canaryd.api.webhook import MAX_LABELS, make_safe, parse_webhook
+from canaryd.api.webhook import MAX_LABELS, make_safe, parse_notification
 from canaryd.core.errors import StillRunning
 from support.apikit import (
     NAMES,
@@ -165,13 +165,13 @@ def test_webhook_text_is_made_safe_rather_than_refused() -> None:
     """Point 1: a 4xx makes Alertmanager drop the whole group, so the webhook keeps the alert
     with U+FFFD where the unsafe characters were; only absurd sizes are refused."""
     body = alert_body({"severity": "critical", "bad\udc80": "a\x00b"}, fingerprint="f\udc80")
-    [alert] = parse_webhook(body)
+    [alert] = parse_notification(body).alerts
     assert alert.labels == {"severity": "critical", "bad\ufffd": "a\ufffdb"}
     assert alert.fingerprint == "f\ufffd"
     assert make_safe("café ✓") == "café ✓"
     too_many = {f"l{i}": "v" for i in range(MAX_LABELS + 1)}
     with pytest.raises(ValueError, match=r"alerts\[0\]\.labels: 257 labels"):
-        parse_webhook(alert_body(too_many))
+        parse_notification(alert_body(too_many))
 
 
 @pytest.mark.parametrize("text", HOSTILE)

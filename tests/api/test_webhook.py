@@ -26,7 +26,6 @@ from canaryd.api.webhook import (
     fingerprint,
     parse_notification,
     parse_time,
-    parse_webhook,
 )
 from support.apikit import (
     FIRING_PAYLOADS,
@@ -56,7 +55,7 @@ AUGUST_20 = datetime(2026, 8, 20, 10, 15, 30, tzinfo=UTC).timestamp()
 @pytest.mark.parametrize("name", [*FIRING_PAYLOADS, "webhook-resolved.json"])
 def test_every_reference_payload_parses_with_its_fingerprints_and_times(name: str) -> None:
     doc = reference(name)
-    alerts = parse_webhook(doc)
+    alerts = parse_notification(doc).alerts
     assert [a.fingerprint for a in alerts] == [a["fingerprint"] for a in doc["alerts"]]
     assert [a.status for a in alerts] == [a["status"] for a in doc["alerts"]]
     first = alerts[0]
@@ -82,7 +81,10 @@ def test_the_fingerprint_is_alertmanagers_and_computed_when_missing() -> None:
     for alert in doc["alerts"]:
         assert fingerprint(alert["labels"]) == alert["fingerprint"]
         del alert["fingerprint"]
-    assert [a.fingerprint for a in parse_webhook(doc)] == ["b87959d7465dfdc4", "a900968083248f3e"]
+    assert [a.fingerprint for a in parse_notification(doc).alerts] == [
+        "b87959d7465dfdc4",
+        "a900968083248f3e",
+    ]
 
 
 def test_fields_canaryd_does_not_act_on_are_ignored() -> None:
@@ -154,13 +156,13 @@ def test_a_bad_payload_is_refused_naming_the_field(
     change: Callable[[dict[str, Any]], None], message: str
 ) -> None:
     with pytest.raises(PayloadError) as caught:
-        parse_webhook(_mutated(change))
+        parse_notification(_mutated(change))
     assert str(caught.value).startswith(message)
 
 
 def test_a_body_that_is_not_an_object_is_refused() -> None:
     with pytest.raises(PayloadError, match=r"^body: expected a JSON object, got a list"):
-        parse_webhook([])
+        parse_notification([])
 
 
 # --------------------------------------------------------------------------- credentials

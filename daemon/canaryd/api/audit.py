@@ -1,6 +1,6 @@
 """The HTTP layer's audit rows and its view of whether the store can write.
 
-``http_server`` decides *what* a request's row says (who, what, the outcome, the detail);
+``server`` decides *what* a request's row says (who, what, the outcome, the detail);
 this module writes it, off the event loop, and keeps the two rules that protect the state
 from the edge:
 
@@ -8,7 +8,7 @@ from the edge:
   bounded number of rows whose ``detail.count`` still adds up to every refused request.
   ``run_flushes`` writes the folded counts periodically, and once more when the app stops.
 * A target name from the URL that is not configured is not a target: the row's target is
-  None and the name is kept in the detail, made safe (``alertmanager.make_safe``), because
+  None and the name is kept in the detail, made safe (``webhook.make_safe``), because
   it is whatever the client typed, lone surrogates included.
 
 A failed audit write never changes the request's answer: it is logged loudly instead.

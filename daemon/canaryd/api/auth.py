@@ -2,12 +2,12 @@
 
 Roles are ordered: ``viewer`` reads, ``operator`` starts, pauses, resumes, rolls back and sets
 weights, ``admin`` also promotes and cleans up. Which role a route needs is written at the route,
-in ``http_server``; here is only the order and the check against it (``Identity.may``).
+in ``routes`` (the route table); here is only the order and the check against it (``Identity.may``).
 
 A bearer token is looked up by comparing SHA-256 digests in constant time against every
 configured token (plain tokens are hashed once, at start), so neither the token nor its length
 leaks through timing, and the token itself is never logged. No or an unknown token raises
-``Unauthenticated``, which ``http_server`` answers with a 401 and ``WWW-Authenticate: Bearer``.
+``Unauthenticated``, which ``server`` answers with a 401 and ``WWW-Authenticate: Bearer``.
 ``anonymous_role`` (default none) lets requests without a token act with that role: for a
 loopback-only daemon without a tokens file. A wrong token is never taken as anonymous.
 

@@ -1,7 +1,8 @@
-"""What crosses the HTTP edge on its way in: error answers, request bodies and their fields.
+"""What crosses the HTTP edge on its way in: error answers and reading request bodies.
 
-Split off ``http_server`` (the routes) because these are the rules a hostile or unlucky client
-meets first, and they read best on a page of their own:
+Split off ``server`` (the routes) because these are the rules a hostile or unlucky client
+meets first, and they read best on a page of their own (what a body's fields may hold is in
+``schemas``, checked by ``bodies``):
 
 * **Errors** are always ``{"error": {"code", "message"}}``. Every 503 carries ``Retry-After``
   (``error_response`` adds it), so clients and Alertmanager back off instead of hammering a
@@ -10,10 +11,11 @@ meets first, and they read best on a page of their own:
   closed): a body that trickles in a byte at a time would otherwise hold a handler, a
   connection and its buffer for as long as the sender likes.
 * **Text fields** (``image``, ``policy``, ``reason``) are refused with a 422 naming the field
-  when they hold a control character or a lone UTF-16 surrogate (JSON ``"\\udc80"``). Unlike
-  the webhook (``alertmanager`` makes such text safe, since a 4xx drops a whole alert group), an
-  API caller is a person or a script that can fix its request, and a refusal tells them what
-  is wrong instead of storing something else than what they sent.
+  when they hold a control character or a lone UTF-16 surrogate (JSON ``"\\udc80"``); the
+  request schemas say so (``schemas.text``). Unlike the webhook (``webhook`` makes such text
+  safe, since a 4xx drops a whole alert group), an API caller is a person or a script that
+  can fix its request, and a refusal tells them what is wrong instead of storing something
+  else than what they sent.
 * **A policy is named, never a path**: ``policy`` must look like a policy name (letters,
   digits, ``.``, ``_``, ``-``; no ``/`` and no ``..``), so the API can only pick among the
   policies the configuration allows, and no answer ever echoes the content of some file.
@@ -23,17 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from canaryd.api.webhook import UNSAFE
-
 BODY_TIMEOUT = 10.0  # seconds for a whole request body: a 1 MiB one needs far less
-MAX_TEXT = 1024  # characters of a text field
-POLICY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 CODES = {
     400: "bad_request",
@@ -141,58 +138,3 @@ def decode_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ApiError(400, "invalid_json", f"body: not valid JSON ({exc})") from None
-
-
-def check_fields(body: Any, fields: set[str]) -> dict[str, Any]:
-    """``body`` as a JSON object with no field outside ``fields`` (422 otherwise)."""
-    if not isinstance(body, dict):
-        raise ApiError(422, "invalid", "body: expected a JSON object")
-    unknown = sorted(set(body) - fields)
-    if unknown:
-        allowed = ", ".join(sorted(fields)) or "none"
-        name = unknown[0] if not UNSAFE.search(unknown[0]) else ascii(unknown[0])
-        raise ApiError(422, "invalid", f"{name[:100]}: unknown field (allowed: {allowed})")
-    return body
-
-
-# --------------------------------------------------------------------------- fields
-
-
-def text_field(body: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
-    """A non-empty string of at most ``MAX_TEXT`` characters, without control characters or
-    lone surrogates; None if absent and not ``required``."""
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise invalid(key, "is required")
-        return None
-    if not isinstance(value, str) or not value.strip() or len(value) > MAX_TEXT:
-        raise invalid(key, f"expected a non-empty string of at most {MAX_TEXT} characters")
-    if UNSAFE.search(value):
-        raise invalid(key, "contains a control character or a lone UTF-16 surrogate")
-    return value
-
-
-def policy_field(body: Mapping[str, Any]) -> str | None:
-    """``policy``: the name of a policy the configuration allows, never a path."""
-    name = text_field(body, "policy")
-    if name is not None and (not POLICY_NAME.fullmatch(name) or ".." in name):
-        raise invalid(
-            "policy",
-            "expected a policy name (letters, digits, '.', '_' or '-', at most 64 "
-            "characters), not a path",
-        )
-    return name
-
-
-def int_field(
-    body: Mapping[str, Any], key: str, low: int, high: int, *, required: bool = False
-) -> int | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise invalid(key, "is required")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise invalid(key, f"expected an integer within {low}..{high}")
-    return value

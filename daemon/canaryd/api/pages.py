@@ -6,7 +6,7 @@ Each row is rendered from the API's own ``target_summary``, which keeps that pro
 in one place. The page refreshes itself every five seconds and needs no JavaScript.
 
 A module of its own, though small, because it is the one place with markup: the template and its
-escaping are reviewed together, away from the routes. ``http_server`` reads the targets and
+escaping are reviewed together, away from the routes. ``handlers`` reads the targets and
 answers the request; this module only turns them into a page.
 """
 

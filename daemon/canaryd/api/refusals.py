@@ -17,7 +17,7 @@ with a row of its own:
   overflow group (remote ``*``). Groups idle long enough to have a full bucket and nothing
   folded are forgotten at each flush.
 
-Plain Python, no I/O and no clock of its own: ``http_server`` passes ``now`` and writes the rows.
+Plain Python, no I/O and no clock of its own: ``audit`` passes ``now`` and writes the rows.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The views are pure functions of the core model and of ``TargetInfo`` (the few members of a
 configured target they read; ``settings.Target`` satisfies it structurally, so no adapter imports
-the settings layer). They are the API's vocabulary: the JSON routes in ``http_server`` answer with
+the settings layer). They are the API's vocabulary: the JSON routes in ``handlers`` answer with
 them and the status page renders ``target_summary``, so the page can only ever show what the API
 already shows. They sit apart from the routes because both of those use them, and because what a
 field means is easier to review without the request handling around it.

@@ -12,8 +12,8 @@ module relies on, and why it is shaped the way it is:
   ``status``, ``labels``, ``startsAt``, ``endsAt`` and ``fingerprint``.
 * A firing alert carries ``endsAt = "0001-01-01T00:00:00Z"``, Go's zero time, meaning "not
   known yet": it becomes ``None``, never "ended in year 1".
-* Times are RFC 3339 with up to nanosecond precision (Go trims trailing zeros). Python's
-  ``datetime`` keeps microseconds only, so the fraction is parsed here, by hand.
+* Times are RFC 3339 with up to nanosecond precision (Go trims trailing zeros), read by
+  ``core.timefmt.parse_rfc3339``, the one parser of such times (it keeps the nanoseconds).
 * ``fingerprint`` is the FNV-1a hash of the sorted label set (prometheus/common
   ``model.LabelSet.Fingerprint``). Alertmanager always sends it; a hand-written payload (curl)
   may not, and then it is computed the same way, so de-duplication still works.
@@ -47,19 +47,17 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from canaryd.core.model import Alert
+from canaryd.core.timefmt import SHAPE as RFC3339_SHAPE
+from canaryd.core.timefmt import parse_rfc3339
 
 VERSION = "4"
 STATUSES = ("firing", "resolved")
 
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,32}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
-)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 GO_ZERO_TIME = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds()
 GO_ZERO_TEXT = "0001-01-01T00:00:00Z"  # how Go writes its zero time; a firing alert's endsAt
@@ -105,32 +103,11 @@ def parse_time(text: object, where: str) -> float:
     """An RFC 3339 time (nanoseconds allowed) to seconds since the Unix epoch."""
     if not isinstance(text, str):
         raise PayloadError(f"{where}: expected an RFC 3339 time as a string")
-    m = _RFC3339.fullmatch(text)
-    if m is None:
-        raise PayloadError(f"{where}: not an RFC 3339 time: {_show(text)}")
-    if int(m.group(6)) < 60 and len(m.group(7) or "") <= 6:  # fast path (10x), µs precision
-        try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            pass  # lower-case t/z, out-of-range fields: the exact path below says why
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
     try:
-        when = datetime(year, month, day, hour, minute, min(second, 59), tzinfo=UTC)
+        return parse_rfc3339(text)
     except ValueError as exc:
-        raise PayloadError(f"{where}: not an RFC 3339 time: {exc}") from None
-    if second > 60:
-        raise PayloadError(f"{where}: not an RFC 3339 time: second must be in 0..60")
-    if m.group(9):
-        hours, minutes = int(m.group(10)), int(m.group(11))
-        if hours > 23 or minutes > 59:
-            raise PayloadError(f"{where}: not an RFC 3339 time: bad UTC offset")
-        offset = timedelta(hours=hours, minutes=minutes)
-        when = when - offset if m.group(9) == "+" else when + offset
-    digits = m.group(7) or ""
-    fraction = int(digits) / 10 ** len(digits) if digits else 0.0
-    if second == 60:  # a leap second: RFC 3339 allows it, Go never sends it
-        fraction += 1.0
-    return (when - _EPOCH).total_seconds() + fraction
+        why = _show(text) if str(exc) == f"expected {RFC3339_SHAPE}" else str(exc)
+        raise PayloadError(f"{where}: not an RFC 3339 time: {why}") from None
 
 
 def parse_end(text: object, where: str) -> float | None:
@@ -179,11 +156,6 @@ def parse_notification(doc: object) -> Notification:
         truncated=truncated,
         reason=_optional_str(doc, "notification_reason", ""),
     )
-
-
-def parse_webhook(doc: object) -> list[Alert]:
-    """The alerts of a decoded webhook body, converted at the edge."""
-    return list(parse_notification(doc).alerts)
 
 
 def _alert(raw: object, index: int) -> Alert:

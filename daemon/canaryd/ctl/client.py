@@ -5,7 +5,7 @@ one request (``watch``: one a second) and exits, so an event loop buys nothing, 
 aiohttp alone costs ~110 ms, more than half of a whole ``canaryctl status`` (~0.2 s here),
 which an operator typing it during an incident, or a script calling it in a loop, notices.
 
-Errors are the API's: ``{"error": {"code", "message"}}`` becomes an ``ApiError`` carrying the
+Errors are the API's: ``{"error": {"code", "message"}}`` becomes an ``ErrorAnswer`` carrying the
 HTTP status, and each status ``canaryctl`` cares about has its own exit code (``EXIT_*``), so
 scripts can tell "bad token" from "no such target" from "a rollout is already running" without
 parsing text. A daemon that cannot be reached is ``DaemonUnreachable``.
@@ -35,7 +35,6 @@ API = "/api/v1"
 # Exit codes of canaryctl (2 stays argparse's "bad arguments").
 EXIT_OK = 0
 EXIT_ERROR = 1  # anything else the API refused (400, 413, 5xx) or answered oddly
-EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_UNAUTHENTICATED = 4  # 401
 EXIT_FORBIDDEN = 5  # 403
@@ -56,8 +55,10 @@ _EXIT_BY_STATUS = {
 }
 
 
-class ApiError(CanarydError):
-    """The API answered with an error status."""
+class ErrorAnswer(CanarydError):
+    """The API answered with an error status, or with something that is not an answer.
+
+    (Not ``ApiError``: that is the daemon's side, ``api.edge.ApiError``, the answer it sends.)"""
 
     def __init__(self, status: int, code: str, message: str, body: Any = None) -> None:
         self.status, self.code, self.message, self.body = status, code, message, body
@@ -170,10 +171,10 @@ def _decode(raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise ApiError(0, "bad_response", f"the answer is not JSON: {raw[:80]!r}") from exc
+        raise ErrorAnswer(0, "bad_response", f"the answer is not JSON: {raw[:80]!r}") from exc
 
 
-def _api_error(exc: urllib.error.HTTPError) -> ApiError:
+def _api_error(exc: urllib.error.HTTPError) -> ErrorAnswer:
     raw = exc.read() if exc.fp is not None else b""
     try:
         body = json.loads(raw) if raw.strip() else None
@@ -187,7 +188,7 @@ def _api_error(exc: urllib.error.HTTPError) -> ApiError:
         code = str(exc.reason)
         text = raw.decode(errors="replace").strip().splitlines()
         message = text[0][:200] if text else str(exc.reason)
-    return ApiError(exc.code, code, message, body)
+    return ErrorAnswer(exc.code, code, message, body)
 
 
 def _why(reason: object) -> str:

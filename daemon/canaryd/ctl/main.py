@@ -1,8 +1,8 @@
 """``canaryctl``: the operator's command line.
 
 Offline commands (``simulate``) run here without a daemon. The other commands talk to a running
-canaryd over its HTTP API (SPEC §5.1, §5.2) through ``ctlclient``, a stdlib ``urllib`` client,
-so that no command pays for importing aiohttp (see ``ctlclient`` for the numbers).
+canaryd over its HTTP API (SPEC §5.1, §5.2) through ``ctl.client``, a stdlib ``urllib`` client,
+so that no command pays for importing aiohttp (see ``ctl.client`` for the numbers).
 
 ``--url``/``CANARYD_URL``, ``--token``/``CANARYD_TOKEN`` and ``-o table|json`` may be given
 before or after the command. Tables are for people; ``-o json`` prints the API's JSON as is.
@@ -12,7 +12,7 @@ scripts such as ``deployment/canary/deploy-canary.sh`` can branch on them.
 ``watch`` redraws one screen a second with ``rich`` when it is installed and stdout is a
 terminal (rich is not a dependency); otherwise it prints plain text, and off a terminal (CI
 logs) only when something changed. The module is past our usual 400 lines because the commands,
-their tables and the watch view read best side by side; the wire side lives in ``ctlclient``.
+their tables and the watch view read best side by side; the wire side lives in ``ctl.client``.
 """
 
 from __future__ import annotations
@@ -29,23 +29,26 @@ from pathlib import Path
 from typing import Any
 
 from canaryd import __version__
+from canaryd.api.routes import role_of
 from canaryd.config.policies import load_policy, resolve
 from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import ConfigError
+from canaryd.core.timefmt import parse_rfc3339
 from canaryd.ctl.client import (
     DEFAULT_URL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_ROLLED_BACK,
-    ApiError,
     Client,
     DaemonUnreachable,
+    ErrorAnswer,
     RolloutView,
     checks_of,
     decisions_of,
     rollout_of,
     targets_of,
 )
+from canaryd.ctl.text import age, bar, checks_text, decision_line, print_json, table, when
 from canaryd.offline import render, replay, simulate
 
 EXIT_CODES = """\
@@ -64,19 +67,19 @@ exit codes:
   130  interrupted (Ctrl-C)
 """
 
-# The role each command needs (SPEC §5.3), said when the API's 403 does not name one.
-ROLE_NEEDED = {
-    "status": "viewer",
-    "history": "viewer",
-    "watch": "viewer",
-    "start": "operator",
-    "pause": "operator",
-    "resume": "operator",
-    "rollback": "operator",
-    "abort": "operator",
-    "set-weight": "operator",
-    "promote": "admin",
-    "cleanup": "admin",
+# The route each command calls (``api.routes``), for the role to name when a 403 does not.
+ROUTE_OF = {
+    "status": "list_targets",
+    "history": "show_history",
+    "watch": "show_target",
+    "start": "start_rollout",
+    "pause": "pause",
+    "resume": "resume",
+    "rollback": "rollback",
+    "abort": "rollback",
+    "set-weight": "set_weight",
+    "promote": "promote",
+    "cleanup": "cleanup",
 }
 
 
@@ -90,9 +93,10 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         epoch = 0.0
         if args.epoch:
-            from datetime import datetime
-
-            epoch = datetime.fromisoformat(args.epoch.replace("Z", "+00:00")).timestamp()
+            try:
+                epoch = parse_rfc3339(args.epoch)
+            except ValueError as exc:
+                raise ValueError(f"--epoch: not an RFC 3339 time: {exc}") from None
         if args.samples == "-":
             timeline = simulate.Timeline.parse(sys.stdin, "stdin", epoch)
         else:
@@ -136,7 +140,7 @@ def _act(client: Client, args: argparse.Namespace) -> int:
 def _acted(args: argparse.Namespace, doc: Any, verb: str) -> int:
     """One line saying what the command did and where the rollout now stands."""
     if args.output == "json":
-        return _print_json(doc)
+        return print_json(doc)
     rollout = rollout_of(doc)
     if rollout is None:
         print(f"{args.target}: {verb}")
@@ -158,7 +162,7 @@ def _status(client: Client, args: argparse.Namespace) -> int:
     if args.target is None:
         doc = client.targets()
         if args.output == "json":
-            return _print_json(doc)
+            return print_json(doc)
         rows = [("TARGET", "PHASE", "STAGE", "WEIGHT", "IMAGE", "POLICY", "ROLLOUT")]
         for row in targets_of(doc):
             r, policy = row.rollout, row.policy or "-"
@@ -167,11 +171,11 @@ def _status(client: Client, args: argparse.Namespace) -> int:
             else:
                 weight = f"{r.weight}%"
                 rows.append((row.name, r.phase, r.stage_text, weight, r.image, policy, r.id))
-        print(_table(rows))
+        print(table(rows))
         return EXIT_OK
     doc = client.target(args.target)
     if args.output == "json":
-        return _print_json(doc)
+        return print_json(doc)
     rollout = rollout_of(doc)
     if rollout is None:
         print(f"{args.target}: no rollout yet")
@@ -182,7 +186,7 @@ def _status(client: Client, args: argparse.Namespace) -> int:
     lines = _describe(rollout, checks_of(doc, decisions), firing)
     if decisions:
         lines.append("recent decisions")
-        lines += [f"  {_decision_line(d)}" for d in decisions[-5:]]
+        lines += [f"  {decision_line(d)}" for d in decisions[-5:]]
     print("\n".join(lines))
     return EXIT_OK
 
@@ -197,13 +201,13 @@ def _describe(
         ("policy", r.policy),
         ("phase", _phase_text(r)),
         ("stage", _stage_detail(r)),
-        ("weight", f"canary {r.weight}% / stable {r.stable_weight}%  {_bar(r.weight)}"),
+        ("weight", f"canary {r.weight}% / stable {r.stable_weight}%  {bar(r.weight)}"),
     ]
     if r.finished_at:
-        rows.append(("started", _when(r.started_at)))
-        rows.append(("finished", f"{_when(r.finished_at)} (took {_age(r)})"))
+        rows.append(("started", when(r.started_at)))
+        rows.append(("finished", f"{when(r.finished_at)} (took {age(r)})"))
     else:
-        rows.append(("started", f"{_when(r.started_at)} ({_age(r)} ago)"))
+        rows.append(("started", f"{when(r.started_at)} ({age(r)} ago)"))
     if r.phase == "Paused" and r.pause_reason:
         rows.append(("paused", r.pause_reason))
     if r.rollback_reason:
@@ -211,7 +215,7 @@ def _describe(
     if r.message:
         rows.append(("message", r.message))
     if checks:
-        rows.append(("checks", _checks_text(checks)))
+        rows.append(("checks", checks_text(checks)))
     if alerts:
         rows.append(("alerts", "firing: " + ", ".join(alerts)))
     width = max(len(k) for k, _ in rows)
@@ -240,7 +244,7 @@ def _stage_detail(r: RolloutView) -> str:
 def _history(client: Client, args: argparse.Namespace) -> int:
     doc = client.history(args.target)
     if args.output == "json":
-        return _print_json(doc)
+        return print_json(doc)
     decisions = decisions_of(doc)
     if not decisions:
         print(f"{args.target}: no history yet")
@@ -249,7 +253,7 @@ def _history(client: Client, args: argparse.Namespace) -> int:
     for d in decisions:
         rows.append(
             (
-                _when(d.get("t")),
+                when(d.get("t")),
                 str(d.get("rollout_id", "")),
                 str(d.get("phase", "")),
                 str(d.get("stage", "")),
@@ -258,7 +262,7 @@ def _history(client: Client, args: argparse.Namespace) -> int:
                 str(d.get("reason", "")),
             )
         )
-    print(_table(rows))
+    print(table(rows))
     return EXIT_OK
 
 
@@ -283,16 +287,16 @@ class Frame:
             f"{r.target} · rollout {r.id} · {r.image} · policy {r.policy}",
             f"phase    {_phase_text(r)}",
             f"stage    {_stage_detail(r)}",
-            f"weight   canary {r.weight:>3}% {_bar(r.weight, 30, ascii_only)} "
+            f"weight   canary {r.weight:>3}% {bar(r.weight, 30, ascii_only)} "
             f"{r.stable_weight:>3}% stable",
-            f"checks   {_checks_text(self.checks) if self.checks else '-'}",
+            f"checks   {checks_text(self.checks) if self.checks else '-'}",
         ]
         reason = r.pause_reason if r.phase == "Paused" else r.rollback_reason or r.message
         if reason:
             out.append(f"reason   {reason}")
         if self.decisions:
             out.append("decisions")
-            out += [f"  {_decision_line(d)}" for d in self.decisions]
+            out += [f"  {decision_line(d)}" for d in self.decisions]
         if self.trouble:
             out.append(f"! {self.trouble} (retrying)")
         return out
@@ -402,62 +406,6 @@ def _rich_view() -> Callable[[Frame | None], None] | None:
     return show
 
 
-# --------------------------------------------------------------------------- formatting
-
-
-def _print_json(doc: Any) -> int:
-    json.dump(doc, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
-    return EXIT_OK
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
-
-
-def _bar(weight: int, width: int = 20, ascii_only: bool = False) -> str:
-    canary = max(0, min(width, round(weight * width / 100)))
-    full, empty = ("#", "-") if ascii_only else ("█", "░")
-    return f"[{full * canary}{empty * (width - canary)}]"
-
-
-def _checks_text(checks: dict[str, dict[str, Any]]) -> str:
-    parts = []
-    for name, m in sorted(checks.items()):
-        value = m.get("value")
-        shown = f"{value:.4g}" if isinstance(value, int | float) else "no data"
-        if m.get("error"):
-            shown = "error"
-        verdict = m.get("verdict")
-        parts.append(f"{name}={shown}" + (f" ({verdict})" if verdict else ""))
-    return "  ".join(parts)
-
-
-def _decision_line(d: dict[str, Any]) -> str:
-    return (
-        f"{_when(d.get('t'), clock=True)}  stage {d.get('stage', '?')}  "
-        f"{d.get('action', '?'):<13} {d.get('reason', '')}"
-    )
-
-
-def _when(t: Any, clock: bool = False) -> str:
-    if not isinstance(t, int | float):
-        return "-"
-    moment = datetime.fromtimestamp(t)
-    return f"{moment:%H:%M:%S}" if clock else f"{moment:%Y-%m-%d %H:%M:%S}"
-
-
-def _age(r: RolloutView) -> str:
-    if r.started_at is None:
-        return "-"
-    end = r.finished_at if r.finished_at is not None else time.time()
-    return format_duration(max(0.0, end - r.started_at))
-
-
 # --------------------------------------------------------------------------- the API's errors
 
 
@@ -471,7 +419,7 @@ def _api(handler: Handler) -> Callable[[argparse.Namespace], int]:
         except DaemonUnreachable as exc:
             print(f"canaryctl: {exc}", file=sys.stderr)
             return exc.exit_code
-        except ApiError as exc:
+        except ErrorAnswer as exc:
             print(f"canaryctl: {_explain(exc, args.command)}", file=sys.stderr)
             return exc.exit_code
         except BrokenPipeError:  # `canaryctl history X | head`
@@ -480,11 +428,17 @@ def _api(handler: Handler) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-def _explain(exc: ApiError, command: str) -> str:
+def _role_needed(command: str) -> str | None:
+    """The role ``command`` needs, read from the API's route table (SPEC §5.3)."""
+    handler = ROUTE_OF.get(command)
+    return role_of(handler) if handler is not None else None
+
+
+def _explain(exc: ErrorAnswer, command: str) -> str:
     if exc.status == 401:
         return "token missing or not accepted: set --token or CANARYD_TOKEN"
     if exc.status == 403:
-        role = exc.required_role or ROLE_NEEDED.get(command)
+        role = exc.required_role or _role_needed(command)
         said = role is None or role in exc.message  # the API's message names it already
         needs = "" if said else f" (`{command}` needs role {role} or higher)"
         return f"permission denied: {exc.message}{needs}"

@@ -57,6 +57,7 @@ from canaryd.core import templates
 from canaryd.core.durations import parse_duration
 from canaryd.core.errors import SourceUnavailable
 from canaryd.core.model import Policy
+from canaryd.core.timefmt import parse_rfc3339
 from canaryd.offline import simulate
 from canaryd.offline.args import add_policy_and_target, parse_labels, policy_or_problems
 from canaryd.runtime.evaluator import CANARY, DEFAULT_REQUESTS_QUERY, template_variables
@@ -93,10 +94,7 @@ def parse_time(text: str, now: float, option: str = "time") -> float:
             return now - parse_duration(relative.group(1))
         if re.fullmatch(r"\d+(?:\.\d+)?", value):
             return float(value)
-        moment = datetime.fromisoformat(value.upper())  # RFC 3339 allows a lower-case t and z
-        if moment.tzinfo is None:
-            raise ValueError("no time zone offset")
-        return moment.timestamp()
+        return parse_rfc3339(value)
     except ValueError:
         raise ReplayError(
             f"{option}: expected RFC 3339 (2024-05-01T12:00:00Z), Unix seconds, now or a "

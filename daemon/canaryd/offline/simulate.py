@@ -22,7 +22,6 @@ import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TextIO
 
 from canaryd.core import stages
@@ -40,6 +39,7 @@ from canaryd.core.model import (
     Policy,
     Rollout,
 )
+from canaryd.core.timefmt import parse_rfc3339
 
 ENOUGH_REQUESTS_PER_SECOND = 1e6
 _SETTLE_LIMIT = 16
@@ -50,8 +50,10 @@ class SamplesError(ValueError):
 
 
 def _iso_seconds(text: str, epoch: float) -> float:
-    """An RFC 3339 time as seconds after ``epoch`` (``fromisoformat`` reads ``Z`` since 3.11)."""
-    return datetime.fromisoformat(text).timestamp() - epoch
+    try:
+        return parse_rfc3339(text) - epoch
+    except ValueError as exc:
+        raise ValueError(f"startsAt: not an RFC 3339 time: {exc}") from None
 
 
 @dataclass

@@ -1,0 +1,324 @@
+"""The handlers of the HTTP API: JSON in, one typed call on the controller, JSON out.
+
+Each handler answers one row of ``api.routes.ROUTES`` and is found by its name there. By the
+time a handler runs, ``api.server`` has done what the row says: the caller is identified and
+has the row's role, the ``{target}`` exists, the store can write (for a write) and the body
+has passed the row's schema (``call.body``, already checked: handlers only read it). What is
+left here is the call on the controller and the mapping of its errors to answers (``_call``).
+
+The controller is the runtime's ``Controller``, imported directly: the API is the layer above
+the runtime, and a Protocol with one implementation would only be a second place to edit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from canaryd import __version__
+from canaryd.adapters.telemetry import Telemetry
+from canaryd.api import openapi
+from canaryd.api.audit import Auditor, write_problem
+from canaryd.api.auth import ANONYMOUS, Authenticator, Identity
+from canaryd.api.edge import (
+    OUTCOMES,
+    ApiError,
+    decode_json,
+    invalid,
+    read_body,
+    unavailable,
+)
+from canaryd.api.pages import render_status_page
+from canaryd.api.views import TargetInfo, alert_view, rollout_view, target_summary
+from canaryd.api.webhook import PayloadError, WebhookCredential, parse_notification
+from canaryd.core.errors import (
+    CommandRejected,
+    ConfigError,
+    PermanentError,
+    StillRunning,
+    TemporaryError,
+)
+from canaryd.core.model import Command, CommandKind, Rollout
+from canaryd.ports import Clock, CorruptState, DecisionRecord, RolloutConflict, StateStore
+from canaryd.runtime.controller import Controller
+
+RECENT_DECISIONS = 20  # shown with a target; the full list is under /history
+
+log = structlog.get_logger("canaryd.http")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Api:
+    """What the handlers reach: the controller, the store and the edge's settings."""
+
+    controller: Controller
+    store: StateStore
+    telemetry: Telemetry
+    auth: Authenticator
+    webhook: WebhookCredential | None
+    clock: Clock
+    max_body: int
+    body_timeout: float
+    auditor: Auditor
+
+
+API = web.AppKey("canaryd_api", Api)
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as its handler sees it, after the row's checks.
+
+    ``detail`` is what the request's audit row adds (a write's handler fills it in)."""
+
+    who: Identity
+    body: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, object] = field(default_factory=dict)
+
+
+async def audit(
+    api: Api,
+    who: str,
+    what: str,
+    target: str | None,
+    status: int,
+    request: web.Request,
+    message: str | None = None,
+    more: Mapping[str, object] | None = None,
+) -> None:
+    """Write the audit row of a request (refusals are folded by the auditor)."""
+    outcome = OUTCOMES.get(status, "error" if status >= 500 else "ok")
+    detail: dict[str, object] = {"status": status, "remote": request.remote or ""}
+    detail.update(more or {})
+    if message is not None:
+        detail["message"] = message
+    await api.auditor.request(who, what, target, outcome, status, detail)
+
+
+async def _call(awaitable: Awaitable[T], *, bad_values: bool = False) -> T:
+    """A controller call, its errors as HTTP answers (anything else is a 500)."""
+    try:
+        return await awaitable
+    except StillRunning as exc:  # accepted, under way: poll the target for the outcome
+        location = f"/api/v1/targets/{exc.target}"
+        raise ApiError(
+            202, "running", str(exc), {"Location": location}, target=exc.target, location=location
+        ) from exc
+    except (CommandRejected, RolloutConflict) as exc:
+        raise ApiError(409, "conflict", str(exc)) from exc
+    except ConfigError as exc:
+        raise ApiError(422, "invalid", str(exc)) from exc
+    except TemporaryError as exc:
+        raise unavailable(str(exc)) from exc
+    except CorruptState:
+        raise
+    except PermanentError as exc:  # RolloutRefused: frozen, or the same image already active
+        raise ApiError(409, "conflict", str(exc)) from exc
+    except LookupError as exc:
+        if bad_values:  # a policy name the configuration does not allow
+            message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+            raise invalid("policy", message) from exc
+        raise
+    except ValueError as exc:
+        if bad_values:  # a start's traffic the controller could not use
+            raise ApiError(422, "invalid", str(exc)) from exc
+        raise
+
+
+async def _currents(controller: Controller) -> list[tuple[TargetInfo, Rollout | None]]:
+    def read() -> list[tuple[TargetInfo, Rollout | None]]:
+        return [(t, controller.current(name)) for name, t in sorted(controller.targets.items())]
+
+    return await asyncio.to_thread(read)  # a target without a worker is read from the store
+
+
+# --------------------------------------------------------------------------- open endpoints
+
+
+async def status_page(request: web.Request, call: Call) -> web.Response:
+    api = request.app[API]
+    page = render_status_page(await _currents(api.controller), ready=api.controller.ready)
+    return web.Response(text=page, content_type="text/html")
+
+
+async def healthz(request: web.Request, call: Call) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request, call: Call) -> web.Response:
+    api = request.app[API]
+    if not api.controller.ready:
+        raise unavailable("state not loaded yet, or the first reconcile pending", "not_ready")
+    problem = await asyncio.to_thread(write_problem, api.store)
+    if problem is not None:
+        raise unavailable(f"the state store cannot write: {problem}", "store_unwritable")
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request, call: Call) -> web.Response:
+    body = generate_latest(request.app[API].telemetry.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_document(request: web.Request, call: Call) -> web.Response:
+    return web.json_response(openapi.document(__version__))
+
+
+# --------------------------------------------------------------------------- the webhook
+
+
+async def receive_alerts(request: web.Request, call: Call) -> web.StreamResponse:
+    api = request.app[API]
+    status = 500
+    try:
+        response = await _webhook(request, api)
+        status = response.status
+        return response
+    except ApiError as exc:
+        status = exc.status
+        raise
+    finally:
+        api.telemetry.webhook_request(status)
+
+
+async def _webhook(request: web.Request, api: Api) -> web.Response:
+    if api.webhook is not None and not api.webhook.accepts(request.headers.get("Authorization")):
+        await audit(api, ANONYMOUS, "alerts", None, 401, request, "wrong or no credential")
+        raise ApiError(
+            401,
+            "unauthorized",
+            "the webhook credential is missing or wrong",
+            {"WWW-Authenticate": api.webhook.challenge},
+        )
+    doc = decode_json(await read_body(request, api.max_body, api.body_timeout))
+    try:
+        note = parse_notification(doc)
+    except PayloadError as exc:
+        raise ApiError(400, "invalid_payload", str(exc)) from None
+    except Exception as exc:  # a parser bug must not make Alertmanager retry forever
+        log.exception("webhook_parse_failed")
+        raise ApiError(400, "invalid_payload", "body: unreadable webhook payload") from exc
+    alerts = list(note.alerts)
+    try:
+        fresh = await api.controller.receive_alerts(alerts)
+    except TemporaryError as exc:  # could not take them in: let Alertmanager retry
+        raise unavailable(str(exc)) from exc
+    firing = sum(1 for alert in alerts if alert.status == "firing")
+    api.telemetry.alerts_arrived(firing, len(alerts) - firing)
+    if note.truncated:
+        log.warning("webhook_truncated", truncated=note.truncated, group_key=note.group_key)
+    log.debug(  # Alertmanager repeats deliveries: an info line each would drown the decisions
+        "webhook_received",
+        receiver=note.receiver,
+        group_key=note.group_key,
+        reason=note.reason,
+        received=len(alerts),
+        new=fresh,
+    )
+    body = b'{"received": %d, "new": %d}' % (len(alerts), fresh)  # hot path: no json.dumps
+    return web.Response(body=body, content_type="application/json")
+
+
+# --------------------------------------------------------------------------- reads
+
+
+async def list_targets(request: web.Request, call: Call) -> web.Response:
+    rows = await _currents(request.app[API].controller)
+    return web.json_response({"targets": [target_summary(t, r) for t, r in rows]})
+
+
+async def show_target(request: web.Request, call: Call) -> web.Response:
+    api, name = request.app[API], request.match_info["target"]
+    target = api.controller.targets[name]
+    rollout = await asyncio.to_thread(api.controller.current, name)
+    decisions: list[DecisionRecord] = []
+    checks: dict[str, dict[str, Any]] = {}
+    if rollout is not None:
+        decisions = await asyncio.to_thread(api.store.history, rollout_id=rollout.id)
+        for m in await asyncio.to_thread(api.store.measurements, rollout.id):
+            checks[m["check"]] = {"value": m["value"], "error": m["error"], "t": m["t"]}
+    firing = api.controller.inbox.firing_for(name, api.clock.time())
+    view = target_summary(target, rollout)
+    view["rollout"] = rollout_view(rollout) if rollout else None
+    view["decisions"] = decisions[-RECENT_DECISIONS:]
+    view["alerts"] = [alert_view(a) for a in firing]
+    view["checks"] = checks  # the latest measurement of every check of the rollout
+    return web.json_response(view)
+
+
+async def show_history(request: web.Request, call: Call) -> web.Response:
+    api, name = request.app[API], request.match_info["target"]
+    raw = request.query.get("limit")
+    limit = int(raw) if raw and raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
+    if raw is not None and not 0 < limit <= 100_000:
+        raise invalid("limit", "expected an integer within 1..100000")
+    decisions = await asyncio.to_thread(api.store.history, target=name)
+    if limit:
+        decisions = decisions[-limit:]
+    return web.json_response({"target": name, "decisions": decisions})
+
+
+# --------------------------------------------------------------------------- writes
+
+
+async def start_rollout(request: web.Request, call: Call) -> web.Response:
+    name, body = request.match_info["target"], call.body
+    image, traffic, policy = body["image"], body.get("traffic"), body.get("policy")
+    call.detail.update(image=image, traffic=traffic, policy=policy)
+    controller = request.app[API].controller
+    start = controller.start(name, image, traffic=traffic, policy=policy, by=call.who.name)
+    rollout = await _call(start, bad_values=True)
+    call.detail["rollout"] = rollout.id
+    location = {"Location": f"/api/v1/targets/{name}"}
+    return web.json_response(rollout_view(rollout), status=201, headers=location)
+
+
+async def _command(request: web.Request, call: Call, command: Command) -> web.Response:
+    name = request.match_info["target"]
+    rollout = await _call(request.app[API].controller.command(name, command))
+    call.detail["rollout"] = rollout.id
+    return web.json_response(rollout_view(rollout))
+
+
+async def promote(request: web.Request, call: Call) -> web.Response:
+    full = bool(call.body.get("full", False))
+    call.detail["full"] = full
+    kind = CommandKind.PROMOTE_FULL if full else CommandKind.PROMOTE
+    return await _command(request, call, Command(kind, by=call.who.name))
+
+
+async def rollback(request: web.Request, call: Call) -> web.Response:
+    reason = str(call.body.get("reason") or "")
+    call.detail["reason"] = reason
+    command = Command(CommandKind.ROLLBACK, by=call.who.name, reason=reason)
+    return await _command(request, call, command)
+
+
+async def pause(request: web.Request, call: Call) -> web.Response:
+    return await _command(request, call, Command(CommandKind.PAUSE, by=call.who.name))
+
+
+async def resume(request: web.Request, call: Call) -> web.Response:
+    return await _command(request, call, Command(CommandKind.RESUME, by=call.who.name))
+
+
+async def set_weight(request: web.Request, call: Call) -> web.Response:
+    weight = int(call.body["weight"])
+    call.detail["weight"] = weight
+    command = Command(CommandKind.SET_WEIGHT, by=call.who.name, weight=weight)
+    return await _command(request, call, command)
+
+
+async def cleanup(request: web.Request, call: Call) -> web.Response:
+    name = request.match_info["target"]
+    rollout = await _call(request.app[API].controller.cleanup(name, call.who.name))
+    call.detail["rollout"] = rollout.id if rollout else None
+    view = rollout_view(rollout) if rollout else None
+    return web.json_response({"target": name, "rollout": view})
