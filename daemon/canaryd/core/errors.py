@@ -10,9 +10,9 @@ fails when a class is defined anywhere in ``canaryd`` without being named here.
     │                            problems. HTTP 422 (a start naming a bad policy); exit 2
     ├── StillRunning             accepted and under way, not finished within the request's
     │                            bounded wait. HTTP 202 + Location to poll
-    ├── ApiError (ctl.client)    the API answered an error status; canaryctl exits 4 (401),
+    ├── ErrorAnswer (ctl.client) the API answered an error status; canaryctl exits 4 (401),
     │                            5 (403), 6 (404), 7 (409), 8 (422), 9 (503), 1 otherwise.
-    │                            Its name clashes with api.edge's: to be renamed
+    │                            (a distinct name from api.edge's ApiError)
     ├── TemporaryError           worth retrying: HTTP 503 (+ Retry-After); the worker retries
     │   ├── SourceUnavailable    Prometheus did not answer (connection, timeout, no JSON
     │   │                        envelope, over the size cap); an error measurement, never a fail
