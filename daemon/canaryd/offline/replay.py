@@ -36,7 +36,7 @@ to edit and feed to ``canaryctl simulate --samples FILE --epoch <from as RFC 333
 
 The module has a layer of its own above ``simulate``'s (import-linter): it composes simulate
 with the Prometheus adapter. aiohttp and the adapter are imported only when the command runs:
-``canaryctl``'s other commands do not pay for them (see ``ctlclient``).
+``canaryctl``'s other commands do not pay for them (see ``ctl.client``).
 """
 
 from __future__ import annotations
