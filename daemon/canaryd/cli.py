@@ -289,7 +289,7 @@ def report_start_failure(error: BaseException) -> int:
         raise error
     code = EXIT_FAILED
     for exc in errors:
-        if isinstance(exc, ConfigError):  # a kind this build cannot run yet, found composing
+        if isinstance(exc, ConfigError):  # refused while composing (e.g. the state backend)
             code = max(code, report_config_error(exc))
             continue
         if isinstance(exc, StateLocked):  # another canaryd acts on this state
