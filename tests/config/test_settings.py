@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from canaryd.adapters.platforms.docker import DockerConfig
+from canaryd.adapters.platforms.docker_config import DockerConfig
 from canaryd.adapters.platforms.none import NoneConfig
 from canaryd.adapters.routers.gateway_api import GatewayApiConfig
 from canaryd.adapters.routers.nginx import NginxConfig
