@@ -5,43 +5,50 @@ the runtime nothing but ports, and owns the order of start-up and shutdown:
 
     start:  lock and open the store (refused at once, before anything listens, if another
             canaryd holds it or it is damaged or not ours) →
-            Prometheus session → listen (/readyz 503) → resume stored rollouts (one reconcile
-            pass each; /readyz 200) → READY=1 (systemd) → watchdog, state watch
+            under one AsyncExitStack: the Kubernetes client (made on first use), each
+            target's router and platform, the Prometheus session → listen (/readyz 503) →
+            resume stored rollouts (one reconcile pass each; /readyz 200) → READY=1
+            (systemd) → watchdog, state watch (named, guarded tasks)
     stop:   STOPPING=1 → stop listening → cancel workers (their decisions are already
-            durable) → close the HTTP session → close the store
+            durable) → close the stack in reverse: the HTTP session, every adapter, the one
+            Kubernetes client → close the store
+
+The kinds this build knows are ``KINDS``, the registry tables of ``adapters.routers`` and
+``adapters.platforms``; ``load_config`` reads a config against them, for ``check`` and ``serve``
+alike, so both accept exactly the same kinds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from canaryd.adapters import systemd
-from canaryd.adapters.platforms.docker import DockerEnginePlatform
-from canaryd.adapters.platforms.kubernetes import KubernetesDeploymentPlatform
-from canaryd.adapters.platforms.none import NonePlatform
+from canaryd.adapters.kube import KubeClient
+from canaryd.adapters.platforms import PLATFORMS, OwnedPlatform, PlatformFactory
 from canaryd.adapters.prometheus import PrometheusClient
-from canaryd.adapters.routers.gateway_api import GatewayApiHTTPRouteRouter
-from canaryd.adapters.routers.nginx import NginxFileRouter
-from canaryd.adapters.routers.noop import NoopRouter
-from canaryd.adapters.routers.traefik_file import TraefikFileProviderRouter
+from canaryd.adapters.routers import ROUTERS, OwnedRouter, RouterFactory
 from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
 from canaryd.api.webhook import WebhookCredential
+from canaryd.config import settings as config_settings
+from canaryd.config.kinds import Kind, Kinds
 from canaryd.config.settings import Settings, Token, secret_for_serve, tokens_for_serve
 from canaryd.config.settings import Target as TargetSettings
 from canaryd.core.errors import ConfigError, Problem
 from canaryd.core.model import Policy
-from canaryd.ports import Platform, Router
+from canaryd.ports import Platform
 from canaryd.runtime.controller import Controller, Target
 from canaryd.runtime.evaluator import Evaluator
-from canaryd.runtime.supervisor import Supervisor
+from canaryd.runtime.supervisor import RESTART, STOP, Supervisor
 from canaryd.runtime.worker import Timing
 
 log = structlog.get_logger("canaryd")
@@ -53,78 +60,39 @@ class WallClock:
         return time.time()
 
 
-def build_router(target: TargetSettings) -> Router:
-    if target.router.kind == "noop":
-        return NoopRouter()
-    if target.router.kind == "nginx":
-        r = target.router
-        return NginxFileRouter(
-            target.name,
-            r.path,
-            stable_servers=r.stable_servers,
-            canary_servers=r.canary_servers,
-            test_command=r.test_command,
-            reload_command=r.reload_command,
-            upstream=r.upstream,
-        )
-    if target.router.kind == "traefik-file":
-        t = target.router
-        return TraefikFileProviderRouter(
-            target.name,
-            t.path,
-            service=t.service,
-            stable_service=t.stable_service,
-            canary_service=t.canary_service,
-            rule=t.rule,
-            entry_points=t.entry_points,
-        )
-    if target.router.kind == "gateway-api":
-        g = target.router
-        return GatewayApiHTTPRouteRouter(
-            g.name, g.stable_service, g.canary_service, namespace=g.namespace, port=g.port
-        )
-    raise ConfigError(
-        [
-            Problem(
-                str(target.name),
-                "router.kind",
-                f"router {target.router.kind!r} is not available in this build "
-                "yet; use noop (observe-only) for now",
-            )
-        ]
-    )
+KINDS = Kinds(platforms=PLATFORMS, routers=ROUTERS)
+"""Every platform and router kind of this build: what ``check`` and ``serve`` accept."""
 
 
-def build_platform(target: TargetSettings) -> Platform:
-    if target.platform.kind == "none":
-        return NonePlatform()
-    if target.platform.kind == "docker":
-        p = target.platform
-        return DockerEnginePlatform(
-            target.name,
-            service=p.service,
-            labels=p.labels,
-            project=p.project,
-            host=p.host,
-            probe_path=p.probe_path,
-            probe_port=p.probe_port,
-            canary_ports=p.canary_ports,
+def load_config(path: str | Path) -> Settings:
+    """The config at ``path``, read against this build's kinds (``ConfigError`` lists problems)."""
+    return config_settings.load_config(path, KINDS)
+
+
+def build_router(target: TargetSettings, kube: KubeClient | None = None) -> OwnedRouter:
+    """The target's router, from its kind's factory; ``kube``: the daemon's shared client
+    (``None``: the router makes and closes its own)."""
+    build = cast(RouterFactory | None, _row(target, "router", KINDS.routers).build)
+    assert build is not None  # the loader refused a kind without a factory
+    return build(target.name, target.router, kube)
+
+
+def build_platform(target: TargetSettings, kube: KubeClient | None = None) -> OwnedPlatform:
+    """The target's platform, from its kind's factory; ``kube``: the daemon's shared client
+    (``None``: the platform makes and closes its own)."""
+    build = cast(PlatformFactory | None, _row(target, "platform", KINDS.platforms).build)
+    assert build is not None  # the loader refused a kind without a factory
+    return build(target.name, target.platform, kube)
+
+
+def _row(target: TargetSettings, role: str, table: Mapping[str, Kind[Any, Any]]) -> Kind[Any, Any]:
+    value = target.router if role == "router" else target.platform
+    row = table.get(value.kind)
+    if row is None:  # settings built by hand, not by the loader
+        raise ConfigError(
+            [Problem(str(target.name), f"{role}.kind", f"unknown {role} kind {value.kind!r}")]
         )
-    if target.platform.kind == "kubernetes":
-        k = target.platform
-        return KubernetesDeploymentPlatform(
-            k.deployment, namespace=k.namespace, container=k.container
-        )
-    raise ConfigError(
-        [
-            Problem(
-                str(target.name),
-                "platform.kind",
-                f"platform {target.platform.kind!r} is not available in this "
-                "build yet; use kubernetes, docker or none",
-            )
-        ]
-    )
+    return row
 
 
 class Daemon:
@@ -155,17 +123,10 @@ class Daemon:
         # Before anything else touches the outside world: one state, one actor (the store
         # locks it), and damage or a foreign file is refused before anything listens.
         self.store = SqliteStore(settings.state.path)
-        self.targets = [
-            Target(
-                name=t.name,
-                policy=t.policy,
-                router=build_router(t),
-                platform=(platforms or {}).get(t.name) or build_platform(t),
-                labels=dict(t.labels),
-                concerns=t.concerns,
-            )
-            for t in settings.targets
-        ]
+        self._given_platforms = dict(platforms or {})
+        self.kube = KubeClient()  # the one Kubernetes client; made on first use
+        self.targets: list[Target] = []  # built in start, under the exit stack
+        self._stack = contextlib.AsyncExitStack()
         self.session: aiohttp.ClientSession | None = None
         self.evaluator: Evaluator | None = None
         self._gather = gather
@@ -174,8 +135,11 @@ class Daemon:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
 
-    def _crashed(self, name: str, error: BaseException) -> None:
-        log.error("service_crashed", service=name, error=repr(error))
+    def _crashed(self, name: str, error: BaseException | None) -> None:
+        if error is None:
+            log.error("service_ended", service=name, hint="a long-lived task returned")
+        else:
+            log.error("service_crashed", service=name, error=repr(error))
 
     def _load_policy(self, name: str) -> Policy:
         """A policy a start request names: one the config allows (``LookupError`` otherwise).
@@ -184,9 +148,34 @@ class Daemon:
         """
         return self.settings.api_policy(name)
 
+    async def _build_targets(self) -> None:
+        """Each target's router and platform, each closed at stop (reverse order), after which
+        the shared Kubernetes client closes: it was pushed first, so it goes last. A platform
+        passed in by the caller (tests, the tour) is the caller's to close."""
+        stack = self._stack
+        stack.push_async_callback(self.kube.aclose)
+        for t in self.settings.targets:
+            router = build_router(t, self.kube)
+            stack.push_async_callback(router.aclose)
+            platform = self._given_platforms.get(t.name)
+            if platform is None:
+                platform = build_platform(t, self.kube)
+                stack.push_async_callback(platform.aclose)
+            self.targets.append(
+                Target(
+                    name=t.name,
+                    policy=t.policy,
+                    router=router,
+                    platform=platform,
+                    labels=dict(t.labels),
+                    concerns=t.concerns,
+                )
+            )
+
     async def start(self) -> None:
         settings = self.settings
-        self.session = aiohttp.ClientSession()
+        await self._build_targets()
+        self.session = await self._stack.enter_async_context(aiohttp.ClientSession())
         client = PrometheusClient(
             self.session,
             settings.prometheus.url,
@@ -208,7 +197,11 @@ class Daemon:
             timing=self._timing,
             alert_expiry=settings.alerts.expire_after,
         )
-        self.supervisor.keep("evaluator", self.evaluator.run)
+        # Guards, per task (runtime.supervisor): the evaluator and the state watch hold nothing
+        # a restart loses, so they restart with backoff (and stop the daemon if they keep
+        # ending); the watchdog pinger stops it at once, because systemd would otherwise kill
+        # a daemon that stopped pinging mid-pass instead of letting it stop in order.
+        self.supervisor.keep("evaluator", self.evaluator.run, RESTART)
         # Listen first: /healthz answers while the state loads and /readyz says 503 until
         # every stored rollout had its reconcile pass (the API answers 503 meanwhile).
         from canaryd.api.server import make_runner
@@ -222,8 +215,8 @@ class Daemon:
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
         if interval:
-            self.supervisor.keep("watchdog", lambda: _watchdog(interval))
-        self.supervisor.keep("state-watch", lambda: _watch_state(self.store))
+            self.supervisor.keep("watchdog", lambda: _watchdog(interval), STOP)
+        self.supervisor.keep("state-watch", lambda: _watch_state(self.store), RESTART)
         log.info(
             "serving",
             listen=f"{settings.listen.host}:{self.port}",
@@ -251,9 +244,10 @@ class Daemon:
             await self.runner.cleanup()
 
     async def after_stop(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-        await asyncio.to_thread(self.store.close)
+        try:
+            await self._stack.aclose()
+        finally:
+            await asyncio.to_thread(self.store.close)
 
     async def run(self) -> None:
         await self.supervisor.run(self.start, self.before_stop, self.after_stop)

@@ -30,19 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from canaryd import __version__
-from canaryd.config.settings import (
-    DockerPlatform,
-    KubernetesPlatform,
-    NginxRouter,
-    NoopRouter,
-    Platform,
-    Router,
-    Settings,
-    SqliteState,
-    Target,
-    TraefikFileRouter,
-    load_config,
-)
+from canaryd.config.kinds import Kinds
+from canaryd.config.settings import Settings, SqliteState, Target
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import CanarydError, ConfigError
 from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
@@ -127,7 +116,7 @@ def describe_settings(settings: Settings) -> list[str]:
 def describe_target(target: Target) -> str:
     return (
         f"target {target.name}: policy {target.policy.name}, "
-        f"platform {_platform(target.platform)}, router {_router(target.router)}, "
+        f"platform {_platform(target)}, router {_router(target)}, "
         f"job {target.job}"
     )
 
@@ -214,23 +203,26 @@ def _describe_rule(rule: AlertRule) -> str:
     return text
 
 
-def _platform(platform: Platform) -> str:
-    if isinstance(platform, DockerPlatform):
-        if platform.service:
-            return f"docker (service {platform.service})"
-        selector = ",".join(f"{k}={v}" for k, v in platform.labels.items())
-        return f"docker (labels {selector})"
-    if isinstance(platform, KubernetesPlatform):
-        return f"kubernetes (deployment {platform.namespace}/{platform.deployment})"
-    return "none"
+def _platform(target: Target) -> str:
+    return _kinds().platforms[target.platform.kind].describe(target.platform)
 
 
-def _router(router: Router) -> str:
-    if isinstance(router, TraefikFileRouter | NginxRouter):
-        return f"{router.kind} ({router.path})"
-    if isinstance(router, NoopRouter):
-        return "noop (observe only)"
-    return f"{router.kind} ({router.namespace}/{router.name})"
+def _router(target: Target) -> str:
+    return _kinds().routers[target.router.kind].describe(target.router)
+
+
+def _kinds() -> Kinds:
+    """This build's kinds: the composition root's tables, the ones ``serve`` builds from."""
+    from canaryd.app import KINDS  # the adapters: imported by the commands that read a config
+
+    return KINDS
+
+
+def load_config(path: str) -> Settings:
+    """The config, read against this build's kinds (``check`` and ``serve`` alike)."""
+    from canaryd.app import load_config as load
+
+    return load(path)
 
 
 def _show(path: Path) -> str:
@@ -297,7 +289,7 @@ def report_start_failure(error: BaseException) -> int:
         raise error
     code = EXIT_FAILED
     for exc in errors:
-        if isinstance(exc, ConfigError):  # a kind this build cannot run yet, found composing
+        if isinstance(exc, ConfigError):  # refused while composing (e.g. the state backend)
             code = max(code, report_config_error(exc))
             continue
         if isinstance(exc, StateLocked):  # another canaryd acts on this state

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from canaryd.app import load_config
 from canaryd.config.policies import RULES_DIR, load_policy
 from canaryd.config.reader import DuplicateKeys, StrictLoader
-from canaryd.config.settings import load_config, load_tokens
+from canaryd.config.settings import load_tokens
 from canaryd.core.errors import ConfigError
 
 HEAD = "prometheus: {url: http://127.0.0.1:9090}\n"

@@ -7,19 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from canaryd.adapters.platforms.docker_config import DockerConfig
+from canaryd.adapters.platforms.none import NoneConfig
+from canaryd.adapters.routers.gateway_api import GatewayApiConfig
+from canaryd.adapters.routers.nginx import NginxConfig
+from canaryd.adapters.routers.noop import NoopConfig
+from canaryd.adapters.routers.traefik_file import TraefikFileConfig
+from canaryd.app import load_config
 from canaryd.config.policies import RULES_DIR, load_policy
-from canaryd.config.settings import (
-    DockerPlatform,
-    GatewayApiRouter,
-    KubernetesState,
-    NginxRouter,
-    NoopRouter,
-    NoPlatform,
-    SqliteState,
-    TraefikFileRouter,
-    load_config,
-    load_tokens,
-)
+from canaryd.config.settings import KubernetesState, SqliteState, load_tokens
 from canaryd.core.errors import ConfigError
 from canaryd.core.model import Matcher
 
@@ -69,8 +65,8 @@ def test_the_shipped_config_loads_the_fast_track_policy_for_the_matriz_target() 
     assert settings.state == SqliteState(Path("/var/lib/canaryd/state.db"))
     assert settings.prometheus.url == "http://127.0.0.1:9090"
     assert settings.prometheus.timeout == 5.0
-    assert target.platform == DockerPlatform(service="matriz")
-    assert target.router == TraefikFileRouter(path=Path("/etc/traefik/dynamic/matriz.yml"))
+    assert target.platform == DockerConfig(service="matriz")
+    assert target.router == TraefikFileConfig(path=Path("/etc/traefik/dynamic/matriz.yml"))
     assert target.job == "lukhas-matriz-canary"
     assert settings.policies["lukhas-matriz-orchestrator"].name == "matriz-fast-track"
     assert settings.policies["lukhas-matriz-orchestrator"].total_duration == 17 * 60
@@ -101,8 +97,8 @@ def test_defaults_fill_only_what_was_left_out(tmp_path: Path) -> None:
     assert settings.prometheus.url == "http://prom:9090"
     assert settings.prometheus.timeout == 5.0
     target = settings.targets[0]
-    assert target.platform == NoPlatform()
-    assert target.router == NoopRouter()
+    assert target.platform == NoneConfig()
+    assert target.router == NoopConfig()
     assert target.job == "web"
     assert target.labels == {"job": "web"}
 
@@ -138,14 +134,14 @@ def test_every_kind_of_platform_router_and_state_reads_into_its_own_type(tmp_pat
     assert (settings.listen.host, settings.listen.port) == ("::1", 9999)
     assert settings.state == KubernetesState(namespace="canaryd")
     k8s, host = settings.targets
-    assert k8s.router == GatewayApiRouter(
+    assert k8s.router == GatewayApiConfig(
         name="api", stable_service="api", canary_service="api-canary", namespace="default"
     )
     assert k8s.alert_matchers == (Matcher("service", "=~", "api.*"), Matcher("env", "=", "prod"))
     assert k8s.concerns({"service": "api-v2", "env": "prod"})
     assert not k8s.concerns({"service": "api-v2", "env": "dev"})
-    assert host.platform == DockerPlatform(labels={"app": "host"})
-    assert host.router == NginxRouter(
+    assert host.platform == DockerConfig(labels={"app": "host"})
+    assert host.router == NginxConfig(
         path=tmp_path / "nginx" / "host.conf",
         reload_command=("nginx", "-s", "reload"),
         stable_servers=("10.0.0.5:8080", "[fd00::6]:8080"),
@@ -319,7 +315,7 @@ def test_the_traefik_file_router_reads_its_rule_entry_points_and_other_providers
               entry_points: [web, websecure]
         """,
     )
-    assert load_config(path).targets[0].router == TraefikFileRouter(
+    assert load_config(path).targets[0].router == TraefikFileConfig(
         path=tmp_path / "dynamic" / "web.yaml",
         service="shop",
         stable_service="shop-v1@docker",
@@ -442,7 +438,7 @@ def test_docker_canary_ports_read_like_compose_ports_on_loopback_by_default(
         """,
     )
     [target] = load_config(path).targets
-    assert target.platform == DockerPlatform(
+    assert target.platform == DockerConfig(
         service="web",
         probe_path="/healthz",
         canary_ports={

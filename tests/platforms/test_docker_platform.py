@@ -32,8 +32,7 @@ import aiohttp
 import pytest
 
 from canaryd.adapters.platforms.docker import DockerEnginePlatform
-from canaryd.app import build_platform
-from canaryd.config.settings import load_config
+from canaryd.app import build_platform, load_config
 from canaryd.core.errors import CanarydError, PlatformUnavailable
 
 SOCKET = "/tmp/canaryd-docker.sock"

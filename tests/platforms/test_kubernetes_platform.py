@@ -31,8 +31,7 @@ from canaryd.adapters.platforms.kubernetes import (
     label_value,
     selects,
 )
-from canaryd.app import build_platform
-from canaryd.config.settings import load_config
+from canaryd.app import build_platform, load_config
 from canaryd.core.errors import CanarydError, PlatformUnavailable
 from support import kube
 

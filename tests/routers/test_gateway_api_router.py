@@ -20,8 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from canaryd.adapters.routers import gateway_api
 from canaryd.adapters.routers.gateway_api import GatewayApiHTTPRouteRouter
-from canaryd.app import build_router
-from canaryd.config.settings import load_config
+from canaryd.app import build_router, load_config
 from canaryd.core.errors import CanarydError, RouterConflict, RouterUnavailable
 from support import kube
 

@@ -23,8 +23,7 @@ import pytest
 from aiohttp import web
 
 from canaryd.adapters.routers.nginx import NginxFileRouter, render, upstream_name
-from canaryd.app import build_router
-from canaryd.config.settings import load_config
+from canaryd.app import build_router, load_config
 from canaryd.core.errors import CanarydError, RouterUnavailable
 from support import procs
 

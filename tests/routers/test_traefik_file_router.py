@@ -35,8 +35,7 @@ from canaryd.adapters.routers.traefik_file import (
     TraefikFileProviderRouter,
     header_rule,
 )
-from canaryd.app import build_router
-from canaryd.config.settings import load_config
+from canaryd.app import build_router, load_config
 from canaryd.core.errors import CanarydError, RouterUnavailable
 from support import traefik as tk
 from support.procs import Proc

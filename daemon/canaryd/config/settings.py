@@ -6,9 +6,10 @@ duplicate targets, and every problem inside every policy the targets name (repor
 policy file itself). A wrong key is always an error, never a silent default.
 
 Platforms and routers are tagged by ``kind``; each kind is its own small dataclass with exactly
-the keys that kind understands. They live in ``settings_kinds`` with their readers and the
-``PLATFORMS`` / ``ROUTERS`` tables this loader dispatches on; every name is re-exported here
-(``__all__``), so ``canaryd.config.settings`` stays the one import for the whole config.
+the keys that kind understands, declared beside its adapter. The loader sits below the adapters,
+so it is handed the tables it dispatches on (``kinds.Kinds``: the composition root's
+``app.KINDS``, the same for ``check`` and ``serve``); a kind named but not built yet is refused
+here, so ``check`` says what ``serve`` would.
 
 Secret files (API tokens, the webhook credential) need not exist when the config is checked —
 they are often provisioned later — so a missing one is a warning; one that exists is checked
@@ -32,28 +33,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from canaryd.config import policies
-from canaryd.config.kinds import (
-    PLATFORM_KINDS,
-    PLATFORMS,
-    ROUTER_KINDS,
-    ROUTERS,
-    ArgoRolloutsRouter,
-    DockerPlatform,
-    GatewayApiRouter,
-    KubernetesPlatform,
-    NginxIngressRouter,
-    NginxRouter,
-    NoopRouter,
-    NoPlatform,
-    Platform,
-    Router,
-    TraefikFileRouter,
-    TraefikServiceRouter,
-    read_labels,
-    router_identity,
-    to_name,
-    to_port,
-)
+from canaryd.config.kinds import Kind, KindConfig, Kinds, read_labels, to_name, to_port
 from canaryd.config.reader import Reader, duration, join, to_str
 from canaryd.config.secrets import (
     ROLES,
@@ -75,32 +55,20 @@ __all__ = [
     "DEFAULT_ALERT_EXPIRY",
     "DEFAULT_LISTEN",
     "DEFAULT_STATE_PATH",
-    "PLATFORM_KINDS",
     "ROLES",
-    "ROUTER_KINDS",
     "Alerts",
-    "ArgoRolloutsRouter",
     "Auth",
     "BasicAuth",
-    "DockerPlatform",
-    "GatewayApiRouter",
-    "KubernetesPlatform",
+    "KindConfig",
+    "Kinds",
     "KubernetesState",
     "Listen",
-    "NginxIngressRouter",
-    "NginxRouter",
-    "NoPlatform",
-    "NoopRouter",
-    "Platform",
     "Prometheus",
-    "Router",
     "Settings",
     "SqliteState",
     "State",
     "Target",
     "Token",
-    "TraefikFileRouter",
-    "TraefikServiceRouter",
     "WebhookAuth",
     "load_config",
     "load_tokens",
@@ -175,8 +143,8 @@ class Target:
     policy_ref: str  # as written in the config
     policy_file: Path
     policy: Policy
-    platform: Platform
-    router: Router
+    platform: KindConfig  # the platform kind's config dataclass (beside its adapter)
+    router: KindConfig  # the router kind's config dataclass
     labels: Mapping[str, str] = field(default_factory=dict)  # always has "job"
     alert_matchers: tuple[Matcher, ...] = ()
 
@@ -236,13 +204,16 @@ class Settings:
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path) -> Settings:
-    """Read and validate a config and every policy it names; ``ConfigError`` lists all problems."""
+def load_config(path: str | Path, kinds: Kinds) -> Settings:
+    """Read and validate a config and every policy it names; ``ConfigError`` lists all problems.
+
+    ``kinds``: the platform and router kinds this build knows (``app.KINDS``).
+    """
     r = Reader(path)
     doc = r.load()
     if r.problems:
         r.done()
-    settings = _Loader(r, Path(path)).read(doc)
+    settings = _Loader(r, Path(path), kinds).read(doc)
     r.done()
     return settings
 
@@ -258,8 +229,9 @@ def _required(
 
 
 class _Loader:
-    def __init__(self, r: Reader, file: Path) -> None:
+    def __init__(self, r: Reader, file: Path, kinds: Kinds) -> None:
         self.r = r
+        self.kinds = kinds
         self.file = file
         self.base = file.parent.absolute()
         self.warnings: list[Problem] = []
@@ -430,7 +402,8 @@ class _Loader:
                     f"duplicate target name {target.name!r} (also {first_seen[target.name]})",
                 )
             first_seen.setdefault(target.name, where)
-            identity = router_identity(target.router)
+            row = self.kinds.routers.get(target.router.kind)
+            identity = row.identity(target.router) if row is not None else None
             if identity is not None:
                 if identity in routed:
                     r.problem(
@@ -499,21 +472,35 @@ class _Loader:
             self._policies[key] = None if reader.problems else loaded
         return file, self._policies[key]
 
-    def _platform(self, raw: Any, where: str) -> Platform:
-        kind, m = self.kind(raw, where, "kind", PLATFORMS, "platform kind")
-        if not kind:
-            return NoPlatform()
-        keys, read = PLATFORMS[kind]
-        self.keys(m, where, keys | {"kind"}, f"platform kind {kind}")
-        return read(self, m, where)
+    def _platform(self, raw: Any, where: str) -> KindConfig:
+        return self._kind(raw, where, self.kinds.platforms, "platform")
 
-    def _router(self, raw: Any, where: str) -> Router:
-        kind, m = self.kind(raw, where, "kind", ROUTERS, "router kind")
-        if not kind:
-            return NoopRouter()
-        keys, read = ROUTERS[kind]
-        self.keys(m, where, keys | {"kind"}, f"router kind {kind}")
-        return read(self, m, where)
+    def _router(self, raw: Any, where: str) -> KindConfig:
+        return self._kind(raw, where, self.kinds.routers, "router")
+
+    def _kind(
+        self, raw: Any, where: str, table: Mapping[str, Kind[Any, Any]], role: str
+    ) -> KindConfig:
+        """The section read by its kind's reader; a kind without a factory is named as such."""
+        name, m = self.kind(raw, where, "kind", table, f"{role} kind")
+        if not name:
+            return Unread()
+        row = table[name]
+        self.keys(m, where, set(row.keys) | {"kind"}, f"{role} kind {name}")
+        value: KindConfig = row.read(self, m, where)
+        if row.build is None:
+            self.r.problem(
+                join(where, "kind"),
+                f"{role} {name!r} is not available in this build yet; {row.fallback}",
+            )
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Unread:
+    """Stands in for a platform or router that could not be read (the loader reports why)."""
+
+    kind: str = ""
 
 
 # --------------------------------------------------------------------------- helpers

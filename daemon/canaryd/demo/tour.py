@@ -40,9 +40,8 @@ import yaml
 
 from canaryd.adapters.routers import nginx as nginx_router
 from canaryd.adapters.telemetry import configure_logging
-from canaryd.app import Daemon
+from canaryd.app import Daemon, load_config
 from canaryd.config import policies
-from canaryd.config.settings import load_config
 from canaryd.core.durations import parse_duration
 from canaryd.core.errors import CanarydError
 from canaryd.ctl.client import Client

@@ -65,6 +65,9 @@ import aiodocker
 import aiohttp
 from aiodocker.containers import DockerContainer
 
+from canaryd.adapters.kube import KubeClient
+from canaryd.adapters.platforms.docker_config import DockerConfig, read_config
+from canaryd.config.kinds import Kind
 from canaryd.core.errors import PlatformUnavailable
 
 T = TypeVar("T")
@@ -187,6 +190,9 @@ class DockerEnginePlatform:
                 if info["Config"]["Image"] != image:
                     info = await self._recreate(docker, info, image)
                 await self._wait_ready(docker, info)
+
+    async def aclose(self) -> None:
+        """Nothing to close: each operation opens its own Docker client and closes it."""
 
     async def remove_canary(self) -> None:
         async with self._lock, self._client() as docker:
@@ -513,3 +519,37 @@ def _name(info: Info) -> str:
 
 def _show_labels(labels: Mapping[str, str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in labels.items())
+
+
+# --------------------------------------------------------------------------- the kind
+# (its config dataclass and reader are in ``docker_config``, to keep this module readable)
+
+
+def build(target: str, c: DockerConfig, kube: KubeClient | None) -> DockerEnginePlatform:
+    return DockerEnginePlatform(
+        target,
+        service=c.service,
+        labels=c.labels,
+        project=c.project,
+        host=c.host,
+        probe_path=c.probe_path,
+        probe_port=c.probe_port,
+        canary_ports=c.canary_ports,
+    )
+
+
+def _describe(c: DockerConfig) -> str:
+    if c.service:
+        return f"docker (service {c.service})"
+    return f"docker (labels {','.join(f'{k}={v}' for k, v in c.labels.items())})"
+
+
+KIND: Kind[DockerConfig, Any] = Kind(
+    name="docker",
+    keys=frozenset(
+        {"service", "labels", "project", "host", "probe_path", "probe_port", "canary_ports"}
+    ),
+    read=read_config,
+    build=build,
+    describe=_describe,
+)

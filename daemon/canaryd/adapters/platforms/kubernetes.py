@@ -55,12 +55,13 @@ replace carrying the ``resourceVersion`` it was computed from; a 409 (someone wr
 re-reads and retries a few times. Objects are read and written as raw JSON rather than the
 client's models, which would drop fields newer than the client.
 
-**The API.** In-cluster configuration when canaryd runs in a pod, else the kubeconfig
-(``KUBECONFIG``, ``~/.kube/config``), loaded once; tests inject an ``ApiClient``. Every call has a
-timeout and every failure becomes a ``PlatformUnavailable`` naming ``namespace/name`` and what
-was being done (the worker logs it and retries the effect on its next pass). Each operation
-opens its own ``ApiClient`` and closes it, for the reason the docker platform gives: the
-composition root builds platforms before the event loop runs and has no shutdown hook for them.
+**The API.** Through a ``KubeClient`` (``adapters.kube``): the daemon's one client, shared by
+every Kubernetes adapter and closed by the daemon at stop (``kube=``); else one of this
+platform's own, around the ``ApiClient`` tests inject or, on first use, the in-cluster
+configuration or the kubeconfig (``KUBECONFIG``, ``~/.kube/config``), closed by ``aclose``.
+Either way one client serves every pass. Every call has a timeout and every failure becomes a
+``PlatformUnavailable`` naming ``namespace/name`` and what was being done (the worker logs it
+and retries the effect on its next pass).
 """
 
 from __future__ import annotations
@@ -72,11 +73,14 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import aiohttp
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 
+from canaryd.adapters.kube import KubeClient, KubeUnavailable
+from canaryd.config.kinds import Kind, Loader, to_name
 from canaryd.core.errors import PlatformUnavailable
 
 CALL_TIMEOUT = 30.0  # seconds for one API call
@@ -111,12 +115,13 @@ class KubernetesDeploymentPlatform:
         container: str | None = None,
         api_client: client.ApiClient | None = None,
         call_timeout: float = CALL_TIMEOUT,
+        kube: KubeClient | None = None,
     ) -> None:
         self.deployment, self.namespace, self.container = deployment, namespace, container
         self.canary_name = f"{deployment}-canary"
         self.stable_service, self.canary_service = f"{deployment}-stable", f"{deployment}-canary"
-        self._api_client = api_client
-        self._configuration: client.Configuration | None = None
+        self._owned = kube is None  # our own client (closed by aclose), or the daemon's
+        self.kube = kube if kube is not None else KubeClient(api_client)
         self._call_timeout = call_timeout
         self._wanted: str | None = None  # the image last ensured by this process
         self._lock = asyncio.Lock()  # one change at a time
@@ -382,31 +387,20 @@ class KubernetesDeploymentPlatform:
 
     @contextlib.asynccontextmanager
     async def _session(self) -> AsyncIterator[client.ApiClient]:
-        if self._api_client is not None:
-            yield self._api_client
-            return
-        api = client.ApiClient(configuration=await self._load_configuration())
+        """The one client (made on first use); ``PlatformUnavailable`` if there is no API."""
         try:
-            yield api
-        finally:
-            await api.close()
+            api = await self.kube.api()
+        except KubeUnavailable as exc:
+            raise PlatformUnavailable(
+                f"kubernetes platform of {self._at(self.deployment)}: no API server to talk "
+                f"to: {exc}"
+            ) from exc
+        yield api
 
-    async def _load_configuration(self) -> client.Configuration:
-        if self._configuration is None:
-            configuration = client.Configuration()
-            try:
-                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                try:
-                    await config.load_kube_config(client_configuration=configuration)
-                except (config.ConfigException, OSError, ValueError) as exc:
-                    raise PlatformUnavailable(
-                        f"kubernetes platform of {self._at(self.deployment)}: no API server "
-                        "to talk to: not running in a pod and no usable kubeconfig "
-                        f"(KUBECONFIG, ~/.kube/config): {exc}"
-                    ) from exc
-            self._configuration = configuration
-        return self._configuration
+    async def aclose(self) -> None:
+        """Close the API client if this platform made it (the daemon closes a shared one)."""
+        if self._owned:
+            await self.kube.aclose()
 
     def _error(self, what: str, name: str, exc: BaseException) -> PlatformUnavailable:
         if isinstance(exc, TimeoutError):
@@ -429,10 +423,7 @@ class KubernetesDeploymentPlatform:
         return f"{self.namespace}/{name}"
 
     def _where(self) -> str:
-        host = self._configuration.host if self._configuration is not None else None
-        if host is None and self._api_client is not None:
-            host = self._api_client.configuration.host
-        return str(host or "the configured API server")
+        return self.kube.host or "the configured API server"
 
 
 # ------------------------------------------------------------------------ pure helpers
@@ -507,3 +498,42 @@ def label_value(text: str) -> str:
 
 def _suffixed(value: str) -> str:
     return (value[: _LABEL_MAX - len("-canary")].rstrip("-_.") + "-canary").lstrip("-")
+
+
+# ------------------------------------------------------------------------ the kind
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    """``platform: {kind: kubernetes, ...}``: a Deployment and its cloned canary."""
+
+    deployment: str
+    namespace: str = "default"
+    container: str | None = None  # which container's image changes (default: the first)
+    kind: Literal["kubernetes"] = field(default="kubernetes", init=False)
+
+
+def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> KubernetesConfig:
+    f = ld.r.field
+    return KubernetesConfig(
+        deployment=ld.need(m, "deployment", where, to_name, ""),
+        namespace=f(m, "namespace", where, to_name, "default"),
+        container=f(m, "container", where, to_name, None),
+    )
+
+
+def build(
+    target: str, c: KubernetesConfig, kube: KubeClient | None
+) -> KubernetesDeploymentPlatform:
+    return KubernetesDeploymentPlatform(
+        c.deployment, namespace=c.namespace, container=c.container, kube=kube
+    )
+
+
+KIND: Kind[KubernetesConfig, Any] = Kind(
+    name="kubernetes",
+    keys=frozenset({"deployment", "namespace", "container"}),
+    read=read_config,
+    build=build,
+    describe=lambda c: f"kubernetes (deployment {c.namespace}/{c.deployment})",
+)

@@ -7,6 +7,13 @@ would need the previous stable image is refused once promotion has begun.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from canaryd.adapters.kube import KubeClient
+from canaryd.config.kinds import Kind, Loader
+
 
 class NonePlatform:
     """Something else deploys: the canary is taken as present and ready."""
@@ -31,3 +38,26 @@ class NonePlatform:
 
     async def remove_canary(self) -> None:
         self._present = False
+
+    async def aclose(self) -> None:
+        """Nothing held."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoneConfig:
+    """``platform: {kind: none}``: something else deploys the canary."""
+
+    kind: Literal["none"] = field(default="none", init=False)
+
+
+def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> NoneConfig:
+    return NoneConfig()
+
+
+def build(target: str, c: NoneConfig, kube: KubeClient | None) -> NonePlatform:
+    return NonePlatform()
+
+
+KIND: Kind[NoneConfig, Any] = Kind(
+    name="none", keys=frozenset(), read=read_config, build=build, describe=lambda c: "none"
+)

@@ -46,9 +46,10 @@ changed) is ``None``, "cannot tell", and the worker re-asserts its weight.
 ``finalize`` sets weight 0 and removes the pin rule; the canary's reference stays at weight 0
 (no traffic) and the route otherwise is the user's again.
 
-Connecting: an ``ApiClient`` passed in (tests) or, on first use, one of our own: in-cluster
-configuration (the pod's service account) when canaryd runs in a pod, else the kubeconfig at
-``$KUBECONFIG`` or ``~/.kube/config`` (current context). ``aclose`` closes a client of our own.
+Connecting: through a ``KubeClient`` (``adapters.kube``): the daemon's shared one (``kube=``,
+which the daemon closes at stop), else one of this router's own around the ``ApiClient`` passed
+in (tests) or, on first use, the in-cluster configuration or the kubeconfig. ``aclose`` closes
+a client of its own, never the shared one.
 
 Errors: a missing route, a route without (or with two) main rules, a refused write, an
 unreachable API are ``RouterUnavailable`` naming ``namespace/name``; 409s past the retries
@@ -61,13 +62,16 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import os
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import aiohttp
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from canaryd.adapters.kube import KubeClient, KubeUnavailable
+from canaryd.config.kinds import Kind, Loader, to_name, to_port
 from canaryd.core.errors import RouterConflict, RouterUnavailable
 
 GROUP, VERSION, PLURAL = "gateway.networking.k8s.io", "v1", "httproutes"
@@ -201,25 +205,6 @@ def desired_rules(
     return out
 
 
-async def load_api_client() -> client.ApiClient:
-    """In-cluster configuration when in a pod, else ``$KUBECONFIG`` / ``~/.kube/config``."""
-    configuration = client.Configuration()
-    try:
-        # untyped upstream; raises ConfigException outside a pod
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        try:
-            await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration, persist_config=False
-            )
-        except (config.ConfigException, OSError, ValueError, KeyError) as exc:
-            raise RouterUnavailable(
-                f"no Kubernetes API: not in a pod, and kubeconfig {kubeconfig}: {exc}"
-            ) from exc
-    return client.ApiClient(configuration)
-
-
 class _Conflict(Exception):
     pass
 
@@ -236,10 +221,12 @@ class GatewayApiHTTPRouteRouter:
         namespace: str = "default",
         port: int | None = None,
         api_client: client.ApiClient | None = None,
+        kube: KubeClient | None = None,
     ) -> None:
         self.name, self.namespace, self.port = name, namespace, port
         self.stable_service, self.canary_service = stable_service, canary_service
-        self._api, self._owned = api_client, api_client is None
+        self._owned = kube is None  # our own client (closed by aclose), or the daemon's
+        self.kube = kube if kube is not None else KubeClient(api_client)
         self._lock = asyncio.Lock()  # one read-modify-write at a time
 
     @property
@@ -279,10 +266,9 @@ class GatewayApiHTTPRouteRouter:
         await self._rewrite(0, pin=False)
 
     async def aclose(self) -> None:
-        """Close the API client if this router made it."""
-        if self._owned and self._api is not None:
-            await self._api.close()
-            self._api = None
+        """Close the API client if this router made it (the daemon closes a shared one)."""
+        if self._owned:
+            await self.kube.aclose()
 
     def _desired(self, rules: list[Any], weight: int, pin: bool) -> list[Rule] | None:
         try:
@@ -327,9 +313,10 @@ class GatewayApiHTTPRouteRouter:
             )
 
     async def _objects(self) -> client.CustomObjectsApi:
-        if self._api is None:
-            self._api = await load_api_client()
-        return client.CustomObjectsApi(self._api)
+        try:
+            return client.CustomObjectsApi(await self.kube.api())
+        except KubeUnavailable as exc:
+            raise RouterUnavailable(f"no Kubernetes API for {self.route}: {exc}") from exc
 
     async def _read(self) -> dict[str, Any]:
         api = await self._objects()
@@ -381,3 +368,45 @@ def _reason(exc: ApiException) -> str:
     except (TypeError, ValueError, AttributeError):
         message = None
     return f"{exc.status} {exc.reason}" + (f": {message}" if message else "")
+
+
+# --------------------------------------------------------------------------- the kind
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayApiConfig:
+    """``router: {kind: gateway-api, ...}``: the weights of an existing HTTPRoute."""
+
+    name: str  # the HTTPRoute
+    stable_service: str
+    canary_service: str
+    namespace: str = "default"
+    port: int | None = None
+    kind: Literal["gateway-api"] = field(default="gateway-api", init=False)
+
+
+def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> GatewayApiConfig:
+    f = ld.r.field
+    return GatewayApiConfig(
+        name=ld.need(m, "name", where, to_name, ""),
+        stable_service=ld.need(m, "stable_service", where, to_name, ""),
+        canary_service=ld.need(m, "canary_service", where, to_name, ""),
+        namespace=f(m, "namespace", where, to_name, "default"),
+        port=f(m, "port", where, to_port, None),
+    )
+
+
+def build(target: str, c: GatewayApiConfig, kube: KubeClient | None) -> GatewayApiHTTPRouteRouter:
+    return GatewayApiHTTPRouteRouter(
+        c.name, c.stable_service, c.canary_service, namespace=c.namespace, port=c.port, kube=kube
+    )
+
+
+KIND: Kind[GatewayApiConfig, Any] = Kind(
+    name="gateway-api",
+    keys=frozenset({"name", "namespace", "stable_service", "canary_service", "port"}),
+    read=read_config,
+    build=build,
+    describe=lambda c: f"gateway-api ({c.namespace}/{c.name})",
+    identity=lambda c: ("gateway-api", c.namespace, c.name) if c.name else None,
+)

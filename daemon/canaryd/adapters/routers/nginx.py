@@ -52,7 +52,7 @@ canary at every weight (and ``stable`` to stable; nginx's ``map`` compares case-
 ``proxy_pass`` with a variable that names an upstream group needs no ``resolver``
 (https://nginx.org/en/docs/http/ngx_http_proxy_module.html#proxy_pass). The addresses are
 written as given: the config loader lets nothing but ``host:port`` through
-(``settings_kinds.to_server``), so no value can end a directive early.
+(``config.kinds.to_server``), so no value can end a directive early.
 
 Reading back: ``get_weight`` returns the weight of the header comment only if the file is,
 byte for byte, what ``set_weight`` writes for that weight, which pins every server weight,
@@ -74,10 +74,15 @@ import asyncio
 import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
+from canaryd.adapters.kube import KubeClient
 from canaryd.adapters.routers.files import read_if_present, write_atomically
+from canaryd.config.kinds import Kind, Loader, command, label_name, to_server
+from canaryd.config.reader import join
 from canaryd.core.errors import RouterUnavailable
 
 COMMAND_TIMEOUT = 10.0  # seconds for nginx -t or a reload; a graceful reload returns in ~15 ms
@@ -205,6 +210,9 @@ class NginxFileRouter:
             return None
         return weight
 
+    async def aclose(self) -> None:
+        """Nothing to close: each call opens and closes what it uses."""
+
     async def finalize(self) -> None:
         """Everything to stable; the file stays, since the user's nginx.conf includes it."""
         await self.set_weight(0)
@@ -259,3 +267,94 @@ def _trim(stderr: bytes) -> str:
 
 def _show(argv: Sequence[str]) -> str:
     return " ".join(argv)
+
+
+# --------------------------------------------------------------------------- the kind
+
+
+@dataclass(frozen=True, slots=True)
+class NginxConfig:
+    """``router: {kind: nginx, ...}``: an include file with the upstream and the header map."""
+
+    path: Path  # the include file with the upstream and the header map
+    reload_command: tuple[str, ...] = ("nginx", "-s", "reload")
+    test_command: tuple[str, ...] = ("nginx", "-t")
+    upstream: str | None = None  # upstream name (default: the target's name)
+    # "host:port" of each server; required by the loader (empty only in a hand-built value)
+    stable_servers: tuple[str, ...] = ()
+    canary_servers: tuple[str, ...] = ()
+    kind: Literal["nginx"] = field(default="nginx", init=False)
+
+
+def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> NginxConfig:
+    f = ld.r.field
+    base = NginxConfig(path=Path())
+    return NginxConfig(
+        path=ld.need(m, "path", where, ld.path, Path()),
+        reload_command=f(m, "reload_command", where, command, base.reload_command),
+        test_command=f(m, "test_command", where, command, base.test_command),
+        upstream=f(m, "upstream", where, label_name, None),
+        stable_servers=_servers(ld, m, "stable_servers", where),
+        canary_servers=_servers(ld, m, "canary_servers", where, also=m.get("stable_servers")),
+    )
+
+
+def _servers(
+    ld: Loader, m: Mapping[str, Any], key: str, where: str, also: Any = None
+) -> tuple[str, ...]:
+    """A required, non-empty list of ``host:port``; each bad entry is named by its index.
+
+    The addresses end up inside nginx's configuration, so nothing but a host name, an IPv4
+    address or a bracketed IPv6 address and a port gets through. An address may not appear
+    twice, nor in both lists (``also``: the other list): a server on both sides would blur the
+    split and defeat the ``X-Canary-Deploy`` pin.
+    """
+    r, path = ld.r, join(where, key)
+    raw: list[Any] = ld.need(m, key, where, _server_list, [])
+    others: set[Any] = set(also) if isinstance(also, list) else set()
+    servers: list[str] = []
+    for i, item in enumerate(raw):
+        try:
+            server = to_server(item)
+        except ValueError as exc:
+            r.problem(join(path, i), str(exc))
+            continue
+        if server in servers:
+            r.problem(join(path, i), f"{server!r} is listed twice")
+        elif server in others:
+            r.problem(join(path, i), f"{server!r} is also a stable server")
+        servers.append(server)
+    return tuple(servers)
+
+
+def _server_list(value: Any) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"expected a non-empty list of host:port addresses such as [127.0.0.1:8080], "
+            f"got {value!r}"
+        )
+    return value
+
+
+def build(target: str, c: NginxConfig, kube: KubeClient | None) -> NginxFileRouter:
+    return NginxFileRouter(
+        target,
+        c.path,
+        stable_servers=c.stable_servers,
+        canary_servers=c.canary_servers,
+        test_command=c.test_command,
+        reload_command=c.reload_command,
+        upstream=c.upstream,
+    )
+
+
+KIND: Kind[NginxConfig, Any] = Kind(
+    name="nginx",
+    keys=frozenset(
+        {"path", "reload_command", "test_command", "upstream", "stable_servers", "canary_servers"}
+    ),
+    read=read_config,
+    build=build,
+    describe=lambda c: f"nginx ({c.path})",
+    identity=lambda c: ("nginx", c.path.resolve()) if c.path != Path() else None,
+)

@@ -9,6 +9,13 @@ until told again (``None`` = cannot tell), which makes the worker re-assert the 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from canaryd.adapters.kube import KubeClient
+from canaryd.config.kinds import Kind, Loader
+
 
 class NoopRouter:
     kind = "noop"
@@ -26,3 +33,30 @@ class NoopRouter:
 
     async def finalize(self) -> None:
         self._weight = None
+
+    async def aclose(self) -> None:
+        """Nothing held."""
+
+
+@dataclass(frozen=True, slots=True)
+class NoopConfig:
+    """``router: {kind: noop}``: weights are recorded, never applied (and cannot be verified)."""
+
+    kind: Literal["noop"] = field(default="noop", init=False)
+
+
+def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> NoopConfig:
+    return NoopConfig()
+
+
+def build(target: str, c: NoopConfig, kube: KubeClient | None) -> NoopRouter:
+    return NoopRouter()
+
+
+KIND: Kind[NoopConfig, Any] = Kind(
+    name="noop",
+    keys=frozenset(),
+    read=read_config,
+    build=build,
+    describe=lambda c: "noop (observe only)",
+)

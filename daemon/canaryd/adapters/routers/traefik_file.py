@@ -71,12 +71,18 @@ main router names the weighted service, and Traefik drops a router whose service
 from __future__ import annotations
 
 import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from canaryd.adapters.kube import KubeClient
 from canaryd.adapters.routers.files import read_if_present, write_atomically
+from canaryd.config.kinds import Kind, Loader, to_name
+from canaryd.config.reader import join, to_str
 from canaryd.core.errors import RouterUnavailable
 
 CANARY_HEADER = "X-Canary-Deploy"
@@ -194,6 +200,9 @@ class TraefikFileProviderRouter:
             return None
         return weight
 
+    async def aclose(self) -> None:
+        """Nothing to close: each call opens and closes what it uses."""
+
     async def finalize(self) -> None:
         """Everything to stable; the file stays, since the user's router names its service."""
         await self.set_weight(0)
@@ -213,3 +222,95 @@ class TraefikFileProviderRouter:
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
             return None
         return weight
+
+
+# --------------------------------------------------------------------------- the kind
+
+_TRAEFIK_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:@[A-Za-z0-9][A-Za-z0-9_-]*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class TraefikFileConfig:
+    """``router: {kind: traefik-file, ...}``: a file in Traefik's watched directory."""
+
+    path: Path  # the dynamic-configuration file (.yml or .yaml) in Traefik's watched directory
+    service: str | None = None  # name of the weighted service (default: the target's name)
+    stable_service: str | None = None  # default "<service>-stable"; may be "name@provider"
+    canary_service: str | None = None  # default "<service>-canary"; may be "name@provider"
+    rule: str | None = None  # the main router's match; the header pin is ANDed with it
+    entry_points: tuple[str, ...] = ()  # the pin router's entry points (default: all)
+    kind: Literal["traefik-file"] = field(default="traefik-file", init=False)
+
+
+def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> TraefikFileConfig:
+    """Traefik's file provider loads ``.yml``, ``.yaml`` and ``.toml`` files and skips others
+    (a ``.json`` would be written and never read); canaryd writes YAML, so ``.yml``/``.yaml``."""
+    r, f = ld.r, ld.r.field
+    path = ld.need(m, "path", where, ld.path, Path())
+    if path != Path() and path.suffix.lower() not in SUFFIXES:
+        r.problem(
+            join(where, "path"),
+            f"must end in .yml or .yaml, got {path.name!r}: canaryd writes YAML, and Traefik's "
+            "file provider skips a file with another suffix (.toml it reads, canaryd does not "
+            "write)",
+        )
+    config = TraefikFileConfig(
+        path=path,
+        service=f(m, "service", where, to_name, None),
+        stable_service=f(m, "stable_service", where, _traefik_ref, None),
+        canary_service=f(m, "canary_service", where, _traefik_ref, None),
+        rule=f(m, "rule", where, _traefik_rule, None),
+        entry_points=f(m, "entry_points", where, _entry_points, ()),
+    )
+    # The defaults (<service>-stable, <service>-canary) differ; two names given may not.
+    if config.stable_service is not None and config.canary_service == config.stable_service:
+        r.problem(
+            join(where, "canary_service"), f"is the stable service too ({config.stable_service!r})"
+        )
+    return config
+
+
+def _traefik_ref(value: Any) -> str:
+    """A Traefik service reference: a name, or ``name@provider`` for another provider's."""
+    text = to_str(value)
+    if not _TRAEFIK_REF.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a Traefik service name (letters, digits, '.', '_', '-', "
+            "optionally @provider as in web-stable@docker)"
+        )
+    return text
+
+
+def _traefik_rule(value: Any) -> str:
+    text = to_str(value)
+    if not text.strip() or "\n" in text:
+        raise ValueError(f"expected a Traefik rule on one line such as Host(`a.b`), got {text!r}")
+    return text
+
+
+def _entry_points(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of entry point names, got {value!r}")
+    return tuple(to_name(v) for v in value)
+
+
+def build(target: str, c: TraefikFileConfig, kube: KubeClient | None) -> TraefikFileProviderRouter:
+    return TraefikFileProviderRouter(
+        target,
+        c.path,
+        service=c.service,
+        stable_service=c.stable_service,
+        canary_service=c.canary_service,
+        rule=c.rule,
+        entry_points=c.entry_points,
+    )
+
+
+KIND: Kind[TraefikFileConfig, Any] = Kind(
+    name="traefik-file",
+    keys=frozenset({"path", "service", "stable_service", "canary_service", "rule", "entry_points"}),
+    read=read_config,
+    build=build,
+    describe=lambda c: f"traefik-file ({c.path})",
+    identity=lambda c: ("traefik-file", c.path.resolve()) if c.path != Path() else None,
+)
