@@ -21,6 +21,12 @@ import os
 from kubernetes_asyncio import client, config
 
 
+class KubeConflict(Exception):
+    """409 from the API server: the object changed since it was read (or appeared since it was
+    found missing). The adapters read again and re-apply; once their attempts run out they raise
+    ``RouterConflict`` / ``PlatformUnavailable``."""
+
+
 class KubeUnavailable(Exception):
     """No API server to talk to: not in a pod, and no usable kubeconfig (the message says why)."""
 

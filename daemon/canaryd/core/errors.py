@@ -10,6 +10,8 @@ fails when a class is defined anywhere in ``canaryd`` without being named here.
     │                            problems. HTTP 422 (a start naming a bad policy); exit 2
     ├── StillRunning             accepted and under way, not finished within the request's
     │                            bounded wait. HTTP 202 + Location to poll
+    ├── ServiceFailed (runtime.supervisor)  a long-lived task ended and could not be kept
+    │                            running: the daemon stopped in order; `serve` exits 1
     ├── ErrorAnswer (ctl.client) the API answered an error status; canaryctl exits 4 (401),
     │                            5 (403), 6 (404), 7 (409), 8 (422), 9 (503), 1 otherwise.
     │                            (a distinct name from api.edge's ApiError)
@@ -47,15 +49,16 @@ an answer, by the module that defines it.
     └── NotLoopback (demo.load)            the demo's load generator refuses a non-loopback URL
     Exception
     ├── ApiError (api.edge)                an error answer under way: status, code, message
-    │                                      (raised by handlers, answered by the middleware);
-    │                                      its name clashes with ctl.client's: to be renamed
+    │                                      (raised by handlers, answered by the middleware)
+    ├── KubeUnavailable (adapters.kube)    no API server to talk to (not in a pod, no usable
+    │                                      kubeconfig): the adapter raises Router/Platform-
+    │                                      Unavailable naming why
     ├── Unauthenticated (api.auth)         no or unknown bearer token: HTTP 401 + challenge
     ├── ReplayError (offline.replay)       `canaryctl replay` cannot run: exit 2 (3: Prometheus
     │                                      unreachable), carried in its `exit_code`
-    ├── _Conflict (adapters.routers.gateway_api; also adapters.platforms.kubernetes — a name
-    │                                      clash to remove)  409 from the Kubernetes API: read
-    │                                      again and re-apply; RouterConflict/PlatformUnavailable
-    │                                      once the attempts run out
+    ├── KubeConflict (adapters.kube)       409 from the Kubernetes API: read again and
+    │                                      re-apply; RouterConflict/PlatformUnavailable once
+    │                                      the attempts run out
     RuntimeError
     └── StackError (demo.stack)            the demo's stack did not start: `canaryd demo` exits 2
     yaml.YAMLError

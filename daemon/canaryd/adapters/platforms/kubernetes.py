@@ -79,7 +79,7 @@ from typing import Any, Literal
 import aiohttp
 from kubernetes_asyncio import client
 
-from canaryd.adapters.kube import KubeClient, KubeUnavailable
+from canaryd.adapters.kube import KubeClient, KubeConflict, KubeUnavailable
 from canaryd.config.kinds import Kind, Loader, to_name
 from canaryd.core.errors import PlatformUnavailable
 
@@ -96,10 +96,6 @@ _LABEL_MAX = 63
 _NOT_LABEL = re.compile(r"[^A-Za-z0-9_.-]")
 
 Obj = dict[str, Any]  # an API object as JSON
-
-
-class _Conflict(Exception):
-    """409: the object changed since it was read (or appeared since it was found missing)."""
 
 
 class KubernetesDeploymentPlatform:
@@ -135,7 +131,7 @@ class KubernetesDeploymentPlatform:
                 stable = await self._stable(api)
                 try:
                     await self._converge_canary(api, stable, image)
-                except _Conflict:
+                except KubeConflict:
                     continue
                 break
             else:
@@ -166,7 +162,7 @@ class KubernetesDeploymentPlatform:
                 container["image"] = image  # ``stable`` is a fresh copy: change it in place
                 try:
                     await self._write(api, "replace", "deployments", self.deployment, stable)
-                except _Conflict:
+                except KubeConflict:
                     continue
                 return
             raise self._gave_up("update the image of", self.deployment)
@@ -286,7 +282,7 @@ class KubernetesDeploymentPlatform:
                 body["spec"].update(selector=dict(selector), ports=ports)
             try:
                 await self._write(api, "replace" if found else "create", "services", name, body)
-            except _Conflict:
+            except KubeConflict:
                 continue
             return
         raise self._gave_up("write", name)
@@ -334,7 +330,7 @@ class KubernetesDeploymentPlatform:
         )
         status, _ = await self._call(f"{verb} {plural[:-1]}", name, call)
         if status == 409:
-            raise _Conflict(name)
+            raise KubeConflict(name)
         if status == 404:
             raise PlatformUnavailable(
                 f"kubernetes platform of {self._at(name)}: cannot {verb} {plural[:-1]}: "

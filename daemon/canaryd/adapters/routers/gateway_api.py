@@ -70,7 +70,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from canaryd.adapters.kube import KubeClient, KubeUnavailable
+from canaryd.adapters.kube import KubeClient, KubeConflict, KubeUnavailable
 from canaryd.config.kinds import Kind, Loader, to_name, to_port
 from canaryd.core.errors import RouterConflict, RouterUnavailable
 
@@ -205,10 +205,6 @@ def desired_rules(
     return out
 
 
-class _Conflict(Exception):
-    pass
-
-
 class GatewayApiHTTPRouteRouter:
     kind = "gateway-api"
 
@@ -305,7 +301,7 @@ class GatewayApiHTTPRouteRouter:
                 try:
                     await self._replace(route, weight)
                     return
-                except _Conflict:
+                except KubeConflict:
                     continue  # someone else wrote in between: read their version, reapply
             raise RouterConflict(
                 f"{self.route} changed under canaryd {ATTEMPTS} times in a row "
@@ -347,7 +343,7 @@ class GatewayApiHTTPRouteRouter:
                 )
         except ApiException as exc:
             if exc.status == 409:
-                raise _Conflict from exc
+                raise KubeConflict from exc
             raise RouterUnavailable(
                 f"{self.route}: weight {weight} refused: {_reason(exc)}"
             ) from exc
