@@ -138,6 +138,7 @@ def _schemas() -> dict[str, Any]:
         stage={"type": "integer", "minimum": 1},
         weight={"type": "integer", "minimum": 0, "maximum": 100},
         action={"type": "string"},
+        cause=_nullable("string"),
         reason={"type": "string"},
         evidence={"type": "object"},
     )

@@ -51,7 +51,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from canaryd.core.model import Alert
+from canaryd.core.model import Alert, AlertStatus
 
 VERSION = "4"
 STATUSES = ("firing", "resolved")
@@ -214,7 +214,7 @@ def _alert(raw: object, index: int) -> Alert:
         raise PayloadError(f"alerts[{index}].fingerprint: expected a non-empty string")
     return Alert(
         fingerprint=make_safe(given),
-        status=str(status),
+        status=AlertStatus(status),
         labels=labels,  # freshly decoded (or made safe) above: ours to keep, no copy
         starts_at=starts_at,
         ends_at=ends_at,
