@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from canaryd.core.model import (
-    Action,
     ActionKind,
     Cause,
     Observed,
@@ -24,7 +23,6 @@ from canaryd.core.stages.transitions import (
     fresh_stage,
     resume,
     rollback,
-    wording,
 )
 
 
@@ -123,16 +121,15 @@ def _rolling_back(s: Rollout, obs: Observed, now: float) -> Step:
         text = f"router applied canary 0%{also} {took:.3f}s after the trigger"
         evidence = {"time_to_rollback": took, "reason": s.rollback_reason}
         return s, (decision(ActionKind.ROLLED_BACK, Cause.ROLLED_BACK, text, 0, evidence),)
-    why = wording(
-        Cause.STUCK,
+    why = (
         f"router has not applied canary 0% after {limit:g}s; retrying"
         if obs.weight != 0
-        else f"stable not restored to {s.previous_image} after {limit:g}s; retrying",
+        else f"stable not restored to {s.previous_image} after {limit:g}s; retrying"
     )
+    act = decision(ActionKind.FAILED, Cause.STUCK, why, 0, {"deadline": limit})
     if s.phase is Phase.ROLLING_BACK and now + EPS >= (s.rollback_at or now) + limit:
-        act = Action(ActionKind.FAILED, why, 0, {"deadline": limit}, cause=Cause.STUCK)
-        return replace(s, phase=Phase.FAILED, message=why), (act,)
-    if s.phase is Phase.FAILED and s.message != why:
+        return replace(s, phase=Phase.FAILED, message=act.reason), (act,)
+    if s.phase is Phase.FAILED and s.message != act.reason:
         # what it still waits for changed: say so, no new decision
         return replace(s, message=why), ()
     return s, ()
