@@ -45,7 +45,9 @@ class DecisionRecord(TypedDict):
 
     ``phase`` is the rollout's phase once the decision was taken, ``stage`` the 1-based stage
     number a human reads (as ``canaryctl simulate`` prints it), ``weight`` the canary weight
-    the decision asked for (the rollout's weight when the action names none).
+    the decision asked for (the rollout's weight when the action names none). ``cause`` is the
+    decision's typed cause (``core.model.Cause``: what programs read); ``reason`` the same in
+    words for people. Decisions stored before causes were (state schema < 4) have none.
     """
 
     seq: int
@@ -56,6 +58,7 @@ class DecisionRecord(TypedDict):
     stage: int
     weight: int
     action: str
+    cause: str | None
     reason: str
     evidence: dict[str, Any]
 

@@ -5,13 +5,39 @@ several daemons in one process never share counters. ``Telemetry`` implements th
 ``RuntimeEvents`` port: the worker reports what it decided and did, and this module turns that
 into gauges, counters, histograms and one canonical structlog line per decision.
 
-Decision reasons are free text for people; metric labels must stay low-cardinality, so
-``reason_class`` maps each reason to a short fixed code.
+Decision reasons are free text for people and are never read here: the ``reason`` label of
+``canaryd_decisions_total`` and ``canaryd_rollbacks_total`` comes from the decision's typed
+``cause`` through ``REASON_LABELS``. The label values are a stable interface (dashboards
+group rollbacks by them):
+
+======================  ============================================================
+label                   decisions
+======================  ============================================================
+``check-failed``        a check failed (hold within ``failure_limit``, or rollback)
+``source-errors``       the metrics source could not answer (hold, or rollback)
+``no-data``             a check had no data; the stage timer holds
+``inconclusive``        ``inconclusive_limit`` reached (pause or rollback)
+``too-few-requests``    the stage saw fewer than ``min_requests`` requests
+``stage-passed``        a stage passed (next stage, manual gate, promote)
+``alert``               a firing alert matched a rule (rollback, pause, observe)
+``progress-deadline``   a stage did not pass within its deadline (rollback)
+``canary-not-ready``    the canary was not ready within the deadline (rollback)
+``router-not-applied``  the router did not apply a stage's weight (rollback)
+``manual``              an operator's rollback
+``manual-promote``      an operator's promote (one stage, or to 100%)
+``cleanup``             an operator's cleanup
+``superseded``          a start with another image rolled the rollout back
+(the action kind)       every other cause: ``start``, ``pause``, ``resume``, ``observe``,
+                        ``ignore``, ``set-weight``, ``stage-started``, ``promote``, ...
+======================  ============================================================
+
+These are the codes the regular expressions over the reason text gave before causes were
+typed, with two differences that were the text matching's mistakes: a supersede was counted
+as ``manual`` (its text began "manual rollback") and a hold on one source error as ``hold``.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -20,31 +46,40 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from canaryd import __version__
-from canaryd.core.model import Action, ActionKind, Effect, Measurement, Observed, Phase, Rollout
-
-_REASONS = (
-    (re.compile(r"^check \S+ failed"), "check-failed"),
-    (re.compile(r"^alert .*firing"), "alert"),
-    (re.compile(r"inconclusive"), "inconclusive"),
-    (re.compile(r"source errors"), "source-errors"),
-    (re.compile(r"^progress deadline"), "progress-deadline"),
-    (re.compile(r"not ready"), "canary-not-ready"),
-    (re.compile(r"did not apply"), "router-not-applied"),
-    (re.compile(r"^manual rollback"), "manual"),
-    (re.compile(r"^cleanup"), "cleanup"),
-    (re.compile(r"superseded"), "superseded"),
-    (re.compile(r"^stage \d+ passed"), "stage-passed"),
-    (re.compile(r"^promoted"), "manual-promote"),
-    (re.compile(r"no data"), "no-data"),
-    (re.compile(r"canary requests"), "too-few-requests"),
+from canaryd.core.model import (
+    Action,
+    ActionKind,
+    Cause,
+    Effect,
+    Measurement,
+    Observed,
+    Phase,
+    Rollout,
 )
+
+REASON_LABELS: dict[Cause, str] = {
+    Cause.CHECK_FAILED: "check-failed",
+    Cause.SOURCE_ERRORS: "source-errors",
+    Cause.NO_DATA: "no-data",
+    Cause.INCONCLUSIVE: "inconclusive",
+    Cause.TOO_FEW_REQUESTS: "too-few-requests",
+    Cause.STAGE_PASSED: "stage-passed",
+    Cause.ALERT: "alert",
+    Cause.PROGRESS_DEADLINE: "progress-deadline",
+    Cause.CANARY_NOT_READY: "canary-not-ready",
+    Cause.ROUTER_NOT_APPLIED: "router-not-applied",
+    Cause.MANUAL: "manual",
+    Cause.MANUAL_PROMOTE: "manual-promote",
+    Cause.CLEANUP: "cleanup",
+    Cause.SUPERSEDED: "superseded",
+}
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-def reason_class(action: Action) -> str:
-    for pattern, code in _REASONS:
-        if pattern.search(action.reason):
-            return code
+def reason_label(action: Action) -> str:
+    """The ``reason`` label of a decision: its cause's code, else its kind (see the table)."""
+    if action.cause is not None and action.cause in REASON_LABELS:
+        return REASON_LABELS[action.cause]
     return str(action.kind)
 
 
@@ -139,7 +174,7 @@ class Telemetry:
             if m.value is not None:
                 self.check_value.labels(target, m.check).set(m.value)
         for action in actions:
-            code = reason_class(action)
+            code = reason_label(action)
             self.decisions.labels(target, str(action.kind), code).inc()
             if action.kind is ActionKind.ROLLBACK:
                 self.rollbacks.labels(target, code).inc()
@@ -158,6 +193,7 @@ class Telemetry:
                 phase=str(state.phase),
                 weight=state.weight,
                 action=str(action.kind),
+                cause=None if action.cause is None else str(action.cause),
                 reason=action.reason,
             )
 

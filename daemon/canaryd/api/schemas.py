@@ -19,7 +19,7 @@ from typing import Any
 
 from canaryd.api.auth import ROLES
 from canaryd.api.webhook import STATUSES
-from canaryd.core.model import Phase
+from canaryd.core.model import Cause, Phase
 
 PHASES = [phase.value for phase in Phase]
 MAX_TEXT = 1024  # characters of a text field
@@ -140,6 +140,7 @@ def schemas() -> dict[str, Any]:
         weight={"type": "integer", "minimum": 0, "maximum": 100},
         action={"type": "string"},
         reason={"type": "string"},
+        cause=_nullable({"enum": [str(c) for c in Cause]}),  # None: decided before v4
         evidence={"type": "object"},
     )
     rollout = _object(

@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from canaryd.core.model import Alert
+from canaryd.core.model import Alert, AlertStatus
 from canaryd.core.timefmt import SHAPE as RFC3339_SHAPE
 from canaryd.core.timefmt import parse_rfc3339
 
@@ -186,7 +186,7 @@ def _alert(raw: object, index: int) -> Alert:
         raise PayloadError(f"alerts[{index}].fingerprint: expected a non-empty string")
     return Alert(
         fingerprint=make_safe(given),
-        status=str(status),
+        status=AlertStatus(status),
         labels=labels,  # freshly decoded (or made safe) above: ours to keep, no copy
         starts_at=starts_at,
         ends_at=ends_at,

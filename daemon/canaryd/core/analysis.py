@@ -36,10 +36,14 @@ OPERATORS: Mapping[str, Callable[[float, float], bool]] = {
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
+    """One check's verdict at one evaluation; ``detail`` is words for people, ``error`` the
+    source's own error when the verdict is ERROR (typed, so nothing parses ``detail``)."""
+
     check: str
     verdict: Verdict
     value: float | None
     detail: str
+    error: str | None = None
 
 
 def _no_data(check: Check, why: str) -> Assessment:
@@ -85,7 +89,7 @@ def assess(check: Check, m: Measurement | None) -> Assessment:
     if m is None:
         return _no_data(check, "not measured")
     if m.error is not None:
-        return Assessment(check.name, Verdict.ERROR, None, f"source error: {m.error}")
+        return Assessment(check.name, Verdict.ERROR, None, f"source error: {m.error}", m.error)
     if m.value is not None and math.isinf(m.value):
         return _not_finite(check, f"value {_show(m.value)}")
     result = ASSESSORS[check.kind](check, m)

@@ -5,6 +5,10 @@ never changes the plan of a rollout already under way (Argo Rollouts keeps a has
 for the same reason). ``SCHEMA`` is bumped whenever the shape changes incompatibly; a field
 added with a default (``previous_image``) keeps the schema, and a record written before it
 existed loads with the default.
+
+Records written before ``pause_cause`` existed are read once into the typed field: a paused
+record whose ``pause_reason`` begins with "alert" was paused by an alert (the only place the
+old engine read its own words back, now confined to loading such a record).
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from typing import Any
 
 from canaryd.core.model import (
     Action,
-    ActionKind,
     AlertAction,
     AlertRule,
+    Cause,
     Check,
     Gate,
     Limits,
@@ -26,6 +30,7 @@ from canaryd.core.model import (
     OnInconclusive,
     Phase,
     Policy,
+    PromoteStep,
     Rollout,
     Stage,
 )
@@ -115,17 +120,27 @@ def rollout_from_dict(d: Mapping[str, Any]) -> Rollout:
     fields["failures"] = dict(d["failures"])
     fields["alert_pauses"] = frozenset(d["alert_pauses"])
     fields["handled_alerts"] = frozenset(d["handled_alerts"])
+    step = d.get("promote_step")
+    fields["promote_step"] = None if step is None else PromoteStep(step)
+    fields["pause_cause"] = _pause_cause(d)
     return Rollout(**fields)
+
+
+def _pause_cause(d: Mapping[str, Any]) -> Cause | None:
+    """The record's pause cause; for a record stored before it was typed, derived once."""
+    if "pause_cause" in d:
+        return None if d["pause_cause"] is None else Cause(d["pause_cause"])
+    reason = d.get("pause_reason")
+    if reason is None:
+        return None
+    return Cause.ALERT if str(reason).startswith("alert") else Cause.MANUAL_PAUSE
 
 
 def action_to_dict(a: Action) -> dict[str, Any]:
     return {
         "kind": str(a.kind),
+        "cause": None if a.cause is None else str(a.cause),
         "reason": a.reason,
         "weight": a.weight,
         "evidence": _plain(a.evidence),
     }
-
-
-def action_from_dict(d: Mapping[str, Any]) -> Action:
-    return Action(ActionKind(d["kind"]), d["reason"], d.get("weight"), dict(d.get("evidence", {})))

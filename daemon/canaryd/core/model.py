@@ -35,6 +35,28 @@ class Phase(StrEnum):
         return not self.terminal
 
 
+class PromoteStep(StrEnum):
+    """Where a promotion (or a rollback that interrupted one) stands; ``Rollout.promote_step``."""
+
+    UPDATE_STABLE = "update-stable"  # the platform is asked to put the new image on stable
+    SHIFT = "shift"  # stable runs it; all traffic goes back to stable
+    REMOVE = "remove"  # the canary no longer serves traffic and is removed
+    RESTORE_STABLE = "restore-stable"  # a rollback interrupted UPDATE_STABLE: put it back
+
+
+class Stuck(StrEnum):
+    """The two states the wire phase ``Failed`` stands for (``Rollout.stuck``).
+
+    A promotion that cannot update the stable and a rollback the router does not apply both
+    show as ``Failed`` (the API, the store and ``canaryctl`` have always said so) and both keep
+    retrying; what they retry differs. ``PROMOTION`` is a Failed rollout with no rollback
+    reason, ``ROLLBACK`` one with: the engine reads ``Rollout.stuck``, never the pair.
+    """
+
+    PROMOTION = "promotion"
+    ROLLBACK = "rollback"
+
+
 class Verdict(StrEnum):
     """Outcome of one check evaluation. Never a bare bool: no data is not a pass."""
 
@@ -61,6 +83,13 @@ class NoData(StrEnum):
 
     INCONCLUSIVE = "inconclusive"
     FAIL = "fail"
+
+
+class AlertStatus(StrEnum):
+    """An Alertmanager alert's status. A StrEnum compares equal to the wire strings."""
+
+    FIRING = "firing"
+    RESOLVED = "resolved"
 
 
 class Gate(StrEnum):
@@ -177,7 +206,8 @@ class Rollout:
     stage_passed: bool = False  # analysis passed; waiting only for a manual gate
     # pausing
     paused_at: float | None = None
-    pause_reason: str | None = None
+    pause_reason: str | None = None  # for people; the engine reads ``pause_cause``
+    pause_cause: Cause | None = None  # why it is paused (an alert pause resumes on its own)
     alert_pauses: frozenset[str] = frozenset()  # fingerprints of firing pause alerts
     resume_at: float | None = None
     # ending
@@ -186,9 +216,9 @@ class Rollout:
     rolled_back_at: float | None = None
     cleanup_at: float | None = None
     finished_at: float | None = None
-    # "update-stable" -> "shift" -> "remove"; "restore-stable" when a rollback interrupts
-    # "update-stable" and the stable must be put back on ``previous_image``
-    promote_step: str | None = None
+    # update-stable -> shift -> remove; restore-stable when a rollback interrupts
+    # update-stable and the stable must be put back on ``previous_image``
+    promote_step: PromoteStep | None = None
     # the stable's image as first observed, before promotion touched it (None: the platform
     # reports none); what a rollback during the stable update restores
     previous_image: str | None = None
@@ -197,6 +227,30 @@ class Rollout:
     message: str | None = None  # why a Failed rollout is stuck
     successor: str | None = None  # the rollout that superseded this one and took its canary
     cleanup_now: bool = False  # an operator's cleanup: remove the canary without the delay
+
+    def __post_init__(self) -> None:
+        # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's
+        # ``is`` comparisons hold whoever built the record
+        step = self.promote_step
+        if step is not None and not isinstance(step, PromoteStep):
+            object.__setattr__(self, "promote_step", PromoteStep(step))
+
+    @property
+    def stuck(self) -> Stuck | None:
+        """Which of the two Failed states this is (None: the phase is not Failed)."""
+        if self.phase is not Phase.FAILED:
+            return None
+        return Stuck.PROMOTION if self.rollback_reason is None else Stuck.ROLLBACK
+
+    @property
+    def promoting(self) -> bool:
+        """Promoting, or a promotion stuck updating the stable (it keeps retrying)."""
+        return self.phase is Phase.PROMOTING or self.stuck is Stuck.PROMOTION
+
+    @property
+    def rolling_back(self) -> bool:
+        """Rolling back, or a rollback stuck (the router has not applied it; it retries)."""
+        return self.phase is Phase.ROLLING_BACK or self.stuck is Stuck.ROLLBACK
 
     @property
     def stable_weight(self) -> int:
@@ -252,7 +306,7 @@ class Alert:
     """An Alertmanager alert, converted at the adapter edge. Times are on the caller's clock."""
 
     fingerprint: str
-    status: str  # "firing" | "resolved"
+    status: AlertStatus  # a plain "firing"/"resolved" is converted on construction
     labels: Mapping[str, str]
     starts_at: float
     ends_at: float | None = None
@@ -261,6 +315,7 @@ class Alert:
     key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "status", AlertStatus(self.status))
         object.__setattr__(self, "key", f"{self.fingerprint}:{self.status}:{self.starts_at:.3f}")
 
     @property
@@ -284,6 +339,8 @@ class Command:
     by: str = "operator"
     reason: str = ""
     weight: int | None = None
+    # why a rollback is asked for: an operator (MANUAL) or a start superseding the rollout
+    cause: Cause | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +354,48 @@ class Findings:
 
 
 # --------------------------------------------------------------------------- outputs
+
+
+class Cause(StrEnum):
+    """Why a decision was taken: the typed twin of ``Action.reason``.
+
+    The reason is text for people and may be reworded at will; everything a program reads
+    (metric labels, the pause/resume logic, the history's ``cause``) reads this instead. The
+    values are stable: they are stored with every decision and shown by the API. The metric
+    label each maps to is ``adapters.telemetry.REASON_LABELS``.
+    """
+
+    STARTED = "started"  # a rollout began
+    CANARY_READY = "canary-ready"  # the canary is up: the first stage's weight is set
+    STAGE_STARTED = "stage-started"  # the router applied the stage's weight: its timer runs
+    STAGE_PASSED = "stage-passed"  # a stage's analysis passed (next stage, gate or promote)
+    CHECK_FAILED = "check-failed"  # a check failed (held within failure_limit, else rollback)
+    SOURCE_ERRORS = "source-errors"  # the metrics source could not answer
+    NO_DATA = "no-data"  # a check had no data: the stage timer holds
+    INCONCLUSIVE = "inconclusive"  # inconclusive_limit reached: pause or rollback
+    TOO_FEW_REQUESTS = "too-few-requests"  # the stage saw fewer than min_requests
+    CANARY_NOT_READY = "canary-not-ready"  # not ready within progress_deadline
+    ROUTER_NOT_APPLIED = "router-not-applied"  # the router did not apply a stage's weight
+    PROGRESS_DEADLINE = "progress-deadline"  # a stage did not pass within its deadline
+    ALERT = "alert"  # a firing alert matched a rule (rollback, pause, observe, freeze)
+    ALERT_RESOLVED = "alert-resolved"  # an alert that matched a rule resolved
+    ALERT_COOLDOWN = "alert-cooldown"  # the last pause alert resolved and its cooldown ran out
+    ALERT_IGNORED = "alert-ignored"  # alerts nothing is done about (no rule, pre-existing, ...)
+    MANUAL = "manual"  # an operator's rollback
+    MANUAL_PAUSE = "manual-pause"  # an operator paused
+    MANUAL_RESUME = "manual-resume"  # an operator resumed
+    MANUAL_WEIGHT = "manual-weight"  # an operator set the weight
+    MANUAL_PROMOTE = "manual-promote"  # an operator promoted (a stage, or fully)
+    CLEANUP = "cleanup"  # an operator's cleanup (rollback and/or immediate removal)
+    SUPERSEDED = "superseded"  # a start with another image rolled this rollout back
+    REFUSED = "refused"  # an operator's command could not apply (answered 409)
+    STABLE_UPDATED = "stable-updated"  # promotion: the stable runs the new image
+    CANARY_DRAINED = "canary-drained"  # promotion: the canary serves no traffic
+    PROMOTED = "promoted"  # promotion finished: Succeeded
+    ROLLED_BACK = "rolled-back"  # a rollback finished: RolledBack
+    STUCK = "stuck"  # a promotion or rollback is past its deadline: Failed, retrying
+    SCALED_DOWN = "scaled-down"  # scale_down_delay over: the canary is removed
+    HANDED_OVER = "handed-over"  # the canary slot went to the rollout that superseded this one
 
 
 class ActionKind(StrEnum):
@@ -319,13 +418,19 @@ class ActionKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """One decision: what canaryd does (or notes) and why, with the evidence behind it."""
+    """One decision: what canaryd does (or notes), why, and the evidence behind it.
+
+    An Action *is* a decision: everything outside the core (store, API, metrics) calls it
+    one. ``kind`` says what, ``cause`` why (typed: programs read it), ``reason`` why in words
+    (for people only: reword it freely), ``evidence`` the structured facts behind it.
+    """
 
     kind: ActionKind
     reason: str
     weight: int | None = None
     evidence: Mapping[str, object] = field(default_factory=dict)
     phase: Phase | None = None  # the phase right after this decision (set by ``decide``)
+    cause: Cause | None = None  # None only for decisions stored before causes existed
 
 
 class EffectKind(StrEnum):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import lru_cache
 
 from canaryd.core.model import AlertAction, AlertRule, Matcher, Policy, Rollout
@@ -61,11 +62,17 @@ def rule_for(rules: Iterable[AlertRule], labels: Mapping[str, str]) -> AlertRule
     return None
 
 
+class AdmissionVerdict(StrEnum):
+    START = "start"  # no active rollout: start
+    SUPERSEDE = "supersede"  # another image is rolling out: roll it back, then start
+    REFUSE = "refuse"  # frozen by an alert, or the same image is already rolling out
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """Whether a new rollout may start: ``start``, ``supersede`` the active one, or ``refuse``."""
+    """Whether a new rollout may start, and why (``reason`` is words for the 409)."""
 
-    verdict: str
+    verdict: AdmissionVerdict
     reason: str
 
 
@@ -85,9 +92,11 @@ def admit(
         rule = rule_for(policy.alert_rules, labels)
         if rule is not None and rule.action is AlertAction.FREEZE:
             name = labels.get("alertname", "alert")
-            return Admission("refuse", f"frozen: alert {name} is firing")
+            return Admission(AdmissionVerdict.REFUSE, f"frozen: alert {name} is firing")
     if active is None or active.phase.terminal:
-        return Admission("start", "no active rollout")
+        return Admission(AdmissionVerdict.START, "no active rollout")
     if active.image == image:
-        return Admission("refuse", f"rollout {active.id} of {image} is already active")
-    return Admission("supersede", f"superseded by {image}")
+        return Admission(
+            AdmissionVerdict.REFUSE, f"rollout {active.id} of {image} is already active"
+        )
+    return Admission(AdmissionVerdict.SUPERSEDE, f"superseded by {image}")

@@ -27,6 +27,7 @@ from canaryd.core.errors import (
 from canaryd.core.model import (
     Action,
     Alert,
+    Cause,
     Command,
     CommandKind,
     Measurement,
@@ -34,7 +35,7 @@ from canaryd.core.model import (
     Policy,
     Rollout,
 )
-from canaryd.core.rules import admit
+from canaryd.core.rules import AdmissionVerdict, admit
 from canaryd.ports import Clock, Platform, PreparedAlerts, Router, RuntimeEvents, StateStore
 from canaryd.runtime.inbox import Concerns, Inbox
 from canaryd.runtime.worker import Timing, Worker
@@ -299,7 +300,7 @@ class Controller:
             now = self._clock.time()
             firing = [a.labels for a in self.inbox.firing_for(name, now)]
             verdict = admit(active.state if active else None, image, chosen, firing)
-            if verdict.verdict == "refuse":
+            if verdict.verdict is AdmissionVerdict.REFUSE:
                 raise RolloutRefused(verdict.reason)
             rollout_id = f"{name}-{int(now)}-{secrets.token_hex(3)}"
             if active is not None:  # superseded, or rolled back and awaiting its scale-down
@@ -325,7 +326,8 @@ class Controller:
             async with asyncio.timeout(wait):
                 if stages.check_command(old.state, Command(CommandKind.ROLLBACK)) is None:
                     reason = f"superseded by {image}"
-                    await old.command(Command(CommandKind.ROLLBACK, by=by, reason=reason))
+                    why = Cause.SUPERSEDED
+                    await old.command(Command(CommandKind.ROLLBACK, by, reason, cause=why))
                 await old.wait_until(lambda s: s.phase is Phase.ROLLED_BACK)
                 old.hand_over(successor)
                 await old.finished.wait()

@@ -131,7 +131,7 @@ class Evaluator:
                 groups[(_COUNT, count_key)] = members
         requests: dict[int, float | None] = {}
 
-        def counts(members: list[_Request], found: dict[int, float | str | None]) -> None:
+        def counts(members: list[_Request], found: dict[int, _Found]) -> None:
             for request in members:
                 value = found.get(id(request))
                 requests[id(request)] = value if isinstance(value, float) else None
@@ -159,9 +159,7 @@ class Evaluator:
             if not request.future.done():
                 request.future.set_result((ordered, requests.get(id(request))))
 
-    async def _run(
-        self, parts: list[tuple[str, list[_Request]]]
-    ) -> list[dict[int, float | str | None]]:
+    async def _run(self, parts: list[tuple[str, list[_Request]]]) -> list[dict[int, _Found]]:
         """Render each (template, members) part, ask Prometheus once for all of them, and split
         the answer per part and per member."""
         rendered = [self._render(template, members) for template, members in parts]
@@ -195,17 +193,28 @@ class Evaluator:
             return exc
 
 
+@dataclass(frozen=True, slots=True)
+class _Unanswered:
+    """Why a query gave a member no value (the source's error, or an ambiguous answer):
+    typed, so it never passes for a value and is never parsed back out of text."""
+
+    error: str
+
+
+_Found = float | _Unanswered | None  # a member's value, why it has none, or no series
+
+
 def _split(
     answer: Answer | SourceUnavailable, members: list[_Request], tag: str | None = None
-) -> dict[int, float | str | None]:
+) -> dict[int, _Found]:
     """Each member's value: the canary series whose target labels are the member's (and, in a
     joined query, whose ``canaryd_part`` is ``tag``); an error for all if there is no answer."""
     if isinstance(answer, SourceUnavailable):
-        return {id(m): f"error: {answer}" for m in members}
+        return {id(m): _Unanswered(str(answer)) for m in members}
     if answer.kind == "error":
-        return {id(m): f"error: {answer.error}" for m in members}
+        return {id(m): _Unanswered(str(answer.error)) for m in members}
     names = sorted(members[0].labels)
-    out: dict[int, float | str | None] = {id(m): None for m in members}
+    out: dict[int, _Found] = {id(m): None for m in members}
     # Targets with the same label values (two targets on one job) share their series.
     by_labels: dict[tuple[str, ...], list[_Request]] = {}
     for m in members:
@@ -217,7 +226,7 @@ def _split(
             continue
         for member in by_labels.get(tuple(labels.get(n, "") for n in names), ()):
             if out[id(member)] is not None:
-                out[id(member)] = "error: ambiguous: more than one series for this target"
+                out[id(member)] = _Unanswered("ambiguous: more than one series for this target")
             else:
                 out[id(member)] = value
     return out
@@ -282,9 +291,9 @@ def _requests_key_of(check_key: tuple[object, ...]) -> tuple[object, ...]:
     return (check_key[3], check_key[5])
 
 
-def _measurement(check: str, value: float | str | None) -> Measurement:
-    if isinstance(value, str):
-        return Measurement(check, error=value.removeprefix("error: "))
+def _measurement(check: str, value: _Found) -> Measurement:
+    if isinstance(value, _Unanswered):
+        return Measurement(check, error=value.error)
     if value is None or value != value:  # no series, or NaN
         return Measurement(check, value=None)
     return Measurement(check, value=value)

@@ -31,10 +31,11 @@ from canaryd.core import stages
 from canaryd.core.errors import CanarydError, CommandRejected, PermanentError, TemporaryError
 from canaryd.core.model import (
     Action,
-    ActionKind,
     Alert,
     AlertAction,
     AlertRule,
+    AlertStatus,
+    Cause,
     Command,
     Effect,
     EffectKind,
@@ -387,18 +388,18 @@ def _fail(commands: Iterable[tuple[Command, asyncio.Future[Rollout]]], error: Ex
 
 
 def _refusals(actions: Iterable[Action]) -> dict[int, str]:
-    """Command index → the engine's reason, for each command ``decide`` refused (its IGNORE
-    action carries ``{"command", "refused", "command_index"}`` as evidence)."""
+    """Command index → the engine's refusal, for each command ``decide`` refused (cause
+    REFUSED; its evidence carries ``{"command", "refused", "command_index"}``)."""
     out: dict[int, str] = {}
     for action in actions:
         index = action.evidence.get("command_index")
-        if action.kind is ActionKind.IGNORE and isinstance(index, int):
-            out[index] = str(action.evidence.get("refused", action.reason))
+        if action.cause is Cause.REFUSED and isinstance(index, int):
+            out[index] = str(action.evidence["refused"])
     return out
 
 
 def _rolls_back(rules: tuple[AlertRule, ...], alert: Alert) -> bool:
-    if alert.status != "firing":
+    if alert.status is not AlertStatus.FIRING:
         return False
     rule = rule_for(rules, alert.labels)
     return rule is not None and rule.action is AlertAction.ROLLBACK
@@ -411,9 +412,7 @@ def _safe(text: str) -> str:
 
 def _safe_alert(alert: Alert) -> Alert:
     labels = {_safe(k): _safe(v) for k, v in alert.labels.items()}
-    return Alert(
-        _safe(alert.fingerprint), _safe(alert.status), labels, alert.starts_at, alert.ends_at
-    )
+    return Alert(_safe(alert.fingerprint), alert.status, labels, alert.starts_at, alert.ends_at)
 
 
 def _safe_command(command: Command) -> Command:

@@ -14,7 +14,7 @@ from canaryd.core.codec import action_to_dict
 from canaryd.core.model import Action, Measurement, Rollout
 from canaryd.ports import CorruptState
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Made once: it is the hot path. Not ASCII-escaped, so that ``storable`` sees (and replaces)
 # lone surrogates instead of storing "\\udc80" escapes that every reader would decode back.
 compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -89,7 +89,8 @@ SCHEMA = (
         weight      INTEGER NOT NULL,
         action      TEXT NOT NULL,
         reason      TEXT NOT NULL,
-        evidence    TEXT NOT NULL
+        evidence    TEXT NOT NULL,
+        cause       TEXT  -- core.model.Cause; NULL for decisions stored before schema 4
     )
     """,
     "CREATE INDEX decisions_by_rollout ON decisions (rollout_id, seq)",
@@ -128,6 +129,12 @@ SCHEMA = (
 def audit_index_v2_to_v3(conn: sqlite3.Connection) -> None:
     """Schema 3 indexes the audit table by time, so compacting it by age is cheap."""
     conn.execute(AUDIT_BY_TIME)
+
+
+def decision_cause_v3_to_v4(conn: sqlite3.Connection) -> None:
+    """Schema 4 stores each decision's typed cause. Rows written before it keep a NULL cause:
+    their reason text is kept as it was, and no cause is guessed from words."""
+    conn.execute("ALTER TABLE decisions ADD COLUMN cause TEXT")
 
 
 def storable(text: str) -> str:
@@ -174,6 +181,7 @@ def commit_rows(
             str(action.kind),
             storable(action.reason),
             json_storable(action_to_dict(action)["evidence"]),
+            None if action.cause is None else str(action.cause),
         )
         for action in actions
     ]

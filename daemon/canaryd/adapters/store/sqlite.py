@@ -37,7 +37,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from canaryd.adapters.store.lock import StateLock, WriteHealth
 from canaryd.adapters.store.schema import (
@@ -48,6 +48,7 @@ from canaryd.adapters.store.schema import (
     audit_index_v2_to_v3,
     commit_rows,
     compact_json,
+    decision_cause_v3_to_v4,
     encoding,
     foreign_database,
     json_storable,
@@ -58,7 +59,7 @@ from canaryd.adapters.store.schema import (
 from canaryd.core import alertbook
 from canaryd.core.codec import rollout_from_dict, rollout_to_dict
 from canaryd.core.errors import CanarydError
-from canaryd.core.model import Action, Alert, Measurement, Rollout
+from canaryd.core.model import Action, Alert, AlertStatus, Measurement, Rollout
 from canaryd.ports import (
     AuditRecord,
     CorruptState,
@@ -74,7 +75,13 @@ BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lock
 AUDIT_CHUNK = 5000  # rows deleted per transaction by compact_audit: writers wait less
 
 
-_DECISION_COLUMNS = "seq, rollout_id, target, t, phase, stage, weight, action, reason, evidence"
+_DECISION_COLUMNS = (
+    "seq, rollout_id, target, t, phase, stage, weight, action, cause, reason, evidence"
+)
+_MEASUREMENT_COLUMNS = (
+    'seq, rollout_id, t, check_name AS "check", value, error, canary_requests, '
+    "canary_errors, stable_requests, stable_errors"
+)
 
 
 class SqliteStore:
@@ -96,6 +103,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             self._release()
             raise StoreUnavailable(f"{self.path}: cannot open: {exc}") from exc
+        self._conn.row_factory = sqlite3.Row  # rows read by column name, records built from them
         try:
             with self._errors("open"):
                 self._inspect()
@@ -345,7 +353,7 @@ class SqliteStore:
                 ) from exc
             conn.executemany(
                 "INSERT INTO decisions (rollout_id, target, t, phase, stage, weight, action, "
-                "reason, evidence) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "reason, evidence, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 decisions,
             )
             conn.executemany(
@@ -369,17 +377,9 @@ class SqliteStore:
                 (key,),
             ).fetchall()
         return [
-            DecisionRecord(
-                seq=row[0],
-                rollout_id=row[1],
-                target=row[2],
-                t=row[3],
-                phase=row[4],
-                stage=row[5],
-                weight=row[6],
-                action=row[7],
-                reason=row[8],
-                evidence=self._json(row[9], f"decision {row[0]}"),
+            cast(
+                DecisionRecord,
+                {**dict(row), "evidence": self._json(row["evidence"], f"decision {row['seq']}")},
             )
             for row in rows
         ]
@@ -387,26 +387,11 @@ class SqliteStore:
     def measurements(self, rollout_id: str) -> list[MeasurementRecord]:
         with self._reading("read measurements") as conn:
             rows = conn.execute(
-                "SELECT seq, rollout_id, t, check_name, value, error, canary_requests, "
-                "canary_errors, stable_requests, stable_errors FROM measurements "
+                f"SELECT {_MEASUREMENT_COLUMNS} FROM measurements "
                 "WHERE rollout_id = ? ORDER BY seq",
                 (rollout_id,),
             ).fetchall()
-        return [
-            MeasurementRecord(
-                seq=row[0],
-                rollout_id=row[1],
-                t=row[2],
-                check=row[3],
-                value=row[4],
-                error=row[5],
-                canary_requests=row[6],
-                canary_errors=row[7],
-                stable_requests=row[8],
-                stable_errors=row[9],
-            )
-            for row in rows
-        ]
+        return [cast(MeasurementRecord, dict(row)) for row in rows]
 
     # ------------------------------------------------------------------- alerts
 
@@ -483,7 +468,7 @@ class SqliteStore:
     def _journal_row(self, seq: int, text: str) -> list[Alert]:
         try:
             return [
-                Alert(str(fp), str(status), dict(labels), float(starts), _optional(ends))
+                Alert(str(fp), AlertStatus(status), dict(labels), float(starts), _optional(ends))
                 for fp, status, labels, starts, ends in json.loads(text)
             ]
         except (ValueError, TypeError) as exc:
@@ -553,14 +538,9 @@ class SqliteStore:
                 args,
             ).fetchall()
         return [
-            AuditRecord(
-                seq=row[0],
-                t=row[1],
-                who=row[2],
-                what=row[3],
-                target=row[4],
-                outcome=row[5],
-                detail=self._json(row[6], f"audit {row[0]}"),
+            cast(
+                AuditRecord,
+                {**dict(row), "detail": self._json(row["detail"], f"audit {row['seq']}")},
             )
             for row in rows
         ]
@@ -602,7 +582,7 @@ def _alerts_v1_to_v2(conn: sqlite3.Connection) -> None:
 
 
 # From version N to N + 1, inside the open transaction.
-_MIGRATIONS = {1: _alerts_v1_to_v2, 2: audit_index_v2_to_v3}
+_MIGRATIONS = {1: _alerts_v1_to_v2, 2: audit_index_v2_to_v3, 3: decision_cause_v3_to_v4}
 
 
 if TYPE_CHECKING:  # mypy proves here that the class satisfies the port

@@ -1,25 +1,62 @@
-"""The moves between phases, and the rules on when an operator's command may make one.
+"""The moves between phases, the rules on when an operator's command may make one, and the one
+place decisions are built.
 
-``stages.decide`` and ``alerts.apply_alerts`` compose these; each takes the record, appends the
-decision it took to ``acts`` and returns the new record. Pure, like the rest of ``core``.
+Every step of the engine is a function ``(record, ...) -> Step``: the new record and the
+decisions the step took, in order. ``engine.decide`` chains the steps and stamps each step's
+decisions with the phase that step left, so nothing appends to a shared list and nothing is
+rewritten afterwards. Pure, like the rest of ``core``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from canaryd.core.model import (
     Action,
     ActionKind,
+    Cause,
     Command,
     CommandKind,
     Observed,
     Phase,
+    PromoteStep,
     Rollout,
 )
 
 EPS = 1e-6  # tolerance of time comparisons: a deadline "at" t is reached at t
-RESTORE = "restore-stable"  # promote_step of a rollback that interrupted the stable update
+RESTORE = PromoteStep.RESTORE_STABLE  # promote_step of a rollback that interrupted the update
+
+Step = tuple[Rollout, tuple[Action, ...]]
+Evidence = Mapping[str, object]
+
+
+def wording(cause: Cause, text: str) -> str:
+    """The reason a person reads for a decision of ``cause``: ``text`` as written.
+
+    The one funnel every decision's words pass through (``decision``, and the rollback and
+    pause reasons kept on the record). Nothing reads the words back, so a test may replace this
+    function and show that metrics and behaviour follow ``cause`` alone.
+    """
+    return text
+
+
+def decision(
+    kind: ActionKind,
+    cause: Cause,
+    text: str,
+    weight: int | None,
+    evidence: Evidence | None = None,
+) -> Action:
+    """One decision, its words passed through ``wording``."""
+    return Action(kind, wording(cause, text), weight, dict(evidence or {}), cause=cause)
+
+
+def stamped(step: Step) -> Step:
+    """The step's decisions stamped with the phase the step left (a ``hold`` decided before a
+    rollback in another step keeps its own phase)."""
+    s, acts = step
+    return s, tuple(a if a.phase is not None else replace(a, phase=s.phase) for a in acts)
 
 
 # --------------------------------------------------------------------------- commands
@@ -29,7 +66,7 @@ def check_command(state: Rollout, command: Command) -> str | None:
     """Why ``command`` cannot apply to ``state`` (an HTTP 409), or None if it can."""
     phase, kind = state.phase, command.kind
     if kind is CommandKind.CLEANUP:
-        if phase is Phase.PROMOTING and state.promote_step != "update-stable":
+        if phase is Phase.PROMOTING and state.promote_step is not PromoteStep.UPDATE_STABLE:
             return "promotion is completing; nothing to clean up"
         if phase.terminal and state.cleanup_at is None:
             return f"rollout {state.id} already ended ({phase}) and left nothing behind"
@@ -37,9 +74,9 @@ def check_command(state: Rollout, command: Command) -> str | None:
     if phase.terminal:
         return f"rollout {state.id} already ended ({phase})"
     if kind is CommandKind.ROLLBACK:
-        if phase is Phase.ROLLING_BACK or (phase is Phase.FAILED and state.rollback_reason):
+        if state.rolling_back:
             return "a rollback is already under way"
-        if phase is Phase.PROMOTING and state.promote_step != "update-stable":
+        if phase is Phase.PROMOTING and state.promote_step is not PromoteStep.UPDATE_STABLE:
             return "stable already runs the new image; nothing to roll back to"
         return _restore_refusal(state)
     if phase not in (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED):
@@ -60,7 +97,7 @@ def check_command(state: Rollout, command: Command) -> str | None:
 
 def _stable_update_begun(s: Rollout) -> bool:
     """Promotion has asked the platform to put the new image on the stable (not yet done)."""
-    return s.rollback_reason is None and s.promote_step == "update-stable"
+    return s.rollback_reason is None and s.promote_step is PromoteStep.UPDATE_STABLE
 
 
 def _restore_refusal(s: Rollout) -> str | None:
@@ -119,59 +156,37 @@ def fresh_stage(s: Rollout, index: int, weight: int, now: float) -> Rollout:
 
 
 def next_stage(
-    s: Rollout,
-    reason: str,
-    now: float,
-    acts: list[Action],
-    evidence: dict[str, object] | None = None,
-) -> Rollout:
+    s: Rollout, cause: Cause, reason: str, now: float, evidence: Evidence | None = None
+) -> Step:
     s = unpause(s, now)
     stages = s.policy.stages
     if s.stage + 1 >= len(stages):
-        return promote(s, f"{reason}; all stages passed", now, acts, evidence)
+        return promote(s, cause, f"{reason}; all stages passed", now, evidence)
     index = s.stage + 1
     s = fresh_stage(replace(s, phase=Phase.PROGRESSING), index, stages[index].weight, now)
-    acts.append(
-        Action(
-            ActionKind.SET_WEIGHT,
-            f"{reason}; stage {index + 1} of {len(stages)}: canary {s.weight}%",
-            s.weight,
-            evidence or {},
-        )
-    )
-    return s
+    text = f"{reason}; stage {index + 1} of {len(stages)}: canary {s.weight}%"
+    return s, (decision(ActionKind.SET_WEIGHT, cause, text, s.weight, evidence),)
 
 
 def promote(
-    s: Rollout,
-    reason: str,
-    now: float,
-    acts: list[Action],
-    evidence: dict[str, object] | None = None,
-) -> Rollout:
+    s: Rollout, cause: Cause, reason: str, now: float, evidence: Evidence | None = None
+) -> Step:
     s = replace(
         s,
         phase=Phase.PROMOTING,
-        promote_step="update-stable",
+        promote_step=PromoteStep.UPDATE_STABLE,
         weight_set_at=now,
         stage_passed=False,
     )
-    acts.append(
-        Action(
-            ActionKind.PROMOTE, f"{reason}; updating stable to {s.image}", s.weight, evidence or {}
-        )
-    )
-    return s
+    text = f"{reason}; updating stable to {s.image}"
+    return s, (decision(ActionKind.PROMOTE, cause, text, s.weight, evidence),)
 
 
 def rollback(
-    s: Rollout,
-    reason: str,
-    now: float,
-    acts: list[Action],
-    evidence: dict[str, object] | None = None,
-) -> Rollout:
+    s: Rollout, cause: Cause, reason: str, now: float, evidence: Evidence | None = None
+) -> Step:
     restore = _stable_update_begun(s)  # check_command made sure previous_image is known
+    reason = wording(cause, reason)
     s = replace(
         s,
         phase=Phase.ROLLING_BACK,
@@ -185,20 +200,22 @@ def rollback(
         promote_step=RESTORE if restore else s.promote_step,
     )
     said = f"{reason}; restoring stable to {s.previous_image}" if restore else reason
-    acts.append(Action(ActionKind.ROLLBACK, said, 0, evidence or {}))
-    return s
+    return s, (Action(ActionKind.ROLLBACK, said, 0, dict(evidence or {}), cause=cause),)
 
 
 def pause(
-    s: Rollout,
-    reason: str,
-    now: float,
-    acts: list[Action],
-    evidence: dict[str, object] | None = None,
-) -> Rollout:
-    s = replace(s, phase=Phase.PAUSED, paused_at=now, pause_reason=reason, resume_at=None)
-    acts.append(Action(ActionKind.PAUSE, reason, s.weight, evidence or {}))
-    return s
+    s: Rollout, cause: Cause, reason: str, now: float, evidence: Evidence | None = None
+) -> Step:
+    reason = wording(cause, reason)
+    s = replace(
+        s,
+        phase=Phase.PAUSED,
+        paused_at=now,
+        pause_reason=reason,
+        pause_cause=cause,
+        resume_at=None,
+    )
+    return s, (Action(ActionKind.PAUSE, reason, s.weight, dict(evidence or {}), cause=cause),)
 
 
 def unpause(s: Rollout, now: float) -> Rollout:
@@ -210,6 +227,7 @@ def unpause(s: Rollout, now: float) -> Rollout:
         phase=Phase.PROGRESSING,
         paused_at=None,
         pause_reason=None,
+        pause_cause=None,
         resume_at=None,
         alert_pauses=frozenset(),
         paused_total=s.paused_total + paused,
@@ -217,28 +235,11 @@ def unpause(s: Rollout, now: float) -> Rollout:
     )
 
 
-def resume(s: Rollout, reason: str, now: float, acts: list[Action]) -> Rollout:
+def resume(s: Rollout, cause: Cause, reason: str, now: float) -> Step:
     stage_weight = s.current_stage.weight
     s = unpause(s, now)
     if s.weight != stage_weight:  # returning from a manual set-weight: the stage starts over
         s = fresh_stage(s, s.stage, stage_weight, now)
-        acts.append(
-            Action(
-                ActionKind.SET_WEIGHT,
-                f"{reason}; stage {s.stage + 1} restarts at canary {stage_weight}%",
-                stage_weight,
-            )
-        )
-        return s
-    acts.append(Action(ActionKind.RESUME, reason, s.weight))
-    return s
-
-
-def tagged(s: Rollout, acts: list[Action]) -> Rollout:
-    """Stamp the actions of the step just taken with the phase that step left (a ``hold``
-    decided before a rollback in the same call is recorded as Progressing, not RollingBack)."""
-    for i in range(len(acts) - 1, -1, -1):
-        if acts[i].phase is not None:
-            break
-        acts[i] = replace(acts[i], phase=s.phase)
-    return s
+        text = f"{reason}; stage {s.stage + 1} restarts at canary {stage_weight}%"
+        return s, (decision(ActionKind.SET_WEIGHT, cause, text, stage_weight),)
+    return s, (decision(ActionKind.RESUME, cause, reason, s.weight),)

@@ -16,20 +16,29 @@ from canaryd.core.model import (
     Alert,
     AlertAction,
     AlertRule,
+    AlertStatus,
+    Cause,
     Command,
     CommandKind,
     Phase,
     Rollout,
 )
 from canaryd.core.rules import rule_for
-from canaryd.core.transitions import EPS, check_command, pause, rollback, tagged
+from canaryd.core.stages.transitions import (
+    EPS,
+    Step,
+    check_command,
+    decision,
+    pause,
+    rollback,
+    stamped,
+)
 
-ALERT_PAUSE = "alert"  # the start of the pause reason of a rollout paused by an alert
 HANDLED_ALERTS_KEPT = 1024  # de-duplication keys a record keeps (see ``_remember``)
 _NAMED_IN_SUMMARY = 5  # alerts named in a summarising "ignore" decision
 
 
-def apply_alerts(s: Rollout, alerts: tuple[Alert, ...], now: float, acts: list[Action]) -> Rollout:
+def apply_alerts(s: Rollout, alerts: tuple[Alert, ...], now: float) -> Step:
     """Apply each alert not applied before, once, in work linear in the number of alerts.
 
     A webhook body can carry tens of thousands of distinct alerts about one target. The keys
@@ -37,12 +46,14 @@ def apply_alerts(s: Rollout, alerts: tuple[Alert, ...], now: float, acts: list[A
     alerts nothing is done about (no rule matches, started before the rollout, rollback
     refused) become one summarising decision per reason, naming the count and a few of them,
     not one decision each. Only alerts that matched a rule are remembered (``_remember``).
+    Each rule's decisions are stamped with the phase it left; the summaries with the last.
     """
     if not alerts:
-        return s
+        return s, ()
     seen = set(s.handled_alerts)
     matched: list[str] = []
     skipped: dict[str, list[Alert]] = {}
+    acts: list[Action] = []
     for alert in alerts:
         if alert.key in seen:
             continue
@@ -52,24 +63,25 @@ def apply_alerts(s: Rollout, alerts: tuple[Alert, ...], now: float, acts: list[A
             skipped.setdefault(": no rule matches", []).append(alert)
             continue
         matched.append(alert.key)
-        early = alert.status == "firing" and alert.starts_at < s.started_at - EPS
+        firing = alert.status is AlertStatus.FIRING
+        early = firing and alert.starts_at < s.started_at - EPS
         if early and not rule.include_preexisting:
             skipped.setdefault(" started before the rollout", []).append(alert)
             continue
-        if alert.status == "firing" and rule.action is AlertAction.ROLLBACK:
+        if firing and rule.action is AlertAction.ROLLBACK:
             if s.rollback_reason is not None:
                 continue  # what it asks for is under way: nothing to add to the history
             refusal = check_command(s, Command(CommandKind.ROLLBACK))
             if refusal is not None:  # said, so that an alert that rolls nothing back is seen
                 skipped.setdefault(f" firing; no rollback: {refusal}", []).append(alert)
                 continue
-        s = tagged(_apply_rule(s, alert, rule, now, acts), acts)
-    for why, group in skipped.items():
-        acts.append(_summary(group, why, s.weight))
-    s = tagged(s, acts)
+        s, done = stamped(_apply_rule(s, alert, rule, now))
+        acts.extend(done)
+    summaries = tuple(_summary(group, why, s.weight) for why, group in skipped.items())
+    s, summaries = stamped((s, summaries))
     if matched:
         s = replace(s, handled_alerts=_remember(s.handled_alerts, matched))
-    return s
+    return s, (*acts, *summaries)
 
 
 def _remember(handled: frozenset[str], new: list[str]) -> frozenset[str]:
@@ -105,7 +117,7 @@ def _alert_evidence(alert: Alert) -> dict[str, object]:
     return {
         "alert": alert.name,
         "labels": dict(alert.labels),
-        "status": alert.status,
+        "status": str(alert.status),
         "fingerprint": alert.fingerprint,
     }
 
@@ -114,7 +126,8 @@ def _summary(group: list[Alert], why: str, weight: int) -> Action:
     """One "ignore" decision for every alert of this pass skipped for the same reason."""
     if len(group) == 1:
         alone = {**_alert_evidence(group[0]), "count": 1}
-        return Action(ActionKind.IGNORE, f"alert {group[0].name}{why}", weight, alone)
+        text = f"alert {group[0].name}{why}"
+        return decision(ActionKind.IGNORE, Cause.ALERT_IGNORED, text, weight, alone)
     named = group[:_NAMED_IN_SUMMARY]
     names = ", ".join(a.name for a in named)
     more = f" and {len(group) - len(named)} more" if len(group) > len(named) else ""
@@ -123,57 +136,46 @@ def _summary(group: list[Alert], why: str, weight: int) -> Action:
         "alerts": [a.name for a in named],
         "fingerprints": [a.fingerprint for a in named],
     }
-    return Action(ActionKind.IGNORE, f"{len(group)} alerts ({names}{more}){why}", weight, evidence)
+    text = f"{len(group)} alerts ({names}{more}){why}"
+    return decision(ActionKind.IGNORE, Cause.ALERT_IGNORED, text, weight, evidence)
 
 
-def _apply_rule(
-    s: Rollout, alert: Alert, rule: AlertRule, now: float, acts: list[Action]
-) -> Rollout:
+def _apply_rule(s: Rollout, alert: Alert, rule: AlertRule, now: float) -> Step:
     """What ``rule`` does about ``alert`` (a new alert that is not skipped)."""
+    if alert.status is AlertStatus.FIRING:
+        return _firing(s, alert, rule, now)
+    return _resolved(s, alert, rule, now)
+
+
+def _firing(s: Rollout, alert: Alert, rule: AlertRule, now: float) -> Step:
     evidence = _alert_evidence(alert)
-    if alert.status == "firing":
-        if rule.action is AlertAction.ROLLBACK:
-            return rollback(s, f"alert {alert.name} firing", now, acts, evidence)
-        if rule.action is AlertAction.PAUSE and s.phase in (
-            Phase.PENDING,
-            Phase.PROGRESSING,
-            Phase.PAUSED,
-        ):
-            s = replace(s, alert_pauses=s.alert_pauses | {alert.fingerprint}, resume_at=None)
-            if s.phase is Phase.PAUSED:
-                acts.append(
-                    Action(
-                        ActionKind.OBSERVE,
-                        f"alert {alert.name} firing; stays paused",
-                        s.weight,
-                        evidence,
-                    )
-                )
-                return s
-            return pause(s, f"{ALERT_PAUSE} {alert.name} firing", now, acts, evidence)
-        what = "freeze: new rollouts refused" if rule.action is AlertAction.FREEZE else "recorded"
-        acts.append(
-            Action(ActionKind.OBSERVE, f"alert {alert.name} firing ({what})", s.weight, evidence)
-        )
-        return s
-    # resolved
+    if rule.action is AlertAction.ROLLBACK:
+        return rollback(s, Cause.ALERT, f"alert {alert.name} firing", now, evidence)
+    if rule.action is AlertAction.PAUSE and s.phase in (
+        Phase.PENDING,
+        Phase.PROGRESSING,
+        Phase.PAUSED,
+    ):
+        s = replace(s, alert_pauses=s.alert_pauses | {alert.fingerprint}, resume_at=None)
+        if s.phase is Phase.PAUSED:
+            text = f"alert {alert.name} firing; stays paused"
+            return s, (decision(ActionKind.OBSERVE, Cause.ALERT, text, s.weight, evidence),)
+        return pause(s, Cause.ALERT, f"alert {alert.name} firing", now, evidence)
+    what = "freeze: new rollouts refused" if rule.action is AlertAction.FREEZE else "recorded"
+    text = f"alert {alert.name} firing ({what})"
+    return s, (decision(ActionKind.OBSERVE, Cause.ALERT, text, s.weight, evidence),)
+
+
+def _resolved(s: Rollout, alert: Alert, rule: AlertRule, now: float) -> Step:
+    evidence = _alert_evidence(alert)
     if rule.action is AlertAction.PAUSE and alert.fingerprint in s.alert_pauses:
         remaining = s.alert_pauses - {alert.fingerprint}
         s = replace(s, alert_pauses=remaining)
-        if not remaining and s.phase is Phase.PAUSED and _alert_paused(s):
+        if not remaining and s.phase is Phase.PAUSED and s.pause_cause is Cause.ALERT:
             s = replace(s, resume_at=now + rule.cooldown)
-            acts.append(
-                Action(
-                    ActionKind.OBSERVE,
-                    f"alert {alert.name} resolved; resuming after {rule.cooldown:g}s cooldown",
-                    s.weight,
-                    evidence,
-                )
+            text = f"alert {alert.name} resolved; resuming after {rule.cooldown:g}s cooldown"
+            return s, (
+                decision(ActionKind.OBSERVE, Cause.ALERT_RESOLVED, text, s.weight, evidence),
             )
-            return s
-    acts.append(Action(ActionKind.OBSERVE, f"alert {alert.name} resolved", s.weight, evidence))
-    return s
-
-
-def _alert_paused(s: Rollout) -> bool:
-    return (s.pause_reason or "").startswith(ALERT_PAUSE)
+    text = f"alert {alert.name} resolved"
+    return s, (decision(ActionKind.OBSERVE, Cause.ALERT_RESOLVED, text, s.weight, evidence),)

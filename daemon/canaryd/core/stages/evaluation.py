@@ -1,0 +1,166 @@
+"""One evaluation of a stage: the checks' verdicts turned into hold, pause, next stage, promote
+or rollback, and the stage timer credited (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from canaryd.core import analysis
+from canaryd.core.analysis import Assessment
+from canaryd.core.model import (
+    ActionKind,
+    Cause,
+    Findings,
+    Gate,
+    OnInconclusive,
+    Phase,
+    Rollout,
+    Verdict,
+)
+from canaryd.core.stages.transitions import (
+    EPS,
+    Evidence,
+    Step,
+    decision,
+    next_stage,
+    pause,
+    rollback,
+)
+
+
+def next_tick(now: float, interval: float) -> float:
+    """The first multiple of ``interval`` (on the caller's clock) strictly after ``now``.
+
+    Evaluations run on a shared grid, as Prometheus's rule evaluations do, rather than
+    ``interval`` after each rollout's own stage start: every rollout with the same interval is
+    then due at the same instants, so the evaluator batches all of them into one query per
+    check per cycle (SPEC §7). A stage's first evaluation may come sooner than a full interval;
+    it is credited only the time it actually observed.
+    """
+    return (math.floor(now / interval + 1e-9) + 1) * interval
+
+
+def evaluation_due(s: Rollout, now: float) -> bool:
+    """Whether a call at ``now`` is an evaluation (the caller must then supply measurements)."""
+    return (
+        s.phase in (Phase.PROGRESSING, Phase.PAUSED)
+        and s.stage_started_at is not None
+        and s.next_eval_at is not None
+        and now + EPS >= s.next_eval_at
+    )
+
+
+def evaluate(s: Rollout, f: Findings, now: float) -> Step:
+    """The record after one evaluation of ``f``'s measurements, and what it decided."""
+    policy, stage = s.policy, s.current_stage
+    by_name = {m.check: m for m in f.measurements}
+    results = [analysis.assess(policy.checks[name], by_name.get(name)) for name in stage.checks]
+    overall = analysis.summarize(results)
+    evidence: dict[str, object] = {
+        a.check: {"verdict": str(a.verdict), "value": a.value, "detail": a.detail} for a in results
+    }
+    last = s.last_eval_at if s.last_eval_at is not None else s.stage_started_at or now
+    s = replace(
+        s,
+        last_eval_at=now,
+        next_eval_at=next_tick(now, policy.interval),
+        stage_requests=s.stage_requests + _usable_requests(f.requests),
+    )
+    if overall is Verdict.FAILED:
+        return _failed(s, results, now, evidence)
+    if overall is Verdict.ERROR:
+        return _errored(s, results, now, evidence)
+    if overall is Verdict.INCONCLUSIVE:
+        return _inconclusive(s, results, now, evidence)
+    return _passed(s, last, now, evidence)
+
+
+def _failed(s: Rollout, results: list[Assessment], now: float, evidence: Evidence) -> Step:
+    """A failed check: held while within ``failure_limit``, rolled back beyond it."""
+    limit = s.policy.limits.failure_limit
+    failures = dict(s.failures)
+    for a in results:
+        if a.verdict is Verdict.FAILED:
+            failures[a.check] = failures.get(a.check, 0) + 1
+    s = replace(s, failures=failures, consecutive_inconclusive=0, consecutive_errors=0)
+    worst = max(
+        (a for a in results if a.verdict is Verdict.FAILED), key=lambda a: failures[a.check]
+    )
+    if failures[worst.check] > limit:
+        reason = f"check {worst.check} failed: {worst.detail}"
+        return rollback(s, Cause.CHECK_FAILED, reason, now, evidence)
+    text = (
+        f"check {worst.check} failed ({failures[worst.check]} of {limit} allowed): {worst.detail}"
+    )
+    return s, (decision(ActionKind.HOLD, Cause.CHECK_FAILED, text, s.weight, evidence),)
+
+
+def _errored(s: Rollout, results: list[Assessment], now: float, evidence: Evidence) -> Step:
+    """The source could not answer: retried after ``error_backoff``, rolled back once
+    ``consecutive_error_limit`` evaluations in a row could not be judged."""
+    policy, limits = s.policy, s.policy.limits
+    errors = s.consecutive_errors + 1
+    s = replace(s, consecutive_errors=errors, next_eval_at=now + policy.error_backoff)
+    first = next(a for a in results if a.verdict is Verdict.ERROR)
+    if errors >= limits.consecutive_error_limit:
+        reason = f"{errors} consecutive source errors (last: {first.error})"
+        return rollback(s, Cause.SOURCE_ERRORS, reason, now, evidence)
+    text = (
+        f"{first.detail} ({errors} of {limits.consecutive_error_limit}); "
+        f"retrying in {policy.error_backoff:g}s"
+    )
+    return s, (decision(ActionKind.HOLD, Cause.SOURCE_ERRORS, text, s.weight, evidence),)
+
+
+def _inconclusive(s: Rollout, results: list[Assessment], now: float, evidence: Evidence) -> Step:
+    """No data: the stage timer holds; ``inconclusive_limit`` in a row pause or roll back."""
+    limits = s.policy.limits
+    count = s.consecutive_inconclusive + 1
+    s = replace(s, consecutive_inconclusive=count, consecutive_errors=0)
+    missing = ", ".join(a.check for a in results if a.verdict is Verdict.INCONCLUSIVE)
+    if s.phase is not Phase.PROGRESSING:
+        return s, ()
+    if count >= limits.inconclusive_limit:
+        reason = f"{count} inconclusive evaluations in a row (no data: {missing})"
+        if limits.on_inconclusive is OnInconclusive.ROLLBACK:
+            return rollback(s, Cause.INCONCLUSIVE, reason, now, evidence)
+        return pause(s, Cause.INCONCLUSIVE, reason, now, evidence)
+    text = f"no data for {missing}; stage timer holds"
+    return s, (decision(ActionKind.HOLD, Cause.NO_DATA, text, s.weight, evidence),)
+
+
+def _passed(s: Rollout, last: float, now: float, evidence: Evidence) -> Step:
+    """Every check passed: the time since the last evaluation is credited to the stage, which
+    passes once its duration is credited and it saw ``min_requests``."""
+    policy, stage = s.policy, s.current_stage
+    s = replace(s, consecutive_inconclusive=0, consecutive_errors=0)
+    if s.phase is not Phase.PROGRESSING:
+        return s, ()
+    credited = s.credited + max(0.0, min(now - last, policy.interval))
+    s = replace(s, credited=credited)
+    if credited + EPS < stage.duration:
+        return s, ()
+    seen = s.stage_requests
+    if stage.min_requests and seen < stage.min_requests:
+        text = f"only {seen:.0f} of {stage.min_requests} canary requests; stage held"
+        held = {"canary_requests": seen, **evidence}
+        return s, (decision(ActionKind.HOLD, Cause.TOO_FEW_REQUESTS, text, s.weight, held),)
+    return _stage_passed(s, now, evidence)
+
+
+def _usable_requests(requests: float | None) -> float:
+    """Canary requests an evaluation may credit: unknown, negative or non-finite counts add
+    nothing (NaN or +Inf would otherwise satisfy ``min_requests`` on their own)."""
+    if requests is None or not math.isfinite(requests) or requests < 0:
+        return 0.0
+    return requests
+
+
+def _stage_passed(s: Rollout, now: float, evidence: Evidence) -> Step:
+    number = s.stage + 1
+    if s.current_stage.gate is Gate.MANUAL:
+        s = replace(s, stage_passed=True)
+        reason = f"stage {number} passed; waiting for a manual promote"
+        return pause(s, Cause.STAGE_PASSED, reason, now, evidence)
+    return next_stage(s, Cause.STAGE_PASSED, f"stage {number} passed", now, evidence)

@@ -1,0 +1,174 @@
+"""What time and the observed world move on their own: a ready canary starts the first stage,
+an applied weight starts a stage's timer, deadlines run out, an alert pause's cooldown ends,
+a promotion and a rollback complete, a rolled-back canary is scaled down."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from canaryd.core.model import (
+    ActionKind,
+    Cause,
+    Observed,
+    Phase,
+    PromoteStep,
+    Rollout,
+)
+from canaryd.core.stages.evaluation import next_tick
+from canaryd.core.stages.transitions import (
+    EPS,
+    RESTORE,
+    Step,
+    decision,
+    fresh_stage,
+    resume,
+    rollback,
+)
+
+
+def stage_deadline(s: Rollout) -> float | None:
+    """When the current stage (or its weight change) has run out of time, if it can."""
+    limit = s.policy.limits.progress_deadline
+    if s.phase is Phase.PENDING:
+        return s.started_at + limit
+    if s.phase is not Phase.PROGRESSING:
+        return None
+    if s.stage_started_at is None:
+        return (s.weight_set_at or s.started_at) + limit
+    return s.stage_started_at + s.paused_total + s.current_stage.duration + limit
+
+
+def progress(s: Rollout, obs: Observed, now: float) -> Step:
+    """The record once time and ``obs`` have moved it along (an active rollout)."""
+    if s.phase is Phase.PENDING:
+        return _pending(s, obs, now)
+    if s.phase is Phase.PROGRESSING:
+        return _progressing(s, obs, now)
+    if s.phase is Phase.PAUSED:
+        if s.resume_at is not None and now + EPS >= s.resume_at and not s.alert_pauses:
+            return resume(s, Cause.ALERT_COOLDOWN, "alert cooldown over", now)
+        return s, ()
+    if s.promoting:
+        return _promotion(s, obs, now)
+    if s.rolling_back:
+        return _rolling_back(s, obs, now)
+    return s, ()
+
+
+def _pending(s: Rollout, obs: Observed, now: float) -> Step:
+    limit = s.policy.limits.progress_deadline
+    deadline = stage_deadline(s)
+    if obs.canary_ready:
+        stages = s.policy.stages
+        s = fresh_stage(replace(s, phase=Phase.PROGRESSING), 0, stages[0].weight, now)
+        text = f"canary ready; stage 1 of {len(stages)}: canary {s.weight}%"
+        return s, (decision(ActionKind.SET_WEIGHT, Cause.CANARY_READY, text, s.weight),)
+    if deadline is not None and now + EPS >= deadline:
+        reason = f"canary not ready within {limit:g}s"
+        return rollback(s, Cause.CANARY_NOT_READY, reason, now, {"deadline": limit})
+    return s, ()
+
+
+def _progressing(s: Rollout, obs: Observed, now: float) -> Step:
+    limit = s.policy.limits.progress_deadline
+    deadline = stage_deadline(s)
+    due = deadline is not None and now + EPS >= deadline
+    if s.stage_started_at is None:
+        if obs.weight == s.weight and obs.canary_ready:
+            s = replace(
+                s,
+                stage_started_at=now,
+                last_eval_at=now,
+                next_eval_at=next_tick(now, s.policy.interval),
+            )
+            text = f"router applied canary {s.weight}%; stage {s.stage + 1} timer started"
+            seen = {"observed_weight": obs.weight}
+            act = decision(ActionKind.STAGE_STARTED, Cause.STAGE_STARTED, text, s.weight, seen)
+            return s, (act,)
+        if not due:
+            return s, ()
+        evidence: dict[str, object] = {"deadline": limit, "observed_weight": obs.weight}
+        if obs.weight == s.weight:
+            reason = f"canary not ready within {limit:g}s"
+            return rollback(s, Cause.CANARY_NOT_READY, reason, now, evidence)
+        reason = f"router did not apply canary {s.weight}% (reports {obs.weight}) within {limit:g}s"
+        return rollback(s, Cause.ROUTER_NOT_APPLIED, reason, now, evidence)
+    if due:
+        allowed = s.current_stage.duration + limit
+        reason = f"progress deadline: stage {s.stage + 1} not passed within {allowed:g}s"
+        return rollback(s, Cause.PROGRESS_DEADLINE, reason, now, {"deadline": allowed})
+    return s, ()
+
+
+def _rolling_back(s: Rollout, obs: Observed, now: float) -> Step:
+    """A rollback is done once the router reports canary 0% and, if it interrupted the
+    stable update, the stable runs ``previous_image`` again. Past ``progress_deadline`` it is
+    Failed and keeps retrying, as a promotion that cannot update the stable does."""
+    limit = s.policy.limits.progress_deadline
+    restoring = s.promote_step is RESTORE
+    restored = not restoring or obs.stable_image == s.previous_image
+    if obs.weight == 0 and restored:
+        took = now - (s.rollback_at or now)
+        s = replace(
+            s,
+            phase=Phase.ROLLED_BACK,
+            rolled_back_at=now,
+            finished_at=now,
+            cleanup_at=now + (0.0 if s.cleanup_now else s.policy.scale_down_delay),
+            message=None,
+        )
+        also = f" and stable runs {s.previous_image} again" if restoring else ""
+        text = f"router applied canary 0%{also} {took:.3f}s after the trigger"
+        evidence = {"time_to_rollback": took, "reason": s.rollback_reason}
+        return s, (decision(ActionKind.ROLLED_BACK, Cause.ROLLED_BACK, text, 0, evidence),)
+    why = (
+        f"router has not applied canary 0% after {limit:g}s; retrying"
+        if obs.weight != 0
+        else f"stable not restored to {s.previous_image} after {limit:g}s; retrying"
+    )
+    act = decision(ActionKind.FAILED, Cause.STUCK, why, 0, {"deadline": limit})
+    if s.phase is Phase.ROLLING_BACK and now + EPS >= (s.rollback_at or now) + limit:
+        return replace(s, phase=Phase.FAILED, message=act.reason), (act,)
+    if s.phase is Phase.FAILED and s.message != act.reason:
+        # what it still waits for changed: say so, no new decision
+        return replace(s, message=why), ()
+    return s, ()
+
+
+def _promotion(s: Rollout, obs: Observed, now: float) -> Step:
+    """update-stable -> shift -> remove -> Succeeded, each step once the world shows it."""
+    limit = s.policy.limits.progress_deadline
+    if s.promote_step is PromoteStep.UPDATE_STABLE:
+        if obs.stable_image == s.image:
+            s = replace(
+                s,
+                phase=Phase.PROMOTING,
+                promote_step=PromoteStep.SHIFT,
+                weight=0,
+                weight_set_at=now,
+                message=None,
+            )
+            text = f"stable runs {s.image}; all traffic back to stable"
+            return s, (decision(ActionKind.SET_WEIGHT, Cause.STABLE_UPDATED, text, 0),)
+        if s.phase is Phase.PROMOTING and now + EPS >= (s.weight_set_at or now) + limit:
+            text = f"stable not updated to {s.image} after {limit:g}s; retrying"
+            act = decision(ActionKind.FAILED, Cause.STUCK, text, s.weight, {"deadline": limit})
+            return replace(s, phase=Phase.FAILED, message=act.reason), (act,)
+        return s, ()
+    if s.promote_step is PromoteStep.SHIFT and obs.weight == 0:
+        s = replace(s, phase=Phase.PROMOTING, promote_step=PromoteStep.REMOVE, message=None)
+        text = "canary no longer serves traffic"
+        return s, (decision(ActionKind.REMOVE_CANARY, Cause.CANARY_DRAINED, text, 0),)
+    if s.promote_step is PromoteStep.REMOVE and not obs.canary_present:
+        s = replace(s, phase=Phase.SUCCEEDED, finished_at=now, promote_step=None, message=None)
+        return s, (decision(ActionKind.SUCCEEDED, Cause.PROMOTED, f"{s.image} promoted", 0),)
+    return s, ()
+
+
+def cleanup(s: Rollout, now: float) -> Step:
+    """A rolled-back canary is removed once ``scale_down_delay`` is over."""
+    if s.phase is Phase.ROLLED_BACK and s.cleanup_at is not None and now + EPS >= s.cleanup_at:
+        text = f"scale-down delay of {s.policy.scale_down_delay:g}s over"
+        act = decision(ActionKind.REMOVE_CANARY, Cause.SCALED_DOWN, text, 0)
+        return replace(s, cleanup_at=None), (act,)
+    return s, ()
