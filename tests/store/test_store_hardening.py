@@ -249,7 +249,8 @@ def test_write_problem_reports_a_full_disk_and_notices_recovery(tmp_path: Path) 
     assert "error" in out and out["written"] > 0, out
     assert "state.db" in out["error"]
     assert out["problem"] == out["error"]
-    assert out["still"] is not None
+    # out["still"] is not asserted: after a checkpoint SQLite reuses the WAL from its start, so
+    # a probe may fit in pages the file already has and rightly report the store writable.
     assert out["after"] is None
     assert out["rows"] == out["written"] + 1
 
