@@ -80,7 +80,7 @@ import aiohttp
 from kubernetes_asyncio import client
 
 from canaryd.adapters.kube import KubeClient, KubeConflict, KubeUnavailable
-from canaryd.config.kinds import Kind, Loader, to_name
+from canaryd.config.kinds import Kind, Loader, object_ref, to_name
 from canaryd.core.errors import PlatformUnavailable
 
 CALL_TIMEOUT = 30.0  # seconds for one API call
@@ -510,12 +510,9 @@ class KubernetesConfig:
 
 
 def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> KubernetesConfig:
-    f = ld.r.field
-    return KubernetesConfig(
-        deployment=ld.need(m, "deployment", where, to_name, ""),
-        namespace=f(m, "namespace", where, to_name, "default"),
-        container=f(m, "container", where, to_name, None),
-    )
+    deployment, namespace = object_ref(ld, m, where, "deployment")
+    container = ld.r.field(m, "container", where, to_name, None)
+    return KubernetesConfig(deployment, namespace, container)
 
 
 def build(

@@ -22,12 +22,12 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import Field, fields
+from dataclasses import Field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from canaryd.adapters.kube import KubeClient
-from canaryd.config.kinds import Kind, Loader
+from canaryd.config.kinds import Kind, Loader, config_keys
 from canaryd.core.errors import RouterUnavailable
 
 
@@ -142,7 +142,7 @@ def file_kind(
     other and cannot be forgotten in between. ``check`` shows the file, and the resolved file is
     what the router takes over (an unset path, which the loader has already named, owns
     nothing)."""
-    keys = frozenset(f.name for f in fields(config)) - {"kind"}
+    keys = config_keys(config)
 
     def build(target: str, c: C, kube: KubeClient | None) -> R:
         options = {key: getattr(c, key) for key in keys - {"path"}}
