@@ -1,7 +1,8 @@
 """``canaryd``: the daemon's command line (SPEC §5.1).
 
 Every subcommand is one ``_register_*`` function listed in ``SUBCOMMANDS``: it adds its parser
-and sets ``run``, a function of the parsed arguments returning the exit code. ``main`` only
+(``_command``) and sets ``run``, a function of the parsed arguments returning the exit code, whose
+docstring is the subcommand's ``--help`` description. ``main`` only
 parses and dispatches, so ``serve`` and ``demo`` slot in as one more register function each.
 
 Exit codes: 0 success, 2 a bad config (each problem as ``file: key.path: message`` on stderr)
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from canaryd import __version__
 from canaryd.config.kinds import Kinds
+from canaryd.config.reader import shown_path
 from canaryd.config.settings import Settings, SqliteState, Target
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import CanarydError, ConfigError
@@ -45,6 +47,15 @@ if TYPE_CHECKING:  # argparse's class is only generic in typeshed, not at run ti
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
+def _command(commands: Subparsers, name: str, run: Run, help: str) -> argparse.ArgumentParser:
+    """A subcommand that runs ``run``. Its ``--help`` description is ``run``'s docstring, so
+    the text a user reads and the one a developer reads are one (argparse re-wraps it)."""
+    description = " ".join((run.__doc__ or "").split())
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.set_defaults(run=run)
+    return parser
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """``-c/--config``, shared by every subcommand that reads the config."""
     parser.add_argument(
@@ -54,6 +65,15 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="config file (default: $CANARYD_CONFIG or %(default)s)",
     )
+
+
+def read_config(path: str) -> Settings:
+    """``load_config``, its warnings printed to stderr: ``check`` and ``serve`` both show them
+    before anything else, so a deprecated key is seen whichever command met it first."""
+    settings = load_config(path)
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return settings
 
 
 def report_config_error(error: ConfigError) -> int:
@@ -66,24 +86,19 @@ def report_config_error(error: ConfigError) -> int:
 
 
 def _register_check(commands: Subparsers) -> None:
-    parser = commands.add_parser(
-        "check",
-        help="validate the config and every policy it names",
-        description="Validate the config and every policy it names. Prints per policy the "
-        "total duration and the worst-case time from a breach to rollback; exits 2 with "
-        "'file: key.path: message' lines if anything is wrong.",
+    add_config_option(
+        _command(commands, "check", run_check, "validate the config and every policy it names")
     )
-    add_config_option(parser)
-    parser.set_defaults(run=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
+    """Validate the config and every policy it names. Prints per policy the total duration and
+    the worst-case time from a breach to rollback; exits 2 with 'file: key.path: message' lines
+    if anything is wrong."""
     try:
-        settings = load_config(args.config)
+        settings = read_config(args.config)
     except ConfigError as exc:
         return report_config_error(exc)
-    for warning in settings.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     for line in describe_settings(settings):
         print(line)
     return EXIT_OK
@@ -108,7 +123,7 @@ def describe_settings(settings: Settings) -> list[str]:
         key = target.policy_file.resolve()
         if key not in seen:
             seen.add(key)
-            shown = _show(target.policy_file)
+            shown = shown_path(target.policy_file)
             lines += describe_policy(target.policy, shown, prom.timeout)
     return lines
 
@@ -225,23 +240,11 @@ def load_config(path: str) -> Settings:
     return load(path)
 
 
-def _show(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
-
-
 # --------------------------------------------------------------------------- serve
 
 
 def _register_serve(commands: Subparsers) -> None:
-    parser = commands.add_parser(
-        "serve",
-        help="run the daemon",
-        description="Run the daemon: load the config (exit 2 naming every problem, as check "
-        "does), resume stored rollouts, serve the HTTP API, stop cleanly on SIGTERM/SIGINT.",
-    )
+    parser = _command(commands, "serve", run_serve, "run the daemon")
     add_config_option(parser)
     parser.add_argument(
         "--log-level",
@@ -255,23 +258,19 @@ def _register_serve(commands: Subparsers) -> None:
         default=None,
         help="log JSON lines even on a terminal (default: JSON only off a terminal)",
     )
-    parser.set_defaults(run=run_serve)
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Run the daemon: load the config (exit 2 naming every problem, as check does), resume
+    stored rollouts, serve the HTTP API, stop cleanly on SIGTERM/SIGINT."""
     import asyncio  # only serve needs the event loop, aiohttp and the adapters
 
     from canaryd import app
     from canaryd.adapters.telemetry import configure_logging
 
-    try:
-        settings = load_config(args.config)
-    except ConfigError as exc:
-        return report_config_error(exc)
-    configure_logging(args.log_level, args.json_logs)
-    for warning in settings.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    try:
+    try:  # a config problem reads as check shows it: report_start_failure names each one
+        settings = read_config(args.config)
+        configure_logging(args.log_level, args.json_logs)
         return asyncio.run(app.serve(settings))
     except (CanarydError, BaseExceptionGroup) as exc:
         return report_start_failure(exc)
@@ -308,13 +307,8 @@ def _leaves(error: BaseException) -> list[BaseException]:
 
 
 def _register_demo(commands: Subparsers) -> None:
-    parser = commands.add_parser(
-        "demo",
-        help="run canaryd's main job on this machine, end to end",
-        description="Bring up Prometheus, Alertmanager, nginx and the demo service on "
-        "127.0.0.1, roll out a good version (promoted) and a bad one (rolled back by canaryd), "
-        "show the progress live and write a report (HTML with charts, and JSON). Needs the "
-        "Debian packages prometheus, prometheus-alertmanager and nginx-light.",
+    parser = _command(
+        commands, "demo", run_demo, "run canaryd's main job on this machine, end to end"
     )
     parser.add_argument(
         "--fast",
@@ -334,10 +328,13 @@ def _register_demo(commands: Subparsers) -> None:
         default=None,
         help="work directory for configs, logs, state and the report (default: a new temp dir)",
     )
-    parser.set_defaults(run=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """Bring up Prometheus, Alertmanager, nginx and the demo service on 127.0.0.1, roll out a
+    good version (promoted) and a bad one (rolled back by canaryd), show the progress live and
+    write a report (HTML with charts, and JSON). Needs the Debian packages prometheus,
+    prometheus-alertmanager and nginx-light."""
     from canaryd.demo import tour
 
     return tour.run(args.fast, args.dir, args.output == "json")

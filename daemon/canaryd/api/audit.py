@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Container
+from dataclasses import dataclass
 
 import structlog
 
@@ -34,6 +35,17 @@ REFUSED = (401, 403)
 def write_problem(store: StateStore) -> str | None:
     """``store.write_problem()``: None while the store can write (call it in a thread)."""
     return store.write_problem()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """What a row says besides when: a request's, or a group of folded refusals' (no target)."""
+
+    who: str
+    what: str
+    target: str | None
+    outcome: str
+    detail: dict[str, object]
 
 
 class Auditor:
@@ -70,7 +82,7 @@ class Auditor:
                 return  # folded: counted, and written with the group's next row
             (detail["remote"], *_), detail["count"] = admitted
             log.info("api_refusal_audited", who=who, what=what, status=status, count=admitted[1])
-        await self._write(now, who, what, target, outcome, detail)
+        await self._write(now, AuditRow(who, what, target, outcome, detail))
 
     async def flush(self, *, everything: bool = False) -> None:
         """Write a row for each group of refusals still folded in memory."""
@@ -78,7 +90,7 @@ class Auditor:
         for (remote, who, what, outcome), count in self.refusals.flush(now, everything=everything):
             detail: dict[str, object] = {"remote": remote, "count": count, "folded": True}
             detail["message"] = f"{count} refused requests folded into this row"
-            await self._write(now, who, what, None, outcome, detail)
+            await self._write(now, AuditRow(who, what, None, outcome, detail))
 
     async def run_flushes(self) -> None:
         """Flush every ``refusals.every`` seconds until cancelled; then a last, full flush."""
@@ -90,16 +102,10 @@ class Auditor:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.flush(everything=True))
 
-    async def _write(
-        self,
-        now: float,
-        who: str,
-        what: str,
-        target: str | None,
-        outcome: str,
-        detail: dict[str, object],
-    ) -> None:
+    async def _write(self, now: float, row: AuditRow) -> None:
         try:
-            await asyncio.to_thread(self.store.audit, now, who, what, target, outcome, detail)
+            await asyncio.to_thread(
+                self.store.audit, now, row.who, row.what, row.target, row.outcome, row.detail
+            )
         except CanarydError as exc:  # the request's answer stands; the failure is logged loudly
-            log.error("audit_failed", who=who, what=what, target=target, error=str(exc))
+            log.error("audit_failed", who=row.who, what=row.what, target=row.target, error=str(exc))

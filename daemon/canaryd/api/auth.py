@@ -22,26 +22,13 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from canaryd.api.webhook import credentials_of
+from canaryd.config.secrets import Token
 
 ROLES = ("viewer", "operator", "admin")
 ANONYMOUS = "anonymous"
 CHALLENGE = 'Bearer realm="canaryd"'  # the WWW-Authenticate of a refused request
-
-
-class ApiToken(Protocol):
-    """One entry of the tokens file (``settings.Token``): the token or its SHA-256 in hex."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def token(self) -> str | None: ...
-    @property
-    def sha256(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,18 +47,14 @@ class Unauthenticated(Exception):
 class Authenticator:
     """Bearer tokens to identities, compared as SHA-256 digests in constant time."""
 
-    def __init__(self, tokens: Sequence[ApiToken], anonymous_role: str | None = None) -> None:
+    def __init__(self, tokens: Sequence[Token], anonymous_role: str | None = None) -> None:
         self._known: list[tuple[bytes, Identity]] = []
         for t in tokens:
             if t.role not in ROLES:
                 raise ValueError(f"token {t.name}: unknown role {t.role!r}")
-            if t.token is not None:
-                digest = hashlib.sha256(t.token.encode()).digest()
-            elif t.sha256 is not None:
-                digest = bytes.fromhex(t.sha256)
-            else:
+            if t.token is None and t.sha256 is None:
                 raise ValueError(f"token {t.name}: needs a token or its sha256")
-            self._known.append((digest, Identity(t.name, t.role)))
+            self._known.append((bytes.fromhex(t.digest), Identity(t.name, t.role)))
         if anonymous_role is not None and anonymous_role not in ROLES:
             raise ValueError(f"anonymous_role: unknown role {anonymous_role!r}")
         self._anonymous = Identity(ANONYMOUS, anonymous_role) if anonymous_role else None

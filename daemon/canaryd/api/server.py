@@ -62,7 +62,6 @@ from canaryd.api.audit import Auditor, write_problem
 from canaryd.api.auth import (
     ANONYMOUS,
     CHALLENGE,
-    ApiToken,
     Authenticator,
     Identity,
     Unauthenticated,
@@ -81,6 +80,7 @@ from canaryd.api.handlers import API, Api, Call, audit
 from canaryd.api.refusals import RefusalFolder
 from canaryd.api.routes import ROUTES, Route
 from canaryd.api.webhook import WebhookCredential
+from canaryd.config.secrets import Token
 from canaryd.ports import Clock, StateStore
 from canaryd.runtime.controller import Controller
 
@@ -130,7 +130,7 @@ def build_app(
     controller: Controller,
     store: StateStore,
     telemetry: Telemetry,
-    tokens: Sequence[ApiToken],
+    tokens: Sequence[Token],
     webhook: WebhookCredential | None,
     clock: Clock,
     max_body: int = MAX_BODY,

@@ -12,14 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from canaryd.config.kinds import KindConfig
 from canaryd.core.model import Alert, Phase, Policy, Rollout
-
-
-class Kind(Protocol):
-    """A platform or router setting, of which the views show only the kind."""
-
-    @property
-    def kind(self) -> str: ...
 
 
 class TargetInfo(Protocol):
@@ -30,9 +24,9 @@ class TargetInfo(Protocol):
     @property
     def policy(self) -> Policy: ...
     @property
-    def router(self) -> Kind: ...
+    def router(self) -> KindConfig: ...
     @property
-    def platform(self) -> Kind: ...
+    def platform(self) -> KindConfig: ...
 
 
 def rollout_view(r: Rollout) -> dict[str, Any]:

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from canaryd.config.reader import Reader, join, to_int, to_str
+
+if TYPE_CHECKING:  # typeshed's name for "a dataclass", not importable at run time
+    from _typeshed import DataclassInstance
 
 T = TypeVar("T")
 C = TypeVar("C")  # a kind's config dataclass
@@ -93,6 +96,26 @@ class Kinds:
     routers: Mapping[str, Kind[Any, Any]] = field(default_factory=dict)
 
 
+def keyless(
+    name: str, config: Callable[[], C], adapter: Callable[[], T], describe: str
+) -> Kind[C, Callable[[str, C, object], T]]:
+    """The row of a kind with no keys besides ``kind`` (observe-only's ``none`` and ``noop``):
+    its reader makes the one config value there is, and its factory needs nothing from it."""
+    return Kind(
+        name=name,
+        keys=frozenset(),
+        read=lambda ld, m, where: config(),
+        build=lambda target, c, kube: adapter(),
+        describe=lambda c: describe,
+    )
+
+
+def config_keys(config: type[DataclassInstance]) -> frozenset[str]:
+    """A kind's keys, read off its config dataclass: every field but the ``kind`` tag. A row
+    built this way cannot accept a key its dataclass has no field for, nor miss one it has."""
+    return frozenset(f.name for f in fields(config)) - {"kind"}
+
+
 def table(*kinds: Kind[Any, Any]) -> dict[str, Kind[Any, Any]]:
     """A registry table from its rows; a name given twice is a programming error."""
     rows: dict[str, Kind[Any, Any]] = {}
@@ -147,6 +170,14 @@ def command(value: Any) -> tuple[str, ...]:
     if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
         return tuple(value)
     raise ValueError(f"expected a command (a string or a list of strings), got {value!r}")
+
+
+def object_ref(ld: Loader, m: Mapping[str, Any], where: str, key: str = "name") -> tuple[str, str]:
+    """A Kubernetes object's name (``key``, required) and ``namespace`` (default ``default``):
+    the reference every Kubernetes kind starts with, read and checked one way."""
+    return ld.need(m, key, where, to_name, ""), ld.r.field(
+        m, "namespace", where, to_name, "default"
+    )
 
 
 def read_labels(r: Reader, raw: Any, where: str, names: bool = True) -> dict[str, str]:

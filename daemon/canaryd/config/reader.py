@@ -26,6 +26,14 @@ T = TypeVar("T")
 _MISSING: Any = object()
 
 
+def shown_path(path: Path) -> str:
+    """A path as a person wants to read it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from canaryd.config import policies
 from canaryd.config.kinds import Kind, KindConfig, Kinds, read_labels, to_name, to_port
-from canaryd.config.reader import Reader, duration, join, to_str
+from canaryd.config.reader import Reader, duration, join, shown_path, to_str
 from canaryd.config.secrets import (
     ROLES,
     Auth,
@@ -456,14 +456,15 @@ class _Loader:
             if file.parent == rules_dir and "/" not in ref:
                 known = ", ".join(sorted(p.stem for p in rules_dir.glob("*.y*ml"))) or "none"
                 self.r.problem(
-                    where, f"no policy named {ref!r} in {_show(rules_dir)} (available: {known})"
+                    where,
+                    f"no policy named {ref!r} in {shown_path(rules_dir)} (available: {known})",
                 )
             else:
-                self.r.problem(where, f"no policy file {_show(file)}")
+                self.r.problem(where, f"no policy file {shown_path(file)}")
             return file, None
         key = file.resolve()
         if key not in self._policies:
-            reader = Reader(_show(file))
+            reader = Reader(shown_path(file))
             doc = reader.load()
             loaded = None
             if not reader.problems:
@@ -512,14 +513,6 @@ def _rules_dir(config_dir: Path) -> Path:
         if candidate.is_dir():
             return candidate
     return policies.RULES_DIR
-
-
-def _show(path: Path) -> str:
-    """A path as a person wants to read it: relative to the working directory when inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 # --------------------------------------------------------------------------- converters

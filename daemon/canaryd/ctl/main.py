@@ -141,15 +141,22 @@ def _acted(args: argparse.Namespace, doc: Any, verb: str) -> int:
     """One line saying what the command did and where the rollout now stands."""
     if args.output == "json":
         return print_json(doc)
-    rollout = rollout_of(doc)
+    rollout = _rollout_or_say(args, doc, verb)
     if rollout is None:
-        print(f"{args.target}: {verb}")
         return EXIT_OK
     print(f"{rollout.target}: {verb} — {_one_line(rollout)}")
     if args.command == "start" and rollout.plan:
         plan = "→".join(str(s.weight) for s in rollout.plan)
         print(f"  policy {rollout.policy}, stages {plan}; follow: canaryctl watch {rollout.target}")
     return EXIT_OK
+
+
+def _rollout_or_say(args: argparse.Namespace, doc: Any, instead: str) -> RolloutView | None:
+    """The answer's rollout; when it has none, None after printing ``<target>: <instead>``."""
+    rollout = rollout_of(doc)
+    if rollout is None:
+        print(f"{args.target}: {instead}")
+    return rollout
 
 
 def _one_line(r: RolloutView) -> str:
@@ -176,9 +183,8 @@ def _status(client: Client, args: argparse.Namespace) -> int:
     doc = client.target(args.target)
     if args.output == "json":
         return print_json(doc)
-    rollout = rollout_of(doc)
+    rollout = _rollout_or_say(args, doc, "no rollout yet")
     if rollout is None:
-        print(f"{args.target}: no rollout yet")
         return EXIT_OK
     decisions = decisions_of(doc)
     alerts = doc.get("alerts") if isinstance(doc, dict) else None

@@ -67,6 +67,7 @@ from aiodocker.containers import DockerContainer
 
 from canaryd.adapters.kube import KubeClient
 from canaryd.adapters.platforms.docker_config import DockerConfig, read_config
+from canaryd.adapters.platforms.images import ImageCanaryPlatform
 from canaryd.config.kinds import Kind
 from canaryd.core.errors import PlatformUnavailable
 
@@ -102,7 +103,7 @@ _SETTINGS = (
 Info = dict[str, Any]  # a container as ``GET /containers/{id}/json`` describes it
 
 
-class DockerEnginePlatform:
+class DockerEnginePlatform(ImageCanaryPlatform):
     """``Platform`` on a Docker engine: stable containers by label, a cloned canary."""
 
     kind = "docker"
@@ -122,6 +123,7 @@ class DockerEnginePlatform:
         stop_timeout: int = STOP_TIMEOUT,
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
+        super().__init__()
         if (service is None) == (not labels):
             raise ValueError("needs exactly one of service (a Compose service) or labels")
         selector = dict(labels or {})
@@ -136,8 +138,6 @@ class DockerEnginePlatform:
         self.canary_ports = dict(canary_ports or {})  # "8080/tcp" -> (host ip, host port)
         self._call_timeout, self._stop_timeout = call_timeout, stop_timeout
         self._ready_timeout = ready_timeout
-        self._wanted: str | None = None  # the image last ensured by this process
-        self._lock = asyncio.Lock()  # one change at a time
 
     # ---------------------------------------------------------------- Platform
 
@@ -168,7 +168,7 @@ class DockerEnginePlatform:
             if not running:
                 return False, False
             info = running[0]
-            if self._wanted is not None and info["Config"]["Image"] != self._wanted:
+            if not self._runs_wanted(info["Config"]["Image"]):
                 return True, False  # someone else's canary: ensure_canary replaces it
             return True, await self._ready(info)
 

@@ -80,7 +80,8 @@ import aiohttp
 from kubernetes_asyncio import client
 
 from canaryd.adapters.kube import KubeClient, KubeConflict, KubeUnavailable
-from canaryd.config.kinds import Kind, Loader, to_name
+from canaryd.adapters.platforms.images import ImageCanaryPlatform
+from canaryd.config.kinds import Kind, Loader, object_ref, to_name
 from canaryd.core.errors import PlatformUnavailable
 
 CALL_TIMEOUT = 30.0  # seconds for one API call
@@ -98,7 +99,7 @@ _NOT_LABEL = re.compile(r"[^A-Za-z0-9_.-]")
 Obj = dict[str, Any]  # an API object as JSON
 
 
-class KubernetesDeploymentPlatform:
+class KubernetesDeploymentPlatform(ImageCanaryPlatform):
     """``Platform`` on Kubernetes: a stable Deployment and a cloned ``<deployment>-canary``."""
 
     kind = "kubernetes"
@@ -113,14 +114,13 @@ class KubernetesDeploymentPlatform:
         call_timeout: float = CALL_TIMEOUT,
         kube: KubeClient | None = None,
     ) -> None:
+        super().__init__()
         self.deployment, self.namespace, self.container = deployment, namespace, container
         self.canary_name = f"{deployment}-canary"
         self.stable_service, self.canary_service = f"{deployment}-stable", f"{deployment}-canary"
         self._owned = kube is None  # our own client (closed by aclose), or the daemon's
         self.kube = kube if kube is not None else KubeClient(api_client)
         self._call_timeout = call_timeout
-        self._wanted: str | None = None  # the image last ensured by this process
-        self._lock = asyncio.Lock()  # one change at a time
 
     # ---------------------------------------------------------------- Platform
 
@@ -143,7 +143,7 @@ class KubernetesDeploymentPlatform:
             canary = await self._get(api, "deployments", self.canary_name)
         if canary is None or not self._ours(canary):
             return False, False
-        if self._wanted is not None and canary_image(canary) != self._wanted:
+        if not self._runs_wanted(canary_image(canary)):
             return True, False  # a previous rollout's canary: ensure_canary replaces it
         return True, rolled_out(canary)
 
@@ -510,12 +510,9 @@ class KubernetesConfig:
 
 
 def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> KubernetesConfig:
-    f = ld.r.field
-    return KubernetesConfig(
-        deployment=ld.need(m, "deployment", where, to_name, ""),
-        namespace=f(m, "namespace", where, to_name, "default"),
-        container=f(m, "container", where, to_name, None),
-    )
+    deployment, namespace = object_ref(ld, m, where, "deployment")
+    container = ld.r.field(m, "container", where, to_name, None)
+    return KubernetesConfig(deployment, namespace, container)
 
 
 def build(

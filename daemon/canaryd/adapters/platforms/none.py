@@ -7,12 +7,10 @@ would need the previous stable image is refused once promotion has begun.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from canaryd.adapters.kube import KubeClient
-from canaryd.config.kinds import Kind, Loader
+from canaryd.config.kinds import keyless
 
 
 class NonePlatform:
@@ -50,14 +48,4 @@ class NoneConfig:
     kind: Literal["none"] = field(default="none", init=False)
 
 
-def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> NoneConfig:
-    return NoneConfig()
-
-
-def build(target: str, c: NoneConfig, kube: KubeClient | None) -> NonePlatform:
-    return NonePlatform()
-
-
-KIND: Kind[NoneConfig, Any] = Kind(
-    name="none", keys=frozenset(), read=read_config, build=build, describe=lambda c: "none"
-)
+KIND = keyless("none", NoneConfig, NonePlatform, "none")

@@ -267,17 +267,22 @@ class GatewayApiHTTPRouteRouter:
             await self.kube.aclose()
 
     def _desired(self, rules: list[Any], weight: int, pin: bool) -> list[Rule] | None:
+        """``_wanted``, or None for a route this router cannot shape (read back: cannot tell)."""
         try:
-            return desired_rules(
-                rules,
-                stable_service=self.stable_service,
-                canary_service=self.canary_service,
-                weight=weight,
-                port=self.port,
-                pin=pin,
-            )
+            return self._wanted(rules, weight, pin)
         except RouteShapeError:
             return None
+
+    def _wanted(self, rules: list[Any], weight: int, pin: bool) -> list[Rule]:
+        """``rules`` with this router's services at ``weight``; ``RouteShapeError`` if it cannot."""
+        return desired_rules(
+            rules,
+            stable_service=self.stable_service,
+            canary_service=self.canary_service,
+            weight=weight,
+            port=self.port,
+            pin=pin,
+        )
 
     async def _rewrite(self, weight: int, *, pin: bool) -> None:
         async with self._lock:
@@ -285,14 +290,7 @@ class GatewayApiHTTPRouteRouter:
                 route = await self._read()
                 rules = _rules(route)
                 try:
-                    wanted = desired_rules(
-                        rules,
-                        stable_service=self.stable_service,
-                        canary_service=self.canary_service,
-                        weight=weight,
-                        port=self.port,
-                        pin=pin,
-                    )
+                    wanted = self._wanted(rules, weight, pin)
                 except RouteShapeError as exc:
                     raise RouterUnavailable(f"{self.route}: {exc}") from exc
                 if wanted == rules:

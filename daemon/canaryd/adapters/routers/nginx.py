@@ -79,9 +79,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from canaryd.adapters.kube import KubeClient
-from canaryd.adapters.routers.files import read_if_present, write_atomically
-from canaryd.config.kinds import Kind, Loader, command, label_name, to_server
+from canaryd.adapters.routers.files import FileRouter, file_kind, write_atomically
+from canaryd.config.kinds import Loader, command, label_name, to_server
 from canaryd.config.reader import join
 from canaryd.core.errors import RouterUnavailable
 
@@ -134,7 +133,7 @@ def render(
     return "\n".join(lines) + "\n"
 
 
-class NginxFileRouter:
+class NginxFileRouter(FileRouter):
     kind = "nginx"
 
     def __init__(
@@ -151,13 +150,12 @@ class NginxFileRouter:
     ) -> None:
         if not stable_servers or not canary_servers:
             raise ValueError("nginx needs at least one stable and one canary server")
-        self.target, self.path = target, Path(path)
+        super().__init__(target, path)
         self.upstream = upstream or upstream_name(target)
         self._stable, self._canary = tuple(stable_servers), tuple(canary_servers)
         self._test, self._reload = tuple(test_command), tuple(reload_command)
         self._timeout = timeout
         self._applied: bytes | None = None  # what this process last tested and reloaded
-        self._lock = asyncio.Lock()  # one change at a time: a restore must not undo another
 
     def render(self, weight: int) -> str:
         return render(self.target, self.upstream, self._stable, self._canary, weight)
@@ -165,10 +163,7 @@ class NginxFileRouter:
     async def set_weight(self, weight: int) -> None:
         wanted = self.render(weight).encode()
         async with self._lock:
-            try:
-                previous = await asyncio.to_thread(read_if_present, self.path)
-            except OSError as exc:
-                raise RouterUnavailable(f"cannot read {self.path}: {exc}") from exc
+            previous = await self._read_before_change()
             if previous == wanted and self._applied == wanted:
                 return
             wrote = previous != wanted
@@ -195,27 +190,14 @@ class NginxFileRouter:
                 )
             self._applied = wanted
 
-    async def get_weight(self) -> int | None:
-        try:
-            content = await asyncio.to_thread(read_if_present, self.path)
-        except OSError:
-            return None
-        if content is None or content != self._applied:
+    def _stated(self, content: bytes) -> int | None:
+        """The header's weight, for content this process has itself tested and reloaded."""
+        if content != self._applied:
             return None
         found = _HEADER.match(content.decode("utf-8", errors="replace"))
         if found is None or found.group(1) != self.target:
             return None
-        weight = int(found.group(2))
-        if weight > 100 or self.render(weight).encode() != content:
-            return None
-        return weight
-
-    async def aclose(self) -> None:
-        """Nothing to close: each call opens and closes what it uses."""
-
-    async def finalize(self) -> None:
-        """Everything to stable; the file stays, since the user's nginx.conf includes it."""
-        await self.set_weight(0)
+        return int(found.group(2))
 
     # ---------------------------------------------------------------- helpers
 
@@ -336,25 +318,4 @@ def _server_list(value: Any) -> list[Any]:
     return value
 
 
-def build(target: str, c: NginxConfig, kube: KubeClient | None) -> NginxFileRouter:
-    return NginxFileRouter(
-        target,
-        c.path,
-        stable_servers=c.stable_servers,
-        canary_servers=c.canary_servers,
-        test_command=c.test_command,
-        reload_command=c.reload_command,
-        upstream=c.upstream,
-    )
-
-
-KIND: Kind[NginxConfig, Any] = Kind(
-    name="nginx",
-    keys=frozenset(
-        {"path", "reload_command", "test_command", "upstream", "stable_servers", "canary_servers"}
-    ),
-    read=read_config,
-    build=build,
-    describe=lambda c: f"nginx ({c.path})",
-    identity=lambda c: ("nginx", c.path.resolve()) if c.path != Path() else None,
-)
+KIND = file_kind("nginx", NginxConfig, read_config, NginxFileRouter)

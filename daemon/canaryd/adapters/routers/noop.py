@@ -9,12 +9,10 @@ until told again (``None`` = cannot tell), which makes the worker re-assert the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from canaryd.adapters.kube import KubeClient
-from canaryd.config.kinds import Kind, Loader
+from canaryd.config.kinds import keyless
 
 
 class NoopRouter:
@@ -45,18 +43,4 @@ class NoopConfig:
     kind: Literal["noop"] = field(default="noop", init=False)
 
 
-def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> NoopConfig:
-    return NoopConfig()
-
-
-def build(target: str, c: NoopConfig, kube: KubeClient | None) -> NoopRouter:
-    return NoopRouter()
-
-
-KIND: Kind[NoopConfig, Any] = Kind(
-    name="noop",
-    keys=frozenset(),
-    read=read_config,
-    build=build,
-    describe=lambda c: "noop (observe only)",
-)
+KIND = keyless("noop", NoopConfig, NoopRouter, "noop (observe only)")

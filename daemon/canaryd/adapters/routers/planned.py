@@ -8,13 +8,17 @@ to its own module beside its adapter, with a factory, and its row in ``ROUTERS``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from canaryd.config.kinds import Kind, Loader, to_name, to_port
+from canaryd.config.kinds import Kind, Loader, config_keys, object_ref, to_name, to_port
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 USE_MEANWHILE = "use noop (observe-only) for now"
+C = TypeVar("C", bound="DataclassInstance")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,33 +47,24 @@ class NginxIngressConfig:
     kind: Literal["nginx-ingress"] = field(default="nginx-ingress", init=False)
 
 
-def _traefik_service(ld: Loader, m: Mapping[str, Any], where: str) -> TraefikServiceConfig:
-    f = ld.r.field
-    return TraefikServiceConfig(
-        name=ld.need(m, "name", where, to_name, ""),
-        namespace=f(m, "namespace", where, to_name, "default"),
-        stable_service=f(m, "stable_service", where, to_name, None),
-        canary_service=f(m, "canary_service", where, to_name, None),
-        port=f(m, "port", where, to_port, None),
-    )
+_CONVERT: dict[str, Callable[[Any], object]] = {"port": to_port}  # any other key: a name
 
 
-def _argo_rollouts(ld: Loader, m: Mapping[str, Any], where: str) -> ArgoRolloutsConfig:
-    f = ld.r.field
-    return ArgoRolloutsConfig(
-        name=ld.need(m, "name", where, to_name, ""),
-        namespace=f(m, "namespace", where, to_name, "default"),
-    )
+def _reader(config: type[C]) -> Callable[[Loader, Mapping[str, Any], str], C]:
+    """A planned kind's reader, from its dataclass: the object reference, then every other
+    field, optional, in the dataclass's order (``port`` a port number, the rest object names).
+    It only has to check the keys: nothing is built from them yet."""
 
+    def read(ld: Loader, m: Mapping[str, Any], where: str) -> C:
+        name, namespace = object_ref(ld, m, where)
+        options = {
+            f.name: ld.r.field(m, f.name, where, _CONVERT.get(f.name, to_name), None)
+            for f in fields(config)
+            if f.init and f.name not in ("name", "namespace")
+        }
+        return cast(Callable[..., C], config)(name, namespace, **options)
 
-def _nginx_ingress(ld: Loader, m: Mapping[str, Any], where: str) -> NginxIngressConfig:
-    f = ld.r.field
-    return NginxIngressConfig(
-        name=ld.need(m, "name", where, to_name, ""),
-        namespace=f(m, "namespace", where, to_name, "default"),
-        canary_service=f(m, "canary_service", where, to_name, None),
-        port=f(m, "port", where, to_port, None),
-    )
+    return read
 
 
 def _object(c: Any) -> tuple[object, ...] | None:
@@ -81,30 +76,20 @@ def _named(c: Any) -> str:
     return f"{c.kind} ({c.namespace}/{c.name})"
 
 
-TRAEFIK_SERVICE: Kind[TraefikServiceConfig, Any] = Kind(
-    name="traefik-service",
-    keys=frozenset({"name", "namespace", "stable_service", "canary_service", "port"}),
-    read=_traefik_service,
-    build=None,
-    describe=_named,
-    identity=_object,
-    fallback=USE_MEANWHILE,
-)
-ARGO_ROLLOUTS: Kind[ArgoRolloutsConfig, Any] = Kind(
-    name="argo-rollouts",
-    keys=frozenset({"name", "namespace"}),
-    read=_argo_rollouts,
-    build=None,
-    describe=_named,
-    identity=_object,
-    fallback=USE_MEANWHILE,
-)
-NGINX_INGRESS: Kind[NginxIngressConfig, Any] = Kind(
-    name="nginx-ingress",
-    keys=frozenset({"name", "namespace", "canary_service", "port"}),
-    read=_nginx_ingress,
-    build=None,
-    describe=_named,
-    identity=_object,
-    fallback=USE_MEANWHILE,
-)
+def _planned(name: str, config: type[C]) -> Kind[C, Any]:
+    """The row of a kind without a factory: its keys (its dataclass's fields) are checked, then
+    ``check`` and ``serve`` refuse it and name what to use meanwhile."""
+    return Kind(
+        name=name,
+        keys=config_keys(config),
+        read=_reader(config),
+        build=None,
+        describe=_named,
+        identity=_object,
+        fallback=USE_MEANWHILE,
+    )
+
+
+TRAEFIK_SERVICE = _planned("traefik-service", TraefikServiceConfig)
+ARGO_ROLLOUTS = _planned("argo-rollouts", ArgoRolloutsConfig)
+NGINX_INGRESS = _planned("nginx-ingress", NginxIngressConfig)

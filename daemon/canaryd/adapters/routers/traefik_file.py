@@ -79,9 +79,8 @@ from typing import Any, Literal
 
 import yaml
 
-from canaryd.adapters.kube import KubeClient
-from canaryd.adapters.routers.files import read_if_present, write_atomically
-from canaryd.config.kinds import Kind, Loader, to_name
+from canaryd.adapters.routers.files import FileRouter, file_kind, write_atomically
+from canaryd.config.kinds import Loader, to_name
 from canaryd.config.reader import join, to_str
 from canaryd.core.errors import RouterUnavailable
 
@@ -136,7 +135,7 @@ def render(target: str, doc: dict[str, Any], weight: int) -> str:
     )
 
 
-class TraefikFileProviderRouter:
+class TraefikFileProviderRouter(FileRouter):
     kind = "traefik-file"
 
     def __init__(
@@ -150,14 +149,13 @@ class TraefikFileProviderRouter:
         rule: str | None = None,
         entry_points: tuple[str, ...] = (),
     ) -> None:
-        self.target, self.path = target, Path(path)
+        super().__init__(target, path)
         if self.path.suffix.lower() not in SUFFIXES:
             raise ValueError(f"{path}: Traefik's file provider loads .yml or .yaml, not this")
         self.service = service or target
         self.stable_service = stable_service or f"{self.service}-stable"
         self.canary_service = canary_service or f"{self.service}-canary"
         self.rule, self.entry_points = rule, tuple(entry_points)
-        self._lock = asyncio.Lock()  # one write at a time
 
     def document(self, weight: int) -> dict[str, Any]:
         return document(
@@ -175,10 +173,7 @@ class TraefikFileProviderRouter:
     async def set_weight(self, weight: int) -> None:
         wanted = self.render(weight).encode()
         async with self._lock:
-            try:
-                previous = await asyncio.to_thread(read_if_present, self.path)
-            except OSError as exc:
-                raise RouterUnavailable(f"cannot read {self.path}: {exc}") from exc
+            previous = await self._read_before_change()
             if previous == wanted:
                 return
             try:
@@ -188,26 +183,7 @@ class TraefikFileProviderRouter:
                     f"cannot write weight {weight} for {self.target} to {self.path}: {exc}"
                 ) from exc
 
-    async def get_weight(self) -> int | None:
-        try:
-            content = await asyncio.to_thread(read_if_present, self.path)
-        except OSError:
-            return None
-        if content is None:
-            return None
-        weight = self._canary_weight(content)
-        if weight is None or self.render(weight).encode() != content:
-            return None
-        return weight
-
-    async def aclose(self) -> None:
-        """Nothing to close: each call opens and closes what it uses."""
-
-    async def finalize(self) -> None:
-        """Everything to stable; the file stays, since the user's router names its service."""
-        await self.set_weight(0)
-
-    def _canary_weight(self, content: bytes) -> int | None:
+    def _stated(self, content: bytes) -> int | None:
         """The canary's weight as the file states it (absent: 0), or None if it cannot say."""
         try:
             text = content.decode("utf-8")
@@ -294,23 +270,4 @@ def _entry_points(value: Any) -> tuple[str, ...]:
     return tuple(to_name(v) for v in value)
 
 
-def build(target: str, c: TraefikFileConfig, kube: KubeClient | None) -> TraefikFileProviderRouter:
-    return TraefikFileProviderRouter(
-        target,
-        c.path,
-        service=c.service,
-        stable_service=c.stable_service,
-        canary_service=c.canary_service,
-        rule=c.rule,
-        entry_points=c.entry_points,
-    )
-
-
-KIND: Kind[TraefikFileConfig, Any] = Kind(
-    name="traefik-file",
-    keys=frozenset({"path", "service", "stable_service", "canary_service", "rule", "entry_points"}),
-    read=read_config,
-    build=build,
-    describe=lambda c: f"traefik-file ({c.path})",
-    identity=lambda c: ("traefik-file", c.path.resolve()) if c.path != Path() else None,
-)
+KIND = file_kind("traefik-file", TraefikFileConfig, read_config, TraefikFileProviderRouter)
