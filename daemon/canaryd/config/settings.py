@@ -13,7 +13,7 @@ here, so ``check`` says what ``serve`` would.
 
 Secret files (API tokens, the webhook credential) need not exist when the config is checked —
 they are often provisioned later — so a missing one is a warning; one that exists is checked
-here by the same rules ``serve`` applies (``settings_auth``: not writable by others, not empty,
+here by the same rules ``serve`` applies (``config.secrets``: not writable by others, not empty,
 no token twice), and its secrets are never echoed.
 
 ``policies:`` lists policies the API may name besides every target's own (``api_policies``, by

@@ -1,6 +1,6 @@
 """What the SQLite state store keeps and how values get there: the schema, its version and
 migrations, the rows of a commit, the encoding that makes any text storable, and the errors
-for what cannot be stored or opened. Split from ``sqlite_store``, which holds the logic.
+for what cannot be stored or opened. Split from ``store.sqlite``, which holds the logic.
 """
 
 from __future__ import annotations

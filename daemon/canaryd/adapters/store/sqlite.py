@@ -19,7 +19,7 @@ Why it is shaped this way:
   connection safe for whichever thread holds it (sqlite3 connections are not re-entrant).
 * One state, one actor: ``StateLock`` is held from before the database is read until
   ``close``, and every write first checks the lock and the state file are still ours;
-  ``WriteHealth`` is why writes fail, for ``write_problem`` (both in ``state_lock``).
+  ``WriteHealth`` is why writes fail, for ``write_problem`` (both in ``store.lock``).
 * Nothing from outside can make a write fail: text is made storable before it is bound (lone
   UTF-16 surrogates, which JSON can carry and UTF-8 cannot, become U+FFFD), and a value SQLite
   still cannot bind is ``UnstorableValue``, never a raw ``UnicodeEncodeError``.
