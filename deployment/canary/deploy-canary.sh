@@ -1,39 +1,65 @@
 #!/usr/bin/env bash
 # deploy-canary.sh — the MATRIZ runbook's commands, mapped onto canaryctl (SPEC §5.1).
 #
-# The runbook's commands keep working word for word; canaryd does the work. The target comes
-# from $CANARY_TARGET (default lukhas-matriz-orchestrator); canaryctl reads $CANARYD_URL and
-# $CANARYD_TOKEN as usual. Exit codes are canaryctl's (see `canaryctl --help`), plus 2 for a
-# command line this script does not understand.
+# The runbook's commands keep working word for word; canaryd does the work. Which target they act
+# on is decided once, in resolve_target, from $CANARY_TARGET, --platform and the targets the
+# daemon's config has (asked with `canaryctl status -o json`), so that the runbook's commands work
+# against every shipped config: config/canaryd.yaml names the runbook's target
+# (lukhas-matriz-orchestrator), config/observe-only.yaml has one target (matriz).
+# canaryctl reads $CANARYD_URL and $CANARYD_TOKEN as usual. Exit codes are canaryctl's.
 set -euo pipefail
 
 readonly PROG="${0##*/}"
-TARGET="${CANARY_TARGET:-lukhas-matriz-orchestrator}"
+readonly RUNBOOK_TARGET="lukhas-matriz-orchestrator"
+readonly PLATFORMS="kubernetes|docker|none" # canaryd's platform kinds (platform.kind)
 CANARYCTL="${CANARYCTL:-canaryctl}"
+TARGET=""
 
 usage() {
     cat <<USAGE
 Usage: $PROG COMMAND [OPTIONS]
 
-Commands (target: \$CANARY_TARGET, now "$TARGET"):
+Commands:
   start --image=IMAGE [--traffic=N] [--policy=NAME] [--monitoring]
-                  start a canary of IMAGE with N% of the traffic first (default: the
-                  policy's first stage); --monitoring then follows it live
-                  (canaryctl watch) and exits with its outcome
-  status          where the rollout stands
+                  canaryctl start TARGET --image IMAGE [--traffic N] [--policy NAME]:
+                  a canary of IMAGE with N% of the traffic first (default: the policy's
+                  first stage); --monitoring then follows it live (canaryctl watch TARGET)
+                  and exits with its outcome (10 if it was rolled back)
+  status          canaryctl status TARGET: where the rollout stands
   promote [--full]
-                  skip the current stage's wait (--full: straight to 100%)
+                  canaryctl promote TARGET --full: promote the canary to stable now
+                  (straight to 100%, then the stable runs the new version)
+  promote --step  canaryctl promote TARGET: skip the current stage's wait only
   rollback [--reason=TEXT]
-                  roll back to stable now (alias: abort)
-  cleanup         remove canary artefacts and reset the target's state
-  watch           follow the rollout live
+                  canaryctl rollback TARGET [--reason TEXT]: back to stable now
+                  (alias: abort)
+  cleanup         canaryctl cleanup TARGET: remove canary artefacts, reset the state
+  watch           canaryctl watch TARGET: follow the rollout live
 
-Every command also accepts --platform=kubernetes|docker for compatibility with the old runbook.
-It is validated but does not choose anything: the platform (and router) is fixed by the
-target's entry in canaryd's config (platform.kind), so the same command works on both.
+The target (TARGET above):
+  \$CANARY_TARGET if set. Otherwise the daemon is asked for its targets: the runbook's
+  "$RUNBOOK_TARGET" if its config has it, else its only target; with several
+  and none of them the runbook's, set CANARY_TARGET (exit 2).
 
-Environment: CANARY_TARGET (target name), CANARYD_URL, CANARYD_TOKEN (passed to canaryctl),
-CANARYCTL (the canaryctl to run, default: canaryctl on PATH).
+--platform=kubernetes|docker|none (any command; the runbook's Docker Compose form):
+  The platform is not chosen here but by the target's entry in canaryd's config
+  (platform.kind). --platform picks that entry: the target on that platform, by the rule
+  above among the targets whose platform.kind it is; with CANARY_TARGET set, that target's
+  platform.kind must be it. When no target fits, the command is refused with a message
+  naming the targets and their platforms (exit 6), and nothing is changed.
+
+Environment:
+  CANARY_TARGET   the target (see above)
+  CANARYD_URL, CANARYD_TOKEN
+                  passed to canaryctl (the daemon's URL, an API token)
+  CANARYCTL       the canaryctl to run (default: canaryctl on PATH)
+  KUBECTL_CONTEXT not used: this script runs no kubectl. canaryd talks to the cluster its
+                  config names (adapters.kube); for another cluster or region, point
+                  CANARYD_URL at the canaryd that runs there. When set, a warning says so.
+
+Exit codes: canaryctl's (see \`canaryctl --help\`): 0 done, 3 canaryd unreachable,
+4 token, 5 role, 6 no such target, 7 conflict, 8 invalid, 10 watch saw a rollback; and
+2 for a command line this script does not understand.
 USAGE
 }
 
@@ -41,6 +67,13 @@ die_usage() {
     echo "$PROG: $*" >&2
     usage >&2
     exit 2
+}
+
+refuse() {
+    local code="$1"
+    shift
+    echo "$PROG: $*" >&2
+    exit "$code"
 }
 
 # --opt=value or --opt value; sets VALUE and SHIFT_BY.
@@ -56,10 +89,67 @@ take_value() {
 }
 
 check_platform() {
-    case "$1" in
-        kubernetes|docker) ;;
-        *) die_usage "--platform must be kubernetes or docker, not '$1'" ;;
+    [[ "$1" =~ ^($PLATFORMS)$ ]] || die_usage "--platform must be one of ${PLATFORMS//|/, }, not '$1'"
+}
+
+# "NAME PLATFORM" per target, from `canaryctl status -o json` (indented JSON, one key a line;
+# each target's "name" comes before its "platform").
+list_targets() {
+    local listing
+    listing="$("$CANARYCTL" status -o json)" || exit $?
+    awk '
+        /^ *"name": "/     { name = $0; sub(/^ *"name": "/, "", name); sub(/",?$/, "", name) }
+        /^ *"platform": "/ { kind = $0; sub(/^ *"platform": "/, "", kind); sub(/",?$/, "", kind)
+                             print name, kind }
+    ' <<<"$listing"
+}
+
+# Sets TARGET (see usage: "The target").
+resolve_target() {
+    local platform="$1"
+    if [[ -n "${CANARY_TARGET-}" && -z "$platform" ]]; then
+        TARGET="$CANARY_TARGET"
+        return
+    fi
+    local listing
+    listing="$(list_targets)" || exit $?
+    local -a all=() fits=()
+    local name kind
+    while read -r name kind; do
+        [[ -n "$name" ]] || continue
+        all+=("$name on $kind")
+        [[ -n "$platform" && "$kind" != "$platform" ]] || fits+=("$name")
+        if [[ -n "${CANARY_TARGET-}" && "$name" == "$CANARY_TARGET" ]]; then
+            [[ "$kind" == "$platform" ]] || refuse 6 "--platform=$platform: target" \
+                "'$CANARY_TARGET' runs on platform '$kind' (platform.kind in canaryd's config);" \
+                "drop --platform or give the platform it runs on"
+            TARGET="$CANARY_TARGET"
+            return
+        fi
+    done <<<"$listing"
+    local known="canaryd's targets: $(joined "${all[@]}")"
+    [[ -z "${CANARY_TARGET-}" ]] || refuse 6 "no target '$CANARY_TARGET' in canaryd's config ($known)"
+    local where="${platform:+ on platform '$platform'}"
+    case "${#fits[@]}" in
+        0) refuse 6 "no target${where} in canaryd's config ($known)" ;;
+        1) TARGET="${fits[0]}" ;;
+        *)
+            for name in "${fits[@]}"; do
+                [[ "$name" != "$RUNBOOK_TARGET" ]] || { TARGET="$name"; return; }
+            done
+            refuse 2 "several targets${where} ($(joined "${fits[@]}")) and none is" \
+                "'$RUNBOOK_TARGET': set CANARY_TARGET to the one meant"
+            ;;
     esac
+}
+
+# "a, b, c" ("none" for no words).
+joined() {
+    [[ $# -gt 0 ]] || { echo none; return; }
+    local out="$1" word
+    shift
+    for word in "$@"; do out+=", $word"; done
+    echo "$out"
 }
 
 main() {
@@ -72,14 +162,15 @@ main() {
         *) die_usage "unknown command '$command'" ;;
     esac
 
-    local image="" traffic="" policy="" reason="" monitoring=0 full=0
+    local image="" traffic="" policy="" reason="" platform="" monitoring=0 step=0 full=0
     while [[ $# -gt 0 ]]; do
         local has_next=0
         [[ $# -gt 1 ]] && has_next=1
         case "$1" in
             -h|--help) usage; exit 0 ;;
             --platform|--platform=*)
-                take_value "$1" "${2-}" "$has_next"; check_platform "$VALUE"; shift "$SHIFT_BY" ;;
+                take_value "$1" "${2-}" "$has_next"; check_platform "$VALUE"
+                platform="$VALUE"; shift "$SHIFT_BY" ;;
             --image|--image=*)
                 [[ "$command" == start ]] || die_usage "--image only goes with start"
                 take_value "$1" "${2-}" "$has_next"; image="$VALUE"; shift "$SHIFT_BY" ;;
@@ -98,17 +189,25 @@ main() {
             --monitoring)
                 [[ "$command" == start ]] || die_usage "--monitoring only goes with start"
                 monitoring=1; shift ;;
-            --full)
-                [[ "$command" == promote ]] || die_usage "--full only goes with promote"
-                full=1; shift ;;
+            --full|--step)
+                [[ "$command" == promote ]] || die_usage "$1 only goes with promote"
+                [[ "$1" == --full ]] && full=1 || step=1
+                shift ;;
             *) die_usage "unknown option '$1' for $command" ;;
         esac
     done
+    [[ "$command" != start || -n "$image" ]] || die_usage "start needs --image=IMAGE"
+    [[ "$full$step" != 11 ]] || die_usage "promote takes --full or --step, not both"
+
+    if [[ -n "${KUBECTL_CONTEXT-}" ]]; then
+        echo "$PROG: warning: KUBECTL_CONTEXT=$KUBECTL_CONTEXT is not used: canaryd acts on the" \
+            "cluster its config names; point CANARYD_URL at that cluster's canaryd" >&2
+    fi
+    resolve_target "$platform"
 
     local -a args
     case "$command" in
         start)
-            [[ -n "$image" ]] || die_usage "start needs --image=IMAGE"
             args=(start "$TARGET" --image "$image")
             [[ -z "$traffic" ]] || args+=(--traffic "$traffic")
             [[ -z "$policy" ]] || args+=(--policy "$policy")
@@ -120,7 +219,7 @@ main() {
         status) exec "$CANARYCTL" status "$TARGET" ;;
         promote)
             args=(promote "$TARGET")
-            [[ "$full" == 0 ]] || args+=(--full)
+            [[ "$step" == 1 ]] || args+=(--full)
             exec "$CANARYCTL" "${args[@]}"
             ;;
         rollback|abort)

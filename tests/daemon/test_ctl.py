@@ -260,7 +260,10 @@ def test_the_deploy_script_drives_the_daemon_through_canaryctl(
         )
 
     assert "deploy: started" in ok(run("start", "--image=v2.1.0", "--traffic=10"))
-    assert "v2.1.0" in ok(run("status", "--platform=docker"))
+    assert "v2.1.0" in ok(run("status", "--platform=none"))  # the target's platform.kind
+    refused = run("status", "--platform=docker")
+    assert refused.returncode == 6
+    assert "target 'deploy' runs on platform 'none'" in refused.stderr
     assert "rolling back" in ok(run("rollback"))
     ok(run("cleanup"))
 

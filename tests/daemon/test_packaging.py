@@ -1,5 +1,5 @@
 """How canaryd is shipped: the systemd unit, the container image, the Prometheus and
-Alertmanager examples, and the runbook's deploy-canary.sh.
+Alertmanager examples (the runbook's deploy-canary.sh: ``test_deploy_script.py``).
 
 Each file is checked by the tool that will read it in production when that tool is installed
 (``systemd-analyze``, ``promtool``, ``amtool``); the parse and content checks run either way,
@@ -17,7 +17,6 @@ import http.server
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,6 @@ from support.procs import find_binary, free_port
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "canaryd.service"
 DOCKERFILE = ROOT / "Dockerfile"
-SCRIPT = ROOT / "deployment" / "canary" / "deploy-canary.sh"
 CONFIG = ROOT / "config"
 
 
@@ -318,115 +316,3 @@ def test_the_example_rule_fires_critical_for_the_target_when_the_canary_fails(
     test_file.write_text(yaml.safe_dump(test))
     done = run(tool, "test", "rules", str(test_file))
     assert done.returncode == 0, done.stdout + done.stderr
-
-
-# --------------------------------------------------------------------------- deploy-canary.sh
-
-
-@pytest.fixture
-def fake_canaryctl(tmp_path: Path) -> Path:
-    """A canaryctl that records its argv (one call per line) and exits $FAKE_EXIT."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    fake = bin_dir / "canaryctl"
-    fake.write_text(
-        '#!/usr/bin/env bash\nprintf "%s\\n" "$*" >> "$CTL_LOG"\nexit "${FAKE_EXIT:-0}"\n'
-    )
-    fake.chmod(0o755)
-    return tmp_path
-
-
-def deploy(home: Path, *args: str, **env: str) -> tuple[int, list[str], str]:
-    log = home / "calls.log"
-    log.unlink(missing_ok=True)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CANARY")}
-    environ.update(PATH=f"{home / 'bin'}:{os.environ['PATH']}", CTL_LOG=str(log), **env)
-    done = run("bash", str(SCRIPT), *args, env=environ)
-    calls = log.read_text().splitlines() if log.exists() else []
-    return done.returncode, calls, done.stdout + done.stderr
-
-
-def test_the_script_is_valid_bash_in_strict_mode_and_executable() -> None:
-    assert run("bash", "-n", str(SCRIPT)).returncode == 0
-    text = SCRIPT.read_text()
-    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
-    assert os.access(SCRIPT, os.X_OK)
-
-
-def test_help_names_the_commands_and_says_the_config_decides_the_platform() -> None:
-    done = run("bash", str(SCRIPT), "--help")
-    assert done.returncode == 0
-    for word in ("start", "status", "promote", "rollback", "cleanup", "--monitoring"):
-        assert word in done.stdout
-    assert "--platform" in done.stdout and "platform.kind" in done.stdout
-
-
-RUNBOOK = [
-    (
-        "start --image=v2.1.0 --traffic=10",
-        ["start lukhas-matriz-orchestrator --image v2.1.0 --traffic 10"],
-    ),
-    ("status", ["status lukhas-matriz-orchestrator"]),
-    ("promote", ["promote lukhas-matriz-orchestrator"]),
-    ("rollback", ["rollback lukhas-matriz-orchestrator"]),
-    (
-        "start --platform=docker --image=v2.1.0",
-        ["start lukhas-matriz-orchestrator --image v2.1.0"],
-    ),
-    ("status --platform=docker", ["status lukhas-matriz-orchestrator"]),
-    ("promote --platform=docker", ["promote lukhas-matriz-orchestrator"]),
-    ("cleanup", ["cleanup lukhas-matriz-orchestrator"]),
-    ("start --image=stable-version", ["start lukhas-matriz-orchestrator --image stable-version"]),
-    (
-        "start --image=3f2a9c1 --traffic=5 --monitoring",
-        [
-            "start lukhas-matriz-orchestrator --image 3f2a9c1 --traffic 5",
-            "watch lukhas-matriz-orchestrator",
-        ],
-    ),
-    ("promote --full", ["promote lukhas-matriz-orchestrator --full"]),
-    ("rollback --reason=latency", ["rollback lukhas-matriz-orchestrator --reason latency"]),
-    ("start --platform kubernetes --image v3", ["start lukhas-matriz-orchestrator --image v3"]),
-]
-
-
-@pytest.mark.parametrize(("command", "calls"), RUNBOOK, ids=[c for c, _ in RUNBOOK])
-def test_each_runbook_command_becomes_one_canaryctl_call(
-    fake_canaryctl: Path, command: str, calls: list[str]
-) -> None:
-    code, seen, output = deploy(fake_canaryctl, *shlex.split(command))
-    assert code == 0, output
-    assert seen == calls
-
-
-def test_the_target_comes_from_canary_target(fake_canaryctl: Path) -> None:
-    code, seen, _ = deploy(fake_canaryctl, "status", CANARY_TARGET="payments")
-    assert (code, seen) == (0, ["status payments"])
-
-
-@pytest.mark.parametrize(
-    "command",
-    [
-        "start --image=v2 --bogus",
-        "start --image=v2 --platform=swarm",
-        "start --traffic=10",
-        "start --image=v2 --traffic=ten",
-        "status --image=v2",
-        "deploy --image=v2",
-        "",
-    ],
-)
-def test_what_the_script_does_not_understand_is_usage_and_exit_2(
-    fake_canaryctl: Path, command: str
-) -> None:
-    code, seen, output = deploy(fake_canaryctl, *shlex.split(command))
-    assert code == 2, output
-    assert seen == [] and "Usage:" in output
-
-
-def test_a_failed_start_is_not_followed_by_watch_and_keeps_canaryctls_exit_code(
-    fake_canaryctl: Path,
-) -> None:
-    code, seen, _ = deploy(fake_canaryctl, "start", "--image=v2", "--monitoring", FAKE_EXIT="7")
-    assert code == 7
-    assert seen == ["start lukhas-matriz-orchestrator --image v2"]
