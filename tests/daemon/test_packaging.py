@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from canaryd.config.settings import Listen, parse_listen
 from support.procs import find_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,6 +145,26 @@ def test_the_image_runs_canaryd_serve_as_a_non_root_user() -> None:
     volumes = [json.loads(arg) for word, arg in steps if word == "VOLUME"]
     assert volumes == [["/etc/canaryd", "/var/lib/canaryd"]]
     assert ("EXPOSE", "9870") in steps
+
+
+def image_env() -> dict[str, str]:
+    """The image's ENV, every ``KEY=value`` of every ENV instruction."""
+    env: dict[str, str] = {}
+    for word, arg in dockerfile():
+        if word == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(arg))
+    return env
+
+
+def test_the_image_listens_on_every_interface_and_probes_the_same_port() -> None:
+    """A container's loopback is unreachable through a published port: the image overrides
+    the mounted config's ``listen`` with ``CANARYD_LISTEN`` (``serve`` reads it), and its
+    health probe asks the port it listens on and publishes."""
+    env = image_env()
+    listen = parse_listen(env["CANARYD_LISTEN"])
+    assert listen == Listen("0.0.0.0", 9870)
+    assert env["CANARYD_HEALTHZ_URL"] == f"http://127.0.0.1:{listen.port}/healthz"
+    assert ("EXPOSE", str(listen.port)) in dockerfile()
 
 
 def healthcheck_argv() -> list[str]:
@@ -430,3 +451,25 @@ def test_a_failed_start_is_not_followed_by_watch_and_keeps_canaryctls_exit_code(
     code, seen, _ = deploy(fake_canaryctl, "start", "--image=v2", "--monitoring", FAKE_EXIT="7")
     assert code == 7
     assert seen == ["start lukhas-matriz-orchestrator --image v2"]
+
+
+# --------------------------------------------------------------------------- the distribution
+
+
+def test_the_distribution_is_not_pypis_canaryd_but_installs_the_canaryd_commands() -> None:
+    """``canaryd`` on PyPI is an unrelated project: ``pip install canaryd`` would install it.
+    The distribution is ``canaryd-rollout`` (free on PyPI when chosen); the import package and
+    the commands keep canaryd's names, and the README installs it into a venv (PEP 668)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "canaryd-rollout"
+    assert project["scripts"] == {
+        "canaryd": "canaryd.cli:main",
+        "canaryctl": "canaryd.ctl.main:main",
+    }
+    readme = (ROOT / "README.md").read_text()
+    first = readme.split("```bash\n", 1)[1].splitlines()[0]
+    assert "python3 -m venv .venv && .venv/bin/pip install -e ." in first
+    assert "python3-venv" in first  # stock Debian's python3 has no venv module without it
+    assert "pip install canaryd" not in readme
