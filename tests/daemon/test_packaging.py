@@ -13,6 +13,7 @@ checked and its HEALTHCHECK command is run.
 
 from __future__ import annotations
 
+import ast
 import http.server
 import json
 import os
@@ -473,3 +474,42 @@ def test_the_distribution_is_not_pypis_canaryd_but_installs_the_canaryd_commands
     assert "python3 -m venv .venv && .venv/bin/pip install -e ." in first
     assert "python3-venv" in first  # stock Debian's python3 has no venv module without it
     assert "pip install -e ." not in readme.replace(".venv/bin/pip install -e .", "")
+
+
+# import name → distribution; ``rich`` is optional (canaryctl watch uses it when installed)
+DISTRIBUTIONS = {"yaml": "pyyaml", "prometheus_client": "prometheus-client"}
+OPTIONAL = {"rich", "_typeshed"}
+
+
+def imported_top_level_modules(package: Path) -> set[str]:
+    found: set[str] = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_third_party_module_the_daemon_imports_is_a_declared_dependency() -> None:
+    """A plain ``pip install`` (the README's venv) must bring everything ``canaryd`` imports:
+    a module only the test extras bring works in CI and fails on a fresh machine."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.split(r"[<>=!~; \[]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]
+    }
+    third_party = (
+        imported_top_level_modules(ROOT / "daemon" / "canaryd")
+        - set(sys.stdlib_module_names)
+        - {"canaryd"}
+        - OPTIONAL
+    )
+    missing = {
+        m
+        for m in third_party
+        if DISTRIBUTIONS.get(m, m).replace("_", "-") not in {d.replace("_", "-") for d in declared}
+    }
+    assert missing == set(), f"imported by canaryd but not in [project] dependencies: {missing}"
