@@ -5,8 +5,10 @@
 #     -v /srv/canaryd/etc:/etc/canaryd:ro -v canaryd-state:/var/lib/canaryd canaryd
 #
 # /etc/canaryd holds canaryd.yaml, tokens.yaml and the webhook credential (mount it read-only);
-# the config must say `listen: 0.0.0.0:9870` for the published port to reach it, and
-# `state: {backend: sqlite, path: /var/lib/canaryd/state.db}` so state survives the container.
+# the config should say `state: {backend: sqlite, path: /var/lib/canaryd/state.db}` so state
+# survives the container. The image listens on 0.0.0.0:9870 whatever the config's `listen`
+# says (CANARYD_LISTEN below): a container's loopback cannot be reached through a published
+# port. `-e CANARYD_LISTEN=[::]:9870`, or `--listen ADDR` after the image name, changes it.
 # Docker platforms also need the engine's socket and its group:
 #   -v /var/run/docker.sock:/var/run/docker.sock --group-add "$(stat -c %g /var/run/docker.sock)"
 # Extra arguments go to `canaryd serve`, e.g. `docker run ... canaryd --log-level debug`.
@@ -16,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CANARYD_LISTEN=0.0.0.0:9870 \
     CANARYD_HEALTHZ_URL=http://127.0.0.1:9870/healthz
 
 # A fixed, unprivileged uid/gid, so mounted files can be chowned to it on the host.

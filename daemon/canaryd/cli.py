@@ -12,6 +12,11 @@ and systemd's ``Restart=on-failure`` retries). A state held by another canaryd i
 two daemons on one state is a deployment mistake a restart does not fix (SPEC §7), and the
 unit's ``RestartPreventExitStatus=2`` keeps systemd from retrying it every two seconds.
 
+``serve --listen ADDR`` and ``$CANARYD_LISTEN`` override the config's ``listen`` (the flag beats
+the variable, the variable beats the config): a container's image sets the variable to
+``0.0.0.0:9870`` because its loopback is unreachable from outside, whatever the mounted config
+says. A bad value is exit 2, one line naming the flag or the variable.
+
 ``check`` also says what a policy means in time, from the engine's rules (``core.stages``):
 a stage passes on credited passing evaluations, so its total is the sum of stage durations; a
 breached check is seen at the next evaluation, at most one interval away, and rolls back once it
@@ -23,23 +28,25 @@ has failed more than ``failure_limit`` times in the stage; source errors are ret
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from canaryd import __version__
 from canaryd.config.kinds import Kinds
 from canaryd.config.reader import shown_path
-from canaryd.config.settings import Settings, SqliteState, Target
+from canaryd.config.settings import Listen, Settings, SqliteState, Target, parse_listen
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import CanarydError, ConfigError
 from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
 from canaryd.ports import StateLocked
 
 DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
+LISTEN_ENV = "CANARYD_LISTEN"
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 Run = Callable[[argparse.Namespace], int]
@@ -258,18 +265,46 @@ def _register_serve(commands: Subparsers) -> None:
         default=None,
         help="log JSON lines even on a terminal (default: JSON only off a terminal)",
     )
+    parser.add_argument(
+        "--listen",
+        metavar="ADDR",
+        default=None,
+        help=f"host:port for the API, [::]:9870 for IPv6 (default: ${LISTEN_ENV}, "
+        "else the config's listen)",
+    )
+
+
+def listen_override(flag: str | None, environ: Mapping[str, str]) -> Listen | None:
+    """The address ``serve`` listens on instead of the config's, if any: ``--listen``, else
+    ``$CANARYD_LISTEN`` (an empty variable counts as unset, as shells and unit files leave
+    them). Raises ``ValueError`` with a message naming the flag or the variable."""
+    for source, value in (("--listen", flag), (LISTEN_ENV, environ.get(LISTEN_ENV) or None)):
+        if value is not None:
+            try:
+                return parse_listen(value)
+            except ValueError as exc:
+                raise ValueError(f"{source}: {exc}") from None
+    return None
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run the daemon: load the config (exit 2 naming every problem, as check does), resume
-    stored rollouts, serve the HTTP API, stop cleanly on SIGTERM/SIGINT."""
+    stored rollouts, serve the HTTP API, stop cleanly on SIGTERM/SIGINT. --listen or
+    $CANARYD_LISTEN replace the config's listen address."""
     import asyncio  # only serve needs the event loop, aiohttp and the adapters
 
     from canaryd import app
     from canaryd.adapters.telemetry import configure_logging
 
+    try:  # a bad address is an argument error: said before the config is even read
+        listen = listen_override(args.listen, os.environ)
+    except ValueError as exc:
+        print(f"canaryd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     try:  # a config problem reads as check shows it: report_start_failure names each one
         settings = read_config(args.config)
+        if listen is not None:
+            settings = dataclasses.replace(settings, listen=listen)
         configure_logging(args.log_level, args.json_logs)
         return asyncio.run(app.serve(settings))
     except (CanarydError, BaseExceptionGroup) as exc:

@@ -13,10 +13,12 @@ checked and its HEALTHCHECK command is run.
 
 from __future__ import annotations
 
+import ast
 import http.server
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
+from canaryd.config.settings import Listen, parse_listen
 from support.procs import find_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,6 +145,26 @@ def test_the_image_runs_canaryd_serve_as_a_non_root_user() -> None:
     volumes = [json.loads(arg) for word, arg in steps if word == "VOLUME"]
     assert volumes == [["/etc/canaryd", "/var/lib/canaryd"]]
     assert ("EXPOSE", "9870") in steps
+
+
+def image_env() -> dict[str, str]:
+    """The image's ENV, every ``KEY=value`` of every ENV instruction."""
+    env: dict[str, str] = {}
+    for word, arg in dockerfile():
+        if word == "ENV":
+            env.update(item.split("=", 1) for item in shlex.split(arg))
+    return env
+
+
+def test_the_image_listens_on_every_interface_and_probes_the_same_port() -> None:
+    """A container's loopback is unreachable through a published port: the image overrides
+    the mounted config's ``listen`` with ``CANARYD_LISTEN`` (``serve`` reads it), and its
+    health probe asks the port it listens on and publishes."""
+    env = image_env()
+    listen = parse_listen(env["CANARYD_LISTEN"])
+    assert listen == Listen("0.0.0.0", 9870)
+    assert env["CANARYD_HEALTHZ_URL"] == f"http://127.0.0.1:{listen.port}/healthz"
+    assert ("EXPOSE", str(listen.port)) in dockerfile()
 
 
 def healthcheck_argv() -> list[str]:
@@ -316,3 +339,64 @@ def test_the_example_rule_fires_critical_for_the_target_when_the_canary_fails(
     test_file.write_text(yaml.safe_dump(test))
     done = run(tool, "test", "rules", str(test_file))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- the distribution
+
+
+def test_the_distribution_is_not_pypis_canaryd_but_installs_the_canaryd_commands() -> None:
+    """``canaryd`` on PyPI is an unrelated project: ``pip install canaryd`` would install it.
+    The distribution is ``canaryd-rollout`` (free on PyPI when chosen); the import package and
+    the commands keep canaryd's names, and the README installs it into a venv (PEP 668)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == "canaryd-rollout"
+    assert project["scripts"] == {
+        "canaryd": "canaryd.cli:main",
+        "canaryctl": "canaryd.ctl.main:main",
+    }
+    readme = (ROOT / "README.md").read_text()
+    first = readme.split("```bash\n", 1)[1].splitlines()[0]
+    assert "python3 -m venv .venv && .venv/bin/pip install -e ." in first
+    assert "python3-venv" in first  # stock Debian's python3 has no venv module without it
+    assert "pip install -e ." not in readme.replace(".venv/bin/pip install -e .", "")
+
+
+# import name → distribution; ``rich`` is optional (canaryctl watch uses it when installed)
+DISTRIBUTIONS = {"yaml": "pyyaml", "prometheus_client": "prometheus-client"}
+OPTIONAL = {"rich", "_typeshed"}
+
+
+def imported_top_level_modules(package: Path) -> set[str]:
+    found: set[str] = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_third_party_module_the_daemon_imports_is_a_declared_dependency() -> None:
+    """A plain ``pip install`` (the README's venv) must bring everything ``canaryd`` imports:
+    a module only the test extras bring works in CI and fails on a fresh machine."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {
+        re.split(r"[<>=!~; \[]", dep, maxsplit=1)[0].lower() for dep in project["dependencies"]
+    }
+    third_party = (
+        imported_top_level_modules(ROOT / "daemon" / "canaryd")
+        - set(sys.stdlib_module_names)
+        - {"canaryd"}
+        - OPTIONAL
+    )
+    missing = {
+        m
+        for m in third_party
+        if DISTRIBUTIONS.get(m, m).replace("_", "-") not in {d.replace("_", "-") for d in declared}
+    }
+    assert missing == set(), f"imported by canaryd but not in [project] dependencies: {missing}"

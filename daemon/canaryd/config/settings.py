@@ -72,6 +72,7 @@ __all__ = [
     "WebhookAuth",
     "load_config",
     "load_tokens",
+    "parse_listen",
     "read_tokens",
     "secret_for_serve",
     "tokens_for_serve",
@@ -243,7 +244,7 @@ class _Loader:
         top = r.mapping(doc, "", _TOP)
         return Settings(
             file=self.file,
-            listen=r.field(top, "listen", "", _listen, _listen(DEFAULT_LISTEN)),
+            listen=r.field(top, "listen", "", parse_listen, parse_listen(DEFAULT_LISTEN)),
             state=self._state(top.get("state")),
             prometheus=self._prometheus(top.get("prometheus")),
             auth=self._auth(top.get("auth")),
@@ -518,14 +519,16 @@ def _rules_dir(config_dir: Path) -> Path:
 # --------------------------------------------------------------------------- converters
 
 
-def _listen(value: Any) -> Listen:
+def parse_listen(value: Any) -> Listen:
+    """``host:port`` (``[::]:9870`` for IPv6) as a ``Listen``. One parser for the config's
+    ``listen`` and for ``serve --listen``/``CANARYD_LISTEN``, so both accept the same forms."""
     if not isinstance(value, str):
         raise ValueError(f"expected host:port such as {DEFAULT_LISTEN}, got {value!r}")
     host, sep, port = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"expected host:port such as {DEFAULT_LISTEN}, got {value!r}")
+    if not sep or not host or "[" in host or "]" in host or not port.isdigit():
+        raise ValueError(f"expected host:port such as {DEFAULT_LISTEN} or [::]:9870, got {value!r}")
     return Listen(host, to_port(int(port)))
 
 
