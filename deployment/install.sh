@@ -80,7 +80,12 @@ install_venv() {
         venv_args=(--system-site-packages)
         pip_args+=(--no-deps)
     fi
-    [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "${venv_args[@]}" "$VENV"
+    if [[ ! -x $VENV/bin/python ]]; then
+        # Debian's python3 has no venv module (ensurepip) until python3-venv is installed.
+        "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null \
+            || die "$PYTHON cannot make a venv: apt-get install python3-venv"
+        "$PYTHON" -m venv "${venv_args[@]}" "$VENV"
+    fi
     # Build from a clean copy: an in-tree build leaves build/ behind, whose stale modules
     # a later build would ship.
     local copy

@@ -32,6 +32,8 @@ UNIT = ROOT / "systemd" / "canaryd.service"
 SYSUSERS = ROOT / "systemd" / "canaryd.sysusers"
 TMPFILES = ROOT / "systemd" / "canaryd.tmpfiles"
 HOST_CONFIG = ROOT / "systemd" / "canaryd.yaml"
+NGINX_TEST_UNIT = ROOT / "systemd" / "canaryd-nginx-test.service"
+POLKIT_RULE = ROOT / "systemd" / "canaryd-nginx.rules"
 INSTALL = ROOT / "deployment" / "install.sh"
 GUIDE = ROOT / "docs" / "guides" / "systemd.md"
 DISTRIBUTION_UNITS = Path("/usr/lib/systemd/system")
@@ -118,6 +120,53 @@ def test_sysusers_declares_a_nologin_system_user_and_tmpfiles_gives_etc_to_its_g
     assert dirs["/var/lib/canaryd"] == ["0750", "canaryd", "canaryd"]
 
 
+def test_the_nginx_test_unit_is_a_oneshot_of_nginx_t_that_verifies_on_this_host() -> None:
+    """nginx is installed here (the router's tests need it), so the helper unit verifies
+    against the host itself: its ExecStart, /usr/sbin/nginx, must exist."""
+    service = {k: v for s, k, v in unit_entries(NGINX_TEST_UNIT.read_text()) if s == "Service"}
+    assert service == {"Type": "oneshot", "ExecStart": "/usr/sbin/nginx -t -q"}
+    done = run(systemd_tool("systemd-analyze"), "verify", NGINX_TEST_UNIT)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+
+
+POLKIT_PROBE = """
+const fs = require("fs");
+const rules = [];
+const polkit = {Result: {YES: "yes", NOT_HANDLED: null}, addRule: (f) => rules.push(f)};
+eval(fs.readFileSync(process.argv[2], "utf8"));
+const [user, unit, verb] = process.argv.slice(3);
+const action = {
+    id: "org.freedesktop.systemd1.manage-units",
+    lookup: (key) => ({unit: unit, verb: verb})[key],
+};
+console.log(String(rules.map((rule) => rule(action, {user: user})).find((r) => r) ?? "no"));
+"""
+
+
+@pytest.mark.parametrize(
+    ("user", "unit", "verb", "answer"),
+    [
+        ("canaryd", "canaryd-nginx-test.service", "start", "yes"),
+        ("canaryd", "nginx.service", "reload", "yes"),
+        ("canaryd", "nginx.service", "stop", "no"),
+        ("canaryd", "nginx.service", "restart", "no"),
+        ("canaryd", "ssh.service", "reload", "no"),
+        ("www-data", "nginx.service", "reload", "no"),
+    ],
+)
+def test_the_polkit_rule_grants_canaryd_the_nginx_test_and_reload_and_nothing_else(
+    tmp_path: Path, user: str, unit: str, verb: str, answer: str
+) -> None:
+    """The rule run by node (polkit's rules are JavaScript) against a stand-in ``polkit``."""
+    node = shutil.which("node")
+    assert node, "node not found: it runs the polkit rule"
+    probe = tmp_path / "probe.js"
+    probe.write_text(POLKIT_PROBE)
+    done = run(node, probe, POLKIT_RULE, user, unit, verb)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == answer
+
+
 # --------------------------------------------------------------------------- install.sh
 
 
@@ -202,6 +251,8 @@ def test_systemd_analyze_verifies_the_installed_unit_and_rates_its_sandbox_ok(
     # verify exits 0 even for an unknown key or a bad value; it only prints a warning
     assert done.returncode == 0, done.stderr
     assert done.stdout + done.stderr == ""
+    installed_helper = installed.path("/etc/systemd/system/canaryd-nginx-test.service")
+    assert installed_helper.read_bytes() == NGINX_TEST_UNIT.read_bytes()
 
     done = run(tool, "security", "--offline=yes", root, "--no-pager", "canaryd.service")
     match = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
