@@ -1,12 +1,12 @@
-"""How canaryd is shipped: the systemd unit, the container image, the Prometheus and
-Alertmanager examples (the runbook's deploy-canary.sh: ``test_deploy_script.py``).
+"""How canaryd is shipped: the container image, the Prometheus and Alertmanager examples (the
+systemd unit and its install: ``test_systemd_unit.py``; deploy-canary.sh:
+``test_deploy_script.py``).
 
 Each file is checked by the tool that will read it in production when that tool is installed
-(``systemd-analyze``, ``promtool``, ``amtool``); the parse and content checks run either way,
-so a machine without the tools still tests what canaryd relies on. ``systemd-analyze`` comes
-with systemd, which a CI container may lack, so the unit falls back to those checks; the checks
-that need ``amtool``/``promtool`` to mean anything (alert routing, the rule's unit test) use
-``support.procs.find_binary`` and fail without them, as every test of a real component does.
+(``promtool``, ``amtool``); the parse and content checks run either way, so a machine without
+the tools still tests what canaryd relies on; the checks that need ``amtool``/``promtool`` to
+mean anything (alert routing, the rule's unit test) use ``support.procs.find_binary`` and fail
+without them, as every test of a real component does.
 The Dockerfile cannot be built here (no registry for the base image), so its content is
 checked and its HEALTHCHECK command is run.
 """
@@ -34,88 +34,12 @@ from canaryd.config.settings import Listen, parse_listen
 from support.procs import find_binary, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-UNIT = ROOT / "systemd" / "canaryd.service"
 DOCKERFILE = ROOT / "Dockerfile"
 CONFIG = ROOT / "config"
 
 
 def run(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, **kwargs)
-
-
-# --------------------------------------------------------------------------- systemd
-
-
-def unit_entries(text: str) -> list[tuple[str, str, str]]:
-    """(section, key, value) for every assignment; keys may repeat, as systemd allows."""
-    entries, section = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        key, sep, value = line.partition("=")
-        assert sep, f"not an assignment: {raw!r}"
-        entries.append((section, key.strip(), value.strip()))
-    return entries
-
-
-def test_the_unit_declares_notify_watchdog_sandbox_and_restart_policy() -> None:
-    entries = unit_entries(UNIT.read_text())
-    service = {k: v for s, k, v in entries if s == "Service"}
-    assert {s for s, _, _ in entries} == {"Unit", "Service", "Install"}
-    required = {
-        "Type": "notify",
-        "ExecStart": "/usr/local/bin/canaryd serve -c /etc/canaryd/canaryd.yaml",
-        "WatchdogSec": "30",
-        "Restart": "on-failure",
-        "DynamicUser": "yes",
-        "StateDirectory": "canaryd",
-        "ConfigurationDirectory": "canaryd",
-        "ProtectSystem": "strict",
-        "ProtectHome": "yes",
-        "NoNewPrivileges": "yes",
-        "PrivateTmp": "yes",
-    }
-    for key, value in required.items():
-        assert service.get(key) == value, f"[Service] {key}={service.get(key)!r}"
-    # a config error (exit 2) is not retried; the sandbox leaves no capabilities
-    assert "2" in service["RestartPreventExitStatus"].split()
-    assert service["CapabilityBoundingSet"] == ""
-    assert ("Install", "WantedBy", "multi-user.target") in entries
-
-
-@pytest.fixture
-def verifiable_unit(tmp_path: Path) -> Path:
-    """The unit with ExecStart pointing at an executable that exists here: systemd-analyze
-    verify insists on it, and canaryd is not installed under /usr/local/bin on a dev box."""
-    fake = tmp_path / "canaryd"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o755)
-    unit = tmp_path / "canaryd.service"
-    unit.write_text(UNIT.read_text().replace("/usr/local/bin/canaryd", str(fake)))
-    return unit
-
-
-def test_the_unit_parses_and_systemd_analyze_verifies_it_and_rates_its_sandbox_ok(
-    verifiable_unit: Path,
-) -> None:
-    assert unit_entries(verifiable_unit.read_text())  # every line a section or an assignment
-    tool = shutil.which("systemd-analyze")
-    if tool is None:  # no systemd on this machine: the parse and the key checks are the test
-        return
-    done = run(tool, "verify", str(verifiable_unit))
-    # verify exits 0 even for an unknown key or a bad value; it only prints a warning
-    assert done.returncode == 0, done.stderr
-    warnings = [line for line in done.stderr.splitlines() if "canaryd.service" in line]
-    assert warnings == []
-
-    done = run(tool, "security", "--offline=yes", "--no-pager", str(verifiable_unit))
-    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", done.stdout)
-    assert match, done.stdout[-2000:] + done.stderr
-    assert float(match.group(1)) <= 2.0  # "OK"; systemd's scale runs 0 (safe) .. 10
 
 
 # --------------------------------------------------------------------------- container
