@@ -510,7 +510,7 @@ def _add_api_commands(commands: Any) -> None:
     p.add_argument("target")
     p.add_argument("--image", required=True, help="image reference (tag or @sha256: digest)")
     p.add_argument("--traffic", type=_percent, help="initial canary percentage (first stage)")
-    p.add_argument("--policy", help="policy name or path (default: the target's)")
+    p.add_argument("--policy", help="a policy name the config allows (default: the target's)")
 
     p = _add(commands, "status", _status, "one target's rollout, or every target")
     p.add_argument("target", nargs="?")
