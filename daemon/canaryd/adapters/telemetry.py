@@ -34,18 +34,27 @@ label                   decisions
 These are the codes the regular expressions over the reason text gave before causes were
 typed, with two differences that were the text matching's mistakes: a supersede was counted
 as ``manual`` (its text began "manual rollback") and a hold on one source error as ``hold``.
+
+Every metric canaryd exports, with its type, labels and meaning, is in ``docs/metrics.md``
+(a test scrapes a real daemon and holds the table and the registry to each other).
 """
 
 from __future__ import annotations
 
+import copy
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from canaryd import __version__
+from canaryd.core.analysis import assess
 from canaryd.core.model import (
     Action,
     ActionKind,
@@ -83,10 +92,47 @@ def reason_label(action: Action) -> str:
     return str(action.kind)
 
 
+class NoCreatedRegistry(CollectorRegistry):
+    """A registry whose scrape has no ``<counter>_created`` / ``<histogram>_created`` series.
+
+    prometheus_client adds a ``_created`` sample (the child's creation time, a Unix timestamp)
+    to every counter and histogram child. Prometheus ingests it as one more series per child
+    that nobody graphs, and SREs expect a counter to be just ``_total``. The library's switch
+    (``disable_created_metrics()`` or ``PROMETHEUS_DISABLE_CREATED_SERIES``) is process-wide:
+    it would also change every other registry in the process (the demo service's, a test's,
+    an embedding program's). Filtering at collection keeps the change to canaryd's registry.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        for family in super().collect():
+            if family.type not in ("counter", "histogram", "summary", "gaugehistogram"):
+                yield family
+                continue
+            created = (family.name + "_created", family.name + "_gcreated")
+            kept = [s for s in family.samples if s.name not in created]
+            if len(kept) == len(family.samples):
+                yield family
+                continue
+            trimmed = copy.copy(family)  # the collector may hand out the same object again
+            trimmed.samples = kept
+            yield trimmed
+
+
+def _runtime_collectors(registry: CollectorRegistry) -> None:
+    """The standard ``process_*`` and ``python_*`` families, as every Python exporter has them
+    (CPU, memory, open files, start time; interpreter version; garbage collections), in
+    canaryd's own registry: the library's default instances live in the global registry,
+    which canaryd never serves."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+
+
 class Telemetry:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = NoCreatedRegistry(auto_describe=True) if registry is None else registry
         r = self.registry
+        _runtime_collectors(r)
         self.weight = Gauge(
             "canaryd_rollout_weight", "Canary weight in percent", ["target"], registry=r
         )
@@ -103,7 +149,10 @@ class Telemetry:
             "canaryd_check_value", "Last value of a check", ["target", "check"], registry=r
         )
         self.check_results = Counter(
-            "canaryd_check_results", "Check verdicts", ["target", "check", "result"], registry=r
+            "canaryd_check_results",
+            "Check verdicts, one per check per evaluation",
+            ["target", "check", "result"],
+            registry=r,
         )
         self.decisions = Counter(
             "canaryd_decisions", "Decisions taken", ["target", "action", "reason"], registry=r
@@ -170,9 +219,7 @@ class Telemetry:
         self.stage.labels(target).set(state.stage + 1)
         for phase in Phase:
             self.phase.labels(target, str(phase)).set(1 if phase is state.phase else 0)
-        for m in measurements:
-            if m.value is not None:
-                self.check_value.labels(target, m.check).set(m.value)
+        self._judged(state, measurements)
         for action in actions:
             code = reason_label(action)
             self.decisions.labels(target, str(action.kind), code).inc()
@@ -182,9 +229,6 @@ class Telemetry:
                 took = action.evidence.get("time_to_rollback")
                 if isinstance(took, int | float):
                     self.time_to_rollback.observe(took)
-            for name, result in action.evidence.items():
-                if isinstance(result, dict) and "verdict" in result:
-                    self.check_results.labels(target, name, str(result["verdict"])).inc()
             self.log.info(
                 "decision",
                 target=target,
@@ -196,6 +240,20 @@ class Telemetry:
                 cause=None if action.cause is None else str(action.cause),
                 reason=action.reason,
             )
+
+    def _judged(self, state: Rollout, measurements: Sequence[Measurement]) -> None:
+        """One verdict per measurement: every evaluation of every check counts, whether the
+        pass led to a decision or not (a stage of passing evaluations decides nothing until
+        its last one). The verdict is the engine's own ``assess``, so it is the one the
+        evaluation acted on; a check the policy no longer names is not counted."""
+        checks = state.policy.checks
+        for m in measurements:
+            if m.value is not None:
+                self.check_value.labels(state.target, m.check).set(m.value)
+            check = checks.get(m.check)
+            if check is not None:
+                verdict = assess(check, m).verdict
+                self.check_results.labels(state.target, m.check, str(verdict)).inc()
 
     def observed(self, state: Rollout, observed: Observed) -> None:
         if observed.weight is not None:
