@@ -12,7 +12,6 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -77,12 +77,9 @@ PARAMETERS: tuple[dict[str, object], ...] = (
 NAMES = tuple(str(p["name"]) for p in PARAMETERS)
 
 
-class BadParameter(ValueError):
-    """A query parameter that cannot be used; ``name`` is the parameter, the message says why."""
-
-    def __init__(self, name: str, message: str) -> None:
-        self.name = name
-        super().__init__(message)
+def _bad(name: str, message: str) -> ValueError:
+    """The error of an unusable parameter: its message starts with the parameter's name."""
+    return ValueError(f"{name}: {message}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,23 +129,23 @@ class AuditQuery:
 
 def read_query(pairs: Iterable[tuple[str, str]], outcomes: frozenset[str]) -> AuditQuery:
     """The audit query of a request's query string (every pair, repeats included);
-    ``BadParameter`` for an unknown, repeated or unusable parameter. ``outcomes`` are the
+    ``ValueError`` naming an unknown, repeated or unusable parameter. ``outcomes`` are the
     outcomes an audit row can have (a typo there would match nothing)."""
     given: dict[str, str] = {}
     for name, value in pairs:
         if name not in NAMES:
             known = ", ".join(NAMES)
-            raise BadParameter(name[:64], f"unknown query parameter; known: {known}")
+            raise _bad(name[:64], f"unknown query parameter; known: {known}")
         if name in given:
-            raise BadParameter(name, "given more than once")
+            raise _bad(name, "given more than once")
         given[name] = value
     texts = {k: _text(k, given[k]) for k in ("target", "who", "outcome") if k in given}
     outcome = texts.get("outcome")
     if outcome is not None and outcome not in outcomes:
-        raise BadParameter("outcome", f"expected one of {', '.join(sorted(outcomes))}")
+        raise _bad("outcome", f"expected one of {', '.join(sorted(outcomes))}")
     since, until = _time("since", given.get("since")), _time("until", given.get("until"))
     if since is not None and until is not None and until < since:
-        raise BadParameter("until", "is before since")
+        raise _bad("until", "is before since")
     return AuditQuery(
         target=texts.get("target"),
         who=texts.get("who"),
@@ -164,7 +161,7 @@ def read_query(pairs: Iterable[tuple[str, str]], outcomes: frozenset[str]) -> Au
 
 def _text(name: str, value: str) -> str:
     if not value or len(value) > MAX_TEXT:
-        raise BadParameter(name, f"expected a non-empty value of at most {MAX_TEXT} characters")
+        raise _bad(name, f"expected a non-empty value of at most {MAX_TEXT} characters")
     return value
 
 
@@ -178,7 +175,7 @@ def _time(name: str, value: str | None) -> float | None:
     try:
         return parse_rfc3339(value)
     except (ValueError, OverflowError):
-        raise BadParameter(name, f"expected {_TIME}") from None
+        raise _bad(name, f"expected {_TIME}") from None
 
 
 def _integer(name: str, value: str | None, low: int, high: int) -> int | None:
@@ -186,4 +183,4 @@ def _integer(name: str, value: str | None, low: int, high: int) -> int | None:
         return None
     if value.isascii() and value.isdigit() and len(value) <= 19 and low <= int(value) <= high:
         return int(value)
-    raise BadParameter(name, f"expected an integer within {low}..{high}")
+    raise _bad(name, f"expected an integer within {low}..{high}")

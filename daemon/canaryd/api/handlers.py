@@ -25,7 +25,7 @@ from canaryd import __version__
 from canaryd.adapters.telemetry import Telemetry
 from canaryd.api import openapi
 from canaryd.api.audit import Auditor, write_problem
-from canaryd.api.auditquery import BadParameter, read_query
+from canaryd.api.auditquery import read_query
 from canaryd.api.auth import ANONYMOUS, Authenticator, Identity
 from canaryd.api.edge import (
     AUDIT_OUTCOMES,
@@ -271,8 +271,8 @@ async def audit_log(request: web.Request, call: Call) -> web.Response:
     """A page of the audit log (``api.auditquery``); a read, so not audited itself."""
     try:
         query = read_query(request.query.items(), AUDIT_OUTCOMES)
-    except BadParameter as exc:
-        raise invalid(exc.name, str(exc)) from None
+    except ValueError as exc:  # the message names the parameter
+        raise ApiError(422, "invalid", str(exc)) from None
     store = request.app[API].store
     rows = await asyncio.to_thread(lambda: store.audit_log(**query.filters()))
     entries, following = query.page(rows)

@@ -50,7 +50,7 @@ def run(client: Client, args: argparse.Namespace) -> int:
     if not entries:
         print("no audit rows match")
         return EXIT_OK
-    rows = [("TIME", "SEQ", "WHO", "WHAT", "TARGET", "OUTCOME", "DETAIL")]
+    rows: list[tuple[str, ...]] = [("TIME", "SEQ", "WHO", "WHAT", "TARGET", "OUTCOME", "DETAIL")]
     rows += [_row(e) for e in entries if isinstance(e, dict)]
     print(table(rows))
     if more is not None:
