@@ -136,7 +136,23 @@ class StateStore(Protocol):
         detail: Mapping[str, object] | None = None,
     ) -> None: ...
 
-    def audit_log(self, target: str | None = None) -> list[AuditRecord]: ...
+    def audit_log(
+        self,
+        target: str | None = None,
+        *,
+        who: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditRecord]:
+        """Audit rows matching every filter given: ``since <= t <= until``, ``before``/``after``
+        exclusive ``seq`` cursors; ``limit`` keeps the newest N, or with ``after`` the N just
+        past it. Oldest first unless ``newest_first``."""
+        ...
 
     def record_alerts(self, alerts: Sequence[Alert], now: float) -> None:
         """Durably record alerts as received at ``now`` (repeats too: the inbox de-duplicates)."""

@@ -57,6 +57,8 @@ OUTCOMES = {  # what an audit row says about a request answered with the status
     499: "abandoned",  # the client went away before its answer (nginx's number for it)
     503: "unavailable",
 }
+# Every outcome an audit row can have: the statuses' above, "ok" below 500, "error" from 500.
+AUDIT_OUTCOMES = frozenset({"ok", "error", *OUTCOMES.values()})
 RETRY_AFTER = "1"  # seconds; every 503 says it
 
 

@@ -25,8 +25,10 @@ from canaryd import __version__
 from canaryd.adapters.telemetry import Telemetry
 from canaryd.api import openapi
 from canaryd.api.audit import Auditor, write_problem
+from canaryd.api.auditquery import read_query
 from canaryd.api.auth import ANONYMOUS, Authenticator, Identity
 from canaryd.api.edge import (
+    AUDIT_OUTCOMES,
     OUTCOMES,
     ApiError,
     decode_json,
@@ -263,6 +265,18 @@ async def show_history(request: web.Request, call: Call) -> web.Response:
     if limit:
         decisions = decisions[-limit:]
     return web.json_response({"target": name, "decisions": decisions})
+
+
+async def audit_log(request: web.Request, call: Call) -> web.Response:
+    """A page of the audit log (``api.auditquery``); a read, so not audited itself."""
+    try:
+        query = read_query(request.query.items(), AUDIT_OUTCOMES)
+    except ValueError as exc:  # the message names the parameter
+        raise ApiError(422, "invalid", str(exc)) from None
+    store = request.app[API].store
+    rows = await asyncio.to_thread(lambda: store.audit_log(**query.filters()))
+    entries, following = query.page(rows)
+    return web.json_response({"entries": entries, "next": following})
 
 
 # --------------------------------------------------------------------------- writes

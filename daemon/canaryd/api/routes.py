@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from canaryd.api import auditquery
 from canaryd.api.auth import ROLES
 
 TARGET = "/api/v1/targets/{target}"
@@ -151,6 +152,16 @@ ROUTES: tuple[Route, ...] = (
         answer="History",
         errors=(401, 404, 422),
         query=(LIMIT,),
+    ),
+    Route(
+        "get",
+        auditquery.PATH,
+        "audit_log",
+        "The audit log, newest first: filtered by target, caller, outcome and time; paged",
+        "admin",
+        answer="AuditLog",
+        errors=(401, 403, 422),
+        query=auditquery.PARAMETERS,
     ),
     _write(
         "post", "/rollouts", "start_rollout", "Start a rollout", "operator", "start", "StartRequest"

@@ -275,6 +275,24 @@ def schemas() -> dict[str, Any]:
             target={"type": "string"},
             decisions={"type": "array", "items": _ref("Decision")},
         ),
+        "AuditEntry": _object(
+            "seq t who what target outcome detail",
+            seq={"type": "integer", "description": "The row's number; only grows (the cursor)"},
+            t={"type": "number", "description": "When it was written (Unix seconds)"},
+            who={"type": "string", "description": "The token's name, or anonymous"},
+            what={"type": "string", "description": "The request: start, promote, alerts, ..."},
+            target=_nullable("string"),
+            outcome={"type": "string"},
+            detail={"type": "object", "description": "status, remote, message, the body's fields"},
+        ),
+        "AuditLog": _object(
+            "entries next",
+            entries={"type": "array", "items": _ref("AuditEntry"), "description": "Newest first"},
+            next={
+                **_nullable("string"),
+                "description": "The next page's path and query; null when there is no more",
+            },
+        ),
         "CleanupResult": _object(
             "target rollout", target={"type": "string"}, rollout=_nullable(_ref("Rollout"))
         ),

@@ -31,6 +31,7 @@ from canaryd.core.errors import CanarydError, TemporaryError
 
 DEFAULT_URL = "http://127.0.0.1:9870"
 API = "/api/v1"
+AUDIT_PAGE = 1000  # the most rows GET /api/v1/audit answers at once
 
 # Exit codes of canaryctl (2 stays argparse's "bad arguments").
 EXIT_OK = 0
@@ -106,6 +107,22 @@ class Client:
     def history(self, name: str) -> Any:
         return self.request("GET", f"{API}/targets/{_seg(name)}/history")
 
+    def audit(self, query: Mapping[str, str], limit: int) -> tuple[list[Any], str | None]:
+        """Up to ``limit`` audit entries matching ``query``, newest first, following the API's
+        ``next`` links (a page is at most ``AUDIT_PAGE`` rows); and the link to the rest, or
+        None when there is no more."""
+        entries: list[Any] = []
+        link: str | None = f"{API}/audit?{urllib.parse.urlencode(query)}"
+        while link is not None and len(entries) < limit:
+            doc = self.request("GET", _with_limit(link, min(limit - len(entries), AUDIT_PAGE)))
+            page = doc.get("entries") if isinstance(doc, Mapping) else None
+            if not isinstance(page, list):
+                raise ErrorAnswer(0, "bad_response", "the audit answer has no entries list")
+            entries += page
+            following = doc.get("next")
+            link = following if isinstance(following, str) and following.startswith(API) else None
+        return entries, link
+
     def start(
         self, name: str, image: str, traffic: int | None = None, policy: str | None = None
     ) -> Any:
@@ -159,6 +176,13 @@ class Client:
             raise DaemonUnreachable(self.url, f"no answer within {self.timeout:g}s") from exc
         except ConnectionError as exc:  # reset or closed mid-answer
             raise DaemonUnreachable(self.url, _why(exc)) from exc
+
+
+def _with_limit(link: str, limit: int) -> str:
+    """``link`` (a path and query) asking for ``limit`` rows, whatever it asked before."""
+    path, _, query = link.partition("?")
+    kept = [(k, v) for k, v in urllib.parse.parse_qsl(query) if k != "limit"]
+    return f"{path}?{urllib.parse.urlencode([*kept, ('limit', str(limit))])}"
 
 
 def _seg(name: str) -> str:

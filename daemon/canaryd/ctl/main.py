@@ -34,6 +34,7 @@ from canaryd.config.policies import load_policy, resolve
 from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import ConfigError
 from canaryd.core.timefmt import parse_rfc3339
+from canaryd.ctl import audit
 from canaryd.ctl.client import (
     DEFAULT_URL,
     EXIT_INTERRUPTED,
@@ -71,6 +72,7 @@ exit codes:
 ROUTE_OF = {
     "status": "list_targets",
     "history": "show_history",
+    "audit": "audit_log",
     "watch": "show_target",
     "start": "start_rollout",
     "pause": "pause",
@@ -530,6 +532,9 @@ def _add_api_commands(commands: Any) -> None:
         ("history", _history, "every decision of the target's rollouts"),
     ):
         _add(commands, name, handler, text).add_argument("target")
+
+    p = _add(commands, "audit", audit.run, "who did what: the audit log, newest first (admin)")
+    audit.add_arguments(p)
 
     p = _add(commands, "set-weight", _act, "set the canary's traffic share")
     p.add_argument("target")

@@ -529,14 +529,40 @@ class SqliteStore:
             if deleted < AUDIT_CHUNK:
                 return gone
 
-    def audit_log(self, target: str | None = None) -> list[AuditRecord]:
-        where, args = ("WHERE target = ?", (target,)) if target is not None else ("", ())
+    def audit_log(
+        self,
+        target: str | None = None,
+        *,
+        who: str | None = None,
+        outcome: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditRecord]:
+        """Audit rows matching every filter given (``since <= t <= until``; ``before``/``after``
+        are ``seq`` cursors, exclusive). ``limit`` keeps the N rows nearest the cursor: the
+        newest, or with ``after`` the oldest past it, so that paging forward skips nothing.
+        Oldest first unless ``newest_first``. ``seq`` orders the rows, not ``t``: a clock
+        stepped back cannot reorder the log or make a cursor skip a row."""
+        values = dict(target=target, who=who, outcome=outcome, since=since, until=until)
+        values.update(before=before, after=after)
+        given = {k: v for k, v in values.items() if v is not None}
+        where = " AND ".join(_AUDIT_TESTS[k] for k in given)
+        args: list[object] = list(given.values())
+        forward = after is not None or (limit is None and not newest_first)
+        sql = "SELECT seq, t, who, what, target, outcome, detail FROM audit "
+        sql += f"WHERE {where} " if where else ""
+        sql += "ORDER BY seq" + ("" if forward else " DESC")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
         with self._reading("read audit log") as conn:
-            rows = conn.execute(
-                f"SELECT seq, t, who, what, target, outcome, detail FROM audit {where} "
-                "ORDER BY seq",
-                args,
-            ).fetchall()
+            rows = conn.execute(sql, args).fetchall()
+        if forward == newest_first:
+            rows.reverse()
         return [
             cast(
                 AuditRecord,
@@ -553,6 +579,18 @@ class SqliteStore:
         if not isinstance(value, dict):
             raise CorruptState(f"{self.path}: {what}: expected a JSON object")
         return value
+
+
+# The ``audit_log`` filters: each one given is a test on its column, its value a parameter.
+_AUDIT_TESTS = {
+    "target": "target = ?",
+    "who": "who = ?",
+    "outcome": "outcome = ?",
+    "since": "t >= ?",
+    "until": "t <= ?",
+    "before": "seq < ?",
+    "after": "seq > ?",
+}
 
 
 def _optional(value: object) -> float | None:
