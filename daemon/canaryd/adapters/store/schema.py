@@ -10,8 +10,9 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from canaryd.core import alertbook
 from canaryd.core.codec import action_to_dict
-from canaryd.core.model import Action, Measurement, Rollout
+from canaryd.core.model import Action, Alert, Measurement, Rollout
 from canaryd.ports import CorruptState
 
 SCHEMA_VERSION = 4
@@ -206,3 +207,33 @@ def commit_rows(
         for m in measurements
     ]
     return decisions, measured
+
+
+def alerts_v1_to_v2(conn: sqlite3.Connection) -> None:
+    """Schema 1 kept one row per alert notification; 2 journals one row per commit."""
+    conn.execute(ALERT_JOURNAL)
+    batches: dict[float, list[list[object]]] = {}
+    for fp, status, labels, starts, ends, received in conn.execute(
+        "SELECT fingerprint, status, labels, starts_at, ends_at, received_at FROM alerts "
+        "ORDER BY received_at, rowid"
+    ):
+        batches.setdefault(received, []).append([fp, status, json.loads(labels), starts, ends])
+    conn.executemany(
+        "INSERT INTO alert_journal (received_at, alerts) VALUES (?, ?)",
+        [(t, compact_json(rows)) for t, rows in batches.items()],
+    )
+    conn.execute("DROP TABLE alerts")
+
+
+# From version N to N + 1, inside the open transaction (``SqliteStore._migrate``).
+MIGRATIONS = {1: alerts_v1_to_v2, 2: audit_index_v2_to_v3, 3: decision_cause_v3_to_v4}
+
+
+def optional_time(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def firing_of(journal: Sequence[Alert], now: float) -> list[Alert]:
+    """The journal's active alerts at ``now`` by ``core.alertbook``'s rule (the inbox's), for
+    alerts without their received times (compaction): none expires for want of a re-send."""
+    return alertbook.replay(((now, alert) for alert in journal), now, float("inf"))

@@ -13,7 +13,7 @@ Why it is shaped this way:
 * Alerts are an append-only journal, one row per webhook commit (see ``ALERT_JOURNAL``): the
   webhook's durable write is an append, and a restart replays the journal as the inbox took it.
 * The schema is versioned with ``PRAGMA user_version``, created in one transaction on open and
-  migrated step by step from an older canaryd's (``_MIGRATIONS``); a database from a newer
+  migrated step by step from an older canaryd's (``schema.MIGRATIONS``); a database from a newer
   canaryd, or one that is not ours, is refused, never "repaired".
 * Calls block. The runtime runs them with ``asyncio.to_thread``; a lock makes the one
   connection safe for whichever thread holds it (sqlite3 connections are not re-entrant).
@@ -41,19 +41,19 @@ from typing import TYPE_CHECKING, Any, cast
 
 from canaryd.adapters.store.lock import StateLock, WriteHealth
 from canaryd.adapters.store.schema import (
-    ALERT_JOURNAL,
+    MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
     UnstorableValue,
-    audit_index_v2_to_v3,
     commit_rows,
     compact_json,
-    decision_cause_v3_to_v4,
     encoding,
+    firing_of,
     foreign_database,
     json_storable,
     newer_schema,
     optional_storable,
+    optional_time,
     storable,
 )
 from canaryd.core import alertbook
@@ -160,7 +160,7 @@ class SqliteStore:
                 self._create(conn)
             else:
                 for step in range(version, SCHEMA_VERSION):
-                    _MIGRATIONS[step](conn)
+                    MIGRATIONS[step](conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -458,7 +458,7 @@ class SqliteStore:
             old = [alert for seq, _, text in rows for alert in self._journal_row(seq, text)]
             last_seq, last_received = rows[-1][0], rows[-1][1]
             conn.execute("DELETE FROM alert_journal WHERE seq <= ?", (last_seq,))
-            _, text = self.prepare_alerts(_firing(old, before), last_received)
+            _, text = self.prepare_alerts(firing_of(old, before), last_received)
             conn.execute(
                 "INSERT INTO alert_journal (seq, received_at, alerts) VALUES (?, ?, ?)",
                 (last_seq, last_received, text),
@@ -468,8 +468,8 @@ class SqliteStore:
     def _journal_row(self, seq: int, text: str) -> list[Alert]:
         try:
             return [
-                Alert(str(fp), AlertStatus(status), dict(labels), float(starts), _optional(ends))
-                for fp, status, labels, starts, ends in json.loads(text)
+                Alert(str(fp), AlertStatus(status), dict(labels), float(start), optional_time(end))
+                for fp, status, labels, start, end in json.loads(text)
             ]
         except (ValueError, TypeError) as exc:
             raise CorruptState(f"{self.path}: alert journal row {seq}: unreadable: {exc}") from exc
@@ -591,36 +591,6 @@ _AUDIT_TESTS = {
     "before": "seq < ?",
     "after": "seq > ?",
 }
-
-
-def _optional(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
-
-
-def _firing(journal: Sequence[Alert], now: float) -> list[Alert]:
-    """The journal's active alerts at ``now`` by ``core.alertbook``'s rule (the inbox's), for
-    alerts without their received times (compaction): none expires for want of a re-send."""
-    return alertbook.replay(((now, alert) for alert in journal), now, float("inf"))
-
-
-def _alerts_v1_to_v2(conn: sqlite3.Connection) -> None:
-    """Schema 1 kept one row per alert notification; 2 journals one row per commit."""
-    conn.execute(ALERT_JOURNAL)
-    batches: dict[float, list[list[object]]] = {}
-    for fp, status, labels, starts, ends, received in conn.execute(
-        "SELECT fingerprint, status, labels, starts_at, ends_at, received_at FROM alerts "
-        "ORDER BY received_at, rowid"
-    ):
-        batches.setdefault(received, []).append([fp, status, json.loads(labels), starts, ends])
-    conn.executemany(
-        "INSERT INTO alert_journal (received_at, alerts) VALUES (?, ?)",
-        [(t, compact_json(rows)) for t, rows in batches.items()],
-    )
-    conn.execute("DROP TABLE alerts")
-
-
-# From version N to N + 1, inside the open transaction.
-_MIGRATIONS = {1: _alerts_v1_to_v2, 2: audit_index_v2_to_v3, 3: decision_cause_v3_to_v4}
 
 
 if TYPE_CHECKING:  # mypy proves here that the class satisfies the port
