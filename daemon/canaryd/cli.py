@@ -397,9 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run: Run = args.run
-    return run(args)
+    """Parse and dispatch; a closed pipe and Ctrl-C end quietly, as in canaryctl
+    (``ctl.quiet``: exit 0 and 130). ``serve`` handles SIGINT itself: a clean stop, exit 0."""
+    from canaryd.ctl.quiet import run_quietly
+
+    def dispatch() -> int:
+        args = build_parser().parse_args(argv)
+        run: Run = args.run
+        return run(args)
+
+    return run_quietly(dispatch)
 
 
 if __name__ == "__main__":

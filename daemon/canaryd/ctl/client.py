@@ -90,11 +90,22 @@ class DaemonUnreachable(TemporaryError):
     exit_code = EXIT_UNREACHABLE
 
 
+def with_scheme(url: str) -> str:
+    """``url`` with ``http://`` in front when it names no scheme: ``CANARYD_URL=127.0.0.1:9870``
+    (or ``localhost:9870``, which ``urllib`` would read as scheme ``localhost``) means the
+    daemon's plain-HTTP API there, not "unknown url type"."""
+    url = url.strip()
+    return url if "://" in url else f"http://{url}"
+
+
 @dataclass(frozen=True, slots=True)
 class Client:
     url: str = DEFAULT_URL
     token: str | None = None
     timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", with_scheme(self.url))  # frozen: set once, here
 
     # ------------------------------------------------------------------ endpoints
 

@@ -34,7 +34,7 @@ from canaryd.config.policies import load_policy, resolve
 from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import ConfigError
 from canaryd.core.timefmt import parse_rfc3339
-from canaryd.ctl import audit
+from canaryd.ctl import audit, quiet
 from canaryd.ctl.client import (
     DEFAULT_URL,
     EXIT_INTERRUPTED,
@@ -430,8 +430,6 @@ def _api(handler: Handler) -> Callable[[argparse.Namespace], int]:
         except ErrorAnswer as exc:
             print(f"canaryctl: {_explain(exc, args.command)}", file=sys.stderr)
             return exc.exit_code
-        except BrokenPipeError:  # `canaryctl history X | head`
-            return EXIT_OK
 
     return run
 
@@ -575,10 +573,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = args.handler
-    code: int = handler(args)
-    return code
+    """Parse and run one command; a closed pipe and Ctrl-C end quietly (``ctl.quiet``)."""
+
+    def run() -> int:
+        args = build_parser().parse_args(argv)
+        code: int = args.handler(args)
+        return code
+
+    return quiet.run_quietly(run)
 
 
 if __name__ == "__main__":
