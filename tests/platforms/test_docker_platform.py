@@ -34,50 +34,30 @@ import pytest
 from canaryd.adapters.platforms.docker import DockerEnginePlatform
 from canaryd.app import build_platform, load_config
 from canaryd.core.errors import CanarydError, PlatformUnavailable
+from support.dockerkit import IMAGE, NO_ENGINE, OWNER, PROJECT, SERVE, URL, docker_cli
 
-SOCKET = "/tmp/canaryd-docker.sock"
-URL = f"unix://{SOCKET}"
-IMAGE = "canaryd-test-web"
-OWNER = "canaryd-test.owner"
-PROJECT = "canaryd-test"
-SERVE = '["/bin/busybox","httpd","-f","-p","8080","-h","/www"]'
 HEALTHCHECK = (
     "HEALTHCHECK --interval=1s --timeout=1s --retries=3 "
     'CMD ["/bin/busybox","wget","-q","-O","/dev/null","http://127.0.0.1:8080/"]'
 )
-NO_ENGINE = (
-    f"no Docker engine answers on {SOCKET}: run `bash .ci/run` (it installs docker.io and "
-    "busybox-static and starts a private dockerd there), or start one as .ci/run does"
-)
-
 
 # --------------------------------------------------------------------------- images
 
 
-def _docker_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    cli = shutil.which("docker")
-    if cli is None:
-        pytest.fail(f"the docker command is missing; {NO_ENGINE}")
-    env = {"DOCKER_HOST": URL, "DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [cli, *args], input=stdin, capture_output=True, env=env, timeout=120, check=False
-    )
-
-
 def _build(tag: str, rootfs: Path, version: str) -> None:
-    if _docker_cli("image", "inspect", f"{IMAGE}:{tag}").returncode == 0:
+    if docker_cli("image", "inspect", f"{IMAGE}:{tag}").returncode == 0:
         return  # built by an earlier run
     if tag.endswith("-hc"):
         base = tag.removesuffix("-hc")
         _build(base, rootfs, version)
         dockerfile = f"FROM {IMAGE}:{base}\n{HEALTHCHECK}\n".encode()
-        done = _docker_cli("build", "-q", "-t", f"{IMAGE}:{tag}", "-", stdin=dockerfile)
+        done = docker_cli("build", "-q", "-t", f"{IMAGE}:{tag}", "-", stdin=dockerfile)
     else:
         (rootfs / "www" / "index.html").write_text(f"{version}\n", encoding="utf-8")
         tar = rootfs.with_suffix(".tar")
         with tarfile.open(tar, "w") as archive:
             archive.add(rootfs, arcname=".")
-        done = _docker_cli(
+        done = docker_cli(
             "import", "--change", f"CMD {SERVE}", "-", f"{IMAGE}:{tag}", stdin=tar.read_bytes()
         )
     assert done.returncode == 0, f"building {IMAGE}:{tag}: {done.stderr.decode()}"
@@ -86,7 +66,7 @@ def _build(tag: str, rootfs: Path, version: str) -> None:
 @pytest.fixture(scope="session")
 def images(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The engine answers and the four test images exist (built once, then kept by tag)."""
-    if _docker_cli("version").returncode != 0:
+    if docker_cli("version").returncode != 0:
         pytest.fail(NO_ENGINE)
     busybox = Path("/bin/busybox")
     static = subprocess.run(["ldd", str(busybox)], capture_output=True, text=True, check=False)
@@ -287,7 +267,7 @@ async def test_the_canary_joins_the_stables_network_under_its_own_alias(rig: Rig
     await eventually(lambda: _status_is(platform, (True, True)), "the canary runs")
     # A router on that network reaches the canary by its alias and stable by the service name.
     for host, version in ((f"{rig.target}-canary", "v2"), (rig.target, "v1")):
-        done = _docker_cli(
+        done = docker_cli(
             "exec", stable["Id"], "/bin/busybox", "wget", "-q", "-O-", f"http://{host}:8080/"
         )
         assert done.stdout.decode().strip() == version, done.stderr.decode()
@@ -456,7 +436,7 @@ async def _all_healthy(rig: Rig) -> bool:
 
 def _events(rig: Rig, since: float, until: float) -> list[tuple[str, str, str]]:
     """(action, container id, name) of this test's containers, oldest first."""
-    done = _docker_cli(
+    done = docker_cli(
         "events",
         "--since", f"{since:.3f}",
         "--until", f"{until:.3f}",
