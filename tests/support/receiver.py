@@ -4,6 +4,7 @@ Every POST is recorded (path, headers, JSON body, when it arrived, when it was a
 What a path answers is chosen per path:
 
 - ``fail_first={path: n}``: the first ``n`` requests to ``path`` get HTTP 500, then 200;
+- ``always={path: status}``: every request to ``path`` gets ``status``;
 - ``hang={path}``: requests to ``path`` get no answer until ``release()`` (or the receiver
   stops), as a receiver that accepts the connection and then stalls;
 - every other path answers 200 at once.
@@ -37,9 +38,14 @@ class Received:
 
 class Receiver:
     def __init__(
-        self, *, fail_first: Mapping[str, int] | None = None, hang: Iterable[str] = ()
+        self,
+        *,
+        fail_first: Mapping[str, int] | None = None,
+        hang: Iterable[str] = (),
+        always: Mapping[str, int] | None = None,
     ) -> None:
         self.fail_first = dict(fail_first or {})
+        self.always = dict(always or {})
         self.hang = set(hang)
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -81,11 +87,12 @@ class Receiver:
             self.received.append(record)
             earlier = sum(1 for r in self.received if r.path == request.path) - 1
         status = 500 if earlier < self.fail_first.get(request.path, 0) else 200
+        status = self.always.get(request.path, status)
         if request.path in self.hang:
             assert self._released is not None
             await self._released.wait()
         record.answered, record.status = time.time(), status
-        return web.Response(status=status, text="ok" if status == 200 else "failing on purpose")
+        return web.Response(status=status, text="ok" if status == 200 else "refusing on purpose")
 
     def release(self) -> None:
         """Answer every hanging request (and the ones still to come) at once."""

@@ -67,8 +67,14 @@ class Outbox:
 
     channel: Channel
     token: str | None
+    index: int = 0  # its place in ``notify:``
     waiting: collections.deque[Notice] = field(default_factory=collections.deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        """How logs name the channel: its key and host, never the URL's path (a secret)."""
+        return f"notify[{self.index}] {self.channel.shown}"
 
     @property
     def post_url(self) -> str:
@@ -93,7 +99,7 @@ class Notifier:
         limits: Limits | None = None,
     ) -> None:
         given = tokens or {}
-        self.outboxes = [Outbox(c, given.get(i)) for i, c in enumerate(channels)]
+        self.outboxes = [Outbox(c, given.get(i), i) for i, c in enumerate(channels)]
         self.base_url = base_url  # where people open canaryd: the links' base
         self.limits = limits or Limits()
         self._count = count
@@ -124,7 +130,7 @@ class Notifier:
             self._count("dropped")
             log.warning(
                 "notification_dropped",
-                channel=outbox.channel.shown,
+                channel=outbox.name,
                 target=lost.target,
                 notice=lost.event,
                 rollout=lost.rollout_id,
@@ -169,7 +175,7 @@ class Notifier:
                 self._count("sent")
                 log.info(
                     "notification_sent",
-                    channel=outbox.channel.shown,
+                    channel=outbox.name,
                     target=notice.target,
                     notice=notice.event,
                     rollout=notice.rollout_id,
@@ -183,7 +189,7 @@ class Notifier:
         self._count("failed")
         log.warning(
             "notification_failed",
-            channel=outbox.channel.shown,
+            channel=outbox.name,
             target=notice.target,
             notice=notice.event,
             rollout=notice.rollout_id,
