@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,7 @@ from aiohttp import web
 
 from canaryd.adapters import systemd
 from canaryd.adapters.kube import KubeClient
+from canaryd.adapters.notify import Announcing, Notifier
 from canaryd.adapters.platforms import PLATFORMS, OwnedPlatform, PlatformFactory
 from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.routers import ROUTERS, OwnedRouter, RouterFactory
@@ -119,6 +121,7 @@ class Daemon:
         self.settings = settings
         self.clock = WallClock()
         self.telemetry = Telemetry()
+        self.notifier = _notifier(settings, self.telemetry)
         self.supervisor = Supervisor(on_crash=self._crashed)
         # Before anything else touches the outside world: one state, one actor (the store
         # locks it), and damage or a foreign file is refused before anything listens.
@@ -192,7 +195,7 @@ class Daemon:
             store=self.store,
             measure=self.evaluator.measure,
             clock=self.clock,
-            events=self.telemetry,
+            events=Announcing(self.telemetry, self.notifier),
             load_policy=self._load_policy,
             timing=self._timing,
             alert_expiry=settings.alerts.expire_after,
@@ -211,6 +214,10 @@ class Daemon:
         site = web.TCPSite(self.runner, settings.listen.host, settings.listen.port)
         await site.start()
         self.port = _bound_port(self.runner)
+        if settings.public_url is None:  # links to the pages: where we listen, bound port
+            self.notifier.base_url = f"http://{_link_host(settings.listen.host)}:{self.port}"
+        if self.notifier.active:  # before any decision: the outboxes drain as they fill
+            self.supervisor.keep("notifier", self.notifier.run, RESTART)
         await self.controller.load(self.supervisor.spawn)
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
@@ -273,6 +280,28 @@ def _bound_port(runner: web.AppRunner) -> int | None:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return None
+
+
+def _notifier(settings: Settings, telemetry: Telemetry) -> Notifier:
+    """The ``notify:`` channels with their bearer tokens, read as ``check`` checked them."""
+    tokens: dict[int, str] = {}
+    for i, channel in enumerate(settings.notify):
+        if channel.bearer_token_file is not None:
+            key = f"notify[{i}].bearer_token_file"
+            tokens[i] = _secret_file(settings, key, channel.bearer_token_file)
+    return Notifier(
+        settings.notify,
+        count=telemetry.notified,
+        base_url=settings.public_url or f"http://{settings.listen}",
+        tokens=tokens,
+    )
+
+
+def _link_host(host: str) -> str:
+    """A host a link can name: an address listening on every interface names none."""
+    if host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()  # set public_url for the name people really use
+    return f"[{host}]" if ":" in host else host
 
 
 def _tokens(settings: Settings) -> tuple[Token, ...]:

@@ -82,6 +82,7 @@ REASON_LABELS: dict[Cause, str] = {
     Cause.CLEANUP: "cleanup",
     Cause.SUPERSEDED: "superseded",
 }
+NOTIFICATION_RESULTS = ("sent", "retried", "failed", "dropped")  # adapters.notify.sender
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -189,6 +190,14 @@ class Telemetry:
         )
         self.build_info = Gauge("canaryd_build_info", "canaryd version", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
+        self.notifications = Counter(
+            "canaryd_notifications",
+            "Notifications (notify:) by what became of them",
+            ["result"],
+            registry=r,
+        )
+        for result in NOTIFICATION_RESULTS:  # every result at 0 from the start: rate() works
+            self.notifications.labels(result)
         # The webhook's hot path: label children resolved once (labels() takes a lock).
         self._webhook_ok = self.webhook_requests.labels("200")
         self._firing = self.alerts_received.labels("firing")
@@ -198,6 +207,10 @@ class Telemetry:
     def webhook_request(self, status: int) -> None:
         child = self._webhook_ok if status == 200 else self.webhook_requests.labels(str(status))
         child.inc()
+
+    def notified(self, result: str) -> None:
+        """A notification was sent, retried, failed or dropped (``adapters.notify``)."""
+        self.notifications.labels(result).inc()
 
     def alerts_arrived(self, firing: int, resolved: int) -> None:
         if firing:

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from canaryd.config import policies
 from canaryd.config.kinds import Kind, KindConfig, Kinds, read_labels, to_name, to_port
+from canaryd.config.notify import Channel, public_url, read_channels
 from canaryd.config.reader import Reader, duration, join, shown_path, to_str
 from canaryd.config.secrets import (
     ROLES,
@@ -59,6 +60,7 @@ __all__ = [
     "Alerts",
     "Auth",
     "BasicAuth",
+    "Channel",
     "KindConfig",
     "Kinds",
     "KubernetesState",
@@ -86,6 +88,7 @@ DEFAULT_STATE_PATH = "/var/lib/canaryd/state.db"
 DEFAULT_ALERT_EXPIRY = 12 * 3600.0
 
 _TOP = {"listen", "state", "prometheus", "auth", "alerts", "policies", "targets"}
+_TOP |= {"notify", "public_url"}  # config.notify
 _TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers"}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
@@ -177,6 +180,8 @@ class Settings:
     alerts: Alerts = Alerts()
     # the policies a start request may name, by file stem: the targets' own and ``policies:``
     api_policies: Mapping[str, Policy] = field(default_factory=dict)
+    notify: tuple[Channel, ...] = ()  # config.notify: who is told about rollouts
+    public_url: str | None = None  # base of the links to canaryd's pages (None: from listen)
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -251,6 +256,8 @@ class _Loader:
             alerts=self._alerts(top.get("alerts")),
             targets=self._targets(top.get("targets")),
             api_policies=self._api_policies(top.get("policies")),
+            notify=self._notify(top.get("notify")),
+            public_url=r.field(top, "public_url", "", public_url, None),
             warnings=tuple(self.warnings),
         )
 
@@ -344,6 +351,12 @@ class _Loader:
         auth = reader.read(raw)
         self.warnings += reader.warnings
         return auth
+
+    def _notify(self, raw: Any) -> tuple[Channel, ...]:
+        reader = AuthReader(self.r, self.file, self.path)  # its secret-file rules
+        channels = read_channels(self.r, raw, reader)
+        self.warnings += reader.warnings
+        return channels
 
     def _alerts(self, raw: Any) -> Alerts:
         m = self.section(raw, "alerts", {"expire_after"})
