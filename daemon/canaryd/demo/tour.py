@@ -77,27 +77,33 @@ class Pace:
 
 @dataclass
 class Traffic:
-    """What the load generator saw, per second: answers by deployment and by status class."""
+    """What the load generator saw, per second: answers by deployment and by status class, and
+    how long the canary's answers took."""
 
     by_second: dict[int, Counter[str]] = field(default_factory=dict)
+    canary_seconds: dict[int, list[float]] = field(default_factory=dict)
 
-    def add(self, deployment: str, ok: bool) -> None:
+    def add(self, deployment: str, ok: bool, took: float | None = None) -> None:
         second = int(time.time())
         counts = self.by_second.setdefault(second, Counter())
         counts[deployment] += 1
         counts[f"{deployment}:{'ok' if ok else 'error'}"] += 1
+        if deployment == "canary" and took is not None:
+            self.canary_seconds.setdefault(second, []).append(took)
 
-    def last_second(self, since: float) -> tuple[float | None, float | None]:
-        """(canary share %, canary success %) over the last whole second, if it began after
-        ``since`` (a second of the previous rollout is not this one's)."""
+    def last_second(self, since: float) -> tuple[float | None, float | None, float | None]:
+        """(canary share %, canary success %, canary P95 in ms) over the last whole second, if
+        it began after ``since`` (a second of the previous rollout is not this one's)."""
         second = int(time.time()) - 1
         if second < since:
-            return None, None
+            return None, None, None
         counts = self.by_second.get(second, Counter())
         total = counts["canary"] + counts["stable"]
         share = 100.0 * counts["canary"] / total if total else None
         success = 100.0 * counts["canary:ok"] / counts["canary"] if counts["canary"] else None
-        return share, success
+        took = sorted(self.canary_seconds.get(second, ()))
+        p95 = 1000.0 * took[min(len(took) - 1, int(0.95 * len(took)))] if took else None
+        return share, success, p95
 
 
 class Tour:
@@ -300,11 +306,13 @@ class Tour:
         async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as tg:
 
             async def one() -> None:
+                sent_at = loop.time()
                 try:
                     async with session.get(url) as response:
                         await response.read()
                         deployment = response.headers.get("X-Deployment", "nginx")
-                        self.traffic.add(deployment, response.status < 500)
+                        took = loop.time() - sent_at
+                        self.traffic.add(deployment, response.status < 500, took)
                 except (aiohttp.ClientError, TimeoutError):
                     self.traffic.add("unreachable", False)
 
@@ -336,7 +344,7 @@ class Tour:
             view = await asyncio.to_thread(client.target, TARGET)
             rollout = view.get("rollout") or {}
             checks = {k: v.get("value") for k, v in (view.get("checks") or {}).items()}
-            share, success = self.traffic.last_second(began)
+            share, success, p95 = self.traffic.last_second(began)
             now = time.time() - began
             record.samples.append(
                 report.Sample(
@@ -347,8 +355,14 @@ class Tour:
                     checks,
                     share,
                     success,
+                    p95,
                 )
             )
+            for check, m in (view.get("checks") or {}).items():
+                if isinstance(m.get("threshold"), int | float) and check not in record.slos:
+                    record.slos[check] = report.Slo(
+                        str(m.get("op")), float(m["threshold"]), str(m.get("unit") or "")
+                    )
             shown, shown_at = self._progress(name, image, view, share, shown, shown_at, now)
             told = self._decisions(name, image, view, told)
             weight = int(rollout.get("weight") or 0)
