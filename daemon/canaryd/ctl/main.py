@@ -317,6 +317,8 @@ class Frame:
             out += [f"  {decision_line(d)}" for d in self.decisions]
         if self.trouble:
             out.append(f"! {self.trouble} (retrying)")
+        if ascii_only:  # a terminal without UTF-8: "·", "→" in reasons... as "?", never a crash
+            return [line.encode("ascii", "replace").decode("ascii") for line in out]
         return out
 
 
