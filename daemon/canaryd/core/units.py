@@ -30,8 +30,8 @@ NONE = ""
 GRAFANA_UNITS = {SECONDS: "s", RATIO: "percentunit", NONE: "none"}
 
 _SYMBOLS = {">=": "≥", "<=": "≤", ">": ">", "<": "<"}
-_TIME_WORDS = re.compile(r"latency|duration|p\d\d|time", re.IGNORECASE)
-_RATIO_WORDS = re.compile(r"rate|ratio|share|score|success|error|availability", re.IGNORECASE)
+_TIME_WORDS = re.compile(r"latency|duration|\bp\d\d\b|\btime", re.IGNORECASE)
+_RATIO_WORDS = re.compile(r"\b(rate|ratio|share|score|success|error|availab)", re.IGNORECASE)
 
 
 def unit_of(check: Check) -> str:
