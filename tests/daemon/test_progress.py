@@ -36,7 +36,8 @@ GOOD = (
     "    query: 'histogram_quantile(0.95, sum by (le, {{group}}) "
     '(rate(canaryd_promql_duration_seconds_bucket{job=~"{{job}}"}[{{window}}])))\'\n'
     '    op: "<="\n    threshold: 5\n'
-    f"stages:\n  - {{weight: 50, duration: {STAGE_SECONDS}s, checks: [success-rate, latency-p95]}}\n"
+    "stages:\n"
+    f"  - {{weight: 50, duration: {STAGE_SECONDS}s, checks: [success-rate, latency-p95]}}\n"
 )
 BAD = (
     "name: bad\ninterval: 1s\nwindow: 5s\nscale_down_delay: 1s\n"
