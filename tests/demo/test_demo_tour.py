@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -73,7 +74,7 @@ def test_nginx_really_moved_the_traffic(demo: dict[str, Any]) -> None:
     from the canary behind nginx: at 25 % and 50 % the canary really served that share."""
     assert demo["report"] is not None, _explain(demo)
     html = (demo["dir"] / "report.html").read_text()
-    assert html.count("<svg") == 4 and "answers seen from the canary" in html
+    assert html.count("<svg") == 6 and "answers seen from the canary" in html
     include = (demo["dir"] / "nginx" / "matriz.conf").read_text()
     assert include.startswith("# canaryd: target=matriz weight=0")  # given back to stable
     for rollout in demo["report"]["rollouts"]:  # the header pins to the canary at each weight
@@ -88,6 +89,34 @@ def test_nginx_really_moved_the_traffic(demo: dict[str, Any]) -> None:
         ]
         assert steady, (weight, good)
         assert abs(statistics.median(steady) - weight) <= 5, (weight, steady)
+
+
+def test_progress_shows_checks_against_thresholds_time_left_and_why_it_rolled_back(
+    demo: dict[str, Any],
+) -> None:
+    """The demo's progress (stderr under ``-o json``) in the words of ``canaryctl watch``."""
+    assert demo["report"] is not None, _explain(demo)
+    progress = demo["stderr"]
+    assert re.search(r"success-rate [0-9.]+% (≥|>=) 99\.5% (✓|ok)", progress), progress
+    assert re.search(r"latency-p95 [0-9.]+ ms (≤|<=) 250 ms (✓|ok)", progress), progress
+    assert re.search(r"stage 1/4 weight 10% \(\d+s left\)", progress), progress
+    rollback = re.search(r"bad v2\.1\.0: decision stage \d+\s+rollback\s+(\S.*)", progress)
+    assert rollback, progress  # the moment it is taken, with its reason
+    reason = demo["report"]["rollouts"][1]["rollback_reason"]
+    assert rollback.group(1).strip() == reason
+
+
+def test_the_report_draws_latency_stage_bands_and_rollbacks_in_red(demo: dict[str, Any]) -> None:
+    assert demo["report"] is not None, _explain(demo)
+    html = (demo["dir"] / "report.html").read_text()
+    assert "Canary latency P95 (ms)" in html and "threshold &lt;= 250 ms" in html
+    assert "one grid line per extra nine" in html and "SLO &gt;= 99.5 %" in html
+    for band in ("stage 1 · 10%", "stage 3 · 50%", "succeeded", "rolled back"):
+        assert band in html, band
+    assert "stroke='#cf222e' stroke-width='1.5'" in html  # the rollback's mark, in red
+    assert "<tr class='rollback'>" in html and "class='rollback'>RolledBack" in html
+    timeline = demo["report"]["rollouts"][0]["timeline"]
+    assert any(s["canary_p95_ms"] for s in timeline)  # the load generator's latency
 
 
 def test_the_written_config_passes_canaryd_check(demo: dict[str, Any]) -> None:

@@ -160,25 +160,210 @@ def test_the_dashboard_has_a_panel_per_check_with_its_threshold(
     dashboard = json.loads(text)
     assert dashboard["uid"] == "canaryd-matriz-standard"
     assert 30 <= dashboard["schemaVersion"] <= 41
-    assert [v["name"] for v in dashboard["templating"]["list"]] == ["DS_PROMETHEUS"]
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "target"]
     panels = dashboard["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
     for i, a in enumerate(panels):
-        assert a["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+        assert a["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert a["targets"] and all(t["expr"] and t["refId"] for t in a["targets"])
         assert a["gridPos"]["x"] >= 0 and a["gridPos"]["x"] + a["gridPos"]["w"] <= 24
         for b in panels[i + 1 :]:
             assert not _overlap(a["gridPos"], b["gridPos"]), (a["title"], b["title"])
     by_title = {p["title"]: p for p in panels}
-    success = by_title["success-rate (>= 0.995)"]
+    success = by_title["check success-rate (>= 0.995)"]
     assert success["targets"][0]["legendFormat"] == "{{deployment}}"
     assert 'deployment=~"canary|stable"' in success["targets"][0]["expr"]
+    assert success["fieldConfig"]["defaults"]["unit"] == "percentunit"
     steps = success["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert steps == [{"color": "red", "value": None}, {"color": "green", "value": 0.995}]
-    latency = by_title["latency-p95 (<= 0.25)"]["fieldConfig"]["defaults"]["thresholds"]
-    assert latency["steps"][1] == {"color": "red", "value": 0.25}
+    latency = by_title["check latency-p95 (<= 0.25)"]["fieldConfig"]["defaults"]
+    assert latency["thresholds"]["steps"][1] == {"color": "red", "value": 0.25}
+    assert latency["unit"] == "s"
     exprs = [t["expr"] for p in panels for t in p["targets"]]
     assert any("canaryd_rollout_weight" in e for e in exprs)
+
+
+# A config with two targets told apart by labels other than the policy's name.
+CONFIG = """\
+listen: 127.0.0.1:9870
+state: {backend: sqlite, path: state.db}
+prometheus: {url: 'http://127.0.0.1:9090'}
+auth: {tokens_file: tokens.yaml, webhook: {bearer_token_file: webhook-token}}
+targets:
+  - name: checkout
+    policy: matriz-standard
+    platform: {kind: none}
+    router: {kind: noop}
+    labels: {job: shop, namespace: prod}
+  - name: search
+    policy: matriz-fast-track
+    platform: {kind: none}
+    router: {kind: noop}
+    labels: {job: search-api}
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    (tmp_path / "tokens.yaml").write_text(
+        "- {name: a, role: admin, token: admin-token-0123456789}\n"
+    )
+    (tmp_path / "webhook-token").write_text("webhook-token-0123456789\n")
+    for secret in ("tokens.yaml", "webhook-token"):
+        (tmp_path / secret).chmod(0o600)
+    path = tmp_path / "canaryd.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def _dashboard(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(_rendered("grafana", capsys, *args))
+    return doc
+
+
+def _exprs(dashboard: dict[str, Any]) -> list[str]:
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    return exprs + [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
+
+
+def test_the_config_dashboard_uses_each_targets_own_labels(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dashboard = _dashboard(capsys, "--config", str(config))
+    exprs = "\n".join(_exprs(dashboard))
+    # as the daemon asks: the job matched, every label of the target grouped by
+    assert 'job=~"shop"' in exprs and "sum by (job, namespace, deployment)" in exprs
+    assert 'job=~"search\\-api"' in exprs or 'job=~"search-api"' in exprs
+    assert "matriz-standard" not in exprs and "matriz-fast-track" not in exprs
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["target"]["type"] == "custom"
+    assert [o["value"] for o in variables["target"]["options"]] == ["checkout", "search"]
+    one = _dashboard(capsys, "--config", str(config), "--target", "search")
+    assert [o["value"] for o in one["templating"]["list"][1]["options"]] == ["search"]
+    assert 'job=~"shop"' not in "\n".join(_exprs(one))
+
+
+def test_canary_beside_stable_with_units_weights_and_decisions(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dashboard = _dashboard(capsys, "--config", str(config))
+    by_title = {p["title"]: p for p in dashboard["panels"]}
+    units = {title: p["fieldConfig"]["defaults"]["unit"] for title, p in by_title.items()}
+    assert units["Request rate"] == "reqps"
+    assert units["Success rate"] == "percentunit"
+    assert units["Latency P50 / P95 / P99"] == "s"
+    assert units["Canary weight: asked vs measured"] == "percent"
+    for title in ("Request rate", "Success rate", "Latency P50 / P95 / P99"):
+        for target in by_title[title]["targets"]:
+            assert 'deployment=~"canary|stable"' in target["expr"], title
+            assert "{{deployment}}" in target["legendFormat"], title
+    quantiles = by_title["Latency P50 / P95 / P99"]["targets"]
+    assert [t["legendFormat"].split()[0] for t in quantiles] == ["P50", "P95", "P99"]
+    assert all(
+        f"histogram_quantile({q}," in t["expr"]
+        for t, q in zip(quantiles, ("0.5", "0.95", "0.99"), strict=True)
+    )
+    weights = [t["expr"] for t in by_title["Canary weight: asked vs measured"]["targets"]]
+    assert weights == [
+        'canaryd_rollout_weight{target=~"$target"}',
+        'canaryd_observed_weight{target=~"$target"}',
+    ]
+    annotations = {a["name"]: a for a in dashboard["annotations"]["list"]}
+    assert "canaryd_rollout_phase" in annotations["phase"]["expr"]
+    assert "canaryd_decisions_total" in annotations["decisions"]["expr"]
+    assert annotations["rollbacks"]["iconColor"] == "red"
+
+
+GRAFANA = Path(__file__).resolve().parents[1] / "upstream" / "grafana"
+
+
+def _grafana_schema(name: str, definition: str | None = None) -> jsonschema.Draft7Validator:
+    schema = json.loads((GRAFANA / f"{name}.jsonschema.json").read_text())
+    if definition is not None:
+        schema = {**schema, "$ref": f"#/definitions/{definition}"}
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_the_dashboard_matches_grafanas_dashboard_schema(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No Grafana server can be installed here (Debian, PyPI and npm have none), so the JSON is
+    held to Grafana's own schemas (grafana-foundation-sdk, tests/upstream/grafana): the
+    dashboard, each timeseries panel's options and field config, each Prometheus query, and
+    each unit against Grafana's unit ids. Every object there is closed, so a misspelt key fails."""
+    dashboard = _dashboard(capsys, "--config", str(config))
+    assert _errors(_grafana_schema("dashboard"), dashboard) == []
+    options = _grafana_schema("timeseries", "Options")
+    field = _grafana_schema("timeseries", "FieldConfig")
+    query = _grafana_schema("prometheus")
+    unit_ids = {
+        d["const"]
+        for d in json.loads((GRAFANA / "units.jsonschema.json").read_text())["definitions"].values()
+        if "const" in d
+    }
+    for panel in dashboard["panels"]:
+        assert panel["type"] == "timeseries"
+        assert _errors(options, panel["options"]) == [], panel["title"]
+        assert _errors(field, panel["fieldConfig"]["defaults"].get("custom", {})) == []
+        assert panel["fieldConfig"]["defaults"]["unit"] in unit_ids, panel["title"]
+        for target in panel["targets"]:
+            assert _errors(query, target) == [], (panel["title"], target["refId"])
+    broken = copy.deepcopy(dashboard)
+    broken["panels"][0]["fieldConfig"]["defaults"]["unitt"] = "s"
+    assert _errors(_grafana_schema("dashboard"), broken)  # the schema does catch a typo
+
+
+def test_every_query_of_the_config_dashboard_parses_in_prometheus(
+    config: Path, capsys: pytest.CaptureFixture[str], prometheus: Proc
+) -> None:
+    dashboard = _dashboard(capsys, "--config", str(config))
+    for expr in _exprs(dashboard):
+        chosen = expr.replace("$target", "checkout")  # as Grafana fills the variable
+        assert _parse_error(prometheus, chosen) is None, expr
+
+
+def test_the_target_variable_keeps_only_the_chosen_targets_series(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], prometheus: Proc
+) -> None:
+    """Two targets whose check yields one series per job: with ``$target`` filled as Grafana
+    fills it, the panel's query answers for that target only, tagged with its name."""
+    (tmp_path / "own.yaml").write_text(
+        "name: own\nchecks:\n  up-rate:\n    query: 'sum by ({{group}}) "
+        '(label_replace(vector(1), "job", "{{job}}", "", ""))\'\n'
+        "    threshold: 1\nstages:\n  - {weight: 100, duration: 0s, checks: [up-rate]}\n"
+    )
+    for secret, text in (
+        ("tokens.yaml", "- {name: a, role: admin, token: admin-token-0123456789}\n"),
+        ("webhook-token", "webhook-token-0123456789\n"),
+    ):
+        (tmp_path / secret).write_text(text)
+        (tmp_path / secret).chmod(0o600)
+    cfg = tmp_path / "canaryd.yaml"
+    cfg.write_text(
+        CONFIG.split("targets:")[0]
+        + "targets:\n"
+        + "".join(
+            f"  - {{name: {n}, policy: own.yaml, platform: {{kind: none}}, router: {{kind: noop}},"
+            f" labels: {{job: {j}}}}}\n"
+            for n, j in (("a", "shop"), ("b", "search"))
+        )
+    )
+    dashboard = _dashboard(capsys, "--config", str(cfg))
+    panel = next(p for p in dashboard["panels"] if p["title"].startswith("check up-rate"))
+    expr = panel["targets"][0]["expr"]
+    for name, job in (("a", "shop"), ("b", "search")):
+        answer = _query(prometheus, expr.replace("$target", name))
+        assert [(r["metric"]["canaryd_target"], r["metric"]["job"]) for r in answer] == [
+            (name, job)
+        ]
+
+
+def _query(prometheus: Proc, promql: str) -> list[dict[str, Any]]:
+    data = urllib.parse.urlencode({"query": promql}).encode()
+    with urllib.request.urlopen(f"{prometheus.url}/api/v1/query", data, timeout=5) as answer:
+        result: list[dict[str, Any]] = json.load(answer)["data"]["result"]
+    return result
 
 
 def test_every_dashboard_and_analysis_query_parses_in_prometheus(prometheus: Proc) -> None:
@@ -187,7 +372,7 @@ def test_every_dashboard_and_analysis_query_parses_in_prometheus(prometheus: Pro
         policy = load_policy(path)
         target = render.target_for(policy, {"job": "web"})
         dashboard = render.grafana_dashboard(policy, target)
-        exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+        exprs = [e.replace("$target", "web") for e in _exprs(dashboard)]
         analysis = render.argo_analysis(policy, target)
         exprs += [m["provider"]["prometheus"]["query"] for m in analysis["spec"]["metrics"]]
         for expr in exprs:

@@ -37,7 +37,13 @@ from canaryd.api.edge import (
     unavailable,
 )
 from canaryd.api.pages import render_status_page
-from canaryd.api.views import TargetInfo, alert_view, rollout_view, target_summary
+from canaryd.api.views import (
+    TargetInfo,
+    alert_view,
+    check_view,
+    rollout_view,
+    target_summary,
+)
 from canaryd.api.webhook import PayloadError, WebhookCredential, parse_notification
 from canaryd.core.errors import (
     CommandRejected,
@@ -245,7 +251,7 @@ async def show_target(request: web.Request, call: Call) -> web.Response:
     if rollout is not None:
         decisions = await asyncio.to_thread(api.store.history, rollout_id=rollout.id)
         for m in await asyncio.to_thread(api.store.measurements, rollout.id):
-            checks[m["check"]] = {"value": m["value"], "error": m["error"], "t": m["t"]}
+            checks[m["check"]] = check_view(rollout.policy.checks.get(m["check"]), m)
     firing = api.controller.inbox.firing_for(name, api.clock.time())
     view = target_summary(target, rollout)
     view["rollout"] = rollout_view(rollout) if rollout else None

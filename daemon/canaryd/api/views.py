@@ -13,7 +13,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from canaryd.config.kinds import KindConfig
-from canaryd.core.model import Alert, Phase, Policy, Rollout
+from canaryd.core import units
+from canaryd.core.analysis import assess
+from canaryd.core.model import Alert, Check, Counts, Measurement, Phase, Policy, Rollout
+from canaryd.ports import MeasurementRecord
 
 
 class TargetInfo(Protocol):
@@ -88,3 +91,29 @@ def target_summary(t: TargetInfo, r: Rollout | None) -> dict[str, Any]:
         "weight": r.weight if r else 0,
         "stable_weight": r.stable_weight if r else 100,
     }
+
+
+def check_view(check: Check | None, m: MeasurementRecord) -> dict[str, Any]:
+    """The latest measurement of a check as the API shows it: the value with what it is judged
+    against (``op``, ``threshold``, ``unit``) and the verdict the daemon's analysis gives it, so
+    a client shows pass/fail without re-implementing the analysis. ``check`` None (a check the
+    rollout's policy no longer has) shows the measurement alone."""
+    view: dict[str, Any] = {"value": m["value"], "error": m["error"], "t": m["t"]}
+    if check is None:
+        return view
+    counts = None
+    if m["canary_requests"] is not None and m["canary_errors"] is not None:
+        counts = Counts(
+            m["canary_requests"],
+            m["canary_errors"],
+            m["stable_requests"] or 0.0,
+            m["stable_errors"] or 0.0,
+        )
+    judged = assess(check, Measurement(check.name, m["value"], counts, m["error"]))
+    view.update(
+        op=check.op,
+        threshold=check.threshold,
+        unit=units.unit_of(check),
+        verdict=str(judged.verdict),
+    )
+    return view

@@ -49,7 +49,16 @@ from canaryd.ctl.client import (
     rollout_of,
     targets_of,
 )
-from canaryd.ctl.text import age, bar, checks_text, decision_line, print_json, table, when
+from canaryd.ctl.text import (
+    age,
+    bar,
+    checks_text,
+    decision_line,
+    print_json,
+    table,
+    time_left,
+    when,
+)
 from canaryd.offline import render, replay, simulate
 
 EXIT_CODES = """\
@@ -242,7 +251,8 @@ def _stage_detail(r: RolloutView) -> str:
         return r.stage_text
     checks = ", ".join(stage.checks) or "no checks"
     gate = ", manual gate" if stage.gate == "manual" else ""
-    done = f", {format_duration(r.credited)} passed" if r.phase == "Progressing" else ""
+    left = time_left(r)
+    done = f", {format_duration(r.credited)} passed, {left}" if left else ""
     return (
         f"{r.stage_text}: {stage.weight}% for {format_duration(stage.duration)}{done} "
         f"({checks}{gate})"
@@ -297,7 +307,7 @@ class Frame:
             f"stage    {_stage_detail(r)}",
             f"weight   canary {r.weight:>3}% {bar(r.weight, 30, ascii_only)} "
             f"{r.stable_weight:>3}% stable",
-            f"checks   {checks_text(self.checks) if self.checks else '-'}",
+            f"checks   {checks_text(self.checks, ascii_only) if self.checks else '-'}",
         ]
         reason = r.pause_reason if r.phase == "Paused" else r.rollback_reason or r.message
         if reason:
@@ -307,6 +317,8 @@ class Frame:
             out += [f"  {decision_line(d)}" for d in self.decisions]
         if self.trouble:
             out.append(f"! {self.trouble} (retrying)")
+        if ascii_only:  # a terminal without UTF-8: "·", "→" in reasons... as "?", never a crash
+            return [line.encode("ascii", "replace").decode("ascii") for line in out]
         return out
 
 

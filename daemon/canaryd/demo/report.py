@@ -1,5 +1,10 @@
 """The demo's report: JSON for scripts, one self-contained HTML page with charts for people.
 
+The charts are drawn to be read at a glance (``demo.charts`` draws them): the success rate on a
+"nines" axis, so a 99.5 % SLO sits visibly below 100 % instead of on the same pixel row, and a
+30 % failure rate still fits; latency in milliseconds against its threshold; each stage a
+shaded band labelled with its weight; a rollback, its mark and its rows in red.
+
 Input is what the demo recorded while it ran (``RolloutRecord``): a sample per second of the
 rollout as the API showed it (phase, stage, weight, check values) next to the traffic the load
 generator really saw behind nginx (how many answers came from the canary), the decisions from
@@ -15,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from canaryd.demo import charts
+
 
 @dataclass
 class Sample:
@@ -25,6 +32,16 @@ class Sample:
     checks: dict[str, float | None]
     canary_share: float | None  # % of the answers of the last second that came from the canary
     canary_success: float | None  # % of the canary's answers of the last second that were 2xx
+    canary_p95_ms: float | None = None  # P95 of the canary's answers of the last second, in ms
+
+
+@dataclass(frozen=True)
+class Slo:
+    """A check's threshold as the API shows it (``api.views.check_view``)."""
+
+    op: str
+    threshold: float
+    unit: str
 
 
 @dataclass
@@ -38,6 +55,7 @@ class RolloutRecord:
     fault_at: float | None = None  # seconds since start
     zero_at: float | None = None  # seconds since start when traffic was back on stable
     pinned: dict[int, int] = field(default_factory=dict)  # weight -> of 5 header probes, canary
+    slos: dict[str, Slo] = field(default_factory=dict)  # check -> its threshold
 
     @property
     def phase(self) -> str:
@@ -78,6 +96,8 @@ class RolloutRecord:
                     "weight": s.weight,
                     "canary_share": s.canary_share,
                     "canary_success": s.canary_success,
+                    "canary_p95_ms": s.canary_p95_ms,
+                    "checks": s.checks,
                 }
                 for s in self.samples
             ],
@@ -104,16 +124,19 @@ def _distinct(values: Sequence[int]) -> list[int]:
 
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 980px; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
-.ok { color: #1a7f37; } .bad { color: #cf222e; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; } h3 { margin-bottom: 4px; }
+.ok { color: #1a7f37; } .bad { color: #cf222e; } .rollback { color: #cf222e; font-weight: 600; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 td, th { border-bottom: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
+tr.rollback td { color: #cf222e; background: #fff0f0; }
 svg { background: #fafafa; border: 1px solid #e5e5e5; }
 .legend span { margin-right: 1.2em; } .sw { display: inline-block; width: 12px; height: 3px;
   vertical-align: middle; margin-right: 4px; }
 """
 
-_COLORS = {"weight": "#0969da", "share": "#bf8700", "success": "#1a7f37", "threshold": "#cf222e"}
+ROLLBACK_ACTIONS = ("rollback", "rolled-back")
+DEFAULT_SUCCESS_SLO = Slo(">=", 0.995, "ratio")
+DEFAULT_LATENCY_SLO = Slo("<=", 0.25, "seconds")
 
 
 def as_html(records: Sequence[RolloutRecord], meta: dict[str, Any]) -> str:
@@ -132,143 +155,147 @@ def as_html(records: Sequence[RolloutRecord], meta: dict[str, Any]) -> str:
 
 def _section(r: RolloutRecord) -> str:
     d = r.as_dict()
-    verdict = "ok" if r.ok else "bad"
+    rolled_back = r.phase in ("RolledBack", "RollingBack", "Failed")
+    expected = "ok" if r.ok else "bad"
     lines = [
         f"<h2>{html.escape(r.name)} rollout: {html.escape(r.image)} → "
-        f"<span class='{verdict}'>{html.escape(r.phase)}</span>"
-        f" (expected {html.escape(r.expected)})</h2>",
-        f"<p>weights: {' → '.join(f'{w}%' for w in d['weights_seen'])}"
-        f"; {d['duration_seconds']:.0f} s",
+        f"<span class='{'rollback' if rolled_back else expected}'>{html.escape(r.phase)}</span>"
+        f" <span class='{expected}'>({'as expected' if r.ok else 'expected ' + r.expected})"
+        "</span></h2>",
+        _summary(d),
     ]
+    t = [s.t for s in r.samples]
+    bands = charts.stage_bands(
+        [(s.t, s.phase, s.stage, s.weight) for s in r.samples], charts.plan_weights(d["stages"])
+    )
+    marks = _marks(r)
+    lines.append(
+        charts.line_chart(
+            "Traffic to the canary (%)",
+            t,
+            [
+                charts.Series("weight set by canaryd", [float(s.weight) for s in r.samples], 0),
+                charts.Series(
+                    "answers seen from the canary", [s.canary_share for s in r.samples], 1
+                ),
+            ],
+            charts.linear_axis(0.0, 100.0, (0, 25, 50, 75, 100), "%"),
+            bands,
+            marks,
+        )
+    )
+    slo = r.slos.get("success-rate", DEFAULT_SUCCESS_SLO)
+    measured = [_percent(s.checks.get("success-rate")) for s in r.samples]
+    lines.append(
+        charts.line_chart(
+            "Canary success rate (%; one grid line per extra nine, so the SLO stands apart)",
+            t,
+            [
+                charts.Series(
+                    "2xx share per second (load generator)",
+                    [s.canary_success for s in r.samples],
+                    2,
+                ),
+                charts.Series("success-rate check (canaryd, from Prometheus)", measured, 0),
+                charts.Series(
+                    f"SLO {slo.op} {slo.threshold * 100:g} %",
+                    [slo.threshold * 100] * len(t),
+                    3,
+                    dashed=True,
+                ),
+            ],
+            charts.nines_axis(),
+            bands,
+            marks,
+        )
+    )
+    lat = r.slos.get("latency-p95", DEFAULT_LATENCY_SLO)
+    p95 = [_ms(s.checks.get("latency-p95")) for s in r.samples]
+    seen = [s.canary_p95_ms for s in r.samples]
+    top = charts.nice_top(
+        max([lat.threshold * 1000 * 1.6, *[v for v in p95 + seen if v is not None]])
+    )
+    lines.append(
+        charts.line_chart(
+            "Canary latency P95 (ms)",
+            t,
+            [
+                charts.Series("P95 per second (load generator, through nginx)", seen, 1),
+                charts.Series("latency-p95 check (canaryd, from Prometheus)", p95, 0),
+                charts.Series(
+                    f"threshold {lat.op} {lat.threshold * 1000:g} ms",
+                    [lat.threshold * 1000] * len(t),
+                    3,
+                    dashed=True,
+                ),
+            ],
+            charts.linear_axis(0.0, top, charts.ticks(top), " ms"),
+            bands,
+            marks,
+        )
+    )
+    lines.append(_decision_table(d["decisions"]))
+    return "\n".join(lines)
+
+
+def _summary(d: dict[str, Any]) -> str:
+    text = f"<p>weights: {' → '.join(f'{w}%' for w in d['weights_seen'])}"
+    text += f"; {d['duration_seconds']:.0f} s"
     if d["fault_to_rollback_seconds"] is not None:
-        lines[-1] += (
+        text += (
             f"; fault injected at t={d['fault_at']:.0f}s, traffic back on stable "
             f"{d['fault_to_rollback_seconds']:.1f} s later"
         )
     if d["header_pinned"]:
         probes = ", ".join(f"at {w}%: {n}/5" for w, n in d["header_pinned"].items())
-        lines[-1] += (
+        text += (
             f"<br>requests with <code>X-Canary-Deploy: canary</code> answered by the canary "
             f"{probes}"
         )
     if d["rollback_reason"]:
-        lines[-1] += f"<br>rollback reason: {html.escape(str(d['rollback_reason']))}"
-    lines[-1] += "</p>"
-    marks = [(x, label) for x, label in ((r.fault_at, "fault"), (r.zero_at, "0%")) if x is not None]
-    t = [s.t for s in r.samples]
-    lines.append(
-        _chart(
-            "Traffic to the canary (%)",
-            t,
-            {
-                "weight set by canaryd": ([float(s.weight) for s in r.samples], _COLORS["weight"]),
-                "answers seen from the canary": (
-                    [s.canary_share for s in r.samples],
-                    _COLORS["share"],
-                ),
-            },
-            0.0,
-            100.0,
-            marks,
-        )
-    )
-    lines.append(
-        _chart(
-            "Canary success rate (%, per second, as the load generator saw it)",
-            t,
-            {
-                "canary 2xx share": ([s.canary_success for s in r.samples], _COLORS["success"]),
-                "SLO 99.5 %": ([99.5 for _ in r.samples], _COLORS["threshold"]),
-            },
-            50.0,
-            100.0,
-            marks,
-        )
-    )
-    lines.append("<table><tr><th>t (s)</th><th>phase</th><th>stage</th><th>weight</th>")
-    lines.append("<th>action</th><th>reason</th></tr>")
-    for dec in d["decisions"]:
-        lines.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(_cell(dec.get(k)))}</td>"
-                for k in ("t", "phase", "stage", "weight", "action", "reason")
-            )
-            + "</tr>"
-        )
-    lines.append("</table>")
-    return "\n".join(lines)
+        reason = html.escape(str(d["rollback_reason"]))
+        text += f"<br><span class='rollback'>rollback reason: {reason}</span>"
+    return text + "</p>"
+
+
+def _marks(r: RolloutRecord) -> list[charts.Mark]:
+    marks = []
+    if r.fault_at is not None:
+        marks.append(charts.Mark(r.fault_at, "fault injected", "#9a6700"))
+    for dec in r.decisions:
+        t = dec.get("t")
+        if dec.get("action") in ROLLBACK_ACTIONS and isinstance(t, int | float):
+            label = "rollback" if dec.get("action") == "rollback" else "on stable"
+            marks.append(charts.Mark(float(t), label, charts.ROLLBACK))
+    return marks
+
+
+def _decision_table(decisions: list[dict[str, Any]]) -> str:
+    keys = ("t", "phase", "stage", "weight", "action", "reason")
+    rows = [
+        "<table><tr><th>t (s)</th><th>phase</th><th>stage</th><th>weight</th>"
+        "<th>action</th><th>reason</th></tr>"
+    ]
+    for dec in decisions:
+        rollback = dec.get("action") in ROLLBACK_ACTIONS or dec.get("phase") == "RolledBack"
+        cells = "".join(f"<td>{html.escape(_cell(dec.get(k)))}</td>" for k in keys)
+        rows.append(f"<tr class='rollback'>{cells}</tr>" if rollback else f"<tr>{cells}</tr>")
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else value * 100.0
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000.0
 
 
 def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
     return "" if value is None else str(value)
-
-
-def _chart(
-    title: str,
-    xs: Sequence[float],
-    series: dict[str, tuple[Sequence[float | None], str]],
-    lo: float,
-    hi: float,
-    marks: Sequence[tuple[float, str]],
-) -> str:
-    """An inline SVG line chart: gaps where a value is None, vertical marks with labels."""
-    width, height, left, bottom, top, right = 940, 220, 44, 26, 12, 10
-    span = max(xs[-1] if xs else 1.0, 1.0)
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def px(x: float) -> float:
-        return left + plot_w * x / span
-
-    def py(y: float) -> float:
-        y = min(max(y, lo), hi)
-        return top + plot_h * (1 - (y - lo) / (hi - lo))
-
-    out = [f"<h3>{html.escape(title)}</h3>", f"<svg width='{width}' height='{height}'>"]
-    for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-        y = lo + (hi - lo) * frac
-        out.append(
-            f"<line x1='{left}' x2='{width - right}' y1='{py(y):.1f}' y2='{py(y):.1f}' "
-            "stroke='#e0e0e0'/>"
-            f"<text x='{left - 4}' y='{py(y) + 4:.1f}' font-size='11' text-anchor='end'>"
-            f"{y:g}</text>"
-        )
-    step = next((s for s in (5, 10, 15, 30, 60, 120, 300, 600) if span / s <= 12), 1200)
-    for tick in range(0, int(span) + 1, step):
-        out.append(
-            f"<text x='{px(tick):.1f}' y='{height - 8}' font-size='11' text-anchor='middle'>"
-            f"{tick}s</text>"
-        )
-    for at, label in marks:
-        out.append(
-            f"<line x1='{px(at):.1f}' x2='{px(at):.1f}' y1='{top}' y2='{top + plot_h}' "
-            f"stroke='#888' stroke-dasharray='4 3'/><text x='{px(at) + 3:.1f}' y='{top + 10}' "
-            f"font-size='11'>{html.escape(label)}</text>"
-        )
-    for values, color in series.values():
-        for run in _runs(xs, values):
-            points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in run)
-            out.append(
-                f"<polyline fill='none' stroke='{color}' stroke-width='2' points='{points}'/>"
-            )
-    out.append("</svg><div class='legend'>")
-    for name, (_, color) in series.items():
-        out.append(f"<span><i class='sw' style='background:{color}'></i>{html.escape(name)}</span>")
-    out.append("</div>")
-    return "\n".join(out)
-
-
-def _runs(xs: Sequence[float], ys: Sequence[float | None]) -> list[list[tuple[float, float]]]:
-    runs: list[list[tuple[float, float]]] = [[]]
-    for x, y in zip(xs, ys, strict=True):
-        if y is None:
-            if runs[-1]:
-                runs.append([])
-            continue
-        runs[-1].append((x, y))
-    return [r for r in runs if r]
 
 
 def dumps(doc: dict[str, Any]) -> str:

@@ -44,7 +44,8 @@ from canaryd.app import Daemon, load_config
 from canaryd.config import policies
 from canaryd.core.durations import parse_duration
 from canaryd.core.errors import CanarydError
-from canaryd.ctl.client import Client
+from canaryd.ctl.client import Client, decisions_of, rollout_of
+from canaryd.ctl.text import checks_text, decision_text, time_left
 from canaryd.demo import report, stack
 from canaryd.demo.platform import LocalProcesses
 
@@ -76,27 +77,33 @@ class Pace:
 
 @dataclass
 class Traffic:
-    """What the load generator saw, per second: answers by deployment and by status class."""
+    """What the load generator saw, per second: answers by deployment and by status class, and
+    how long the canary's answers took."""
 
     by_second: dict[int, Counter[str]] = field(default_factory=dict)
+    canary_seconds: dict[int, list[float]] = field(default_factory=dict)
 
-    def add(self, deployment: str, ok: bool) -> None:
+    def add(self, deployment: str, ok: bool, took: float | None = None) -> None:
         second = int(time.time())
         counts = self.by_second.setdefault(second, Counter())
         counts[deployment] += 1
         counts[f"{deployment}:{'ok' if ok else 'error'}"] += 1
+        if deployment == "canary" and took is not None:
+            self.canary_seconds.setdefault(second, []).append(took)
 
-    def last_second(self, since: float) -> tuple[float | None, float | None]:
-        """(canary share %, canary success %) over the last whole second, if it began after
-        ``since`` (a second of the previous rollout is not this one's)."""
+    def last_second(self, since: float) -> tuple[float | None, float | None, float | None]:
+        """(canary share %, canary success %, canary P95 in ms) over the last whole second, if
+        it began after ``since`` (a second of the previous rollout is not this one's)."""
         second = int(time.time()) - 1
         if second < since:
-            return None, None
+            return None, None, None
         counts = self.by_second.get(second, Counter())
         total = counts["canary"] + counts["stable"]
         share = 100.0 * counts["canary"] / total if total else None
         success = 100.0 * counts["canary:ok"] / counts["canary"] if counts["canary"] else None
-        return share, success
+        took = sorted(self.canary_seconds.get(second, ()))
+        p95 = 1000.0 * took[min(len(took) - 1, int(0.95 * len(took)))] if took else None
+        return share, success, p95
 
 
 class Tour:
@@ -105,6 +112,7 @@ class Tour:
         self.fast = fast
         self.pace = Pace.of(fast)
         self.out = out
+        self.ascii = not (getattr(out, "encoding", None) or "utf-8").lower().startswith("utf")
         self.token = secrets.token_hex(16)
         self.traffic = Traffic()
         self.front = ""  # nginx's URL, once it runs
@@ -298,11 +306,13 @@ class Tour:
         async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as tg:
 
             async def one() -> None:
+                sent_at = loop.time()
                 try:
                     async with session.get(url) as response:
                         await response.read()
                         deployment = response.headers.get("X-Deployment", "nginx")
-                        self.traffic.add(deployment, response.status < 500)
+                        took = loop.time() - sent_at
+                        self.traffic.add(deployment, response.status < 500, took)
                 except (aiohttp.ClientError, TimeoutError):
                     self.traffic.add("unreachable", False)
 
@@ -325,6 +335,7 @@ class Tour:
         began = time.time()
         await asyncio.to_thread(client.start, TARGET, image)
         shown, shown_at = "", 0.0
+        told: set[int] = set()  # decisions already printed, by seq
         ended: float | None = None
         while True:
             if daemon.done():
@@ -333,7 +344,7 @@ class Tour:
             view = await asyncio.to_thread(client.target, TARGET)
             rollout = view.get("rollout") or {}
             checks = {k: v.get("value") for k, v in (view.get("checks") or {}).items()}
-            share, success = self.traffic.last_second(began)
+            share, success, p95 = self.traffic.last_second(began)
             now = time.time() - began
             record.samples.append(
                 report.Sample(
@@ -344,19 +355,16 @@ class Tour:
                     checks,
                     share,
                     success,
+                    p95,
                 )
             )
-            line = (
-                f"{name} {image}: {rollout.get('phase')} stage {rollout.get('stage')}/"
-                f"{rollout.get('stages')} weight {rollout.get('weight')}%"
-            )
-            if line != shown or now - shown_at >= 10:  # on every change, else every 10 s
-                values = " ".join(
-                    f"{k} {v:.4g}" for k, v in checks.items() if isinstance(v, int | float)
-                )
-                seen = f" | canary answered {share:.0f}% of requests" if share is not None else ""
-                self.say(line + (f" | {values}" if values else "") + seen)
-                shown, shown_at = line, now
+            for check, m in (view.get("checks") or {}).items():
+                if isinstance(m.get("threshold"), int | float) and check not in record.slos:
+                    record.slos[check] = report.Slo(
+                        str(m.get("op")), float(m["threshold"]), str(m.get("unit") or "")
+                    )
+            shown, shown_at = self._progress(name, image, view, share, shown, shown_at, now)
+            told = self._decisions(name, image, view, told)
             weight = int(rollout.get("weight") or 0)
             if rollout.get("phase") == "Progressing" and weight not in record.pinned:
                 record.pinned[weight] = await self._pinned()
@@ -397,6 +405,44 @@ class Tour:
         verdict = "as expected" if record.ok else f"EXPECTED {expected}"
         self.say(f"{name} rollout ended {record.phase} ({verdict})")
         return record
+
+    def _progress(
+        self,
+        name: str,
+        image: str,
+        view: dict[str, Any],
+        share: float | None,
+        shown: str,
+        shown_at: float,
+        now: float,
+    ) -> tuple[str, float]:
+        """One progress line on every change of phase, stage or weight, else every 10 s: the
+        stage with its time left, each check against its threshold with its verdict (the same
+        words as ``canaryctl watch``, from ``ctl.text``), and the share the canary really
+        answered. Returns what was shown and when, for the next call."""
+        r = rollout_of(view)
+        if r is None:
+            return shown, shown_at
+        key = f"{name} {image}: {r.phase} stage {r.stage_text} weight {r.weight}%"
+        if key == shown and now - shown_at < 10:
+            return shown, shown_at
+        left = time_left(r)
+        checks = checks_text(view.get("checks") or {}, self.ascii)
+        seen = f" | canary answered {share:.0f}% of requests" if share is not None else ""
+        self.say(key + (f" ({left})" if left else "") + (f" | {checks}" if checks else "") + seen)
+        return key, now
+
+    def _decisions(self, name: str, image: str, view: dict[str, Any], told: set[int]) -> set[int]:
+        """Each decision of this rollout once, the moment the API shows it, with its reason:
+        a rollback says why here, not only in the report."""
+        r = rollout_of(view)
+        for d in decisions_of(view):
+            seq = d.get("seq")
+            if r is None or d.get("rollout_id") != r.id or not isinstance(seq, int) or seq in told:
+                continue
+            told.add(seq)
+            self.say(f"{name} {image}: decision {decision_text(d)}")
+        return told
 
     async def _pinned(self, probes: int = 5) -> int:
         """How many of ``probes`` requests with ``X-Canary-Deploy: canary`` the canary answered

@@ -12,10 +12,14 @@ from canaryd.core.errors import ConfigError
 from canaryd.core.model import Policy
 
 
-def add_policy_and_target(p: Any, label_help: str) -> None:
+def add_policy_and_target(
+    p: Any, label_help: str, policy_required: bool = True, target_help: str | None = None
+) -> None:
     """Add ``--policy``, ``--label`` (``label_help`` says what it defaults to), ``--target``
     and ``--image`` to the subcommand parser ``p``."""
-    p.add_argument("--policy", required=True, help="policy name under rules/ or a file path")
+    p.add_argument(
+        "--policy", required=policy_required, help="policy name under rules/ or a file path"
+    )
     p.add_argument(
         "--label",
         action="append",
@@ -23,7 +27,9 @@ def add_policy_and_target(p: Any, label_help: str) -> None:
         metavar="NAME=VALUE",
         help=label_help,
     )
-    p.add_argument("--target", help="the target's name, {{target}} (default: its job)")
+    p.add_argument(
+        "--target", help=target_help or "the target's name, {{target}} (default: its job)"
+    )
     p.add_argument("--image", help="the canary's image, for queries that use {{version}}")
 
 

@@ -5,8 +5,9 @@ Three kinds, each a pure function of (policy, target) returning a plain dict:
 - ``prometheus-rules``: one rule group, per check an alert ``Canary<Check>Breached`` whose
   expression is the check's query compared with its threshold the opposite way (``op: ">="``,
   ``threshold: 0.995`` alerts on ``< 0.995``), pending for one policy ``interval``.
-- ``grafana``: a dashboard with one timeseries per check (canary and stable side by side, the
-  threshold drawn as a line) and panels for canaryd's own metrics (``adapters.telemetry``).
+- ``grafana``: a dashboard (``offline.grafana``): variables for datasource and target, request
+  rate, success rate and latency quantiles with canary beside stable, a panel per check with its
+  threshold, the weight asked vs measured, decisions as annotations.
 - ``argo-analysis``: an Argo Rollouts ``AnalysisTemplate`` with one Prometheus metric per check.
 
 The queries are filled exactly as the daemon fills them for one target
@@ -14,7 +15,9 @@ The queries are filled exactly as the daemon fills them for one target
 ``{{job}}`` and the other ``--label`` values become anchored regex literals, ``{{group}}`` the
 label names plus ``deployment``, ``{{deployment}}`` ``canary`` (the dashboard asks for
 ``canary|stable`` so both show), ``{{window}}``/``{{interval}}`` and params from the policy.
-Without ``--label job=...`` the job is the policy's name.
+With ``--config FILE`` the documents are rendered for the config's targets, from their own
+labels and policies, as the daemon asks for them; with ``--policy`` and without
+``--label job=...`` the job is the policy's name.
 
 Why the Argo conditions are written ``all(result, {# >= t})`` rather than ``result[0] >= t``:
 Argo's Prometheus provider returns a list, and recent Argo versions turn ``result[...]`` on an
@@ -30,71 +33,26 @@ on them (``on_inconclusive: rollback`` has no Argo equivalent).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from string import Template
 from typing import Any
 
 import yaml
 
 from canaryd.adapters.routers.files import write_atomically
-from canaryd.core import templates
+from canaryd.app import load_config
 from canaryd.core.durations import format_duration
-from canaryd.core.model import Check, NoData, Policy
+from canaryd.core.errors import ConfigError
+from canaryd.core.model import NoData, Policy
+from canaryd.offline import grafana
 from canaryd.offline.args import add_policy_and_target, parse_labels, policy_or_problems
-from canaryd.runtime.evaluator import CANARY, template_variables
+from canaryd.offline.queries import Target, query, target_for
 
 KINDS = ("prometheus-rules", "grafana", "argo-analysis")
 DEFAULT_PROMETHEUS = "http://prometheus:9090"
-STABLE = "stable"
 OPPOSITE = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
-_LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-# Label names that would shadow a built-in variable of the queries.
-_RESERVED = templates.BUILTIN_VARIABLES - {"job"}
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What the documents are rendered for: the target's labels (always with ``job``), its
-    name (``{{target}}``) and, if a query needs it, the canary's image (``{{version}}``)."""
-
-    labels: Mapping[str, str]
-    name: str
-    image: str | None = None
-
-
-def target_for(
-    policy: Policy, labels: Mapping[str, str], name: str | None = None, image: str | None = None
-) -> Target:
-    """The target of ``--label``/``--target``/``--image``; ``ValueError`` says what is wrong."""
-    for label in labels:
-        if not _LABEL.fullmatch(label) or label.startswith("__"):
-            raise ValueError(f"{label!r} is not a valid Prometheus label name")
-        if label in _RESERVED or label in policy.params:
-            raise ValueError(f"label {label!r} would hide the template variable {{{{{label}}}}}")
-    full = {"job": policy.name, **labels}
-    target = Target(full, name or full["job"], image)
-    for check in policy.checks.values():
-        if "version" in templates.variables(check.query) and image is None:
-            raise ValueError(f"check {check.name!r} uses {{{{version}}}}: give --image IMAGE")
-    return target
-
-
-def query(
-    policy: Policy, check: Check, target: Target, deployments: tuple[str, ...] = (CANARY,)
-) -> str:
-    """The check's PromQL for ``target``, as the daemon's evaluator renders it."""
-    variables = template_variables(policy, {k: [v] for k, v in target.labels.items()}, deployments)
-    variables.setdefault("target", target.name)
-    variables.setdefault("version", target.image or "")
-    return templates.render(check.query, variables)
-
-
 # --------------------------------------------------------------------------- the documents
 
 
@@ -137,141 +95,9 @@ def alert_name(check: str) -> str:
 
 
 def grafana_dashboard(policy: Policy, target: Target) -> dict[str, Any]:
-    """A Grafana dashboard (schema 39) on a ``DS_PROMETHEUS`` datasource variable."""
-    panels: list[dict[str, Any]] = []
-    for i, check in enumerate(policy.checks.values()):
-        promql = query(policy, check, target, (CANARY, STABLE))
-        green_above = check.op in (">=", ">")
-        steps = [
-            {"color": "red" if green_above else "green", "value": None},
-            {"color": "green" if green_above else "red", "value": check.threshold},
-        ]
-        panel = _panel(
-            f"{check.name} ({check.op} {_number(check.threshold)})",
-            [(promql, "{{deployment}}")],
-            (i % 2) * 12,
-            (i // 2) * 8,
-        )
-        panel["fieldConfig"]["defaults"]["thresholds"] = {"mode": "absolute", "steps": steps}
-        panel["fieldConfig"]["defaults"]["custom"] = {"thresholdsStyle": {"mode": "line"}}
-        panels.append(panel)
-    y = (len(policy.checks) + 1) // 2 * 8
-    own = [
-        (
-            title,
-            [
-                (Template(expr).substitute(t=_string(target.name), w=policy.window), legend)
-                for expr, legend in targets
-            ],
-        )
-        for title, targets in _OWN_PANELS
-    ]
-    for i, (title, targets) in enumerate(own):
-        panels.append(_panel(f"canaryd: {title}", targets, (i % 2) * 12, y + (i // 2) * 8))
-    for number, panel in enumerate(panels, start=1):
-        panel["id"] = number
-    return {
-        "uid": dashboard_uid(policy.name),
-        "title": f"canaryd: {policy.name} ({target.name})",
-        "description": f"Checks of canaryd policy {policy.name} for target {target.name}",
-        "tags": ["canaryd"],
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": True,
-        "time": {"from": "now-1h", "to": "now"},
-        "refresh": format_duration(policy.interval),
-        "templating": {
-            "list": [
-                {
-                    "name": "DS_PROMETHEUS",
-                    "label": "Prometheus",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {},
-                    "hide": 0,
-                    "refresh": 1,
-                    "options": [],
-                }
-            ]
-        },
-        "annotations": {"list": []},
-        "panels": panels,
-    }
-
-
-# canaryd's own metrics (``adapters.telemetry``): title, [(PromQL, legend)]; $t is the target's
-# name, $w the policy's window.
-_OWN_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    (
-        "canary weight (%)",
-        (
-            ('canaryd_rollout_weight{target="$t"}', "set"),
-            ('canaryd_observed_weight{target="$t"}', "observed"),
-        ),
-    ),
-    (
-        "stage and phase",
-        (
-            ('canaryd_rollout_stage{target="$t"}', "stage"),
-            ('canaryd_rollout_phase{target="$t"} == 1', "{{phase}}"),
-        ),
-    ),
-    ("check values", (('canaryd_check_value{target="$t"}', "{{check}}"),)),
-    (
-        "check verdicts",
-        (
-            (
-                'sum by (check, result) (increase(canaryd_check_results_total{target="$t"}[$w]))',
-                "{{check}} {{result}}",
-            ),
-        ),
-    ),
-    (
-        "rollbacks",
-        (('sum by (reason) (increase(canaryd_rollbacks_total{target="$t"}[$w]))', "{{reason}}"),),
-    ),
-    (
-        "PromQL latency p95 (s)",
-        (
-            (
-                "histogram_quantile(0.95, sum by (le) "
-                "(rate(canaryd_promql_duration_seconds_bucket[$w])))",
-                "p95",
-            ),
-        ),
-    ),
-)
-
-
-def dashboard_uid(policy_name: str) -> str:
-    """``canaryd-<name>``, within Grafana's 40 characters of ``[A-Za-z0-9_-]``."""
-    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", policy_name).strip("-") or "policy"
-    uid = f"canaryd-{slug}"
-    if len(uid) <= 40:
-        return uid
-    digest = hashlib.sha256(policy_name.encode()).hexdigest()[:8]
-    return f"{uid[:31]}-{digest}"
-
-
-def _panel(title: str, targets: list[tuple[str, str]], x: int, y: int) -> dict[str, Any]:
-    datasource = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
-    return {
-        "type": "timeseries",
-        "title": title,
-        "datasource": datasource,
-        "gridPos": {"x": x, "y": y, "w": 12, "h": 8},
-        "fieldConfig": {"defaults": {}, "overrides": []},
-        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
-        "targets": [
-            {
-                "refId": chr(ord("A") + i),
-                "datasource": datasource,
-                "expr": expr,
-                "legendFormat": legend,
-            }
-            for i, (expr, legend) in enumerate(targets)
-        ],
-    }
+    """The dashboard (``offline.grafana``) for one target given by ``--policy``/``--label``."""
+    title = f"canaryd: {target.name} ({policy.name})"
+    return grafana.dashboard([grafana.Source(target, policy)], dashboard_uid(policy.name), title)
 
 
 def argo_analysis(
@@ -346,6 +172,9 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _str)
 
 
+dashboard_uid = grafana.dashboard_uid
+
+
 def _number(value: float) -> str:
     """A threshold as PromQL and Argo's expr read it: ``0.995``, ``1``, ``1e-05``."""
     return str(int(value)) if value.is_integer() else repr(value)
@@ -366,8 +195,17 @@ def register(commands: Any) -> None:
         help="a policy as Prometheus alerts, a Grafana dashboard or an Argo AnalysisTemplate",
     )
     p.add_argument("kind", choices=KINDS, metavar="KIND", help=" | ".join(KINDS))
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a canaryd config: render for its targets, with their labels and policies",
+    )
     add_policy_and_target(
-        p, label_help="a label of the target, repeatable (default: job=<the policy's name>)"
+        p,
+        label_help="with --policy: a label of the target, repeatable (default: job=<policy name>)",
+        policy_required=False,
+        target_help="with --config: the target to render (grafana: default all of them); "
+        "with --policy: the target's name, {{target}} (default: its job)",
     )
     p.add_argument("--severity", default="critical", help="prometheus-rules: alerts' severity")
     p.add_argument(
@@ -381,16 +219,15 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    policy = policy_or_problems(args.policy)
-    if policy is None:
+    if args.config is not None:
+        text = _from_config(args)
+    elif args.policy is None:
+        print("canaryctl render: give --config FILE or --policy NAME", file=sys.stderr)
         return 2
-    try:
-        labels = parse_labels(args.label)
-        target = target_for(policy, labels, args.target, args.image)
-    except ValueError as exc:
-        print(f"canaryctl render: {exc}", file=sys.stderr)
+    else:
+        text = _from_policy(args)
+    if text is None:
         return 2
-    text = render(args.kind, policy, target, args.severity, args.prometheus)
     if args.out is None:
         sys.stdout.write(text)
         return 0
@@ -400,3 +237,57 @@ def run(args: argparse.Namespace) -> int:
         print(f"canaryctl render: cannot write {args.out}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _from_policy(args: argparse.Namespace) -> str | None:
+    policy = policy_or_problems(args.policy)
+    if policy is None:
+        return None
+    try:
+        labels = parse_labels(args.label)
+        target = target_for(policy, labels, args.target, args.image)
+    except ValueError as exc:
+        print(f"canaryctl render: {exc}", file=sys.stderr)
+        return None
+    return render(args.kind, policy, target, args.severity, args.prometheus)
+
+
+def _from_config(args: argparse.Namespace) -> str | None:
+    """The document for the config's targets (``--target``: one of them), with the labels and
+    policies the daemon uses for them; None once what is wrong is on stderr."""
+    if args.policy is not None or args.label:
+        print(
+            "canaryctl render: --config takes the targets' own policies and labels; "
+            "drop --policy/--label",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        settings = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+    chosen = [t for t in settings.targets if args.target in (None, t.name)]
+    if not chosen:
+        known = ", ".join(t.name for t in settings.targets) or "none"
+        print(
+            f"canaryctl render: {args.config}: no target {args.target!r} (targets: {known})",
+            file=sys.stderr,
+        )
+        return None
+    sources = [grafana.Source(Target(dict(t.labels), t.name, args.image), t.policy) for t in chosen]
+    if args.kind == "grafana":
+        name = args.target or Path(args.config).stem
+        title = f"canaryd: {', '.join(t.name for t in chosen)}"
+        doc = grafana.dashboard(sources, dashboard_uid(name), title)
+        return json.dumps(doc, indent=2) + "\n"
+    if len(sources) > 1:
+        print(
+            f"canaryctl render: {args.kind} is for one target: give --target "
+            f"({', '.join(t.name for t in chosen)})",
+            file=sys.stderr,
+        )
+        return None
+    only = sources[0]
+    return render(args.kind, only.policy, only.target, args.severity, args.prometheus)
