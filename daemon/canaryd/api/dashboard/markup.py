@@ -90,7 +90,7 @@ def page(title: str, body: str, *, ready: bool, target: str | None = None) -> st
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{text(title)}</title>"
         f'<noscript><meta http-equiv="refresh" content="{NO_SCRIPT_REFRESH}"></noscript>'
-        '<link rel="stylesheet" href="/ui/dashboard.css">'
+        '<link rel="icon" href="data:,"><link rel="stylesheet" href="/ui/dashboard.css">'
         '<script src="/ui/dashboard.js" defer></script></head>\n'
         f'<body data-target="{attr(target or "")}">'
         '<header><a class="home" href="/">canaryd</a>'
