@@ -13,6 +13,7 @@ git), so a person can look at what the tests saw.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import shutil
@@ -114,10 +115,14 @@ def screenshot(driver: WebDriver, name: str) -> Path:
     """A full-page PNG of what ``driver`` shows, as ``<name>.png`` in the screenshots folder."""
     folder = Path(os.environ.get("CANARYD_SCREENSHOTS") or SHOTS)
     folder.mkdir(parents=True, exist_ok=True)
-    height = int(driver.execute_script("return document.documentElement.scrollHeight"))
-    driver.set_window_size(WIDTH, max(600, min(height + 40, 6000)))
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 8000)}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {"format": "png", "captureBeyondViewport": True, "clip": {**clip, "scale": 1}},
+    )
     path = folder / f"{name}.png"
-    assert driver.save_screenshot(str(path)), f"chromium could not write {path}"
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 

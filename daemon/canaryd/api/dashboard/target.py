@@ -7,9 +7,9 @@ check's latest value against its threshold with the engine's verdict and its cha
 rollout, the alerts firing, every decision with its reason (newest first) and the target's
 earlier rollouts.
 
-The actions (``_actions``) sit outside ``#live`` so that a refresh never clears what the
-operator is typing; they are ``hidden`` until the script shows them, because without it they
-could do nothing (the token goes in a header, which a plain form cannot send).
+The actions (``_actions``) sit beside ``#live``, not in it, so that a refresh never clears
+what the operator is typing; they are ``hidden`` until the script shows them, because without
+it they could do nothing (the token goes in a header, which a plain form cannot send).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from canaryd.api.dashboard.markup import DASH, attr, number, page, span, target_
 from canaryd.core.model import Phase, Rollout
 from canaryd.ports import DecisionRecord
 
+_STOPPED = frozenset({Phase.ROLLING_BACK, Phase.ROLLED_BACK, Phase.FAILED})
 SHOWN_DECISIONS = 200  # newest first; the API's /history has them all
 
 
@@ -77,14 +78,16 @@ def _plan(r: Rollout) -> str:
     for i, s in enumerate(r.policy.stages):
         if i < r.stage or r.phase is Phase.SUCCEEDED:
             state = "done"
+        elif i == r.stage and r.phase in _STOPPED:
+            state = "stopped here"
         elif i == r.stage:
             state = "current"
         else:
             state = "next"
         checks = ", ".join(text(c) for c in s.checks) or DASH
         rows.append(
-            f'<tr class="{state}"><td>{i + 1}</td><td>{s.weight}%</td><td>{span(s.duration)}</td>'
-            f"<td>{checks}</td><td>{s.gate}</td><td>{state}</td></tr>"
+            f'<tr class="{state.split()[0]}"><td>{i + 1}</td><td>{s.weight}%</td>'
+            f"<td>{span(s.duration)}</td><td>{checks}</td><td>{s.gate}</td><td>{state}</td></tr>"
         )
     return (
         '<h2>Stage plan</h2><table class="plan"><thead><tr><th>#</th><th>Weight</th>'
@@ -185,7 +188,7 @@ def _actions(roles: Mapping[str, str]) -> str:
         for key, what, label in _ACTIONS
     )
     return (
-        '<section id="actions" hidden><h2>Actions</h2>'
+        '<aside id="actions" hidden><h2>Actions</h2>'
         '<form id="token-form" autocomplete="off"><label>API token '
         '<input type="password" id="token" autocomplete="off" spellcheck="false"></label>'
         '<button type="submit">Use token</button><button type="button" id="forget">Forget'
@@ -200,10 +203,14 @@ def _actions(roles: Mapping[str, str]) -> str:
         '<form class="inline" data-action="weight"><input name="weight" type="number" min="0" '
         'max="100" required placeholder="0-100" aria-label="canary weight">'
         f'<button type="submit">Set weight (pauses)</button>{needs("set-weight")}</form>'
-        '<p id="result" role="status" aria-live="polite"></p></section>'
-        "<noscript><p><small>Actions need JavaScript: the token is sent in a header, never "
-        "in a URL.</small></p></noscript>"
+        '<p id="result" role="status" aria-live="polite"></p></aside>'
     )
+
+
+_NO_SCRIPT = (
+    "<noscript><p><small>Actions need JavaScript: the token is sent in a header, never in a "
+    "URL. Without it this page reloads itself every few seconds.</small></p></noscript>"
+)
 
 
 def render_target(detail: Detail, *, ready: bool) -> str:
@@ -229,5 +236,6 @@ def render_target(detail: Detail, *, ready: bool) -> str:
             f"{head}{_banner(r)}{_summary(detail, r)}{_plan(r)}{_checks(detail.checks)}"
             f"{alerts}{_decisions(detail.decisions)}"
         )
-    live = f'<main id="live">{body}{_past(detail.past)}</main>'
-    return page(f"{name} - canaryd", live + _actions(detail.roles), ready=ready, target=name)
+    live = f'<main id="live">{body}{_past(detail.past)}{_NO_SCRIPT}</main>'
+    layout = f'<div class="layout">{live}{_actions(detail.roles)}</div>'
+    return page(f"{name} - canaryd", layout, ready=ready, target=name)
