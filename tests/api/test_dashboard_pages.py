@@ -14,6 +14,7 @@ import asyncio
 import re
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from aiohttp.test_utils import TestClient
 
 from canaryd.api.dashboard import charts
 from canaryd.api.dashboard.facts import (
+    Card,
     CheckHistory,
+    Detail,
     Health,
     Point,
     check_histories,
@@ -31,6 +34,7 @@ from canaryd.api.dashboard.facts import (
     time_left,
 )
 from canaryd.api.dashboard.markup import CSP
+from canaryd.api.dashboard.target import render_target
 from canaryd.api.webhook import fingerprint
 from canaryd.core.model import Check, Phase, Policy, Rollout, Stage, Verdict
 from support.apikit import IDLE, TARGET, Stack, auth, payload, running_stack, webhook_auth
@@ -204,6 +208,32 @@ def test_each_evaluation_is_judged_by_the_engines_own_assess() -> None:
     verdicts = [p.verdict for p in history.points]
     assert verdicts == [Verdict.SUCCESSFUL, Verdict.FAILED, Verdict.INCONCLUSIVE, Verdict.ERROR]
     assert history.latest is not None and history.latest.detail == "source error: down"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    kind: str
+
+
+@dataclass(frozen=True)
+class _Target:
+    name: str
+    policy: Policy
+    router: _Kind = _Kind("noop")
+    platform: _Kind = _Kind("none")
+
+
+def test_a_compare_checks_evidence_is_shown_once_it_has_counts() -> None:
+    row = {**_measured(5, 0.005), "canary_requests": 600.0, "canary_errors": 3.0}
+    row.update(stable_requests=5400.0, stable_errors=27.0)
+    rollout = _rollout(phase=Phase.PROGRESSING, credited=20.0)
+    checks = check_histories(rollout, [_measured(1, 1.0), row])
+    assert checks[0].latest is not None and checks[0].latest.counts is not None
+    card = Card(_Target(TARGET, POLICY), rollout, 10, None)
+    page = render_target(Detail(card, [], checks, [], 100.0), ready=True)
+    assert "canary 3 errors / 600 requests; stable 27 / 5400" in page
+    assert '<span id="time-left">40s</span>' in page
+    assert "router reports 10%" in page
 
 
 def test_the_chart_keeps_the_threshold_apart_from_data_just_above_it() -> None:
