@@ -47,6 +47,13 @@ def _banner(r: Rollout) -> str:
     return ""
 
 
+def _no_timer(r: Rollout) -> str:
+    """Why no stage timer runs, where the time left would be."""
+    if r.phase is Phase.PAUSED:
+        return "stopped while paused" if not r.stage_passed else "the stage passed: promote"
+    return DASH
+
+
 def _summary(detail: Detail, r: Rollout) -> str:
     left = time_left(r)
     stage = r.current_stage
@@ -66,7 +73,7 @@ def _summary(detail: Detail, r: Rollout) -> str:
             f'<span id="time-left">{span(left)}</span> <small>({span(r.credited)} of '
             f"{span(stage.duration)} credited by passing evaluations)</small>"
             if left is not None
-            else DASH,
+            else _no_timer(r),
         ),
     ]
     cells = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
