@@ -394,7 +394,7 @@ async def test_the_status_page_shows_targets_and_weights_but_no_secrets(client: 
     assert response.status == 200 and response.content_type == "text/html"
     page = await response.text()
     assert TARGET in page and IDLE in page and "Progressing" in page
-    assert "canary 10% / stable 90%" in page and "width:10%" in page
+    assert "canary 10% / stable 90%" in page and 'class="canary" x="0" y="0" width="10"' in page
     assert "&lt;b&gt;2.0&lt;/b&gt;" in page and "<b>2.0</b>" not in page
     assert not any(secret in page for secret in (*SECRETS.values(), WEBHOOK_TOKEN))
 

@@ -87,6 +87,9 @@ def test_the_table_has_one_row_per_route_and_roles_are_known() -> None:
     assert all(row.role in (None, *ROLES) for row in ROUTES)
     assert [row.handler for row in ROUTES if row.role is None and not row.webhook] == [
         "status_page",
+        "target_page",
+        "dashboard_css",
+        "dashboard_js",
         "healthz",
         "readyz",
         "metrics",

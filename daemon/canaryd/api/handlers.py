@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from canaryd import __version__
 from canaryd.adapters.telemetry import Telemetry
-from canaryd.api import openapi
+from canaryd.api import openapi, pages
 from canaryd.api.audit import Auditor, write_problem
 from canaryd.api.auditquery import read_query
 from canaryd.api.auth import ANONYMOUS, Authenticator, Identity
@@ -36,7 +36,6 @@ from canaryd.api.edge import (
     read_body,
     unavailable,
 )
-from canaryd.api.pages import render_status_page
 from canaryd.api.views import (
     TargetInfo,
     alert_view,
@@ -152,8 +151,22 @@ async def _currents(controller: Controller) -> list[tuple[TargetInfo, Rollout | 
 
 async def status_page(request: web.Request, call: Call) -> web.Response:
     api = request.app[API]
-    page = render_status_page(await _currents(api.controller), ready=api.controller.ready)
-    return web.Response(text=page, content_type="text/html")
+    return await pages.index(api.controller, api.store, api.telemetry, api.clock.time())
+
+
+async def target_page(request: web.Request, call: Call) -> web.Response:
+    api, name = request.app[API], request.match_info["target"]
+    if name not in api.controller.targets:
+        raise ApiError(404, "not_found", f"no target named {name!r}")
+    return await pages.target(api.controller, api.store, api.telemetry, name, api.clock.time())
+
+
+async def dashboard_css(request: web.Request, call: Call) -> web.Response:
+    return pages.asset("dashboard.css", request.headers.get("If-None-Match"))
+
+
+async def dashboard_js(request: web.Request, call: Call) -> web.Response:
+    return pages.asset("dashboard.js", request.headers.get("If-None-Match"))
 
 
 async def healthz(request: web.Request, call: Call) -> web.Response:
