@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from canaryd.config import policies
+from canaryd.config import policies, supply
 from canaryd.config.kinds import Kind, KindConfig, Kinds, read_labels, to_name, to_port
 from canaryd.config.reader import Reader, duration, join, shown_path, to_str
 from canaryd.config.secrets import (
@@ -47,6 +47,7 @@ from canaryd.config.secrets import (
     secret_for_serve,
     tokens_for_serve,
 )
+from canaryd.config.supply import Supply, read_supply
 from canaryd.core.errors import Problem
 from canaryd.core.model import Matcher, Policy
 from canaryd.core.rules import matches, parse_matcher
@@ -86,7 +87,7 @@ DEFAULT_STATE_PATH = "/var/lib/canaryd/state.db"
 DEFAULT_ALERT_EXPIRY = 12 * 3600.0
 
 _TOP = {"listen", "state", "prometheus", "auth", "alerts", "policies", "targets"}
-_TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers"}
+_TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers", *supply.KEYS}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
     "kubernetes": {"backend", "namespace", "lease"},
@@ -148,6 +149,9 @@ class Target:
     router: KindConfig  # the router kind's config dataclass
     labels: Mapping[str, str] = field(default_factory=dict)  # always has "job"
     alert_matchers: tuple[Matcher, ...] = ()
+    supply: Supply = field(
+        default_factory=Supply
+    )  # require_digest, verify, verify_timeout (config.supply)
 
     @property
     def job(self) -> str:
@@ -446,6 +450,7 @@ class _Loader:
             router=self._router(t.get("router"), join(where, "router")),
             labels=labels,
             alert_matchers=tuple(matchers),
+            supply=read_supply(r, t, where, self.warnings),
         )
 
     def _policy(self, ref: str, where: str) -> tuple[Path, Policy | None]:
