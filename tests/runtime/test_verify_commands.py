@@ -84,7 +84,7 @@ async def test_a_hung_command_is_killed_at_the_timeout_with_its_process_group(
     assert only["timed_out"] is True and only["exit_code"] is None
     assert only["stdout"] == "waiting for the transparency log\n"
     for pid in map(int, pids.read_text().split()):  # the script and the child it forked
-        assert not _alive(pid), f"process {pid} of the hung command outlived the timeout"
+        assert await _gone(pid), f"process {pid} of the hung command outlived the timeout"
 
 
 async def test_megabytes_of_output_are_kept_bounded_and_the_loop_keeps_running(
@@ -145,7 +145,17 @@ async def test_a_cancelled_verification_leaves_no_process_behind(tmp_path: Path)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not _alive(int(pids.read_text()))
+    assert await _gone(int(pids.read_text()))
+
+
+async def _gone(pid: int) -> bool:
+    """Whether ``pid`` has ended, allowing the kernel a moment to finish a SIGKILL and init to
+    reap an orphan (bounded: 5 s)."""
+    for _ in range(100):
+        if not _alive(pid):
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 def _alive(pid: int) -> bool:
