@@ -40,6 +40,7 @@ from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.routers import ROUTERS, OwnedRouter, RouterFactory
 from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
+from canaryd.adapters.verify import CommandVerifier
 from canaryd.api.webhook import WebhookCredential
 from canaryd.config import settings as config_settings
 from canaryd.config.kinds import Kind, Kinds
@@ -172,6 +173,8 @@ class Daemon:
                     platform=platform,
                     labels=dict(t.labels),
                     concerns=t.concerns,
+                    require_digest=t.supply.require_digest,
+                    verify=_verifier(t),
                 )
             )
 
@@ -258,6 +261,12 @@ class Daemon:
 
     async def run(self) -> None:
         await self.supervisor.run(self.start, self.before_stop, self.after_stop)
+
+
+def _verifier(target: TargetSettings) -> CommandVerifier | None:
+    """The target's ``verify:`` commands (SPEC §8), or None: no gate before the first stage."""
+    supply = target.supply
+    return CommandVerifier(supply.verify, supply.verify_timeout) if supply.verify else None
 
 
 async def _watchdog(interval: float) -> None:

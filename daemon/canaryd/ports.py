@@ -13,10 +13,18 @@ otherwise only hides the thread hop. The runtime wraps each call in ``asyncio.to
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from canaryd.core.errors import PermanentError, TemporaryError
-from canaryd.core.model import Action, Alert, Effect, Measurement, Observed, Rollout
+from canaryd.core.model import (
+    Action,
+    Alert,
+    Effect,
+    Measurement,
+    Observed,
+    Rollout,
+    Verification,
+)
 
 # --------------------------------------------------------------------------- errors
 
@@ -250,6 +258,27 @@ class Platform(Protocol):
     async def update_stable(self, image: str) -> None: ...
 
     async def remove_canary(self) -> None: ...
+
+
+@runtime_checkable
+class PinsImages(Protocol):
+    """A platform that can tell which bytes an image reference names right now (SPEC §8).
+
+    ``pin`` answers a reference that names exactly those bytes (``repo@sha256:…``, or an
+    engine's image ID for an image built on the host), or None when it cannot tell before
+    the canary runs. The controller asks once, at start, and the rollout uses the answer from
+    then on. Optional: a platform without it (``none``) leaves the image as given.
+    """
+
+    async def pin(self, image: str) -> str | None: ...
+
+
+class Verifier(Protocol):
+    """Runs a target's ``verify:`` commands on an image reference; never raises for what
+    the commands do (a failure, a timeout, a command that cannot run is a failed
+    ``Verification``)."""
+
+    async def __call__(self, image: str) -> Verification: ...
 
 
 class RuntimeEvents(Protocol):

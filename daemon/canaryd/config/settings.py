@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from canaryd.config import policies
+from canaryd.config import policies, supply
 from canaryd.config.kinds import Kind, KindConfig, Kinds, read_labels, to_name, to_port
 from canaryd.config.notify import Channel, public_url, read_channels
 from canaryd.config.reader import Reader, duration, join, shown_path, to_str
@@ -48,6 +48,7 @@ from canaryd.config.secrets import (
     secret_for_serve,
     tokens_for_serve,
 )
+from canaryd.config.supply import Supply, read_supply
 from canaryd.core.errors import Problem
 from canaryd.core.model import Matcher, Policy
 from canaryd.core.rules import matches, parse_matcher
@@ -89,7 +90,7 @@ DEFAULT_ALERT_EXPIRY = 12 * 3600.0
 
 _TOP = {"listen", "state", "prometheus", "auth", "alerts", "policies", "targets"}
 _TOP |= {"notify", "public_url"}  # config.notify
-_TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers"}
+_TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers", *supply.KEYS}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
     "kubernetes": {"backend", "namespace", "lease"},
@@ -151,6 +152,9 @@ class Target:
     router: KindConfig  # the router kind's config dataclass
     labels: Mapping[str, str] = field(default_factory=dict)  # always has "job"
     alert_matchers: tuple[Matcher, ...] = ()
+    supply: Supply = field(
+        default_factory=Supply
+    )  # require_digest, verify, verify_timeout (config.supply)
 
     @property
     def job(self) -> str:
@@ -459,6 +463,7 @@ class _Loader:
             router=self._router(t.get("router"), join(where, "router")),
             labels=labels,
             alert_matchers=tuple(matchers),
+            supply=read_supply(r, t, where, self.warnings),
         )
 
     def _policy(self, ref: str, where: str) -> tuple[Path, Policy | None]:

@@ -227,6 +227,10 @@ class Rollout:
     message: str | None = None  # why a Failed rollout is stuck
     successor: str | None = None  # the rollout that superseded this one and took its canary
     cleanup_now: bool = False  # an operator's cleanup: remove the canary without the delay
+    # supply chain (SPEC §8): the digest reference ``image`` was resolved to once, at start
+    # (None: the platform could not tell; ``image`` is used as given); see ``ref``
+    pinned: str | None = None
+    verify_pending: bool = False  # the target's ``verify:`` commands have not passed yet
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's
@@ -255,6 +259,13 @@ class Rollout:
     @property
     def stable_weight(self) -> int:
         return 100 - self.weight
+
+    @property
+    def ref(self) -> str:
+        """What the platform is given to run: the pinned reference once there is one, so the
+        canary and, on promotion, the stable run exactly the bytes that were verified and
+        judged, even if the tag is moved meanwhile."""
+        return self.pinned or self.image
 
     @property
     def current_stage(self) -> Stage:
@@ -351,6 +362,21 @@ class Findings:
     alerts: tuple[Alert, ...] = ()
     commands: tuple[Command, ...] = ()
     requests: float | None = None  # canary requests since the previous evaluation (None: unknown)
+    verification: Verification | None = None  # the verify commands finished (see ``gate``)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What a target's ``verify:`` commands said about a rollout's image (SPEC §8).
+
+    ``summary`` is one line for people (which command, its exit code or timeout);
+    ``evidence`` the structured facts (each command's argv, exit code, seconds and the bounded
+    tail of its output), kept in the decision it leads to.
+    """
+
+    passed: bool
+    summary: str
+    evidence: Mapping[str, object] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -396,6 +422,8 @@ class Cause(StrEnum):
     STUCK = "stuck"  # a promotion or rollback is past its deadline: Failed, retrying
     SCALED_DOWN = "scaled-down"  # scale_down_delay over: the canary is removed
     HANDED_OVER = "handed-over"  # the canary slot went to the rollout that superseded this one
+    VERIFIED = "verified"  # the target's verify commands passed: the canary may be created
+    VERIFY_FAILED = "verify-failed"  # a verify command failed or timed out: nothing deployed
 
 
 class ActionKind(StrEnum):

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaryd.core import stages
+from canaryd.core import stages, supply
 from canaryd.core.errors import (
     CommandRejected,
     RolloutRefused,
@@ -36,7 +36,16 @@ from canaryd.core.model import (
     Rollout,
 )
 from canaryd.core.rules import AdmissionVerdict, admit
-from canaryd.ports import Clock, Platform, PreparedAlerts, Router, RuntimeEvents, StateStore
+from canaryd.ports import (
+    Clock,
+    PinsImages,
+    Platform,
+    PreparedAlerts,
+    Router,
+    RuntimeEvents,
+    StateStore,
+    Verifier,
+)
 from canaryd.runtime.inbox import Concerns, Inbox
 from canaryd.runtime.worker import Timing, Worker
 
@@ -56,6 +65,8 @@ class Target:
     labels: Mapping[str, str] = field(default_factory=dict)
     concerns: Concerns = lambda labels: False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    require_digest: bool = False  # a start must name ``…@sha256:<64 hex>`` (SPEC §8)
+    verify: Verifier | None = None  # the target's ``verify:`` commands, run before stage 1
 
 
 ALERT_RETENTION = 24 * 3600.0  # journalled alerts older than this are forgotten unless firing
@@ -245,6 +256,7 @@ class Controller:
             clock=self._clock,
             events=self._events,
             timing=self._timing,
+            verify=target.verify,
         )
         self._workers[rollout.target] = worker
         firing = [a for a in self.inbox.firing_for(rollout.target, self._clock.time())]
@@ -292,6 +304,8 @@ class Controller:
         """Admit and begin a rollout; the target's lock is held for at most ``request_wait``
         while a superseded rollout rolls back (then 409: start again once it has)."""
         target = self.target(name)
+        if target.require_digest and (refusal := supply.digest_refusal(name, image)):
+            raise RolloutRefused(refusal)  # before anything is looked up or created
         chosen = self._load_policy(policy) if policy else target.policy
         if traffic is not None:
             stages.plan_stages(chosen, traffic)  # ValueError for a bad percentage
@@ -303,10 +317,18 @@ class Controller:
             if verdict.verdict is AdmissionVerdict.REFUSE:
                 raise RolloutRefused(verdict.reason)
             rollout_id = f"{name}-{int(now)}-{secrets.token_hex(3)}"
+            pinned = await _pin(target.platform, image)  # before the old rollout is touched
             if active is not None:  # superseded, or rolled back and awaiting its scale-down
                 await self._supersede(active, rollout_id, image, by)
             rollout, first = stages.start(
-                rollout_id, name, image, chosen, self._clock.time(), traffic
+                rollout_id,
+                name,
+                image,
+                chosen,
+                self._clock.time(),
+                traffic,
+                pinned=pinned,
+                verify=target.verify is not None,
             )
             # Durable and running even if the request is cancelled meanwhile (client gone).
             await asyncio.shield(self._begin(rollout, first))
@@ -420,3 +442,13 @@ class Controller:
 
     def workers(self) -> dict[str, Worker]:
         return dict(self._workers)
+
+
+async def _pin(platform: Platform, image: str) -> str | None:
+    """The reference naming exactly the bytes ``image`` names now, resolved once, at start
+    (SPEC §8); None when the platform cannot tell. A platform that cannot find the image
+    (``PlatformUnavailable``: not on the host) refuses the start with its reason (503): a
+    rollout of an image that cannot be pinned could not promote what it judged."""
+    if supply.is_pinned(image) or not isinstance(platform, PinsImages):
+        return None
+    return await platform.pin(image)

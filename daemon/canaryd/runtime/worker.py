@@ -5,6 +5,8 @@ through ``deliver``/``command`` and wake it at once (an ``asyncio.Event``), so a
 acted on within one pass, not at the next tick. Every pass:
 
 1. observes the world through the target's ports (router weight, canary status, stable image),
+   and, while the verify gate is closed, starts the target's verify commands (a task the
+   worker owns: the loop keeps taking alerts and commands meanwhile) or takes their answer,
 2. if an evaluation is due, asks the evaluator for this stage's measurements (batched with
    every other target's),
 3. runs the pure ``decide`` and commits the new record, its decisions and measurements in one
@@ -43,9 +45,10 @@ from canaryd.core.model import (
     Measurement,
     Observed,
     Rollout,
+    Verification,
 )
 from canaryd.core.rules import rule_for
-from canaryd.ports import Clock, Platform, Router, RuntimeEvents, StateStore
+from canaryd.ports import Clock, Platform, Router, RuntimeEvents, StateStore, Verifier
 
 ALERT_CHUNK = 256  # alerts decided per pass: a flood is spread over passes, the loop stays free
 
@@ -71,8 +74,12 @@ class Worker:
         clock: Clock,
         events: RuntimeEvents,
         timing: Timing | None = None,
+        verify: Verifier | None = None,
     ) -> None:
         self.state = state
+        self._verify = verify
+        self._verifying: asyncio.Task[Verification] | None = None
+        self._verified: Verification | None = None
         self._router, self._platform, self._store = router, platform, store
         self._measure, self._clock, self._events = measure, clock, events
         self._timing = timing or Timing()
@@ -130,6 +137,7 @@ class Worker:
                     break
                 await self._sleep(delay)
         finally:
+            await self._stop_verifying()
             for _, future in self._commands:
                 if not future.done():
                     future.set_exception(CommandRejected("the worker stopped"))
@@ -150,13 +158,17 @@ class Worker:
         if stages.evaluation_due(state, now):
             measurements, requests = await self._measure(state)
             now = max(now, self._clock.time())
+        verification = await self._verification(state)
         alerts = self._take_alerts()
         commands, self._commands = self._commands, []
-        findings = Findings(measurements, tuple(alerts), tuple(c for c, _ in commands), requests)
+        findings = Findings(
+            measurements, tuple(alerts), tuple(c for c, _ in commands), requests, verification
+        )
         try:
             new, actions = await asyncio.to_thread(self._decide_and_commit, findings, observed, now)
         except TemporaryError as exc:  # the store cannot write now: tell the callers at once
             self._alerts[:0] = alerts  # durable in the journal; retried on the next pass
+            self._verified = verification  # kept for the next pass, not run again
             _fail(commands, exc)
             raise
         except Exception as exc:  # this input cannot be committed: find it, keep the rest
@@ -165,10 +177,46 @@ class Worker:
             commands = []  # each one answered by _isolate
         except BaseException:  # cancelled (shutdown): nothing decided, keep the inputs
             self._alerts[:0] = alerts
+            self._verified = verification
             self._commands[:0] = commands  # answered by run()'s "the worker stopped"
             raise
         self._settle(new, actions, commands, now, measurements)
         await self.act(stages.reconcile(new, observed), now)
+
+    async def _verification(self, state: Rollout) -> Verification | None:
+        """The verify commands' answer once they have finished (None: not due, or running).
+
+        Started in a task of the worker's own the first pass the gate is closed, so a
+        command that runs for minutes holds no alert and no command; its end wakes the loop.
+        Not due any more (an operator rolled back meanwhile): the commands are stopped.
+        """
+        if self._verified is not None:  # an answer a failed commit could not record yet
+            done, self._verified = self._verified, None
+            return done
+        if not stages.verifying(state):
+            await self._stop_verifying()
+            return None
+        if self._verify is None:  # the verify commands left the config since the start
+            return Verification(True, "no verify commands are configured any more")
+        task = self._verifying
+        if task is None:
+            task = self._verifying = asyncio.create_task(self._verify(state.ref))
+            task.add_done_callback(lambda _: self._wake.set())
+            return None
+        if not task.done():
+            return None
+        self._verifying = None
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or error is not None:
+            return Verification(False, f"the verify commands could not run: {error!r}")
+        return task.result()
+
+    async def _stop_verifying(self) -> None:
+        task, self._verifying = self._verifying, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _take_alerts(self) -> list[Alert]:
         """At most ``ALERT_CHUNK`` queued alerts, those a rule rolls back on first: a flood of
@@ -224,7 +272,7 @@ class Worker:
                 self._alerts[:0] = list(findings.alerts)
                 raise _unstorable("the pass's measurements", outcome)
             actions += outcome
-            quiet = replace(base, measurements=())
+            quiet = replace(base, measurements=(), verification=None)
             while waiting:
                 command, future = waiting.pop(0)
                 one = replace(quiet, commands=(command,))

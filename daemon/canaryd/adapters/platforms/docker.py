@@ -43,6 +43,10 @@ container (canaryd stopped halfway) is removed if its replacement exists, and ot
 back and started, on the next call. Stopped stable containers are left as they are: someone
 stopped them.
 
+**Pinning.** ``pin`` resolves a tag once, at a rollout's start, to its registry digest or,
+for an image built on the host (no digest until pushed), its image ID (``platforms.pinning``);
+the rollout then runs and promotes that reference, so a tag moved meanwhile changes nothing.
+
 **The engine.** Every Docker API call has a timeout and every failure becomes a
 ``PlatformUnavailable`` that says what was being done (the worker logs it and retries the
 effect on its next pass). Images are never pulled: canaryd runs where no registry may be
@@ -68,6 +72,7 @@ from aiodocker.containers import DockerContainer
 from canaryd.adapters.kube import KubeClient
 from canaryd.adapters.platforms.docker_config import DockerConfig, read_config
 from canaryd.adapters.platforms.images import ImageCanaryPlatform
+from canaryd.adapters.platforms.pinning import pinned_reference
 from canaryd.config.kinds import Kind
 from canaryd.core.errors import PlatformUnavailable
 
@@ -190,6 +195,16 @@ class DockerEnginePlatform(ImageCanaryPlatform):
                 if info["Config"]["Image"] != image:
                     info = await self._recreate(docker, info, image)
                 await self._wait_ready(docker, info)
+
+    async def pin(self, image: str) -> str:
+        """The digest reference (or image ID) ``image`` names now (``platforms.pinning``)."""
+        async with self._client() as docker:
+            await self._require_image(docker, image)
+            inspected = await self._inspect_image(docker, image)
+        try:
+            return pinned_reference(image, inspected)
+        except ValueError as exc:
+            raise PlatformUnavailable(f"docker platform of {self.target}: {exc}") from exc
 
     async def aclose(self) -> None:
         """Nothing to close: each operation opens its own Docker client and closes it."""

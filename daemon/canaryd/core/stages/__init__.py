@@ -18,7 +18,8 @@ Stage timing is credit-based: each passing evaluation credits the time since the
 letting it run. ``progress_deadline`` bounds how far a stage can be stretched.
 
 The package is split by concern: ``transitions`` (the moves between phases, and the one place
-decisions are built), ``commands``, ``alerts``, ``evaluation``, ``progress`` and ``reconcile``.
+decisions are built), ``commands``, ``gate`` (the verify commands before anything is created),
+``alerts``, ``evaluation``, ``progress`` and ``reconcile``.
 Each step is a function returning ``(record, decisions)``; ``decide`` chains them here.
 """
 
@@ -39,6 +40,7 @@ from canaryd.core.model import (
 from canaryd.core.stages.alerts import HANDLED_ALERTS_KEPT, apply_alerts
 from canaryd.core.stages.commands import apply_command
 from canaryd.core.stages.evaluation import evaluate, evaluation_due, next_tick
+from canaryd.core.stages.gate import apply_verification
 from canaryd.core.stages.progress import cleanup, progress
 from canaryd.core.stages.reconcile import next_wakeup, reconcile
 from canaryd.core.stages.transitions import (
@@ -47,6 +49,7 @@ from canaryd.core.stages.transitions import (
     decision,
     remember_stable,
     stamped,
+    verifying,
 )
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "plan_stages",
     "reconcile",
     "start",
+    "verifying",
 ]
 
 
@@ -81,8 +85,15 @@ def start(
     policy: Policy,
     now: float,
     traffic: int | None = None,
+    *,
+    pinned: str | None = None,
+    verify: bool = False,
 ) -> tuple[Rollout, Action]:
-    """A new rollout of ``image`` (Pending until its canary is ready) and its first decision."""
+    """A new rollout of ``image`` (Pending until its canary is ready) and its first decision.
+
+    ``pinned``: the digest reference the platform resolved ``image`` to (used from now on);
+    ``verify``: the target has verify commands, so the gate (``stages.gate``) is closed.
+    """
     planned = plan_stages(policy, traffic)
     rollout = Rollout(
         id=rollout_id,
@@ -91,10 +102,19 @@ def start(
         policy=planned,
         started_at=now,
         weight_set_at=now,
+        pinned=pinned if pinned != image else None,
+        verify_pending=verify,
     )
     weights = "→".join(str(stage.weight) for stage in planned.stages)
-    evidence = {"weights": [stage.weight for stage in planned.stages]}
-    text = f"rollout of {image} started ({weights})"
+    evidence: dict[str, object] = {"weights": [stage.weight for stage in planned.stages]}
+    pin = ""
+    if rollout.pinned is not None:
+        evidence["pinned"] = rollout.pinned
+        pin = f", pinned to {rollout.pinned}"
+    if verify:
+        evidence["verify"] = True
+        pin += ", verifying first"
+    text = f"rollout of {image} started ({weights}{pin})"
     return rollout, decision(ActionKind.START, Cause.STARTED, text, 0, evidence)
 
 
@@ -115,13 +135,15 @@ def decide(
 ) -> tuple[Rollout, tuple[Action, ...]]:
     """The next state of a rollout and the decisions that led there. Pure.
 
-    Commands first (in order), then alerts, then an evaluation if one is due, then what time
-    and the observed world move on their own. An ended rollout only takes commands (cleanup)
-    and its scale-down.
+    Commands first (in order), then a finished verification, then alerts, then an evaluation
+    if one is due, then what time and the observed world move on their own. An ended rollout
+    only takes commands (cleanup) and its scale-down.
     """
     chain = _Chain(state if state.phase.terminal else remember_stable(state, observed))
     for index, command in enumerate(findings.commands):
         chain.then(apply_command(chain.state, command, index, now))
+    if findings.verification is not None:
+        chain.then(apply_verification(chain.state, findings.verification, now))
     if state.phase.terminal:
         chain.then(cleanup(chain.state, now))
         return chain.state, tuple(chain.decisions)

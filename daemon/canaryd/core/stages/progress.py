@@ -30,7 +30,9 @@ def stage_deadline(s: Rollout) -> float | None:
     """When the current stage (or its weight change) has run out of time, if it can."""
     limit = s.policy.limits.progress_deadline
     if s.phase is Phase.PENDING:
-        return s.started_at + limit
+        if s.verify_pending:
+            return None  # the verify commands' own timeout bounds the gate
+        return (s.weight_set_at or s.started_at) + limit
     if s.phase is not Phase.PROGRESSING:
         return None
     if s.stage_started_at is None:
@@ -58,7 +60,7 @@ def progress(s: Rollout, obs: Observed, now: float) -> Step:
 def _pending(s: Rollout, obs: Observed, now: float) -> Step:
     limit = s.policy.limits.progress_deadline
     deadline = stage_deadline(s)
-    if obs.canary_ready:
+    if obs.canary_ready and not s.verify_pending:
         stages = s.policy.stages
         s = fresh_stage(replace(s, phase=Phase.PROGRESSING), 0, stages[0].weight, now)
         text = f"canary ready; stage 1 of {len(stages)}: canary {s.weight}%"
@@ -139,7 +141,7 @@ def _promotion(s: Rollout, obs: Observed, now: float) -> Step:
     """update-stable -> shift -> remove -> Succeeded, each step once the world shows it."""
     limit = s.policy.limits.progress_deadline
     if s.promote_step is PromoteStep.UPDATE_STABLE:
-        if obs.stable_image == s.image:
+        if obs.stable_image == s.ref:
             s = replace(
                 s,
                 phase=Phase.PROMOTING,
@@ -148,10 +150,10 @@ def _promotion(s: Rollout, obs: Observed, now: float) -> Step:
                 weight_set_at=now,
                 message=None,
             )
-            text = f"stable runs {s.image}; all traffic back to stable"
+            text = f"stable runs {s.ref}; all traffic back to stable"
             return s, (decision(ActionKind.SET_WEIGHT, Cause.STABLE_UPDATED, text, 0),)
         if s.phase is Phase.PROMOTING and now + EPS >= (s.weight_set_at or now) + limit:
-            text = f"stable not updated to {s.image} after {limit:g}s; retrying"
+            text = f"stable not updated to {s.ref} after {limit:g}s; retrying"
             act = decision(ActionKind.FAILED, Cause.STUCK, text, s.weight, {"deadline": limit})
             return replace(s, phase=Phase.FAILED, message=act.reason), (act,)
         return s, ()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from canaryd.core.model import Effect, EffectKind, Observed, Phase, PromoteStep, Rollout
 from canaryd.core.stages.evaluation import evaluation_due
 from canaryd.core.stages.progress import stage_deadline
-from canaryd.core.stages.transitions import RESTORE
+from canaryd.core.stages.transitions import RESTORE, verifying
 
 
 def reconcile(state: Rollout, observed: Observed) -> tuple[Effect, ...]:
@@ -21,13 +21,15 @@ def reconcile(state: Rollout, observed: Observed) -> tuple[Effect, ...]:
     draining = s.rollback_reason is not None and (
         s.phase is not Phase.ROLLED_BACK or s.cleanup_at is not None
     )
+    if verifying(s):  # the verify gate: nothing is created before the commands passed
+        serving = False
     if serving and not (observed.canary_present and observed.canary_ready):
-        effects.append(Effect(EffectKind.ENSURE_CANARY, image=s.image))
+        effects.append(Effect(EffectKind.ENSURE_CANARY, image=s.ref))
     if s.phase is not Phase.PENDING and observed.weight != s.weight:
         effects.append(Effect(EffectKind.SET_WEIGHT, weight=s.weight))
     updating = promoting and s.promote_step is PromoteStep.UPDATE_STABLE
-    if updating and observed.stable_image != s.image:
-        effects.append(Effect(EffectKind.UPDATE_STABLE, image=s.image))
+    if updating and observed.stable_image != s.ref:
+        effects.append(Effect(EffectKind.UPDATE_STABLE, image=s.ref))
     restoring = s.promote_step is RESTORE and s.phase in (Phase.ROLLING_BACK, Phase.FAILED)
     if restoring and s.previous_image is not None and observed.stable_image != s.previous_image:
         effects.append(Effect(EffectKind.UPDATE_STABLE, image=s.previous_image))

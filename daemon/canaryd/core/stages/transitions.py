@@ -81,6 +81,8 @@ def check_command(state: Rollout, command: Command) -> str | None:
         return _restore_refusal(state)
     if phase not in (Phase.PENDING, Phase.PROGRESSING, Phase.PAUSED):
         return f"cannot {kind} a rollout that is {phase}"
+    if verifying(state):  # only a rollback or a cleanup may overtake the verify gate
+        return f"{state.ref} is being verified (the target's verify commands); cannot {kind} yet"
     if kind is CommandKind.PAUSE and phase is Phase.PAUSED:
         return "already paused"
     if kind is CommandKind.RESUME:
@@ -93,6 +95,12 @@ def check_command(state: Rollout, command: Command) -> str | None:
     ):
         return "weight must be within 0..100"
     return None
+
+
+def verifying(s: Rollout) -> bool:
+    """Whether the verify gate is closed: the runtime owes this record a verification
+    (``stages.gate``) and nothing may deploy or move traffic meanwhile."""
+    return s.verify_pending and s.rollback_reason is None and s.phase.active
 
 
 def _stable_update_begun(s: Rollout) -> bool:
@@ -178,7 +186,7 @@ def promote(
         weight_set_at=now,
         stage_passed=False,
     )
-    text = f"{reason}; updating stable to {s.image}"
+    text = f"{reason}; updating stable to {s.ref}"
     return s, (decision(ActionKind.PROMOTE, cause, text, s.weight, evidence),)
 
 

@@ -1,0 +1,181 @@
+"""The engine's half of SPEC §8 (issue 13, points 1 and 2): the verify gate before anything is
+created, and the pinned reference used from the start to the promoted stable. Pure, synchronous,
+table-driven where it helps: the real commands and the real engine are in
+``tests/runtime/test_verify_commands.py``, ``tests/daemon/test_verify_serve.py`` and
+``tests/platforms/test_docker_pinning.py``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from canaryd.core import stages, supply
+from canaryd.core.codec import rollout_from_dict, rollout_to_dict
+from canaryd.core.model import (
+    Cause,
+    Command,
+    CommandKind,
+    EffectKind,
+    Findings,
+    Observed,
+    Phase,
+    Rollout,
+    Verification,
+)
+from support.enginekit import make_policy, world
+
+DIGEST = "sha256:" + "ab" * 32
+PINNED = f"registry.example/matriz@{DIGEST}"
+NOTHING = Observed(weight=0, canary_ready=False, canary_present=False, stable_image="v1")
+
+
+def gated(pinned: str | None = None) -> Rollout:
+    s, first = stages.start("r1", "svc", "v2", make_policy(), 0.0, pinned=pinned, verify=True)
+    assert first.evidence.get("verify") is True
+    return s
+
+
+def passed() -> Findings:
+    return Findings(verification=Verification(True, "1 verify command passed", {"commands": []}))
+
+
+def failed() -> Findings:
+    evidence = {"commands": [{"argv": ["cosign", "verify", "v2"], "exit_code": 1}]}
+    return Findings(verification=Verification(False, "cosign exited with code 1", evidence))
+
+
+def test_nothing_is_created_while_the_gate_is_closed_and_no_deadline_runs() -> None:
+    s = gated()
+    assert stages.verifying(s)
+    for now in (0.0, 10.0, 10_000.0):  # the commands' own timeout bounds the gate
+        s, acts = stages.decide(s, NOTHING, Findings(), now)
+        assert acts == () and s.phase is Phase.PENDING
+        assert stages.reconcile(s, NOTHING) == ()
+    # even a canary someone else left running and ready does not start stage 1
+    ready = replace(NOTHING, canary_present=True, canary_ready=True)
+    s, acts = stages.decide(s, ready, Findings(), 5.0)
+    assert s.phase is Phase.PENDING and s.weight == 0 and acts == ()
+    assert [e.kind for e in stages.reconcile(s, ready)] == [EffectKind.REMOVE_CANARY]
+
+
+def test_a_passed_verification_opens_the_gate_and_the_pending_deadline_starts_then() -> None:
+    s, acts = stages.decide(gated(PINNED), NOTHING, passed(), 500.0)
+    assert [a.cause for a in acts] == [Cause.VERIFIED]
+    assert acts[0].evidence["image"] == PINNED and acts[0].phase is Phase.PENDING
+    assert not stages.verifying(s)
+    effects = stages.reconcile(s, NOTHING)
+    assert [(e.kind, e.image) for e in effects] == [(EffectKind.ENSURE_CANARY, PINNED)]
+    limit = s.policy.limits.progress_deadline
+    assert stages.next_wakeup(s) == 500.0 + limit  # not 0 + limit: verifying took 500 s
+
+
+def test_a_failed_verification_rolls_back_before_any_traffic_with_its_evidence() -> None:
+    s, acts = stages.decide(gated(), NOTHING, failed(), 3.0)
+    # nothing serves (the router is at 0): rolled back in the same pass
+    assert [(a.cause, a.phase) for a in acts] == [
+        (Cause.VERIFY_FAILED, Phase.ROLLING_BACK),
+        (Cause.ROLLED_BACK, Phase.ROLLED_BACK),
+    ]
+    assert s.phase is Phase.ROLLED_BACK and s.weight == 0
+    assert "verification of v2 failed: cosign exited with code 1" in (s.rollback_reason or "")
+    assert acts[0].evidence["commands"] == [{"argv": ["cosign", "verify", "v2"], "exit_code": 1}]
+    assert stages.reconcile(s, NOTHING) == ()
+
+
+def test_a_restart_while_verifying_verifies_again() -> None:
+    """The gate is in the record: a daemon killed while the commands ran finds it closed."""
+    s = gated()
+    reloaded = rollout_from_dict(rollout_to_dict(s))
+    assert reloaded == s and stages.verifying(reloaded)
+    assert stages.reconcile(reloaded, NOTHING) == ()
+
+
+def test_records_stored_before_pinning_load_unpinned_and_ungated() -> None:
+    old = rollout_to_dict(stages.start("r0", "svc", "v2", make_policy(), 0.0)[0])
+    del old["pinned"], old["verify_pending"]
+    s = rollout_from_dict(old)
+    assert s.pinned is None and not s.verify_pending and s.ref == "v2"
+
+
+@pytest.mark.parametrize(
+    ("kind", "open_"),
+    [
+        (CommandKind.ROLLBACK, True),
+        (CommandKind.CLEANUP, True),
+        (CommandKind.PAUSE, False),
+        (CommandKind.RESUME, False),
+        (CommandKind.PROMOTE, False),
+        (CommandKind.PROMOTE_FULL, False),
+        (CommandKind.SET_WEIGHT, False),
+    ],
+)
+def test_only_a_rollback_or_a_cleanup_overtakes_the_gate(kind: CommandKind, open_: bool) -> None:
+    refusal = stages.check_command(gated(), Command(kind, weight=50))
+    if open_:
+        assert refusal is None
+    else:
+        assert refusal is not None and "is being verified" in refusal
+
+
+def test_a_verification_that_arrives_after_a_rollback_changes_nothing() -> None:
+    s, _ = stages.decide(gated(), NOTHING, Findings(commands=(Command(CommandKind.ROLLBACK),)), 1)
+    assert not stages.verifying(s)
+    after, acts = stages.decide(s, NOTHING, passed(), 2.0)
+    assert Cause.VERIFIED not in [a.cause for a in acts]
+    assert all(e.kind is not EffectKind.ENSURE_CANARY for e in stages.reconcile(after, NOTHING))
+
+
+def test_promotion_puts_the_pinned_reference_on_stable_not_the_tag() -> None:
+    s, start = stages.start("r1", "svc", "v2", make_policy(), 0.0, pinned=PINNED)
+    assert start.evidence["pinned"] == PINNED and PINNED in start.reason
+    s, _ = stages.decide(s, world(s), Findings(commands=(Command(CommandKind.PROMOTE_FULL),)), 1)
+    assert s.phase is Phase.PROMOTING
+    tagged = world(s, stable_image="v2")  # the tag, moved or not, is not what was judged
+    assert [(e.kind, e.image) for e in stages.reconcile(s, tagged)] == [
+        (EffectKind.UPDATE_STABLE, PINNED)
+    ]
+    held, _ = stages.decide(s, tagged, Findings(), 2.0)
+    assert held.promote_step is s.promote_step  # stable does not run the judged bytes yet
+    moved, acts = stages.decide(s, world(s, stable_image=PINNED), Findings(), 2.0)
+    assert [a.cause for a in acts] == [Cause.STABLE_UPDATED] and moved.promote_step is not None
+
+
+def test_a_start_already_pinned_records_no_second_reference() -> None:
+    s, _ = stages.start("r1", "svc", PINNED, make_policy(), 0.0, pinned=PINNED)
+    assert s.pinned is None and s.ref == PINNED
+
+
+@pytest.mark.parametrize(
+    ("image", "digest", "pinned"),
+    [
+        (PINNED, True, True),
+        (f"registry.example:5000/team/app:v2@{DIGEST}", True, True),
+        (DIGEST, False, True),  # an engine's image ID: pinned, but not a digest a person gives
+        ("registry.example/matriz:v2", False, False),
+        ("matriz@sha256:" + "AB" * 32, False, False),  # upper-case hex is not a digest
+        ("matriz@sha256:" + "ab" * 31, False, False),
+        (f"matriz@{DIGEST}\n", False, False),
+    ],
+)
+def test_what_counts_as_pinned(image: str, digest: bool, pinned: bool) -> None:
+    assert supply.has_digest(image) is digest
+    assert supply.is_pinned(image) is pinned
+    assert (supply.digest_refusal("matriz", image) is None) is digest
+
+
+def test_the_refusal_names_the_target_the_key_and_the_image() -> None:
+    refusal = supply.digest_refusal("matriz", "matriz:v2")
+    assert refusal is not None
+    assert "matriz" in refusal and "require_digest" in refusal and "'matriz:v2'" in refusal
+
+
+def test_image_is_substituted_in_every_argument_and_nothing_else_is_read() -> None:
+    argv = ["scan", "--image={image}", "{image}", "$(rm -rf /)", "{other}"]
+    assert supply.substitute(argv, "a b;c") == (
+        "scan",
+        "--image=a b;c",
+        "a b;c",
+        "$(rm -rf /)",
+        "{other}",
+    )
