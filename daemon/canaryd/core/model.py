@@ -227,6 +227,10 @@ class Rollout:
     message: str | None = None  # why a Failed rollout is stuck
     successor: str | None = None  # the rollout that superseded this one and took its canary
     cleanup_now: bool = False  # an operator's cleanup: remove the canary without the delay
+    # whether canaryd moves the traffic (False: an observe-only router, ``noop``) and deploys
+    # the canary and the stable (False: ``none``); decisions say what it did not do
+    routes: bool = True
+    deploys: bool = True
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's

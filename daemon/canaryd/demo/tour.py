@@ -385,7 +385,7 @@ class Tour:
             d for d in history.get("decisions", []) if d.get("rollout_id") == rollout.get("id")
         ]
         for d in decisions:
-            d["t"] = float(d.get("t") or began) - began
+            d["t"] = float(d.get("t_unix") or began) - began  # seconds into the demo
         record.decisions = decisions
         if record.fault_at is not None:
             back = [  # "rolled-back": the router applied 0 % and read it back

@@ -56,6 +56,8 @@ class Target:
     labels: Mapping[str, str] = field(default_factory=dict)
     concerns: Concerns = lambda labels: False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    routes: bool = True  # False: the router is observe-only (``noop``); rollouts record it
+    deploys: bool = True  # False: the platform is observe-only (``none``)
 
 
 ALERT_RETENTION = 24 * 3600.0  # journalled alerts older than this are forgotten unless firing
@@ -288,9 +290,12 @@ class Controller:
         traffic: int | None = None,
         policy: str | None = None,
         by: str = "operator",
+        supersede: bool = False,
     ) -> Rollout:
-        """Admit and begin a rollout; the target's lock is held for at most ``request_wait``
-        while a superseded rollout rolls back (then 409: start again once it has)."""
+        """Admit and begin a rollout; an active one is replaced only when ``supersede`` asks
+        (else ``RolloutRefused`` naming it). The target's lock is held for at most
+        ``request_wait`` while a superseded rollout rolls back (then 409: start again once it
+        has)."""
         target = self.target(name)
         chosen = self._load_policy(policy) if policy else target.policy
         if traffic is not None:
@@ -299,14 +304,21 @@ class Controller:
             active = self._workers.get(name)
             now = self._clock.time()
             firing = [a.labels for a in self.inbox.firing_for(name, now)]
-            verdict = admit(active.state if active else None, image, chosen, firing)
+            verdict = admit(active.state if active else None, image, chosen, firing, supersede)
             if verdict.verdict is AdmissionVerdict.REFUSE:
-                raise RolloutRefused(verdict.reason)
+                raise RolloutRefused(verdict.reason, verdict.active)
             rollout_id = f"{name}-{int(now)}-{secrets.token_hex(3)}"
             if active is not None:  # superseded, or rolled back and awaiting its scale-down
                 await self._supersede(active, rollout_id, image, by)
             rollout, first = stages.start(
-                rollout_id, name, image, chosen, self._clock.time(), traffic
+                rollout_id,
+                name,
+                image,
+                chosen,
+                self._clock.time(),
+                traffic,
+                routes=target.routes,
+                deploys=target.deploys,
             )
             # Durable and running even if the request is cancelled meanwhile (client gone).
             await asyncio.shield(self._begin(rollout, first))

@@ -47,6 +47,7 @@ from canaryd.core.stages.transitions import (
     decision,
     remember_stable,
     stamped,
+    unchanged_by,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "plan_stages",
     "reconcile",
     "start",
+    "unchanged_by",
 ]
 
 
@@ -81,8 +83,12 @@ def start(
     policy: Policy,
     now: float,
     traffic: int | None = None,
+    *,
+    routes: bool = True,
+    deploys: bool = True,
 ) -> tuple[Rollout, Action]:
-    """A new rollout of ``image`` (Pending until its canary is ready) and its first decision."""
+    """A new rollout of ``image`` (Pending until its canary is ready) and its first decision.
+    ``routes``/``deploys`` False: the target's router/platform is observe-only."""
     planned = plan_stages(policy, traffic)
     rollout = Rollout(
         id=rollout_id,
@@ -91,6 +97,8 @@ def start(
         policy=planned,
         started_at=now,
         weight_set_at=now,
+        routes=routes,
+        deploys=deploys,
     )
     weights = "→".join(str(stage.weight) for stage in planned.stages)
     evidence = {"weights": [stage.weight for stage in planned.stages]}
