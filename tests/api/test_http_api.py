@@ -125,14 +125,18 @@ async def test_pause_resume_and_set_weight_move_the_rollout_as_asked(client: Cli
     assert again.status == 200
     unchanged = await again.json()
     assert (unchanged["phase"], unchanged["noop"], unchanged["noop_reason"]) == (
-        "Paused", True, "already paused"
+        "Paused",
+        True,
+        "already paused",
     )
 
     resumed = await (await post(client, "resume", "operator", {})).json()
     assert resumed["phase"] == "Progressing" and "noop" not in resumed
     running = await (await post(client, "resume", "operator", {})).json()
     assert (running["phase"], running["noop"], running["noop_reason"]) == (
-        "Progressing", True, "not paused"
+        "Progressing",
+        True,
+        "not paused",
     )
 
     weighted = await (await post(client, "weight", "operator", {"weight": 30})).json()

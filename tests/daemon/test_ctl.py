@@ -418,6 +418,6 @@ def test_canaryctl_names_the_role_of_the_api_route_table_when_a_403_does_not() -
         assert role is not None, command
         said = failures.explain(ErrorAnswer(403, "forbidden", "refused", {}), command)
         assert said == f"permission denied: refused (`{command}` needs role {role} or higher)"
-    assert route_named(ctl_main.ROUTE_OF["promote"]).role == "admin"
+    assert route_named(failures.ROUTE_OF["promote"]).role == "admin"
     named = ErrorAnswer(403, "forbidden", "promote needs the admin role; x is viewer", {})
-    assert ctl_main._explain(named, "promote") == f"permission denied: {named.message}"
+    assert failures.explain(named, "promote") == f"permission denied: {named.message}"
