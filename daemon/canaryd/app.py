@@ -162,6 +162,7 @@ class Daemon:
             router = build_router(t, self.kube)
             stack.push_async_callback(router.aclose)
             platform = self._given_platforms.get(t.name)
+            deploys = platform is not None or not _row(t, "platform", KINDS.platforms).observe_only
             if platform is None:
                 platform = build_platform(t, self.kube)
                 stack.push_async_callback(platform.aclose)
@@ -175,6 +176,8 @@ class Daemon:
                     concerns=t.concerns,
                     require_digest=t.supply.require_digest,
                     verify=_verifier(t),
+                    routes=not _row(t, "router", KINDS.routers).observe_only,
+                    deploys=deploys,
                 )
             )
 

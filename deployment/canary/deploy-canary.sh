@@ -20,11 +20,13 @@ usage() {
 Usage: $PROG COMMAND [OPTIONS]
 
 Commands:
-  start --image=IMAGE [--traffic=N] [--policy=NAME] [--monitoring]
+  start --image=IMAGE [--traffic=N] [--policy=NAME] [--supersede] [--monitoring]
                   canaryctl start TARGET --image IMAGE [--traffic N] [--policy NAME]:
                   a canary of IMAGE with N% of the traffic first (default: the policy's
                   first stage); --monitoring then follows it live (canaryctl watch TARGET)
-                  and exits with its outcome (10 if it was rolled back)
+                  and exits with its outcome (10 if it was rolled back). A rollout already
+                  active is a conflict (exit 7) unless --supersede: then it is rolled back
+                  and this one starts
   status          canaryctl status TARGET: where the rollout stands
   promote [--full]
                   canaryctl promote TARGET --full: promote the canary to stable now
@@ -163,6 +165,7 @@ main() {
     esac
 
     local image="" traffic="" policy="" reason="" platform="" monitoring=0 step=0 full=0
+    local supersede=0
     while [[ $# -gt 0 ]]; do
         local has_next=0
         [[ $# -gt 1 ]] && has_next=1
@@ -189,6 +192,9 @@ main() {
             --monitoring)
                 [[ "$command" == start ]] || die_usage "--monitoring only goes with start"
                 monitoring=1; shift ;;
+            --supersede)
+                [[ "$command" == start ]] || die_usage "--supersede only goes with start"
+                supersede=1; shift ;;
             --full|--step)
                 [[ "$command" == promote ]] || die_usage "$1 only goes with promote"
                 [[ "$1" == --full ]] && full=1 || step=1
@@ -211,6 +217,7 @@ main() {
             args=(start "$TARGET" --image "$image")
             [[ -z "$traffic" ]] || args+=(--traffic "$traffic")
             [[ -z "$policy" ]] || args+=(--policy "$policy")
+            [[ "$supersede" == 0 ]] || args+=(--supersede)
             "$CANARYCTL" "${args[@]}"
             if [[ "$monitoring" == 1 ]]; then
                 exec "$CANARYCTL" watch "$TARGET"

@@ -18,6 +18,7 @@ import pytest
 
 from canaryd.api.auditquery import read_query
 from canaryd.api.edge import AUDIT_OUTCOMES
+from canaryd.core.timefmt import parse_rfc3339
 from support.servekit import TOKENS, Serve, TargetSpec, write_config
 
 CHECKLESS = (
@@ -101,8 +102,10 @@ def test_every_audited_request_is_there_newest_first_with_its_detail(daemon: Ser
     assert doc["next"] is None
     seqs = [e["seq"] for e in entries]
     assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs)
-    times = [e["t"] for e in entries]
+    times = [e["t_unix"] for e in entries]
     assert times == sorted(times, reverse=True) and abs(times[0] - time.time()) < 300
+    for entry in entries:  # the documented time is RFC 3339 in UTC; the same moment as t_unix
+        assert entry["t"].endswith("Z") and abs(parse_rfc3339(entry["t"]) - entry["t_unix"]) < 1e-3
     refused_again, rollback = entries[0]["detail"], entries[1]["detail"]
     assert rollback["status"] == 200 and rollback["reason"] == "p95 doubled"
     assert rollback["remote"] == "127.0.0.1" and rollback["rollout"].startswith("shop-")
@@ -135,7 +138,7 @@ def test_each_filter_keeps_only_its_rows(daemon: Serve) -> None:
 
 def test_since_and_until_take_rfc3339_or_unix_seconds_and_are_inclusive(daemon: Serve) -> None:
     entries = page(daemon)["entries"]
-    third_newest, oldest = entries[2]["t"], entries[-1]["t"]
+    third_newest, oldest = entries[2]["t_unix"], entries[-1]["t_unix"]
     since = datetime.fromtimestamp(third_newest - 0.001, UTC).isoformat()  # 2026-...+00:00
     newest_three = page(daemon, f"?since={quoted(since)}")["entries"]
     assert rows(newest_three) == rows(entries[:3])

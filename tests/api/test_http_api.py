@@ -121,12 +121,23 @@ async def test_pause_resume_and_set_weight_move_the_rollout_as_asked(client: Cli
 
     paused = await (await post(client, "pause", "operator")).json()
     assert paused["phase"] == "Paused"
-    again = await post(client, "pause", "operator")
-    assert again.status == 409
-    assert (await again.json())["error"]["message"] == "already paused"
+    again = await post(client, "pause", "operator")  # idempotent: done already, said so
+    assert again.status == 200
+    unchanged = await again.json()
+    assert (unchanged["phase"], unchanged["noop"], unchanged["noop_reason"]) == (
+        "Paused",
+        True,
+        "already paused",
+    )
 
     resumed = await (await post(client, "resume", "operator", {})).json()
-    assert resumed["phase"] == "Progressing"
+    assert resumed["phase"] == "Progressing" and "noop" not in resumed
+    running = await (await post(client, "resume", "operator", {})).json()
+    assert (running["phase"], running["noop"], running["noop_reason"]) == (
+        "Progressing",
+        True,
+        "not paused",
+    )
 
     weighted = await (await post(client, "weight", "operator", {"weight": 30})).json()
     assert (weighted["phase"], weighted["weight"], weighted["stable_weight"]) == ("Paused", 30, 70)
@@ -201,9 +212,19 @@ async def test_a_second_start_of_the_same_image_is_a_conflict(client: Client, st
     assert audit_of(stack, "start") == [(NAMES["operator"], "ok"), (NAMES["operator"], "rejected")]
 
 
-async def test_a_new_image_supersedes_the_active_rollout(client: Client, stack: Stack) -> None:
+async def test_a_new_image_supersedes_the_active_rollout_only_when_asked(
+    client: Client, stack: Stack
+) -> None:
     first = await start(client, "shop/checkout:2.0", policy="slow")
-    second = await start(client, "shop/checkout:2.1", policy="slow")
+    body = {"image": "shop/checkout:2.1", "policy": "slow"}
+    refused = await client.post(ROLLOUTS, json=body, headers=auth("operator"))
+    assert refused.status == 409
+    error = (await refused.json())["error"]
+    assert error["rollout"] == first["id"] and first["id"] in error["message"]
+    assert "supersede" in error["message"]
+    current = stack.store.get(first["id"])
+    assert current is not None and str(current.phase) != "RolledBack"  # left alone
+    second = await start(client, "shop/checkout:2.1", policy="slow", supersede=True)
     assert second["id"] != first["id"]
     old = stack.store.get(first["id"])
     assert old is not None and str(old.phase) == "RolledBack" and old.successor == second["id"]
@@ -461,7 +482,8 @@ async def test_answers_conform_to_the_documented_schemas(client: Client, stack: 
     assert idle["rollout"] is None and len(idle["alerts"]) == 2
     conforms(await get_json(client, f"/api/v1/targets/{TARGET}/history"), "History")
     conforms(await (await post(client, "pause", "operator")).json(), "Rollout")
-    conforms(await (await post(client, "pause", "operator")).json(), "Error")
+    conforms(await (await post(client, "pause", "operator")).json(), "Rollout")  # a noop
+    conforms(await (await post(client, "promote", "operator")).json(), "Error")
     conforms(await (await post(client, "pause", "viewer")).json(), "Error")
     conforms(await (await client.get("/healthz")).json(), "Health")
     response = await client.post(

@@ -208,7 +208,7 @@ def test_unknown_fields_and_bad_values_keep_their_messages(server: ServerThread)
     """The 422s say what they said before the table: the field, and what was expected."""
     expected = {
         ("start_rollout", json.dumps({"image": "x:1", "trafic": 1})): (
-            "trafic: unknown field (allowed: image, policy, traffic)"
+            "trafic: unknown field (allowed: image, policy, supersede, traffic)"
         ),
         ("start_rollout", json.dumps({"traffic": 1})): "image: is required",
         ("start_rollout", json.dumps({"image": "x 1"})): (

@@ -310,7 +310,7 @@ async def test_an_alert_that_started_before_the_rollout_is_ignored(
     client: Client, stack: Stack
 ) -> None:
     rollout = await start_slow(client)
-    doc = payload("webhook-firing-truncated.json", starts_at=rollout["started_at"] - 3600)
+    doc = payload("webhook-firing-truncated.json", starts_at=rollout["started_at_unix"] - 3600)
     assert (await deliver(client, doc)).status == 200
     await wait_for(
         client,

@@ -203,7 +203,7 @@ def test_a_reason_label_is_its_causes_code_else_its_kind(
 
 def test_a_supersede_is_told_from_an_operators_rollback_by_its_cause() -> None:
     s, _ = stages.start("r1", "svc", "v2", make_policy(), 0.0)
-    verdict = admit(s, "v3", s.policy, ())
+    verdict = admit(s, "v3", s.policy, (), supersede=True)
     assert verdict.verdict is AdmissionVerdict.SUPERSEDE
     why = Command(CommandKind.ROLLBACK, reason=verdict.reason, cause=Cause.SUPERSEDED)
     s, acts = stages.decide(s, Observed(), Findings(commands=(why,)), 1.0)

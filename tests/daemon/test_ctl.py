@@ -410,14 +410,14 @@ def test_canaryctl_names_the_role_of_the_api_route_table_when_a_403_does_not() -
     """canaryctl keeps no copy of the roles: it names the route each command calls, and the
     role comes from ``api.routes`` (the table the server enforces and the document shows)."""
     from canaryd.api.routes import route_named
-    from canaryd.ctl import main as ctl_main
+    from canaryd.ctl import failures
     from canaryd.ctl.client import ErrorAnswer
 
-    for command, handler in ctl_main.ROUTE_OF.items():
+    for command, handler in failures.ROUTE_OF.items():
         role = route_named(handler).role
         assert role is not None, command
-        said = ctl_main._explain(ErrorAnswer(403, "forbidden", "refused", {}), command)
+        said = failures.explain(ErrorAnswer(403, "forbidden", "refused", {}), command)
         assert said == f"permission denied: refused (`{command}` needs role {role} or higher)"
-    assert route_named(ctl_main.ROUTE_OF["promote"]).role == "admin"
+    assert route_named(failures.ROUTE_OF["promote"]).role == "admin"
     named = ErrorAnswer(403, "forbidden", "promote needs the admin role; x is viewer", {})
-    assert ctl_main._explain(named, "promote") == f"permission denied: {named.message}"
+    assert failures.explain(named, "promote") == f"permission denied: {named.message}"

@@ -25,7 +25,7 @@ CHECKLESS = (
     "stages:\n  - {weight: 50, duration: 1h}\n  - {weight: 100, duration: 0s}\n"
 )
 SEEDED = 1500
-RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-]\d\d:\d\d)")
 # The requests the fixture makes, newest first: (who, what, target, outcome).
 MADE = [
     ("operator-user", "rollback", "shop", "ok"),

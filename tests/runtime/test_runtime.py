@@ -208,12 +208,19 @@ async def test_promote_moves_to_the_next_stage_without_waiting(running: Running)
     assert (moved.stage, moved.weight) == (1, 25)
 
 
-async def test_the_same_image_again_is_refused_and_a_new_one_supersedes(running: Running) -> None:
+async def test_the_same_image_again_is_refused_and_a_new_one_supersedes_only_when_asked(
+    running: Running,
+) -> None:
     first = await running.controller.start("svc", "v2")
     await running.until("svc", lambda r: r.stage_started_at is not None)
     with pytest.raises(RolloutRefused):
         await running.controller.start("svc", "v2")
-    second = await running.controller.start("svc", "v3")
+    with pytest.raises(RolloutRefused, match=f"rollout {first.id} of v2 is active") as refused:
+        await running.controller.start("svc", "v3")
+    assert refused.value.rollout == first.id
+    still = running.controller.current("svc")
+    assert still is not None and still.id == first.id and not still.phase.terminal
+    second = await running.controller.start("svc", "v3", supersede=True)
     old = running.store.get(first.id)
     assert old is not None and old.phase is Phase.ROLLED_BACK and old.successor == second.id
     assert "superseded by v3" in (old.rollback_reason or "")

@@ -310,10 +310,10 @@ async def test_a_start_that_supersedes_waits_bounded_and_frees_the_lock(
         await started(running)
         async with asyncio.timeout(5.0):
             with pytest.raises(RolloutRefused, match="has not finished within"):
-                await running.controller.start("svc", "v3")
+                await running.controller.start("svc", "v3", supersede=True)
             assert not running.controller.targets["svc"].lock.locked()
             with pytest.raises(RolloutRefused):  # answered again, promptly
-                await running.controller.start("svc", "v3")
+                await running.controller.start("svc", "v3", supersede=True)
 
 
 class SlowReads(SqliteStore):

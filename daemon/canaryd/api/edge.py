@@ -75,7 +75,7 @@ class ApiError(Exception):
         code: str,
         message: str,
         headers: Mapping[str, str] | None = None,
-        **extra: str,
+        **extra: object,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
@@ -90,7 +90,11 @@ class ApiError(Exception):
 
 
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None, **extra: str
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    **extra: object,
 ) -> web.Response:
     body = {"error": {"code": code, "message": message, **extra}}
     headers = dict(headers or {})

@@ -41,13 +41,16 @@ from canaryd.api.views import (
     alert_view,
     check_view,
     rollout_view,
+    stamped,
     target_summary,
 )
 from canaryd.api.webhook import PayloadError, WebhookCredential, parse_notification
+from canaryd.core import stages
 from canaryd.core.errors import (
     CommandRejected,
     ConfigError,
     PermanentError,
+    RolloutRefused,
     StillRunning,
     TemporaryError,
 )
@@ -56,6 +59,7 @@ from canaryd.ports import Clock, CorruptState, DecisionRecord, RolloutConflict, 
 from canaryd.runtime.controller import Controller
 
 RECENT_DECISIONS = 20  # shown with a target; the full list is under /history
+MAX_ROLLOUT_ID = 200  # characters of a ``?rollout=`` (ids are ``<target>-<time>-<hex>``)
 
 log = structlog.get_logger("canaryd.http")
 T = TypeVar("T")
@@ -120,6 +124,10 @@ async def _call(awaitable: Awaitable[T], *, bad_values: bool = False) -> T:
         ) from exc
     except (CommandRejected, RolloutConflict) as exc:
         raise ApiError(409, "conflict", str(exc)) from exc
+    except RolloutRefused as exc:  # frozen, or a rollout is active: named for the caller
+        if exc.rollout is None:
+            raise ApiError(409, "conflict", str(exc)) from exc
+        raise ApiError(409, "conflict", str(exc), rollout=exc.rollout) from exc
     except ConfigError as exc:
         raise ApiError(422, "invalid", str(exc)) from exc
     except TemporaryError as exc:
@@ -264,26 +272,42 @@ async def show_target(request: web.Request, call: Call) -> web.Response:
     if rollout is not None:
         decisions = await asyncio.to_thread(api.store.history, rollout_id=rollout.id)
         for m in await asyncio.to_thread(api.store.measurements, rollout.id):
-            checks[m["check"]] = check_view(rollout.policy.checks.get(m["check"]), m)
+            checks[m["check"]] = stamped(check_view(rollout.policy.checks.get(m["check"]), m))
     firing = api.controller.inbox.firing_for(name, api.clock.time())
     view = target_summary(target, rollout)
     view["rollout"] = rollout_view(rollout) if rollout else None
-    view["decisions"] = decisions[-RECENT_DECISIONS:]
+    view["decisions"] = [stamped(d) for d in decisions[-RECENT_DECISIONS:]]
     view["alerts"] = [alert_view(a) for a in firing]
     view["checks"] = checks  # the latest measurement of every check of the rollout
     return web.json_response(view)
 
 
 async def show_history(request: web.Request, call: Call) -> web.Response:
+    """The target's decisions, oldest first; ``?rollout=ID`` keeps one rollout's (404 when the
+    target has no such rollout), ``?limit=N`` the newest N of those."""
     api, name = request.app[API], request.match_info["target"]
-    raw = request.query.get("limit")
+    limit = _history_limit(request.query.get("limit"))
+    rollout = request.query.get("rollout")
+    if rollout is None:
+        decisions = await asyncio.to_thread(api.store.history, target=name)
+    else:
+        if not 0 < len(rollout) <= MAX_ROLLOUT_ID or not rollout.isprintable():
+            raise invalid("rollout", f"expected a rollout id of 1..{MAX_ROLLOUT_ID} characters")
+        found = await asyncio.to_thread(api.store.history, rollout_id=rollout)
+        decisions = [d for d in found if d["target"] == name]
+        if not decisions:  # every rollout has its start decision: none means no such rollout
+            raise ApiError(404, "not_found", f"target {name!r} has no rollout {rollout!r}")
+    if limit:
+        decisions = decisions[-limit:]
+    return web.json_response({"target": name, "decisions": [stamped(d) for d in decisions]})
+
+
+def _history_limit(raw: str | None) -> int:
+    """``?limit=N`` of the history: 0 when absent, 422 when not within 1..100000."""
     limit = int(raw) if raw and raw.isascii() and raw.isdigit() and len(raw) <= 6 else 0
     if raw is not None and not 0 < limit <= 100_000:
         raise invalid("limit", "expected an integer within 1..100000")
-    decisions = await asyncio.to_thread(api.store.history, target=name)
-    if limit:
-        decisions = decisions[-limit:]
-    return web.json_response({"target": name, "decisions": decisions})
+    return limit
 
 
 async def audit_log(request: web.Request, call: Call) -> web.Response:
@@ -295,7 +319,7 @@ async def audit_log(request: web.Request, call: Call) -> web.Response:
     store = request.app[API].store
     rows = await asyncio.to_thread(lambda: store.audit_log(**query.filters()))
     entries, following = query.page(rows)
-    return web.json_response({"entries": entries, "next": following})
+    return web.json_response({"entries": [stamped(e) for e in entries], "next": following})
 
 
 # --------------------------------------------------------------------------- writes
@@ -304,9 +328,14 @@ async def audit_log(request: web.Request, call: Call) -> web.Response:
 async def start_rollout(request: web.Request, call: Call) -> web.Response:
     name, body = request.match_info["target"], call.body
     image, traffic, policy = body["image"], body.get("traffic"), body.get("policy")
+    supersede = bool(body.get("supersede", False))
     call.detail.update(image=image, traffic=traffic, policy=policy)
+    if supersede:
+        call.detail["supersede"] = True
     controller = request.app[API].controller
-    start = controller.start(name, image, traffic=traffic, policy=policy, by=call.who.name)
+    start = controller.start(
+        name, image, traffic=traffic, policy=policy, by=call.who.name, supersede=supersede
+    )
     rollout = await _call(start, bad_values=True)
     call.detail["rollout"] = rollout.id
     location = {"Location": f"/api/v1/targets/{name}"}
@@ -335,11 +364,30 @@ async def rollback(request: web.Request, call: Call) -> web.Response:
 
 
 async def pause(request: web.Request, call: Call) -> web.Response:
-    return await _command(request, call, Command(CommandKind.PAUSE, by=call.who.name))
+    return await _idempotent(request, call, Command(CommandKind.PAUSE, by=call.who.name))
 
 
 async def resume(request: web.Request, call: Call) -> web.Response:
-    return await _command(request, call, Command(CommandKind.RESUME, by=call.who.name))
+    return await _idempotent(request, call, Command(CommandKind.RESUME, by=call.who.name))
+
+
+async def _idempotent(request: web.Request, call: Call, command: Command) -> web.Response:
+    """Pause and resume as scripts need them: asking for the state the rollout is already in
+    is a 200 saying so (``"noop": true``, ``noop_reason``), not a 409, so a retried or
+    repeated ``canaryctl pause`` succeeds. Only the engine's refusal is looked at again, so a
+    command that can apply always goes through the engine (and is recorded) as before."""
+    try:
+        return await _command(request, call, command)
+    except ApiError as exc:
+        if exc.status != 409:
+            raise
+        name = request.match_info["target"]
+        rollout = await asyncio.to_thread(request.app[API].controller.current, name)
+        same = stages.unchanged_by(rollout, command) if rollout is not None else None
+        if rollout is None or same is None:
+            raise
+    call.detail.update(rollout=rollout.id, noop=same)
+    return web.json_response({**rollout_view(rollout), "noop": True, "noop_reason": same})
 
 
 async def set_weight(request: web.Request, call: Call) -> web.Response:

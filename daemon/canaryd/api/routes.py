@@ -21,12 +21,19 @@ from canaryd.api.auth import ROLES
 
 TARGET = "/api/v1/targets/{target}"
 WRITE_ERRORS = (400, 401, 403, 404, 408, 409, 413, 422, 503)
-LIMIT = {  # the history's query parameter (checked by its handler, described here)
+LIMIT = {  # the history's query parameters (checked by its handler, described here)
     "name": "limit",
     "in": "query",
     "required": False,
     "description": "Only the newest N decisions",
     "schema": {"type": "integer", "minimum": 1, "maximum": 100000},
+}
+ROLLOUT = {
+    "name": "rollout",
+    "in": "query",
+    "required": False,
+    "description": "Only this rollout's decisions (404 when the target has no such rollout)",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200},
 }
 
 
@@ -169,11 +176,11 @@ ROUTES: tuple[Route, ...] = (
         "get",
         f"{TARGET}/history",
         "show_history",
-        "Every decision for the target, oldest first",
+        "Every decision for the target, oldest first; one rollout's with ?rollout",
         "viewer",
         answer="History",
         errors=(401, 404, 422),
-        query=(LIMIT,),
+        query=(ROLLOUT, LIMIT),
     ),
     Route(
         "get",

@@ -9,8 +9,9 @@ Request bodies carry, per field, the message a refusal gives (``x-message``, an 
 keyword JSON Schema ignores): a 422 names the field and says what was expected, in words a
 person can act on, rather than a validator's ``'x' is not of type 'integer'``.
 
-Times are seconds since the Unix epoch (floats), as the store keeps them; stage numbers are
-1-based, as people count them; weights are the canary's share in percent.
+Times are RFC 3339 in UTC (``2026-12-01T06:30:00.25Z``), each with its ``<name>_unix`` twin in
+Unix seconds for programs that compute with it (``_time``); stage numbers are 1-based, as people
+count them; weights are the canary's share in percent.
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ def _nullable(kind: str | dict[str, Any]) -> dict[str, Any]:
     if isinstance(kind, str):
         return {"type": [kind, "null"]}
     return {"oneOf": [kind, {"type": "null"}]}
+
+
+def _time(name: str, description: str, nullable: bool = False) -> dict[str, Any]:
+    """A time field ``name`` and its ``<name>_unix`` twin, as ``views.timed`` writes them."""
+    stamp: dict[str, Any] = {"type": ["string", "null"] if nullable else "string"}
+    seconds: dict[str, Any] = {"type": ["number", "null"] if nullable else "number"}
+    return {
+        name: {**stamp, "format": "date-time", "description": f"{description} (RFC 3339, UTC)"},
+        f"{name}_unix": {**seconds, "description": f"{description} (Unix seconds)"},
+    }
 
 
 def _object(required: str, closed: bool = False, **properties: Any) -> dict[str, Any]:
@@ -108,6 +119,12 @@ def _requests() -> dict[str, Any]:
             policy=text(
                 policy, description="The name of a policy the config allows (never a path)"
             ),
+            supersede={
+                "type": "boolean",
+                "x-message": "expected true or false",
+                "description": "Roll back the target's active rollout and start this one; "
+                "without it a start on a target with an active rollout is a 409 naming it",
+            },
         ),
         "PromoteRequest": _object(
             "",
@@ -134,7 +151,7 @@ def schemas() -> dict[str, Any]:
         seq={"type": "integer"},
         rollout_id={"type": "string"},
         target={"type": "string"},
-        t={"type": "number", "description": "When it was decided (Unix seconds)"},
+        **_time("t", "When it was decided"),
         phase={"enum": PHASES},
         stage={"type": "integer", "minimum": 1},
         weight={"type": "integer", "minimum": 0, "maximum": 100},
@@ -154,15 +171,21 @@ def schemas() -> dict[str, Any]:
         stages={"type": "integer", "minimum": 1},
         weight={"type": "integer", "minimum": 0, "maximum": 100},
         stable_weight={"type": "integer", "minimum": 0, "maximum": 100},
-        started_at={"type": "number"},
-        stage_started_at=_nullable("number"),
+        **_time("started_at", "When the rollout started"),
+        **_time("stage_started_at", "When the router applied the stage's weight", True),
         credited={"type": "number", "description": "Seconds of passing analysis this stage"},
-        finished_at=_nullable("number"),
+        **_time("finished_at", "When it ended", True),
         waiting_for_promote={"type": "boolean"},
         pause_reason=_nullable("string"),
         rollback_reason=_nullable("string"),
         message=_nullable("string"),
         successor=_nullable("string"),
+        noop={
+            "type": "boolean",
+            "description": "pause/resume only: true when the rollout already was as asked "
+            "(nothing changed; `noop_reason` says how, e.g. `already paused`)",
+        },
+        noop_reason={"type": "string"},
         plan={
             "type": "array",
             "items": _object(
@@ -195,8 +218,8 @@ def schemas() -> dict[str, Any]:
         name={"type": "string"},
         status={"enum": list(STATUSES)},
         labels=labels,
-        starts_at={"type": "number"},
-        ends_at=_nullable("number"),
+        **_time("starts_at", "When it began firing"),
+        **_time("ends_at", "When Alertmanager said it ends", True),
     )
     detail = {
         "allOf": [
@@ -211,7 +234,7 @@ def schemas() -> dict[str, Any]:
                         "value error t",
                         value=_nullable("number"),
                         error=_nullable("string"),
-                        t={"type": "number"},
+                        **_time("t", "When it was measured"),
                     ),
                 },
                 decisions={
@@ -261,6 +284,15 @@ def schemas() -> dict[str, Any]:
                 code={"type": "string", "description": "Stable, machine-readable"},
                 message={"type": "string"},
                 required_role={"enum": list(ROLES), "description": "403"},
+                suggestions={
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "404 for a target: configured names close to the one asked",
+                },
+                rollout={
+                    "type": "string",
+                    "description": "409 for a start: the target's active rollout",
+                },
             ),
         ),
         "Health": _object("status", status={"type": "string"}),
@@ -278,7 +310,7 @@ def schemas() -> dict[str, Any]:
         "AuditEntry": _object(
             "seq t who what target outcome detail",
             seq={"type": "integer", "description": "The row's number; only grows (the cursor)"},
-            t={"type": "number", "description": "When it was written (Unix seconds)"},
+            **_time("t", "When it was written"),
             who={"type": "string", "description": "The token's name, or anonymous"},
             what={"type": "string", "description": "The request: start, promote, alerts, ..."},
             target=_nullable("string"),

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -86,6 +87,7 @@ from canaryd.runtime.controller import Controller
 
 MAX_BODY = 1 << 20  # 1 MiB: an Alertmanager message with hundreds of alerts fits easily
 KEEPALIVE_TIMEOUT = 15.0  # seconds an idle connection, or one whose headers trickle, stay open
+MAX_ASKED = 100  # characters of an unknown target name compared and echoed (difflib is O(n·m))
 
 log = structlog.get_logger("canaryd.http")
 
@@ -279,10 +281,16 @@ def _check_role(identity: Identity, row: Route) -> None:
 
 def _check_target(request: web.Request) -> None:
     """404 for a ``{target}`` that is not configured; checked after authentication, so that
-    an anonymous caller cannot probe for target names."""
+    an anonymous caller cannot probe for target names. The answer names the configured
+    targets closest to the one asked (``suggestions``), as a typo is the usual cause."""
     name = request.match_info.get("target")
-    if name is not None and name not in request.app[API].controller.targets:
-        raise ApiError(404, "not_found", f"no target named {name!r}")
+    targets = request.app[API].controller.targets
+    if name is not None and name not in targets:
+        close = difflib.get_close_matches(name[:MAX_ASKED], sorted(targets), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        shown = name if len(name) <= MAX_ASKED else name[:MAX_ASKED] + "…"
+        message = f"no target named {shown!r}{hint}"
+        raise ApiError(404, "not_found", message, suggestions=close)
 
 
 async def _check_writable(api: Api) -> None:

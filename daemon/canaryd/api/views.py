@@ -10,12 +10,14 @@ field means is easier to review without the request handling around it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from canaryd.config.kinds import KindConfig
 from canaryd.core import units
 from canaryd.core.analysis import assess
 from canaryd.core.model import Alert, Check, Counts, Measurement, Phase, Policy, Rollout
+from canaryd.core.timefmt import format_rfc3339
 from canaryd.ports import MeasurementRecord
 
 
@@ -32,6 +34,27 @@ class TargetInfo(Protocol):
     def platform(self) -> KindConfig: ...
 
 
+def rfc3339(seconds: float | None) -> str | None:
+    """A time as every answer of the API shows it: RFC 3339 in UTC (``...Z``), or None."""
+    return None if seconds is None else format_rfc3339(seconds)
+
+
+def timed(key: str, seconds: float | None) -> dict[str, Any]:
+    """``{key: RFC 3339, key_unix: seconds}``: the documented field, and the same moment in
+    Unix seconds beside it for programs that compute with it (durations, charts)."""
+    return {key: rfc3339(seconds), f"{key}_unix": seconds}
+
+
+def stamped(row: Mapping[str, Any], key: str = "t") -> dict[str, Any]:
+    """A stored row (a decision, an audit entry, a measurement) with its time ``key`` in
+    RFC 3339 and ``<key>_unix`` beside it."""
+    out = dict(row)
+    seconds = out.get(key)
+    if isinstance(seconds, int | float):
+        out.update(timed(key, float(seconds)))
+    return out
+
+
 def rollout_view(r: Rollout) -> dict[str, Any]:
     """A rollout as the API shows it: stage numbers are 1-based, as people count them."""
     stages = r.policy.stages
@@ -45,10 +68,10 @@ def rollout_view(r: Rollout) -> dict[str, Any]:
         "stages": len(stages),
         "weight": r.weight,
         "stable_weight": r.stable_weight,
-        "started_at": r.started_at,
-        "stage_started_at": r.stage_started_at,
+        **timed("started_at", r.started_at),
+        **timed("stage_started_at", r.stage_started_at),
         "credited": r.credited,
-        "finished_at": r.finished_at,
+        **timed("finished_at", r.finished_at),
         "waiting_for_promote": r.phase is Phase.PAUSED and r.stage_passed,
         "pause_reason": r.pause_reason,
         "rollback_reason": r.rollback_reason,
@@ -72,8 +95,8 @@ def alert_view(a: Alert) -> dict[str, Any]:
         "name": a.name,
         "status": a.status,
         "labels": dict(a.labels),
-        "starts_at": a.starts_at,
-        "ends_at": a.ends_at,
+        **timed("starts_at", a.starts_at),
+        **timed("ends_at", a.ends_at),
     }
 
 

@@ -86,6 +86,9 @@ class Kind(Generic[C, F]):
     describe: Callable[[C], str]
     identity: Callable[[C], tuple[object, ...] | None] = _owns_nothing
     fallback: str = ""  # what to use meanwhile, for a kind without ``build``
+    # observe-only: the kind changes nothing in the world (``noop``, ``none``), so decisions
+    # say what canaryd did not do instead of claiming the traffic or the stable moved
+    observe_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,12 @@ class Kinds:
 
 
 def keyless(
-    name: str, config: Callable[[], C], adapter: Callable[[], T], describe: str
+    name: str,
+    config: Callable[[], C],
+    adapter: Callable[[], T],
+    describe: str,
+    *,
+    observe_only: bool = False,
 ) -> Kind[C, Callable[[str, C, object], T]]:
     """The row of a kind with no keys besides ``kind`` (observe-only's ``none`` and ``noop``):
     its reader makes the one config value there is, and its factory needs nothing from it."""
@@ -107,6 +115,7 @@ def keyless(
         read=lambda ld, m, where: config(),
         build=lambda target, c, kube: adapter(),
         describe=lambda c: describe,
+        observe_only=observe_only,
     )
 
 

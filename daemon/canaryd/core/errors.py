@@ -143,4 +143,9 @@ class UnknownTarget(PermanentError):
 
 
 class RolloutRefused(PermanentError):
-    """A start that admission refused: frozen, or the same image already rolling (HTTP 409)."""
+    """A start that admission refused: frozen, or a rollout active (HTTP 409); ``rollout``
+    names the active rollout when that is why."""
+
+    def __init__(self, message: str, rollout: str | None = None) -> None:
+        super().__init__(message)
+        self.rollout = rollout

@@ -231,6 +231,10 @@ class Rollout:
     # (None: the platform could not tell; ``image`` is used as given); see ``ref``
     pinned: str | None = None
     verify_pending: bool = False  # the target's ``verify:`` commands have not passed yet
+    # whether canaryd moves the traffic (False: an observe-only router, ``noop``) and deploys
+    # the canary and the stable (False: ``none``); decisions say what it did not do
+    routes: bool = True
+    deploys: bool = True
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's

@@ -64,8 +64,8 @@ def rule_for(rules: Iterable[AlertRule], labels: Mapping[str, str]) -> AlertRule
 
 class AdmissionVerdict(StrEnum):
     START = "start"  # no active rollout: start
-    SUPERSEDE = "supersede"  # another image is rolling out: roll it back, then start
-    REFUSE = "refuse"  # frozen by an alert, or the same image is already rolling out
+    SUPERSEDE = "supersede"  # asked to replace the active rollout: roll it back, then start
+    REFUSE = "refuse"  # frozen, or a rollout is active and replacing it was not asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,7 @@ class Admission:
 
     verdict: AdmissionVerdict
     reason: str
+    active: str | None = None  # the active rollout a refusal is about (the 409 names it)
 
 
 def admit(
@@ -81,12 +82,15 @@ def admit(
     image: str,
     policy: Policy,
     firing: Iterable[Mapping[str, str]],
+    supersede: bool = False,
 ) -> Admission:
     """Decide on a start request, given the target's active rollout and its firing alerts.
 
     A firing alert matching a ``freeze`` rule refuses every start. The same image as the active
-    rollout is a conflict; a different one supersedes it (the old canary is rolled back and
-    the new rollout starts fresh, never continuing the old analysis).
+    rollout is a conflict. Another image is a conflict too unless the caller asked to
+    ``supersede`` (SPEC §3): then the old canary is rolled back and the new rollout starts
+    fresh, never continuing the old analysis. Replacing a rollout is never implicit, because a
+    second pipeline or a mistyped target would otherwise silently end someone else's rollout.
     """
     for labels in firing:
         rule = rule_for(policy.alert_rules, labels)
@@ -97,6 +101,14 @@ def admit(
         return Admission(AdmissionVerdict.START, "no active rollout")
     if active.image == image:
         return Admission(
-            AdmissionVerdict.REFUSE, f"rollout {active.id} of {image} is already active"
+            AdmissionVerdict.REFUSE, f"rollout {active.id} of {image} is already active", active.id
         )
-    return Admission(AdmissionVerdict.SUPERSEDE, f"superseded by {image}")
+    if not supersede:
+        return Admission(
+            AdmissionVerdict.REFUSE,
+            f"rollout {active.id} of {active.image} is active ({active.phase}, canary "
+            f"{active.weight}%); ask to supersede it (canaryctl start --supersede, "
+            '"supersede": true) to roll it back and start this one',
+            active.id,
+        )
+    return Admission(AdmissionVerdict.SUPERSEDE, f"superseded by {image}", active.id)

@@ -14,7 +14,7 @@ time Alertmanager sends whose fraction Go trimmed) is one ``fullmatch`` and one
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}):(\d{2})(?:\.(\d{1,32}))?([Zz]|[+-](\d{2}):(\d{2}))"
@@ -52,3 +52,22 @@ def _exact(m: re.Match[str], second: int, digits: str) -> float:
     if second == 60:  # a leap second: RFC 3339 allows it, Go never sends it
         seconds += 1.0
     return seconds + (int(digits) / 10 ** len(digits) if digits else 0.0)
+
+
+def format_rfc3339(seconds: float, *, local: bool = False, fraction: bool = True) -> str:
+    """Unix ``seconds`` as RFC 3339 with its zone: UTC with ``Z`` (what the API answers, e.g.
+    ``2026-12-01T06:30:00.25Z``), or with ``local`` the machine's zone and offset (what
+    ``canaryctl`` tables show people, ``Z`` again on a machine set to UTC).
+
+    ``fraction`` keeps milliseconds when there are any (trailing zeros trimmed, as Go's
+    ``RFC3339Nano`` does), so decisions within one second keep their order; tables drop them.
+    """
+    moment = datetime.fromtimestamp(seconds, UTC)
+    if local:
+        moment = moment.astimezone()
+    text = moment.isoformat(timespec="milliseconds" if fraction else "seconds")
+    if fraction:
+        head, _, rest = text.partition(".")
+        millis, zone = rest[:3].rstrip("0"), rest[3:]
+        text = f"{head}.{millis}{zone}" if millis else f"{head}{zone}"
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

@@ -12,12 +12,11 @@ import argparse
 import re
 import sys
 import time
-from datetime import datetime
 from typing import Any
 
 from canaryd.core.durations import parse_duration
 from canaryd.ctl.client import EXIT_OK, Client
-from canaryd.ctl.text import print_json, table
+from canaryd.ctl.text import print_json, table, when
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 100_000  # the most rows the daemon keeps (runtime.controller.AUDIT_KEEP)
@@ -61,12 +60,8 @@ def run(client: Client, args: argparse.Namespace) -> int:
 
 
 def _row(entry: dict[str, Any]) -> tuple[str, ...]:
-    t = entry.get("t")
-    moment = "-"
-    if isinstance(t, int | float):
-        moment = datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
     return (
-        moment,
+        when(entry.get("t_unix", entry.get("t"))),
         str(entry.get("seq", "")),
         str(entry.get("who", "")),
         str(entry.get("what", "")),

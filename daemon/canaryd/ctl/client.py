@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from canaryd.core.errors import CanarydError, TemporaryError
+from canaryd.core.timefmt import parse_rfc3339
 
 DEFAULT_URL = "http://127.0.0.1:9870"
 API = "/api/v1"
@@ -115,8 +116,12 @@ class Client:
     def target(self, name: str) -> Any:
         return self.request("GET", f"{API}/targets/{_seg(name)}")
 
-    def history(self, name: str) -> Any:
-        return self.request("GET", f"{API}/targets/{_seg(name)}/history")
+    def history(self, name: str, rollout: str | None = None, limit: int | None = None) -> Any:
+        query = {"rollout": rollout, "limit": None if limit is None else str(limit)}
+        given = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+        return self.request(
+            "GET", f"{API}/targets/{_seg(name)}/history" + (f"?{given}" if given else "")
+        )
 
     def audit(self, query: Mapping[str, str], limit: int) -> tuple[list[Any], str | None]:
         """Up to ``limit`` audit entries matching ``query``, newest first, following the API's
@@ -135,9 +140,17 @@ class Client:
         return entries, link
 
     def start(
-        self, name: str, image: str, traffic: int | None = None, policy: str | None = None
+        self,
+        name: str,
+        image: str,
+        traffic: int | None = None,
+        policy: str | None = None,
+        supersede: bool = False,
     ) -> Any:
+        """``supersede``: roll back the target's active rollout for this one (else a 409)."""
         body: dict[str, Any] = {"image": image}
+        if supersede:
+            body["supersede"] = True
         if traffic is not None:
             body["traffic"] = traffic
         if policy is not None:
@@ -308,8 +321,8 @@ class RolloutView:
             plan=plan,
             weight=weight,
             stable_weight=int(stable) if isinstance(stable, int) else 100 - weight,
-            started_at=_float(d.get("started_at")),
-            finished_at=_float(d.get("finished_at")),
+            started_at=seconds_of(d, "started_at"),
+            finished_at=seconds_of(d, "finished_at"),
             credited=float(d.get("credited") or 0.0),
             pause_reason=_str(d.get("pause_reason")),
             rollback_reason=_str(d.get("rollback_reason")),
@@ -330,8 +343,18 @@ class RolloutView:
         return f"{self.stage}/{self.stage_count}" if self.stage_count else str(self.stage)
 
 
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) else None
+def seconds_of(d: Mapping[str, Any], key: str) -> float | None:
+    """A time of an answer in Unix seconds: its ``<key>_unix`` twin, the RFC 3339 ``key``
+    (what the API documents), or a number (the stored record)."""
+    for value in (d.get(f"{key}_unix"), d.get(key)):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return parse_rfc3339(value)
+            except ValueError:
+                return None
+    return None
 
 
 def _str(value: Any) -> str | None:

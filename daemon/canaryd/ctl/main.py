@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from canaryd import __version__
-from canaryd.api.routes import role_of
 from canaryd.config.policies import load_policy, resolve
 from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import ConfigError
 from canaryd.core.timefmt import parse_rfc3339
-from canaryd.ctl import audit, quiet
+from canaryd.ctl import audit, history, quiet
 from canaryd.ctl.client import (
     DEFAULT_URL,
     EXIT_INTERRUPTED,
@@ -42,13 +41,14 @@ from canaryd.ctl.client import (
     EXIT_ROLLED_BACK,
     Client,
     DaemonUnreachable,
-    ErrorAnswer,
     RolloutView,
     checks_of,
     decisions_of,
     rollout_of,
     targets_of,
 )
+from canaryd.ctl.failures import Handler, Parser, error_of_unreachable, wants_json
+from canaryd.ctl.failures import with_client as _api
 from canaryd.ctl.text import (
     age,
     bar,
@@ -76,22 +76,6 @@ exit codes:
    10  watch: the rollout was rolled back
   130  interrupted (Ctrl-C)
 """
-
-# The route each command calls (``api.routes``), for the role to name when a 403 does not.
-ROUTE_OF = {
-    "status": "list_targets",
-    "history": "show_history",
-    "audit": "audit_log",
-    "watch": "show_target",
-    "start": "start_rollout",
-    "pause": "pause",
-    "resume": "resume",
-    "rollback": "rollback",
-    "abort": "rollback",
-    "set-weight": "set_weight",
-    "promote": "promote",
-    "cleanup": "cleanup",
-}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -128,12 +112,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- API commands
 
-Handler = Callable[[Client, argparse.Namespace], int]
-
-
 # The commands that change something: the client call, and the verb for the one-line answer.
 ACTIONS: dict[str, tuple[Callable[[Client, argparse.Namespace], Any], str]] = {
-    "start": (lambda c, a: c.start(a.target, a.image, a.traffic, a.policy), "started"),
+    "start": (
+        lambda c, a: c.start(a.target, a.image, a.traffic, a.policy, a.supersede),
+        "started",
+    ),
     "promote": (lambda c, a: c.promote(a.target, a.full), "promoted"),
     "rollback": (lambda c, a: c.rollback(a.target, a.reason), "rolling back"),
     "pause": (lambda c, a: c.pause(a.target), "paused"),
@@ -152,6 +136,8 @@ def _acted(args: argparse.Namespace, doc: Any, verb: str) -> int:
     """One line saying what the command did and where the rollout now stands."""
     if args.output == "json":
         return print_json(doc)
+    if isinstance(doc, dict) and doc.get("noop"):  # pause/resume: it already was so
+        verb = str(doc.get("noop_reason") or "unchanged")
     rollout = _rollout_or_say(args, doc, verb)
     if rollout is None:
         return EXIT_OK
@@ -259,31 +245,6 @@ def _stage_detail(r: RolloutView) -> str:
     )
 
 
-def _history(client: Client, args: argparse.Namespace) -> int:
-    doc = client.history(args.target)
-    if args.output == "json":
-        return print_json(doc)
-    decisions = decisions_of(doc)
-    if not decisions:
-        print(f"{args.target}: no history yet")
-        return EXIT_OK
-    rows = [("TIME", "ROLLOUT", "PHASE", "STAGE", "WEIGHT", "ACTION", "REASON")]
-    for d in decisions:
-        rows.append(
-            (
-                when(d.get("t")),
-                str(d.get("rollout_id", "")),
-                str(d.get("phase", "")),
-                str(d.get("stage", "")),
-                f"{d.get('weight', '')}%",
-                str(d.get("action", "")),
-                str(d.get("reason", "")),
-            )
-        )
-    print(table(rows))
-    return EXIT_OK
-
-
 # --------------------------------------------------------------------------- watch
 
 
@@ -323,6 +284,8 @@ class Frame:
 
 
 def _watch(client: Client, args: argparse.Namespace) -> int:
+    if args.output == "json":
+        return _watch_json(client, args)
     show = _rich_view() if (not args.plain and sys.stdout.isatty()) else None
     plain = _PlainView(sys.stdout.isatty())
     frame: Frame | None = None
@@ -344,6 +307,33 @@ def _watch(client: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{r.target}: rollout {r.id} ended {r.phase}")
     return EXIT_ROLLED_BACK if r.phase == "RolledBack" else EXIT_OK
+
+
+def _watch_json(client: Client, args: argparse.Namespace) -> int:
+    """``watch -o json``: the target as the API shows it, one JSON document per line, flushed,
+    each time it changed (so ``jq`` or a script reads a stream); a daemon that stops answering
+    mid-watch is a line ``{"error": {..., "retrying": true}}``. Exit codes as in text mode."""
+    last, rollout, answered = "", None, False
+    while True:
+        try:
+            doc = client.target(args.target)
+        except DaemonUnreachable as exc:
+            if not answered:
+                raise
+            line = json.dumps({"error": {**error_of_unreachable(exc), "retrying": True}})
+        else:
+            answered, rollout = True, rollout_of(doc)
+            line = json.dumps(doc)
+        if line != last:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+            last = line
+        if args.once or rollout is None or rollout.terminal:
+            break
+        time.sleep(args.interval)
+    if args.once or rollout is None:
+        return EXIT_OK
+    return EXIT_ROLLED_BACK if rollout.phase == "RolledBack" else EXIT_OK
 
 
 def _next_frame(client: Client, target: str, last: Frame | None) -> Frame:
@@ -426,50 +416,6 @@ def _rich_view() -> Callable[[Frame | None], None] | None:
     return show
 
 
-# --------------------------------------------------------------------------- the API's errors
-
-
-def _api(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    """Run ``handler`` with a client; turn every failure into one line and its exit code."""
-
-    def run(args: argparse.Namespace) -> int:
-        client = Client(args.url, args.token or None, args.timeout)
-        try:
-            return handler(client, args)
-        except DaemonUnreachable as exc:
-            print(f"canaryctl: {exc}", file=sys.stderr)
-            return exc.exit_code
-        except ErrorAnswer as exc:
-            print(f"canaryctl: {_explain(exc, args.command)}", file=sys.stderr)
-            return exc.exit_code
-
-    return run
-
-
-def _role_needed(command: str) -> str | None:
-    """The role ``command`` needs, read from the API's route table (SPEC §5.3)."""
-    handler = ROUTE_OF.get(command)
-    return role_of(handler) if handler is not None else None
-
-
-def _explain(exc: ErrorAnswer, command: str) -> str:
-    if exc.status == 401:
-        return "token missing or not accepted: set --token or CANARYD_TOKEN"
-    if exc.status == 403:
-        role = exc.required_role or _role_needed(command)
-        said = role is None or role in exc.message  # the API's message names it already
-        needs = "" if said else f" (`{command}` needs role {role} or higher)"
-        return f"permission denied: {exc.message}{needs}"
-    prefix = {
-        404: "not found",
-        409: "conflict",
-        422: "invalid request",
-        413: "request too large",
-        503: "canaryd is not ready",
-    }.get(exc.status, f"HTTP {exc.status} {exc.code}" if exc.status else "bad answer")
-    return f"{prefix}: {exc.message}"
-
-
 # --------------------------------------------------------------------------- parser
 
 
@@ -523,6 +469,11 @@ def _add_api_commands(commands: Any) -> None:
     p.add_argument("--image", required=True, help="image reference (tag or @sha256: digest)")
     p.add_argument("--traffic", type=_percent, help="initial canary percentage (first stage)")
     p.add_argument("--policy", help="a policy name the config allows (default: the target's)")
+    p.add_argument(
+        "--supersede",
+        action="store_true",
+        help="roll back the target's active rollout and start this one (without it: exit 7)",
+    )
 
     p = _add(commands, "status", _status, "one target's rollout, or every target")
     p.add_argument("target", nargs="?")
@@ -539,9 +490,11 @@ def _add_api_commands(commands: Any) -> None:
         ("pause", _act, "hold the rollout at its current stage"),
         ("resume", _act, "continue a paused rollout"),
         ("cleanup", _act, "remove canary artefacts and reset the target's state (admin)"),
-        ("history", _history, "every decision of the target's rollouts"),
     ):
         _add(commands, name, handler, text).add_argument("target")
+
+    p = _add(commands, "history", history.run, "the decisions of the target's rollouts")
+    history.add_arguments(p)
 
     p = _add(commands, "audit", audit.run, "who did what: the audit log, newest first (admin)")
     audit.add_arguments(p)
@@ -558,7 +511,7 @@ def _add_api_commands(commands: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="canaryctl",
         description=__doc__.splitlines()[0],
         epilog=EXIT_CODES,
@@ -588,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse and run one command; a closed pipe and Ctrl-C end quietly (``ctl.quiet``)."""
 
     def run() -> int:
+        Parser.json_errors = wants_json(sys.argv[1:] if argv is None else argv)
         args = build_parser().parse_args(argv)
         code: int = args.handler(args)
         return code

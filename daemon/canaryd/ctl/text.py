@@ -15,6 +15,7 @@ from typing import Any
 
 from canaryd.core import units
 from canaryd.core.durations import format_duration
+from canaryd.core.timefmt import format_rfc3339, parse_rfc3339
 from canaryd.ctl.client import EXIT_OK, RolloutView
 
 
@@ -94,10 +95,19 @@ def decision_text(d: dict[str, Any]) -> str:
 
 
 def when(t: Any, clock: bool = False) -> str:
+    """A time for people: RFC 3339 in the local zone with its offset (``Z`` on a UTC machine)
+    in tables; the wall clock alone (``clock``) in live lines. ``t``: Unix seconds or the
+    API's RFC 3339 text."""
+    if isinstance(t, str):
+        try:
+            t = parse_rfc3339(t)
+        except ValueError:
+            return str(t)
     if not isinstance(t, int | float):
         return "-"
-    moment = datetime.fromtimestamp(t)
-    return f"{moment:%H:%M:%S}" if clock else f"{moment:%Y-%m-%d %H:%M:%S}"
+    if clock:
+        return f"{datetime.fromtimestamp(t):%H:%M:%S}"
+    return format_rfc3339(t, local=True, fraction=False)
 
 
 def age(r: RolloutView) -> str:

@@ -244,6 +244,7 @@ class Tour:
             log = (self.workdir / "canaryd.log").open("a")
             configure_logging("info", json_logs=True, stream=log)
             daemon = Daemon(settings, platforms={TARGET: platform}, gather=0.1)
+            daemon.supervisor.signals = False  # Ctrl-C is the tour's: it stops all (``run``)
             daemon_task = asyncio.create_task(daemon.run())
             client = Client(canaryd_url, self.token)
             await self._until_ready(client, daemon_task)
@@ -260,6 +261,9 @@ class Tour:
                 ]
                 load.cancel()
             return self._finish(records, settings.targets[0].policy.name)
+        except asyncio.CancelledError:
+            self.say("interrupted: stopping canaryd and everything the demo started")
+            raise
         finally:
             if daemon is not None and daemon_task is not None:
                 daemon.supervisor.stop()
@@ -393,7 +397,7 @@ class Tour:
             d for d in history.get("decisions", []) if d.get("rollout_id") == rollout.get("id")
         ]
         for d in decisions:
-            d["t"] = float(d.get("t") or began) - began
+            d["t"] = float(d.get("t_unix") or began) - began  # seconds into the demo
         record.decisions = decisions
         if record.fault_at is not None:
             back = [  # "rolled-back": the router applied 0 % and read it back
@@ -509,6 +513,11 @@ def run(fast: bool, workdir: Path | None, as_json: bool, out: TextIO = sys.stdou
     directory.mkdir(parents=True, exist_ok=True)
     progress = sys.stderr if as_json else out
     tour = Tour(directory.resolve(), fast, progress)
+    # Ctrl-C: ``asyncio.run`` cancels ``tour.run``, whose ``finally`` stops canaryd and every
+    # process the demo started (by pid), then raises KeyboardInterrupt, which ``cli.main``
+    # (``ctl.quiet``) turns into exit 130 without a traceback. canaryd's own supervisor is
+    # told to leave SIGINT alone: stopping on its own, it would make the tour fail mid-way
+    # ("canaryd stopped during the demo") instead of being interrupted.
     try:
         doc = asyncio.run(tour.run())
     except stack.StackError as exc:

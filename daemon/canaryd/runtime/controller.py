@@ -67,6 +67,8 @@ class Target:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     require_digest: bool = False  # a start must name ``…@sha256:<64 hex>`` (SPEC §8)
     verify: Verifier | None = None  # the target's ``verify:`` commands, run before stage 1
+    routes: bool = True  # False: the router is observe-only (``noop``); rollouts record it
+    deploys: bool = True  # False: the platform is observe-only (``none``)
 
 
 ALERT_RETENTION = 24 * 3600.0  # journalled alerts older than this are forgotten unless firing
@@ -300,9 +302,12 @@ class Controller:
         traffic: int | None = None,
         policy: str | None = None,
         by: str = "operator",
+        supersede: bool = False,
     ) -> Rollout:
-        """Admit and begin a rollout; the target's lock is held for at most ``request_wait``
-        while a superseded rollout rolls back (then 409: start again once it has)."""
+        """Admit and begin a rollout; an active one is replaced only when ``supersede`` asks
+        (else ``RolloutRefused`` naming it). The target's lock is held for at most
+        ``request_wait`` while a superseded rollout rolls back (then 409: start again once it
+        has)."""
         target = self.target(name)
         if target.require_digest and (refusal := supply.digest_refusal(name, image)):
             raise RolloutRefused(refusal)  # before anything is looked up or created
@@ -313,9 +318,9 @@ class Controller:
             active = self._workers.get(name)
             now = self._clock.time()
             firing = [a.labels for a in self.inbox.firing_for(name, now)]
-            verdict = admit(active.state if active else None, image, chosen, firing)
+            verdict = admit(active.state if active else None, image, chosen, firing, supersede)
             if verdict.verdict is AdmissionVerdict.REFUSE:
-                raise RolloutRefused(verdict.reason)
+                raise RolloutRefused(verdict.reason, verdict.active)
             rollout_id = f"{name}-{int(now)}-{secrets.token_hex(3)}"
             pinned = await _pin(target.platform, image)  # before the old rollout is touched
             if active is not None:  # superseded, or rolled back and awaiting its scale-down
@@ -329,6 +334,8 @@ class Controller:
                 traffic,
                 pinned=pinned,
                 verify=target.verify is not None,
+                routes=target.routes,
+                deploys=target.deploys,
             )
             # Durable and running even if the request is cancelled meanwhile (client gone).
             await asyncio.shield(self._begin(rollout, first))

@@ -63,6 +63,9 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
         self.failure: ServiceFailed | None = None
+        # SIGTERM/SIGINT stop the daemon; False when a program runs it inside itself and owns
+        # the signals (``canaryd demo``: Ctrl-C stops everything the demo started, canaryd too)
+        self.signals = True
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> asyncio.Task[None]:
         """Run ``coro`` as an owned task (workers); cancelled at shutdown. Unnamed, the task
@@ -117,7 +120,7 @@ class Supervisor:
         ``ServiceFailed`` is raised after the whole shutdown when a service could not go on.
         """
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT) if self.signals else ():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         try:
@@ -130,7 +133,7 @@ class Supervisor:
                     task.cancel()
         finally:
             self._group = None
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT) if self.signals else ():
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             await after_stop()

@@ -48,4 +48,4 @@ class NoneConfig:
     kind: Literal["none"] = field(default="none", init=False)
 
 
-KIND = keyless("none", NoneConfig, NonePlatform, "none")
+KIND = keyless("none", NoneConfig, NonePlatform, "none", observe_only=True)

@@ -43,4 +43,4 @@ class NoopConfig:
     kind: Literal["noop"] = field(default="noop", init=False)
 
 
-KIND = keyless("noop", NoopConfig, NoopRouter, "noop (observe only)")
+KIND = keyless("noop", NoopConfig, NoopRouter, "noop (observe only)", observe_only=True)

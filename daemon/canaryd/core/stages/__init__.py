@@ -49,6 +49,7 @@ from canaryd.core.stages.transitions import (
     decision,
     remember_stable,
     stamped,
+    unchanged_by,
     verifying,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "plan_stages",
     "reconcile",
     "start",
+    "unchanged_by",
     "verifying",
 ]
 
@@ -88,11 +90,14 @@ def start(
     *,
     pinned: str | None = None,
     verify: bool = False,
+    routes: bool = True,
+    deploys: bool = True,
 ) -> tuple[Rollout, Action]:
     """A new rollout of ``image`` (Pending until its canary is ready) and its first decision.
 
     ``pinned``: the digest reference the platform resolved ``image`` to (used from now on);
-    ``verify``: the target has verify commands, so the gate (``stages.gate``) is closed.
+    ``verify``: the target has verify commands, so the gate (``stages.gate``) is closed;
+    ``routes``/``deploys`` False: the target's router/platform is observe-only.
     """
     planned = plan_stages(policy, traffic)
     rollout = Rollout(
@@ -104,6 +109,8 @@ def start(
         weight_set_at=now,
         pinned=pinned if pinned != image else None,
         verify_pending=verify,
+        routes=routes,
+        deploys=deploys,
     )
     weights = "→".join(str(stage.weight) for stage in planned.stages)
     evidence: dict[str, object] = {"weights": [stage.weight for stage in planned.stages]}

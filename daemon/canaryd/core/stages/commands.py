@@ -7,6 +7,7 @@ from dataclasses import replace
 
 from canaryd.core.model import ActionKind, Cause, Command, CommandKind, Phase, Rollout
 from canaryd.core.stages.transitions import (
+    TRAFFIC_UNTOUCHED,
     Step,
     check_command,
     decision,
@@ -66,4 +67,6 @@ def _set_weight(s: Rollout, c: Command, who: str, now: float) -> Step:
     s, paused = pause(s, Cause.MANUAL_WEIGHT, reason, now)
     s = replace(s, weight=weight, weight_set_at=now, stage_started_at=None, credited=0.0)
     text = f"canary weight set to {weight}%{who}"
+    if not s.routes:
+        text = f"canary weight {weight}% recorded{who} ({TRAFFIC_UNTOUCHED})"
     return s, (*paused, decision(ActionKind.SET_WEIGHT, Cause.MANUAL_WEIGHT, text, weight))

@@ -18,7 +18,10 @@ from canaryd.core.stages.evaluation import next_tick
 from canaryd.core.stages.transitions import (
     EPS,
     RESTORE,
+    STABLE_UNTOUCHED,
+    TRAFFIC_UNTOUCHED,
     Step,
+    canary_share,
     decision,
     fresh_stage,
     resume,
@@ -63,7 +66,7 @@ def _pending(s: Rollout, obs: Observed, now: float) -> Step:
     if obs.canary_ready and not s.verify_pending:
         stages = s.policy.stages
         s = fresh_stage(replace(s, phase=Phase.PROGRESSING), 0, stages[0].weight, now)
-        text = f"canary ready; stage 1 of {len(stages)}: canary {s.weight}%"
+        text = f"canary ready; stage 1 of {len(stages)}: {canary_share(s, s.weight)}"
         return s, (decision(ActionKind.SET_WEIGHT, Cause.CANARY_READY, text, s.weight),)
     if deadline is not None and now + EPS >= deadline:
         reason = f"canary not ready within {limit:g}s"
@@ -83,7 +86,8 @@ def _progressing(s: Rollout, obs: Observed, now: float) -> Step:
                 last_eval_at=now,
                 next_eval_at=next_tick(now, s.policy.interval),
             )
-            text = f"router applied canary {s.weight}%; stage {s.stage + 1} timer started"
+            applied = "router applied" if s.routes else "observe-only router recorded"
+            text = f"{applied} canary {s.weight}%; stage {s.stage + 1} timer started"
             seen = {"observed_weight": obs.weight}
             act = decision(ActionKind.STAGE_STARTED, Cause.STAGE_STARTED, text, s.weight, seen)
             return s, (act,)
@@ -120,7 +124,10 @@ def _rolling_back(s: Rollout, obs: Observed, now: float) -> Step:
             message=None,
         )
         also = f" and stable runs {s.previous_image} again" if restoring else ""
-        text = f"router applied canary 0%{also} {took:.3f}s after the trigger"
+        if s.routes:
+            text = f"router applied canary 0%{also} {took:.3f}s after the trigger"
+        else:
+            text = f"canary 0% recorded{also} {took:.3f}s after the trigger ({TRAFFIC_UNTOUCHED})"
         evidence = {"time_to_rollback": took, "reason": s.rollback_reason}
         return s, (decision(ActionKind.ROLLED_BACK, Cause.ROLLED_BACK, text, 0, evidence),)
     why = (
@@ -150,7 +157,7 @@ def _promotion(s: Rollout, obs: Observed, now: float) -> Step:
                 weight_set_at=now,
                 message=None,
             )
-            text = f"stable runs {s.ref}; all traffic back to stable"
+            text = _stable_updated(s)
             return s, (decision(ActionKind.SET_WEIGHT, Cause.STABLE_UPDATED, text, 0),)
         if s.phase is Phase.PROMOTING and now + EPS >= (s.weight_set_at or now) + limit:
             text = f"stable not updated to {s.ref} after {limit:g}s; retrying"
@@ -159,12 +166,26 @@ def _promotion(s: Rollout, obs: Observed, now: float) -> Step:
         return s, ()
     if s.promote_step is PromoteStep.SHIFT and obs.weight == 0:
         s = replace(s, phase=Phase.PROMOTING, promote_step=PromoteStep.REMOVE, message=None)
-        text = "canary no longer serves traffic"
+        text = (
+            "canary no longer serves traffic"
+            if s.routes
+            else f"canary 0% recorded ({TRAFFIC_UNTOUCHED})"
+        )
         return s, (decision(ActionKind.REMOVE_CANARY, Cause.CANARY_DRAINED, text, 0),)
     if s.promote_step is PromoteStep.REMOVE and not obs.canary_present:
         s = replace(s, phase=Phase.SUCCEEDED, finished_at=now, promote_step=None, message=None)
         return s, (decision(ActionKind.SUCCEEDED, Cause.PROMOTED, f"{s.image} promoted", 0),)
     return s, ()
+
+
+def _stable_updated(s: Rollout) -> str:
+    """Promotion's "the stable runs the new image" in words true of what canaryd did: with
+    ``none`` something else updated the stable, with ``noop`` no traffic moved."""
+    stable = f"stable runs {s.ref}" if s.deploys else f"{STABLE_UNTOUCHED}; it reports {s.ref}"
+    traffic = (
+        "all traffic back to stable" if s.routes else f"canary 0% recorded ({TRAFFIC_UNTOUCHED})"
+    )
+    return f"{stable}; {traffic}"
 
 
 def cleanup(s: Rollout, now: float) -> Step:

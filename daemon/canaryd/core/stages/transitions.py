@@ -41,6 +41,18 @@ def wording(cause: Cause, text: str) -> str:
     return text
 
 
+TRAFFIC_UNTOUCHED = "observe-only: traffic not changed"
+STABLE_UNTOUCHED = "observe-only: stable not changed"
+
+
+def canary_share(s: Rollout, weight: int) -> str:
+    """``canary 25%`` where canaryd moves the traffic; with an observe-only router (``noop``),
+    what it did instead, so that no decision claims a split nobody applied."""
+    if s.routes:
+        return f"canary {weight}%"
+    return f"canary {weight}% recorded ({TRAFFIC_UNTOUCHED})"
+
+
 def decision(
     kind: ActionKind,
     cause: Cause,
@@ -83,13 +95,11 @@ def check_command(state: Rollout, command: Command) -> str | None:
         return f"cannot {kind} a rollout that is {phase}"
     if verifying(state):  # only a rollback or a cleanup may overtake the verify gate
         return f"{state.ref} is being verified (the target's verify commands); cannot {kind} yet"
-    if kind is CommandKind.PAUSE and phase is Phase.PAUSED:
-        return "already paused"
-    if kind is CommandKind.RESUME:
-        if phase is not Phase.PAUSED:
-            return "not paused"
-        if state.stage_passed:
-            return "waiting at a manual gate: use promote"
+    already = unchanged_by(state, command)
+    if already is not None:
+        return already
+    if kind is CommandKind.RESUME and state.stage_passed:
+        return "waiting at a manual gate: use promote"
     if kind is CommandKind.SET_WEIGHT and (
         command.weight is None or not 0 <= command.weight <= 100
     ):
@@ -101,6 +111,18 @@ def verifying(s: Rollout) -> bool:
     """Whether the verify gate is closed: the runtime owes this record a verification
     (``stages.gate``) and nothing may deploy or move traffic meanwhile."""
     return s.verify_pending and s.rollback_reason is None and s.phase.active
+
+
+def unchanged_by(state: Rollout, command: Command) -> str | None:
+    """Why ``command`` would leave ``state`` exactly as it is, or None: a pause of a paused
+    rollout ("already paused") or a resume of one that runs ("not paused"). The engine refuses
+    such a command like any other that cannot apply; the API answers it as done (200), so
+    that pause and resume are idempotent for scripts."""
+    if command.kind is CommandKind.PAUSE and state.phase is Phase.PAUSED:
+        return "already paused"
+    if command.kind is CommandKind.RESUME and state.phase in (Phase.PENDING, Phase.PROGRESSING):
+        return "not paused"
+    return None
 
 
 def _stable_update_begun(s: Rollout) -> bool:
@@ -172,7 +194,7 @@ def next_stage(
         return promote(s, cause, f"{reason}; all stages passed", now, evidence)
     index = s.stage + 1
     s = fresh_stage(replace(s, phase=Phase.PROGRESSING), index, stages[index].weight, now)
-    text = f"{reason}; stage {index + 1} of {len(stages)}: canary {s.weight}%"
+    text = f"{reason}; stage {index + 1} of {len(stages)}: {canary_share(s, s.weight)}"
     return s, (decision(ActionKind.SET_WEIGHT, cause, text, s.weight, evidence),)
 
 
@@ -186,7 +208,10 @@ def promote(
         weight_set_at=now,
         stage_passed=False,
     )
-    text = f"{reason}; updating stable to {s.ref}"
+    if s.deploys:
+        text = f"{reason}; updating stable to {s.ref}"
+    else:  # something else deploys: canaryd waits until the stable reports the new image
+        text = f"{reason}; waiting for stable to run {s.ref} ({STABLE_UNTOUCHED})"
     return s, (decision(ActionKind.PROMOTE, cause, text, s.weight, evidence),)
 
 
