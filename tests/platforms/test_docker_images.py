@@ -76,7 +76,7 @@ def test_a_bare_tag_resolves_against_the_stables_repository_and_a_reference_is_k
 
 
 def test_a_tag_cannot_resolve_against_an_image_id_or_be_malformed() -> None:
-    with pytest.raises(ValueError, match="the stable runs 'sha256:ab.*an image id"):
+    with pytest.raises(ValueError, match=r"the stable runs 'sha256:ab.*an image id"):
         resolve_image("v2.1.0", DIGEST)
     with pytest.raises(ValueError, match="':-bad' is not a valid image tag"):
         resolve_image(":-bad", "lukhas/matriz:v1")

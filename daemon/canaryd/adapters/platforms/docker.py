@@ -89,7 +89,7 @@ from canaryd.adapters.platforms.docker_config import (
     canary_name,
     read_config,
 )
-from canaryd.adapters.platforms.images import ImageCanaryPlatform, resolve_image
+from canaryd.adapters.platforms.images import ImageCanaryPlatform, is_bare_tag, resolve_image
 from canaryd.config.kinds import Kind
 from canaryd.core.errors import PlatformUnavailable
 
@@ -248,8 +248,13 @@ class DockerEnginePlatform(ImageCanaryPlatform):
     def _resolve(self, image: str, stables: list[Info]) -> str:
         """``image`` as the engine knows it: a bare tag in the stable's repository. Remembers
         the pair, so ``stable_image`` reports what the rollout asked for."""
+        if not stables and is_bare_tag(image):
+            raise PlatformUnavailable(
+                f"no running stable container of {self.target} ({self._describe()}) whose "
+                f"repository the tag {image!r} could name"
+            )
         if not stables:
-            return image  # a full reference needs no stable; a tag fails at the clone anyway
+            return image  # a full reference needs no stable to be found
         try:
             resolved = resolve_image(image, stables[0]["Config"]["Image"])
         except ValueError as exc:
