@@ -276,6 +276,23 @@ async def test_the_canary_joins_the_stables_network_under_its_own_alias(rig: Rig
         assert done.stdout.decode().strip() == version, done.stderr.decode()
 
 
+async def test_a_killed_canary_is_present_not_ready_until_removed_or_replaced(rig: Rig) -> None:
+    await rig.run_stable(1, "v1")
+    platform = rig.platform()
+    await platform.ensure_canary(f"{IMAGE}:v2")
+    [canary] = await rig.canaries()
+    assert docker_cli("kill", canary["Id"]).returncode == 0
+    # Not running, still there: a rollback must still see something to remove.
+    assert await platform.canary_status() == (True, False)
+    await platform.ensure_canary(f"{IMAGE}:v2")  # while serving, the worker replaces it
+    [again] = await rig.canaries()
+    assert again["Id"] != canary["Id"] and again["State"]["Running"]
+    assert docker_cli("kill", again["Id"]).returncode == 0
+    await platform.remove_canary()  # after a rollback, the worker removes it
+    assert await rig.canaries() == []
+    assert await platform.canary_status() == (False, False)
+
+
 async def test_remove_canary_stops_and_removes_it_and_leaves_stable_alone(rig: Rig) -> None:
     stable = await rig.run_stable(1, "v1")
     platform = rig.platform()

@@ -37,7 +37,8 @@ to the next; there are two, and both are always set up:
   127.0.0.1) publishes the canary's ports on fixed host addresses for a router on the host (the
   stable's own port bindings are not copied: they would collide with the stable's).
 
-**Readiness.** A canary is present when its container runs; it is ready when the engine reports
+**Readiness.** A canary is present while its container exists (running, exited or killed:
+it must still be removed); it is ready when it runs and the engine reports
 its health check ``healthy``, or, for an image without one, when an HTTP ``GET probe_path``
 answers 2xx on ``probe_port`` (default: its only exposed TCP port), reached through the port
 published on the host if there is one, else at the container's own address. With neither a
@@ -174,9 +175,12 @@ class DockerEnginePlatform(ImageCanaryPlatform):
 
     async def canary_status(self) -> tuple[bool, bool]:
         async with self._client() as docker:
-            running = [i for i in await self._canaries(docker) if _running(i)]
+            canaries = await self._canaries(docker)
+            running = [i for i in canaries if _running(i)]
             if not running:
-                return False, False
+                # A canary that exited or was killed is still there (not ready) until removed:
+                # reported absent, a rollback would never remove it.
+                return bool(canaries), False
             info = running[0]
             if not self._runs_wanted(info["Config"]["Image"]):
                 return True, False  # someone else's canary: ensure_canary replaces it
