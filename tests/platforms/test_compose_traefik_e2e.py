@@ -185,7 +185,7 @@ def with_engine(use: Callable[[aiodocker.Docker], Awaitable[T]]) -> T:
 
 def fast_policy(directory: Path) -> Path:
     """The shipped ``matriz-compose`` policy's checks with stages of seconds."""
-    policy = yaml.safe_load((ck.STACK / "rules" / "matriz-compose.yaml").read_text())
+    policy = yaml.safe_load((ck.REPO / "rules" / "matriz-compose.yaml").read_text())
     policy.update(name="matriz-compose-e2e", interval="1s", window="5s", scale_down_delay="3s")
     policy["limits"]["progress_deadline"] = "40s"
     policy["stages"] = [
