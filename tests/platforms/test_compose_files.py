@@ -5,6 +5,7 @@ break if someone renamed one side.)"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -16,7 +17,7 @@ from canaryd.app import load_config
 STACK = Path(__file__).resolve().parents[2] / "config" / "compose"
 
 
-def _yaml(name: str) -> dict:  # type: ignore[type-arg]
+def _yaml(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load((STACK / name).read_text(encoding="utf-8")))
 
 

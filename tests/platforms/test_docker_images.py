@@ -186,10 +186,10 @@ def test_strip_labels_and_canary_name_are_read_from_the_config(tmp_path: Path) -
     assert platform.canary_name == "lukhas-matriz-canary"
     assert platform.strip_labels == ("com.docker.compose.", "traefik.", "caddy", "com.example.lb.")
     defaults = load_config(_config(tmp_path, "{kind: docker, service: matriz}")).targets[0]
+    assert isinstance(defaults.platform, DockerConfig)
     assert defaults.platform == DockerConfig(service="matriz")
-    assert build(defaults.name, defaults.platform, None).canary_name == (  # type: ignore[arg-type]
-        "lukhas-matriz-orchestrator-canary"
-    )
+    built = build(defaults.name, defaults.platform, None)
+    assert built.canary_name == "lukhas-matriz-orchestrator-canary"
 
 
 def test_bad_strip_labels_and_canary_name_are_named_by_key(tmp_path: Path) -> None:
