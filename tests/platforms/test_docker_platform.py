@@ -106,10 +106,12 @@ class Rig:
         *,
         env: tuple[str, ...] = (),
         network: str | None = None,
+        labels: dict[str, str] | None = None,
+        image: str = IMAGE,
     ) -> dict[str, Any]:
         """``<target>-<number>`` as Compose would label it, published on a free loopback port."""
         config: dict[str, Any] = {
-            "Image": f"{IMAGE}:{tag}",
+            "Image": f"{image}:{tag}",
             "Env": list(env),
             "ExposedPorts": {"8080/tcp": {}},
             "Labels": {
@@ -118,6 +120,7 @@ class Rig:
                 "com.docker.compose.container-number": str(number),
                 "team": "web",
                 OWNER: self.owner,
+                **(labels or {}),
             },
             "HostConfig": {
                 "PortBindings": {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
@@ -273,6 +276,23 @@ async def test_the_canary_joins_the_stables_network_under_its_own_alias(rig: Rig
         assert done.stdout.decode().strip() == version, done.stderr.decode()
 
 
+async def test_a_killed_canary_is_present_not_ready_until_removed_or_replaced(rig: Rig) -> None:
+    await rig.run_stable(1, "v1")
+    platform = rig.platform()
+    await platform.ensure_canary(f"{IMAGE}:v2")
+    [canary] = await rig.canaries()
+    assert docker_cli("kill", canary["Id"]).returncode == 0
+    # Not running, still there: a rollback must still see something to remove.
+    assert await platform.canary_status() == (True, False)
+    await platform.ensure_canary(f"{IMAGE}:v2")  # while serving, the worker replaces it
+    [again] = await rig.canaries()
+    assert again["Id"] != canary["Id"] and again["State"]["Running"]
+    assert docker_cli("kill", again["Id"]).returncode == 0
+    await platform.remove_canary()  # after a rollback, the worker removes it
+    assert await rig.canaries() == []
+    assert await platform.canary_status() == (False, False)
+
+
 async def test_remove_canary_stops_and_removes_it_and_leaves_stable_alone(rig: Rig) -> None:
     stable = await rig.run_stable(1, "v1")
     platform = rig.platform()
@@ -283,6 +303,61 @@ async def test_remove_canary_stops_and_removes_it_and_leaves_stable_alone(rig: R
     assert await platform.canary_status() == (False, False)
     assert [i["Id"] for i in await rig.owned()] == [stable["Id"]]
     await platform.remove_canary()  # nothing left to remove: still fine
+
+
+async def test_a_canary_of_a_traefik_routed_stable_carries_no_routing_label_and_its_own_name(
+    rig: Rig,
+) -> None:
+    routing = {
+        "traefik.enable": "true",
+        f"traefik.http.services.{rig.target}-stable.loadbalancer.server.port": "8080",
+        "caddy": "web.example.com",
+    }
+    await rig.run_stable(1, "v1", labels=routing)
+    platform = rig.platform(strip_labels=("caddy",), canary_name_pattern="lukhas-{service}-canary")
+    await platform.ensure_canary(f"{IMAGE}:v2")
+    [canary] = await rig.canaries()
+    assert canary["Name"] == f"/lukhas-{rig.target}-canary"
+    labels = canary["Config"]["Labels"]
+    assert not [k for k in labels if k.startswith(("traefik.", "caddy", "com.docker.compose."))]
+    assert labels["team"] == "web" and labels[OWNER] == rig.owner  # the rest comes along
+    [stable] = [i for i in await rig.owned() if i["Id"] != canary["Id"]]
+    assert "traefik.enable" in stable["Config"]["Labels"]  # the stable keeps its own
+
+
+async def test_a_bare_tag_runs_the_stables_repository_at_that_tag_through_promotion(
+    rig: Rig,
+) -> None:
+    # A repository behind a registry port (never pulled: tagged here from the local images)
+    repo = f"127.0.0.1:5000/canaryd-test/{rig.target}"
+    for tag in ("v1", "v2"):
+        done = docker_cli("tag", f"{IMAGE}:{tag}", f"{repo}:{tag}")
+        assert done.returncode == 0, done.stderr.decode()
+    try:
+        await rig.run_stable(1, "v1", image=repo)
+        platform = rig.platform(probe_path="/")
+        assert await platform.stable_image() == f"{repo}:v1"
+
+        await platform.ensure_canary("v2")  # the runbook's --image=v2.1.0 form
+
+        [canary] = await rig.canaries()
+        assert canary["Config"]["Image"] == f"{repo}:v2"
+        assert canary["Config"]["Labels"]["canaryd.version"] == "v2"
+        await eventually(lambda: _status_is(platform, (True, True)), "the canary gets ready")
+
+        await platform.update_stable("v2")
+        [stable] = [i for i in await rig.owned() if i["Id"] != canary["Id"]]
+        assert stable["Config"]["Image"] == f"{repo}:v2"
+        assert await get(published(stable)) == (200, "v2")
+        # The rollout asked for "v2" and must see "v2" to finish, in this process and after a
+        # restart (a new platform reads the version label).
+        assert await platform.stable_image() == "v2"
+        assert await rig.platform().stable_image() == "v2"
+        with pytest.raises(PlatformUnavailable, match="no running stable container"):
+            await rig.platform(service="nothing-here").ensure_canary("v2")
+    finally:
+        for tag in ("v1", "v2"):
+            docker_cli("rmi", f"{repo}:{tag}")
 
 
 # --------------------------------------------------------------------------- promotion

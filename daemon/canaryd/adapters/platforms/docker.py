@@ -6,28 +6,39 @@ set) or every container carrying all of the configured ``labels``. Containers la
 ``canaryd.role=canary`` are never stable (the canary copies the user's labels, so a label
 filter alone would find it too).
 
-**The canary** is one container named ``<target>-canary`` and labelled ``canaryd.target=<target>``,
-``canaryd.role=canary`` and ``canaryd.version=<image>``, created from the first running stable
+**The canary** is one container named by ``canary_name`` (default ``<target>-canary``) and
+labelled ``canaryd.target=<target>``, ``canaryd.role=canary`` and ``canaryd.version=<image>``,
+created from the first running stable
 container's configuration with the new image: environment, command, entrypoint, labels, exposed
 ports, health check, working directory, user, host configuration and networks. Only what the
 stable container set *itself* is copied: a value equal to its old image's default (the engine
 merges image defaults into a container's configuration at creation) is left out, so the new
-image's ``CMD``, ``ENV`` or ``HEALTHCHECK`` apply instead of the old image's. Compose's own
-labels (``com.docker.compose.*``) are not copied: Compose counts a service's containers by
-them, and ``docker compose up`` would stop or renumber a container it did not create.
+image's ``CMD``, ``ENV`` or ``HEALTHCHECK`` apply instead of the old image's. Routing and
+Compose labels are not copied (``docker_config.ALWAYS_STRIPPED`` plus ``strip_labels``): Compose
+counts a service's containers by its ``com.docker.compose.*`` labels, and Traefik's Docker
+provider would make a canary carrying the stable's ``traefik.*`` labels one more server of the
+stable's service, taking traffic canaryd never gave it.
+
+**Which image.** A bare tag (``v2.1.0``, the runbook's ``--image=v2.1.0``) means the stable's
+repository at that tag (``images.resolve_image``); a full reference or digest is used as given.
+Recreated stables are labelled ``canaryd.version=<the image as asked>``, and ``stable_image``
+reports the image in the form last asked for in this process, else that label while the
+container still runs what it resolves to, so a rollout of ``v2.1.0`` sees its own ``v2.1.0``
+once promoted (the engine compares the two), across restarts too.
 
 **How traffic reaches it.** The router needs an address that does not change from one canary
 to the next; there are two, and both are always set up:
 
 - on every user-defined network the stable container is on, the canary joins with the network
-  alias ``<target>-canary`` (never the stable's aliases, so the service's own name keeps
+  alias of the canary's name (never the stable's aliases, so the service's own name keeps
   resolving to stable only): a router in a container on that network proxies to
-  ``<target>-canary:<port>``;
+  ``<canary name>:<port>``;
 - ``canary_ports`` (Compose-style ``[IP:]HOST_PORT:CONTAINER_PORT[/PROTO]``, ``IP`` defaulting to
   127.0.0.1) publishes the canary's ports on fixed host addresses for a router on the host (the
   stable's own port bindings are not copied: they would collide with the stable's).
 
-**Readiness.** A canary is present when its container runs; it is ready when the engine reports
+**Readiness.** A canary is present while its container exists (running, exited or killed:
+it must still be removed); it is ready when it runs and the engine reports
 its health check ``healthy``, or, for an image without one, when an HTTP ``GET probe_path``
 answers 2xx on ``probe_port`` (default: its only exposed TCP port), reached through the port
 published on the host if there is one, else at the container's own address. With neither a
@@ -70,8 +81,25 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 
 from canaryd.adapters.kube import KubeClient
-from canaryd.adapters.platforms.docker_config import DockerConfig, read_config
-from canaryd.adapters.platforms.images import ImageCanaryPlatform
+from canaryd.adapters.platforms.docker_clone import (
+    Info,
+    endpoints_of,
+    own_settings,
+    without_prefixes,
+)
+from canaryd.adapters.platforms.docker_config import (
+    ALWAYS_STRIPPED,
+    CANARY_NAME,
+    DockerConfig,
+    canary_name,
+    read_config,
+)
+from canaryd.adapters.platforms.images import (
+    ImageCanaryPlatform,
+    is_bare_tag,
+    repository,
+    resolve_image,
+)
 from canaryd.adapters.platforms.pinning import pinned_reference
 from canaryd.config.kinds import Kind
 from canaryd.core.errors import PlatformUnavailable
@@ -86,26 +114,7 @@ POLL = 0.25
 
 TARGET, ROLE, VERSION = "canaryd.target", "canaryd.role", "canaryd.version"
 COMPOSE_SERVICE, COMPOSE_PROJECT = "com.docker.compose.service", "com.docker.compose.project"
-_COMPOSE = "com.docker.compose."
 _OLD = ".canaryd-old"
-# Networks where the engine allows no aliases, and modes that bring no network of their own
-_BUILTIN_NETWORKS = {"bridge", "host", "none", "default"}
-# Container settings copied as they are unless they equal the old image's default
-_SETTINGS = (
-    "Cmd",
-    "Entrypoint",
-    "Healthcheck",
-    "WorkingDir",
-    "User",
-    "StopSignal",
-    "StopTimeout",
-    "Tty",
-    "OpenStdin",
-    "StdinOnce",
-    "Domainname",
-)
-
-Info = dict[str, Any]  # a container as ``GET /containers/{id}/json`` describes it
 
 
 class DockerEnginePlatform(ImageCanaryPlatform):
@@ -124,6 +133,8 @@ class DockerEnginePlatform(ImageCanaryPlatform):
         probe_path: str | None = None,
         probe_port: int | None = None,
         canary_ports: Mapping[str, tuple[str, int]] | None = None,
+        strip_labels: tuple[str, ...] = (),
+        canary_name_pattern: str = CANARY_NAME,
         call_timeout: float = CALL_TIMEOUT,
         stop_timeout: int = STOP_TIMEOUT,
         ready_timeout: float = READY_TIMEOUT,
@@ -137,7 +148,11 @@ class DockerEnginePlatform(ImageCanaryPlatform):
             if project is not None:
                 selector[COMPOSE_PROJECT] = project
         self.target, self.selector = target, selector
-        self.canary_name = f"{target}-canary"
+        self.canary_name = canary_name(
+            canary_name_pattern, target=target, service=service, project=project
+        )
+        self.strip_labels = ALWAYS_STRIPPED + tuple(strip_labels)
+        self._asked: dict[str, str] = {}  # image run -> as a rollout asked for it (a bare tag)
         self.host = host
         self.probe_path, self.probe_port = probe_path, probe_port
         self.canary_ports = dict(canary_ports or {})  # "8080/tcp" -> (host ip, host port)
@@ -148,6 +163,8 @@ class DockerEnginePlatform(ImageCanaryPlatform):
 
     async def ensure_canary(self, image: str) -> None:
         async with self._lock, self._client() as docker:
+            stables = await self._stables(docker)
+            asked, image = image, await self._resolve(docker, image, stables)
             self._wanted = image
             keep: Info | None = None
             for info in await self._canaries(docker):
@@ -158,20 +175,22 @@ class DockerEnginePlatform(ImageCanaryPlatform):
             if keep is not None:
                 return
             await self._require_image(docker, image)
-            stables = await self._stables(docker)
             if not stables:
                 raise PlatformUnavailable(
                     f"no running stable container of {self.target} ({self._describe()}) "
                     "to clone the canary from"
                 )
-            config, networks = await self._clone(docker, stables[0], image, canary=True)
+            config, networks = await self._clone(docker, stables[0], image, asked, canary=True)
             await self._create_and_start(docker, self.canary_name, config, networks)
 
     async def canary_status(self) -> tuple[bool, bool]:
         async with self._client() as docker:
-            running = [i for i in await self._canaries(docker) if _running(i)]
+            canaries = await self._canaries(docker)
+            running = [i for i in canaries if _running(i)]
             if not running:
-                return False, False
+                # A canary that exited or was killed is still there (not ready) until removed:
+                # reported absent, a rollback would never remove it.
+                return bool(canaries), False
             info = running[0]
             if not self._runs_wanted(info["Config"]["Image"]):
                 return True, False  # someone else's canary: ensure_canary replaces it
@@ -179,26 +198,29 @@ class DockerEnginePlatform(ImageCanaryPlatform):
 
     async def stable_image(self) -> str | None:
         async with self._client() as docker:
-            images = {info["Config"]["Image"] for info in await self._stables(docker)}
+            images = {self._reported(info) for info in await self._stables(docker)}
         return images.pop() if len(images) == 1 else None
 
     async def update_stable(self, image: str) -> None:
         async with self._lock, self._client() as docker:
             await self._recover_leftovers(docker)
-            await self._require_image(docker, image)
             stables = await self._stables(docker)
             if not stables:
                 raise PlatformUnavailable(
                     f"no running stable container of {self.target} ({self._describe()}) to update"
                 )
+            asked, image = image, await self._resolve(docker, image, stables)
+            await self._require_image(docker, image)
             for info in stables:
                 if info["Config"]["Image"] != image:
-                    info = await self._recreate(docker, info, image)
+                    info = await self._recreate(docker, info, image, asked)
                 await self._wait_ready(docker, info)
 
     async def pin(self, image: str) -> str:
         """The digest reference (or image ID) ``image`` names now (``platforms.pinning``)."""
         async with self._client() as docker:
+            if is_bare_tag(image):  # the runbook's --image=v2.1.0: the stable's repository
+                image = await self._resolve(docker, image, await self._stables(docker))
             await self._require_image(docker, image)
             inspected = await self._inspect_image(docker, image)
         try:
@@ -249,20 +271,64 @@ class DockerEnginePlatform(ImageCanaryPlatform):
 
     # ---------------------------------------------------------------- changing containers
 
+    async def _resolve(self, docker: aiodocker.Docker, image: str, stables: list[Info]) -> str:
+        """``image`` as the engine knows it: a bare tag in the stable's repository. Remembers
+        the pair, so ``stable_image`` reports what the rollout asked for."""
+        if not stables and is_bare_tag(image):
+            raise PlatformUnavailable(
+                f"no running stable container of {self.target} ({self._describe()}) whose "
+                f"repository the tag {image!r} could name"
+            )
+        if not stables:
+            return image  # a full reference needs no stable to be found
+        try:
+            resolved = resolve_image(image, await self._named(docker, stables[0]))
+        except ValueError as exc:
+            raise PlatformUnavailable(f"docker platform of {self.target}: {exc}") from exc
+        self._asked[resolved] = image
+        return resolved
+
+    async def _named(self, docker: aiodocker.Docker, info: Info) -> str:
+        """The reference a stable runs, by name where it can be told: a stable promoted to a
+        pinned image ID (``sha256:…``, SPEC §8) is named by that image's first repository
+        tag, so the next rollout's bare tag still finds the repository."""
+        image = str(info["Config"]["Image"])
+        if repository(image) is not None:
+            return image
+        try:
+            tags = (await self._inspect_image(docker, image)).get("RepoTags") or []
+        except PlatformUnavailable:
+            return image
+        return str(tags[0]) if tags else image
+
+    def _reported(self, info: Info) -> str:
+        """The stable's image in the form it was asked for: as last asked in this process,
+        else its ``canaryd.version`` label if that resolves to what it runs, else as run."""
+        image = str(info["Config"]["Image"])
+        if image in self._asked:
+            return self._asked[image]
+        label = (info["Config"].get("Labels") or {}).get(VERSION)
+        try:
+            if label and resolve_image(label, image) == image:
+                return str(label)
+        except ValueError:
+            pass
+        return image
+
     async def _clone(
-        self, docker: aiodocker.Docker, info: Info, image: str, *, canary: bool
+        self, docker: aiodocker.Docker, info: Info, image: str, asked: str, *, canary: bool
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        """``info``'s configuration with ``image``: the create body and the networks to join
-        after creation (the create call accepts one)."""
+        """``info``'s configuration with ``image`` (``asked`` as the version label): the create
+        body and the networks to join after creation (the create call accepts one)."""
         try:
             defaults = (await self._inspect_image(docker, info["Image"]))["Config"] or {}
         except PlatformUnavailable:
             defaults = {}  # the old image is gone: copy everything rather than guess
-        version = {TARGET: self.target, ROLE: "canary" if canary else "stable", VERSION: image}
+        version = {TARGET: self.target, ROLE: "canary" if canary else "stable", VERSION: asked}
         config = own_settings(info, defaults, image)
         labels = config.get("Labels", {})
         if canary:
-            labels = {k: v for k, v in labels.items() if not k.startswith(_COMPOSE)}
+            labels = without_prefixes(labels, self.strip_labels)
         config["Labels"] = {**labels, **version}
         host_config = dict(info["HostConfig"])
         if canary:
@@ -275,7 +341,7 @@ class DockerEnginePlatform(ImageCanaryPlatform):
                 **{port: {} for port in self.canary_ports},
             }
         config["HostConfig"] = host_config
-        endpoints = _endpoints(info, [self.canary_name] if canary else None)
+        endpoints = endpoints_of(info, [self.canary_name] if canary else None)
         mode = str(host_config.get("NetworkMode") or "default")
         first = "bridge" if mode == "default" else mode
         if first in endpoints:
@@ -307,10 +373,10 @@ class DockerEnginePlatform(ImageCanaryPlatform):
             raise
         return container.id
 
-    async def _recreate(self, docker: aiodocker.Docker, info: Info, image: str) -> Info:
+    async def _recreate(self, docker: aiodocker.Docker, info: Info, image: str, asked: str) -> Info:
         """Replace one stable container by one with ``image``; the new one, inspected."""
         name = _name(info)
-        config, networks = await self._clone(docker, info, image, canary=False)
+        config, networks = await self._clone(docker, info, image, asked, canary=False)
         old = docker.containers.container(info["Id"])
         await self._stop(name, old)
         await self._call(f"rename {name} to {name}{_OLD}", old.rename(name + _OLD))
@@ -444,55 +510,6 @@ class DockerEnginePlatform(ImageCanaryPlatform):
 # ------------------------------------------------------------------------ pure helpers
 
 
-def own_settings(info: Info, defaults: Mapping[str, Any], image: str) -> dict[str, Any]:
-    """What a container set itself, as a create body with ``image``: its configuration less
-    the values its image (``defaults``, the image's ``Config``) gave it."""
-    config: dict[str, Any] = {"Image": image}
-    mine = info["Config"]
-    for key in _SETTINGS:
-        value = mine.get(key)
-        if value not in (None, "", defaults.get(key)):
-            config[key] = value
-    if mine.get("Hostname") and mine["Hostname"] != info["Id"][:12]:
-        config["Hostname"] = mine["Hostname"]  # set by the user, not the engine's default
-    inherited_env = set(defaults.get("Env") or ())
-    env = [e for e in mine.get("Env") or () if e not in inherited_env]
-    if env:
-        config["Env"] = env
-    image_labels = defaults.get("Labels") or {}
-    config["Labels"] = {
-        k: v for k, v in (mine.get("Labels") or {}).items() if image_labels.get(k) != v
-    }
-    image_ports = defaults.get("ExposedPorts") or {}
-    ports: dict[str, Any] = {p: {} for p in mine.get("ExposedPorts") or {} if p not in image_ports}
-    if ports:
-        config["ExposedPorts"] = ports
-    return config
-
-
-def _endpoints(info: Info, canary_aliases: list[str] | None) -> dict[str, dict[str, Any]]:
-    """The endpoint settings to join ``info``'s networks with: for a canary only its own
-    aliases (and no fixed address); for a replacement the old aliases less the engine's
-    container-id alias."""
-    mode = str(info["HostConfig"].get("NetworkMode") or "default")
-    if mode in ("host", "none") or mode.startswith("container:"):
-        return {}
-    endpoints: dict[str, dict[str, Any]] = {}
-    for network, endpoint in (info["NetworkSettings"].get("Networks") or {}).items():
-        user_defined = network not in _BUILTIN_NETWORKS
-        if canary_aliases is not None:
-            settings: dict[str, Any] = {"Aliases": canary_aliases if user_defined else None}
-        else:
-            aliases = [a for a in endpoint.get("Aliases") or () if a != info["Id"][:12]]
-            settings = {
-                "Aliases": aliases if user_defined and aliases else None,
-                "IPAMConfig": endpoint.get("IPAMConfig"),
-            }
-        settings["Links"] = endpoint.get("Links")
-        endpoints[network] = settings
-    return endpoints
-
-
 def probe_address(info: Info, port: int | None) -> str | None:
     """``host:port`` to probe a container on: its published port on this host if it has one,
     else its own address; ``port`` defaults to the only exposed TCP port."""
@@ -550,6 +567,8 @@ def build(target: str, c: DockerConfig, kube: KubeClient | None) -> DockerEngine
         probe_path=c.probe_path,
         probe_port=c.probe_port,
         canary_ports=c.canary_ports,
+        strip_labels=c.strip_labels,
+        canary_name_pattern=c.canary_name,
     )
 
 
@@ -562,7 +581,17 @@ def _describe(c: DockerConfig) -> str:
 KIND: Kind[DockerConfig, Any] = Kind(
     name="docker",
     keys=frozenset(
-        {"service", "labels", "project", "host", "probe_path", "probe_port", "canary_ports"}
+        {
+            "service",
+            "labels",
+            "project",
+            "host",
+            "probe_path",
+            "probe_port",
+            "canary_ports",
+            "strip_labels",
+            "canary_name",
+        }
     ),
     read=read_config,
     build=build,

@@ -6,12 +6,25 @@ Apart from ``docker`` only to keep that module under 600 lines; nothing here tal
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from canaryd.config.kinds import Loader, read_labels, to_port
 from canaryd.config.reader import Reader, join, to_str
+
+# Label prefixes a canary never copies from the stable, whatever the config says: Compose's own
+# (``docker compose up`` would stop or renumber a container it did not create) and Traefik's
+# (with Traefik's Docker provider a copied ``traefik.http.services.*`` label makes the canary a
+# server of the stable's service, taking traffic canaryd never assigned).
+ALWAYS_STRIPPED = ("com.docker.compose.", "traefik.")
+CANARY_NAME = "{target}-canary"
+# What ``canary_name`` may say: the target, the Compose service and project it is found by
+NAME_FIELDS = ("target", "service", "project")
+# The engine's container names (moby ``daemon/names``): [a-zA-Z0-9][a-zA-Z0-9_.-]+
+_CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+_LABEL_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]*")
 
 # Compose's short port syntax: [IP:]HOST_PORT:CONTAINER_PORT[/PROTO] (IPv4 or [IPv6])
 _PUBLISH = re.compile(
@@ -31,6 +44,9 @@ class DockerConfig:
     probe_port: int | None = None
     # "8080/tcp" -> (host ip, host port): where the canary's ports are published for the router
     canary_ports: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    # label prefixes not copied to the canary, on top of ALWAYS_STRIPPED
+    strip_labels: tuple[str, ...] = ()
+    canary_name: str = CANARY_NAME  # a pattern with {target}, {service}, {project}
     kind: Literal["docker"] = field(default="docker", init=False)
 
 
@@ -40,18 +56,70 @@ def read_config(ld: Loader, m: Mapping[str, Any], where: str) -> DockerConfig:
     labels = read_labels(r, m.get("labels", {}), join(where, "labels"), names=False)
     if (service is None) == (not labels):
         r.problem(where, "needs exactly one of service (a Compose service) or labels")
+    project = r.field(m, "project", where, to_str, None)
+    pattern = r.field(m, "canary_name", where, to_str, CANARY_NAME)
+    unset = [k for k, v in (("service", service), ("project", project)) if v is None]
+    try:
+        check_canary_name(pattern, unset=unset)
+    except ValueError as exc:
+        r.problem(join(where, "canary_name"), str(exc))
     probe_path = r.field(m, "probe_path", where, to_str, None)
     if probe_path is not None and not probe_path.startswith("/"):
         r.problem(join(where, "probe_path"), f"must start with '/', got {probe_path!r}")
     return DockerConfig(
         service=service,
         labels=labels,
-        project=r.field(m, "project", where, to_str, None),
+        project=project,
         host=r.field(m, "host", where, to_str, None),
         probe_path=probe_path,
         probe_port=r.field(m, "probe_port", where, to_port, None),
         canary_ports=_published_ports(r, m.get("canary_ports", []), join(where, "canary_ports")),
+        strip_labels=_prefixes(r, m.get("strip_labels", []), join(where, "strip_labels")),
+        canary_name=pattern,
     )
+
+
+def canary_name(pattern: str, *, target: str, service: str | None, project: str | None) -> str:
+    """The canary container's name: ``pattern`` with its placeholders filled in."""
+    return pattern.format(target=target, service=service, project=project)
+
+
+def check_canary_name(pattern: str, unset: list[str]) -> None:
+    """Raise ``ValueError`` unless ``pattern`` names a container for any valid target: only
+    the placeholders ``NAME_FIELDS`` (not those in ``unset``), no format specs, and what it
+    gives must be a name the engine takes."""
+    try:
+        fields = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(pattern)]
+    except ValueError as exc:
+        raise ValueError(f"{pattern!r} is not a valid pattern ({exc}); write {{target}}") from exc
+    for name, spec, conversion in fields:
+        if name is None:
+            continue
+        if name not in NAME_FIELDS or spec or conversion:
+            known = ", ".join(f"{{{k}}}" for k in NAME_FIELDS)
+            raise ValueError(f"unknown placeholder {{{name}}} in {pattern!r}; use {known}")
+        if name in unset:
+            raise ValueError(f"{pattern!r} uses {{{name}}}, but the platform sets no {name}")
+    sample = pattern.format(**{k: "x" for k in NAME_FIELDS})
+    if not _CONTAINER_NAME.fullmatch(sample) or sample.endswith(".canaryd-old"):
+        raise ValueError(
+            f"{pattern!r} does not make a container name (letters, digits, '_', '.', '-', "
+            "starting with a letter or digit), e.g. {target}-canary or lukhas-{service}-canary"
+        )
+
+
+def _prefixes(r: Reader, raw: Any, where: str) -> tuple[str, ...]:
+    """Label prefixes (``caddy``, ``com.example.router.``), each a problem by index if bad."""
+    if not isinstance(raw, list):
+        r.problem(where, f"expected a list of label prefixes such as ['caddy'], got {raw!r}")
+        return ()
+    prefixes: list[str] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, str) or not _LABEL_PREFIX.fullmatch(item):
+            r.problem(join(where, i), f"expected a label prefix such as 'caddy', got {item!r}")
+            continue
+        prefixes.append(item)
+    return tuple(prefixes)
 
 
 def _published_ports(r: Reader, raw: Any, where: str) -> dict[str, tuple[str, int]]:
