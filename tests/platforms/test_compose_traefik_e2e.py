@@ -345,10 +345,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # --------------------------------------------------------------------------- the tests
 
 
+def image_id(reference: str) -> str:
+    """The ID of the image ``reference`` names on the private engine now."""
+    done = docker_cli("image", "inspect", "--format", "{{.Id}}", reference)
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode().strip()
+
+
 def test_a_good_version_is_promoted_and_the_header_reaches_the_canary_at_every_weight(
     stack: Stack,
 ) -> None:
     before = [i["Id"] for i in stack.stables()]
+    judged = image_id(f"{ck.repository(stack.stables()[0]['Config']['Image'])}:{GOOD}")
     stable_servers = stack.stable_servers()
     assert len(stable_servers) == 2, stack.traefik("/api/http/services")
     t0 = time.monotonic()
@@ -358,10 +366,11 @@ def test_a_good_version_is_promoted_and_the_header_reaches_the_canary_at_every_w
     shares: dict[int, collections.Counter[str]] = {}
     for weight in (20, 50, 100):
         at = stack.wait_weight(weight)
-        # The canary: its own name, the stable's repository at the tag, no routing label ...
+        # The canary: its own name, the stable's repository at the tag (pinned at start to the
+        # image ID it named then, SPEC §8), no routing label ...
         [canary] = stack.canaries()
         assert canary["Name"] == f"/{CANARY}"
-        assert canary["Config"]["Image"] == f"{ck.repository(canary['Config']['Image'])}:{GOOD}"
+        assert canary["Config"]["Image"] == judged
         assert not [k for k in canary["Config"]["Labels"] if k.startswith("traefik.")]
         # ... so Traefik's Docker provider did not make it a server of the stable's service.
         assert stack.stable_servers() == stable_servers
@@ -379,7 +388,7 @@ def test_a_good_version_is_promoted_and_the_header_reaches_the_canary_at_every_w
     # The stable containers now run it (new containers, same names) and take all the traffic.
     after = stack.stables()
     assert len(after) == 2 and not {i["Id"] for i in after} & set(before)
-    assert {i["Config"]["Image"].rsplit(":", 1)[1] for i in after} == {GOOD}
+    assert {i["Config"]["Image"] for i in after} == {judged}  # the bytes that were judged
     assert stack.canaries() == []
     wait_until(stack.stable_servers, lambda s: len(s) == 2, 10.0, "Traefik's stable servers")
     stack.wait_served(0)
