@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,7 @@ from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.routers import ROUTERS, OwnedRouter, RouterFactory
 from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
+from canaryd.api.tls import CertificateReloader
 from canaryd.api.webhook import WebhookCredential
 from canaryd.config import settings as config_settings
 from canaryd.config.kinds import Kind, Kinds
@@ -117,6 +119,7 @@ class Daemon:
                 ]
             )
         self.settings = settings
+        self.tls = _tls(settings)  # before anything: a certificate that cannot load exits 2
         self.clock = WallClock()
         self.telemetry = Telemetry()
         self.supervisor = Supervisor(on_crash=self._crashed)
@@ -208,9 +211,13 @@ class Daemon:
 
         self.runner = make_runner(self._http_app())
         await self.runner.setup()
-        site = web.TCPSite(self.runner, settings.listen.host, settings.listen.port)
+        tls_context = None if self.tls is None else self.tls.context
+        site = web.TCPSite(
+            self.runner, settings.listen.host, settings.listen.port, ssl_context=tls_context
+        )
         await site.start()
         self.port = _bound_port(self.runner)
+        self._watch_certificate()
         await self.controller.load(self.supervisor.spawn)
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
@@ -220,6 +227,7 @@ class Daemon:
         log.info(
             "serving",
             listen=f"{settings.listen.host}:{self.port}",
+            tls=self.tls is not None,
             targets=len(self.targets),
             active=len(self.controller.workers()),
         )
@@ -237,7 +245,17 @@ class Daemon:
             clock=self.clock,
         )
 
+    def _watch_certificate(self) -> None:
+        """With ``listen_tls``: reload the certificate on SIGHUP and when its files change."""
+        tls = self.tls
+        if tls is None:
+            return
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload, "signal")
+        self.supervisor.keep("tls-watch", tls.watch, RESTART)
+
     async def before_stop(self) -> None:
+        if self.tls is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         systemd.notify("STOPPING=1")
         log.info("stopping")
         if self.runner is not None:
@@ -273,6 +291,13 @@ def _bound_port(runner: web.AppRunner) -> int | None:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return None
+
+
+def _tls(settings: Settings) -> CertificateReloader | None:
+    """The listener's TLS context (``listen_tls``), or None for plain HTTP."""
+    if settings.listen_tls is None:
+        return None
+    return CertificateReloader(settings.file, settings.listen_tls)
 
 
 def _tokens(settings: Settings) -> tuple[Token, ...]:

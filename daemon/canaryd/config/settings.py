@@ -47,6 +47,7 @@ from canaryd.config.secrets import (
     secret_for_serve,
     tokens_for_serve,
 )
+from canaryd.config.transport import ListenTls, Tracing, read_listen_tls, read_tracing
 from canaryd.core.errors import Problem
 from canaryd.core.model import Matcher, Policy
 from canaryd.core.rules import matches, parse_matcher
@@ -63,12 +64,14 @@ __all__ = [
     "Kinds",
     "KubernetesState",
     "Listen",
+    "ListenTls",
     "Prometheus",
     "Settings",
     "SqliteState",
     "State",
     "Target",
     "Token",
+    "Tracing",
     "WebhookAuth",
     "load_config",
     "load_tokens",
@@ -86,6 +89,7 @@ DEFAULT_STATE_PATH = "/var/lib/canaryd/state.db"
 DEFAULT_ALERT_EXPIRY = 12 * 3600.0
 
 _TOP = {"listen", "state", "prometheus", "auth", "alerts", "policies", "targets"}
+_TOP |= {"listen_tls", "tracing"}  # config.transport
 _TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers"}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
@@ -177,6 +181,8 @@ class Settings:
     alerts: Alerts = Alerts()
     # the policies a start request may name, by file stem: the targets' own and ``policies:``
     api_policies: Mapping[str, Policy] = field(default_factory=dict)
+    listen_tls: ListenTls | None = None  # HTTPS (and mutual TLS) on the listener
+    tracing: Tracing | None = None  # OpenTelemetry traces over OTLP/HTTP
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -251,6 +257,8 @@ class _Loader:
             alerts=self._alerts(top.get("alerts")),
             targets=self._targets(top.get("targets")),
             api_policies=self._api_policies(top.get("policies")),
+            listen_tls=read_listen_tls(r, top.get("listen_tls"), self.path, self.warnings),
+            tracing=read_tracing(r, top.get("tracing")),
             warnings=tuple(self.warnings),
         )
 

@@ -5,7 +5,8 @@ canaryd over its HTTP API (SPEC §5.1, §5.2) through ``ctl.client``, a stdlib `
 so that no command pays for importing aiohttp (see ``ctl.client`` for the numbers).
 
 ``--url``/``CANARYD_URL``, ``--token``/``CANARYD_TOKEN`` and ``-o table|json`` may be given
-before or after the command. Tables are for people; ``-o json`` prints the API's JSON as is.
+before or after the command, and so may ``--cacert``/``--cert``/``--key`` (``ctl.tlsargs``).
+Tables are for people; ``-o json`` prints the API's JSON as is.
 Every failure is one line on stderr, and each kind has its own exit code (``EXIT_CODES``), so
 scripts such as ``deployment/canary/deploy-canary.sh`` can branch on them.
 
@@ -50,6 +51,7 @@ from canaryd.ctl.client import (
     targets_of,
 )
 from canaryd.ctl.text import age, bar, checks_text, decision_line, print_json, table, when
+from canaryd.ctl.tlsargs import tls_files, tls_options
 from canaryd.offline import render, replay, simulate
 
 EXIT_CODES = """\
@@ -421,7 +423,7 @@ def _api(handler: Handler) -> Callable[[argparse.Namespace], int]:
     """Run ``handler`` with a client; turn every failure into one line and its exit code."""
 
     def run(args: argparse.Namespace) -> int:
-        client = Client(args.url, args.token or None, args.timeout)
+        client = Client(args.url, args.token or None, args.timeout, tls_files(args))
         try:
             return handler(client, args)
         except DaemonUnreachable as exc:
@@ -441,6 +443,8 @@ def _role_needed(command: str) -> str | None:
 
 
 def _explain(exc: ErrorAnswer, command: str) -> str:
+    if exc.code == "tls_files":
+        return exc.message
     if exc.status == 401:
         return "token missing or not accepted: set --token or CANARYD_TOKEN"
     if exc.status == 403:
@@ -485,6 +489,7 @@ def _connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
         metavar="SECONDS",
         help="per request (default: 30)",
     )
+    tls_options(parser, default)
     if not top:
         parser.add_argument("-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS)
 
