@@ -61,6 +61,7 @@ class DecisionRecord(TypedDict):
     cause: str | None
     reason: str
     evidence: dict[str, Any]
+    trace_id: str | None  # the rollout's OpenTelemetry trace (``tracing:``); None: untraced
 
 
 class MeasurementRecord(TypedDict):

@@ -142,6 +142,7 @@ def schemas() -> dict[str, Any]:
         reason={"type": "string"},
         cause=_nullable({"enum": [str(c) for c in Cause]}),  # None: decided before v4
         evidence={"type": "object"},
+        trace_id=_nullable("string"),  # the rollout's trace (tracing:); None: untraced
     )
     rollout = _object(
         "id target image policy phase stage stages weight stable_weight started_at plan",
@@ -163,6 +164,7 @@ def schemas() -> dict[str, Any]:
         rollback_reason=_nullable("string"),
         message=_nullable("string"),
         successor=_nullable("string"),
+        trace_id=_nullable("string"),
         plan={
             "type": "array",
             "items": _object(

@@ -227,6 +227,11 @@ class Rollout:
     message: str | None = None  # why a Failed rollout is stuck
     successor: str | None = None  # the rollout that superseded this one and took its canary
     cleanup_now: bool = False  # an operator's cleanup: remove the canary without the delay
+    # OpenTelemetry (``tracing:``): the rollout's trace, 32 hex digits (None: not traced), and
+    # the span its start request came from (a ``traceparent``), kept so that a restarted
+    # daemon goes on with the same trace under the same parent
+    trace_id: str | None = None
+    trace_parent: str | None = None
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's
