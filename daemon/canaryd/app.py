@@ -39,17 +39,19 @@ from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.routers import ROUTERS, OwnedRouter, RouterFactory
 from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
+from canaryd.adapters.tracing import TracedEvents, Tracer, trace_fields
 from canaryd.api.tls import CertificateReloader
 from canaryd.api.webhook import WebhookCredential
 from canaryd.config import settings as config_settings
 from canaryd.config.kinds import Kind, Kinds
 from canaryd.config.settings import Settings, Token, secret_for_serve, tokens_for_serve
 from canaryd.config.settings import Target as TargetSettings
+from canaryd.core import templates
 from canaryd.core.errors import ConfigError, Problem
-from canaryd.core.model import Policy
-from canaryd.ports import Platform
-from canaryd.runtime.controller import Controller, Target
-from canaryd.runtime.evaluator import Evaluator
+from canaryd.core.model import Measurement, Policy, Rollout
+from canaryd.ports import Platform, RuntimeEvents
+from canaryd.runtime.controller import Controller, MeasureTarget, Target, TraceFields
+from canaryd.runtime.evaluator import Evaluator, template_variables
 from canaryd.runtime.supervisor import RESTART, STOP, Supervisor
 from canaryd.runtime.worker import Timing
 
@@ -137,6 +139,7 @@ class Daemon:
         self.controller: Controller | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.tracer: Tracer | None = None  # with ``tracing:`` (made in start)
 
     def _crashed(self, name: str, error: BaseException | None) -> None:
         if error is None:
@@ -190,15 +193,17 @@ class Daemon:
             ),
         )
         self.evaluator = Evaluator(client, gather=self._gather)
+        events, measure, trace = self._tracing(self.evaluator.measure)
         self.controller = Controller(
             self.targets,
             store=self.store,
-            measure=self.evaluator.measure,
+            measure=measure,
             clock=self.clock,
-            events=self.telemetry,
+            events=events,
             load_policy=self._load_policy,
             timing=self._timing,
             alert_expiry=settings.alerts.expire_after,
+            trace=trace,
         )
         # Guards, per task (runtime.supervisor): the evaluator and the state watch hold nothing
         # a restart loses, so they restart with backoff (and stop the daemon if they keep
@@ -232,7 +237,39 @@ class Daemon:
             active=len(self.controller.workers()),
         )
 
+    def _tracing(
+        self, measure: MeasureTarget
+    ) -> tuple[RuntimeEvents, MeasureTarget, TraceFields | None]:
+        """With ``tracing:``, the events, evaluations and starts that make spans (the
+        OpenTelemetry SDK is imported here, and only here); without, the plain ones."""
+        tracing = self.settings.tracing
+        if tracing is None:
+            return self.telemetry, measure, None
+        environments = {t.name: tracing.environment for t in self.settings.targets}
+        tracer = Tracer(tracing.traces_url, self.clock, environments, _query_of)
+        self.tracer = tracer
+        clock = self.clock
+
+        async def traced(
+            labels: Mapping[str, str], state: Rollout
+        ) -> tuple[tuple[Measurement, ...], float | None]:
+            started = clock.time()
+            result = await measure(labels, state)
+            with contextlib.suppress(Exception):  # a span lost, never an evaluation
+                tracer.evaluated(state, labels, result[0], started, clock.time())
+            return result
+
+        return TracedEvents(self.telemetry, tracer, clock), traced, trace_fields
+
     def _http_app(self) -> web.Application:
+        app = self._api_app()
+        if self.tracer is not None:
+            from canaryd.api.tracing import request_tracing
+
+            app.middlewares.insert(0, request_tracing(self.tracer))
+        return app
+
+    def _api_app(self) -> web.Application:
         from canaryd.api.server import build_app
 
         assert self.controller is not None
@@ -266,6 +303,8 @@ class Daemon:
             await self._stack.aclose()
         finally:
             await asyncio.to_thread(self.store.close)
+            if self.tracer is not None:  # the last spans (the exporter's timeout bounds it)
+                await asyncio.to_thread(self.tracer.shutdown)
 
     async def run(self) -> None:
         await self.supervisor.run(self.start, self.before_stop, self.after_stop)
@@ -291,6 +330,14 @@ def _bound_port(runner: web.AppRunner) -> int | None:
         if isinstance(address, tuple) and len(address) >= 2:
             return int(address[1])
     return None
+
+
+def _query_of(state: Rollout, labels: Mapping[str, str], template: str) -> str:
+    """A check's query as the evaluator renders it for this one target (for its span)."""
+    variables = template_variables(state.policy, {k: [v] for k, v in labels.items()})
+    variables.setdefault("target", state.target)
+    variables.setdefault("version", state.image)
+    return templates.render(template, variables)
 
 
 def _tls(settings: Settings) -> CertificateReloader | None:

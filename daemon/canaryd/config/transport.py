@@ -13,7 +13,7 @@ daemon is started. ``serve`` needs every named file (``api.tls``).
 
 ``tracing: {otlp_endpoint, environment?}``: the OTLP/HTTP collector's base URL
 (``http://127.0.0.1:4318``; spans are posted to ``<endpoint>/v1/traces``) and the
-``deployment.environment`` put on every rollout's spans (a target's ``environment`` label wins).
+``deployment.environment`` put on every rollout's spans.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class ListenTls:
 @dataclass(frozen=True, slots=True)
 class Tracing:
     otlp_endpoint: str  # base URL; the exporter posts to <endpoint>/v1/traces
-    environment: str | None = None  # deployment.environment when a target has no label for it
+    environment: str | None = None  # deployment.environment on every rollout's spans
 
     @property
     def traces_url(self) -> str:
