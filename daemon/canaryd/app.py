@@ -246,7 +246,11 @@ class Daemon:
         if tracing is None:
             return self.telemetry, measure, None
         environments = {t.name: tracing.environment for t in self.settings.targets}
-        tracer = Tracer(tracing.traces_url, self.clock, environments, _query_of)
+        try:
+            tracer = Tracer(tracing.traces_url, self.clock, environments, _query_of)
+        except ImportError as exc:  # the ``tracing`` extra is not installed
+            why = f"needs OpenTelemetry ({exc.name}): pip install 'canaryd-rollout[tracing]'"
+            raise ConfigError([Problem(str(self.settings.file), "tracing", why)]) from exc
         self.tracer = tracer
         clock = self.clock
 
