@@ -92,7 +92,7 @@ def test_a_schema_3_database_is_migrated_in_place_and_its_old_rows_have_no_cause
         assert [h["cause"] for h in store.history(rollout_id="o")] == ["manual-resume"]
     probe = sqlite3.connect(path)
     try:
-        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 4  # then on to the latest
+        assert probe.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 4
     finally:
         probe.close()
 
