@@ -248,8 +248,11 @@ class Daemon:
         environments = {t.name: tracing.environment for t in self.settings.targets}
         try:
             tracer = Tracer(tracing.traces_url, self.clock, environments, _query_of)
-        except ImportError as exc:  # the ``tracing`` extra is not installed
-            why = f"needs OpenTelemetry ({exc.name}): pip install 'canaryd-rollout[tracing]'"
+        except ImportError as exc:  # a dependency removed from the environment
+            why = (
+                f"needs OpenTelemetry ({exc.name}): pip install opentelemetry-sdk "
+                "opentelemetry-exporter-otlp-proto-http"
+            )
             raise ConfigError([Problem(str(self.settings.file), "tracing", why)]) from exc
         self.tracer = tracer
         clock = self.clock
