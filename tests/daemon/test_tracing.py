@@ -196,6 +196,7 @@ def test_a_promoted_and_a_rolled_back_rollout_each_make_one_trace(
     assert failed.status == 2
     assert failed.attributes["canaryd.check.success-rate.verdict"] == "failed"
     assert failed.attributes["canaryd.check.success-rate.value"] == 0.5
+    assert rollback.attributes["canaryd.ended_by"] == "scaled-down"
     rollback_actions = children(trace, rollback)
     assert [s.name for s in rollback_actions] == ["router set-weight", "platform remove-canary"]
     assert rollback_actions[0].attributes["canaryd.weight"] == 0

@@ -229,7 +229,7 @@ class Tracer:
         opened = self._open.get(state.id)
         why = next((str(a.cause) for a in reversed(actions) if a.cause is not None), None)
         if key is None and state.phase.terminal:
-            if opened is not None:
+            if opened is not None and why is not None:  # a pass that decided nothing keeps it
                 opened.why = why
             return
         if opened is not None and opened.key == key:
