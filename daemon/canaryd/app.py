@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import time
 from collections.abc import Mapping
@@ -40,17 +41,20 @@ from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.routers import ROUTERS, OwnedRouter, RouterFactory
 from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
+from canaryd.adapters.tracing import TracedEvents, Tracer, trace_fields
 from canaryd.adapters.verify import CommandVerifier
+from canaryd.api.tls import CertificateReloader
 from canaryd.api.webhook import WebhookCredential
 from canaryd.config import settings as config_settings
 from canaryd.config.kinds import Kind, Kinds
 from canaryd.config.settings import Settings, Token, secret_for_serve, tokens_for_serve
 from canaryd.config.settings import Target as TargetSettings
+from canaryd.core import templates
 from canaryd.core.errors import ConfigError, Problem
-from canaryd.core.model import Policy
-from canaryd.ports import Platform
-from canaryd.runtime.controller import Controller, Target
-from canaryd.runtime.evaluator import Evaluator
+from canaryd.core.model import Measurement, Policy, Rollout
+from canaryd.ports import Platform, RuntimeEvents
+from canaryd.runtime.controller import Controller, MeasureTarget, Target, TraceFields
+from canaryd.runtime.evaluator import Evaluator, template_variables
 from canaryd.runtime.supervisor import RESTART, STOP, Supervisor
 from canaryd.runtime.worker import Timing
 
@@ -120,6 +124,7 @@ class Daemon:
                 ]
             )
         self.settings = settings
+        self.tls = _tls(settings)  # before anything: a certificate that cannot load exits 2
         self.clock = WallClock()
         self.telemetry = Telemetry()
         self.notifier = _notifier(settings, self.telemetry)
@@ -138,6 +143,7 @@ class Daemon:
         self.controller: Controller | None = None
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.tracer: Tracer | None = None  # with ``tracing:`` (made in start)
 
     def _crashed(self, name: str, error: BaseException | None) -> None:
         if error is None:
@@ -196,15 +202,17 @@ class Daemon:
             ),
         )
         self.evaluator = Evaluator(client, gather=self._gather)
+        events, measure, trace = self._tracing(self.evaluator.measure)
         self.controller = Controller(
             self.targets,
             store=self.store,
-            measure=self.evaluator.measure,
+            measure=measure,
             clock=self.clock,
-            events=Announcing(self.telemetry, self.notifier),
+            events=Announcing(events, self.notifier),
             load_policy=self._load_policy,
             timing=self._timing,
             alert_expiry=settings.alerts.expire_after,
+            trace=trace,
         )
         # Guards, per task (runtime.supervisor): the evaluator and the state watch hold nothing
         # a restart loses, so they restart with backoff (and stop the daemon if they keep
@@ -217,13 +225,18 @@ class Daemon:
 
         self.runner = make_runner(self._http_app())
         await self.runner.setup()
-        site = web.TCPSite(self.runner, settings.listen.host, settings.listen.port)
+        tls_context = None if self.tls is None else self.tls.context
+        site = web.TCPSite(
+            self.runner, settings.listen.host, settings.listen.port, ssl_context=tls_context
+        )
         await site.start()
         self.port = _bound_port(self.runner)
         if settings.public_url is None:  # links to the pages: where we listen, bound port
-            self.notifier.base_url = f"http://{_link_host(settings.listen.host)}:{self.port}"
+            scheme = "http" if self.tls is None else "https"
+            self.notifier.base_url = f"{scheme}://{_link_host(settings.listen.host)}:{self.port}"
         if self.notifier.active:  # before any decision: the outboxes drain as they fill
             self.supervisor.keep("notifier", self.notifier.run, RESTART)
+        self._watch_certificate()
         await self.controller.load(self.supervisor.spawn)
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
@@ -233,11 +246,51 @@ class Daemon:
         log.info(
             "serving",
             listen=f"{settings.listen.host}:{self.port}",
+            tls=self.tls is not None,
             targets=len(self.targets),
             active=len(self.controller.workers()),
         )
 
+    def _tracing(
+        self, measure: MeasureTarget
+    ) -> tuple[RuntimeEvents, MeasureTarget, TraceFields | None]:
+        """With ``tracing:``, the events, evaluations and starts that make spans (the
+        OpenTelemetry SDK is imported here, and only here); without, the plain ones."""
+        tracing = self.settings.tracing
+        if tracing is None:
+            return self.telemetry, measure, None
+        environments = {t.name: tracing.environment for t in self.settings.targets}
+        try:
+            tracer = Tracer(tracing.traces_url, self.clock, environments, _query_of)
+        except ImportError as exc:  # a dependency removed from the environment
+            why = (
+                f"needs OpenTelemetry ({exc.name}): pip install opentelemetry-sdk "
+                "opentelemetry-exporter-otlp-proto-http"
+            )
+            raise ConfigError([Problem(str(self.settings.file), "tracing", why)]) from exc
+        self.tracer = tracer
+        clock = self.clock
+
+        async def traced(
+            labels: Mapping[str, str], state: Rollout
+        ) -> tuple[tuple[Measurement, ...], float | None]:
+            started = clock.time()
+            result = await measure(labels, state)
+            with contextlib.suppress(Exception):  # a span lost, never an evaluation
+                tracer.evaluated(state, labels, result[0], started, clock.time())
+            return result
+
+        return TracedEvents(self.telemetry, tracer, clock), traced, trace_fields
+
     def _http_app(self) -> web.Application:
+        app = self._api_app()
+        if self.tracer is not None:
+            from canaryd.api.tracing import request_tracing
+
+            app.middlewares.insert(0, request_tracing(self.tracer))
+        return app
+
+    def _api_app(self) -> web.Application:
         from canaryd.api.server import build_app
 
         assert self.controller is not None
@@ -250,7 +303,17 @@ class Daemon:
             clock=self.clock,
         )
 
+    def _watch_certificate(self) -> None:
+        """With ``listen_tls``: reload the certificate on SIGHUP and when its files change."""
+        tls = self.tls
+        if tls is None:
+            return
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload, "signal")
+        self.supervisor.keep("tls-watch", tls.watch, RESTART)
+
     async def before_stop(self) -> None:
+        if self.tls is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         systemd.notify("STOPPING=1")
         log.info("stopping")
         if self.runner is not None:
@@ -261,6 +324,8 @@ class Daemon:
             await self._stack.aclose()
         finally:
             await asyncio.to_thread(self.store.close)
+            if self.tracer is not None:  # the last spans (the exporter's timeout bounds it)
+                await asyncio.to_thread(self.tracer.shutdown)
 
     async def run(self) -> None:
         await self.supervisor.run(self.start, self.before_stop, self.after_stop)
@@ -314,6 +379,19 @@ def _link_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return socket.gethostname()  # set public_url for the name people really use
     return f"[{host}]" if ":" in host else host
+def _query_of(state: Rollout, labels: Mapping[str, str], template: str) -> str:
+    """A check's query as the evaluator renders it for this one target (for its span)."""
+    variables = template_variables(state.policy, {k: [v] for k, v in labels.items()})
+    variables.setdefault("target", state.target)
+    variables.setdefault("version", state.image)
+    return templates.render(template, variables)
+
+
+def _tls(settings: Settings) -> CertificateReloader | None:
+    """The listener's TLS context (``listen_tls``), or None for plain HTTP."""
+    if settings.listen_tls is None:
+        return None
+    return CertificateReloader(settings.file, settings.listen_tls)
 
 
 def _tokens(settings: Settings) -> tuple[Token, ...]:

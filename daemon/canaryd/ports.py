@@ -69,6 +69,7 @@ class DecisionRecord(TypedDict):
     cause: str | None
     reason: str
     evidence: dict[str, Any]
+    trace_id: str | None  # the rollout's OpenTelemetry trace (``tracing:``); None: untraced
 
 
 class MeasurementRecord(TypedDict):
@@ -304,3 +305,8 @@ class RuntimeEvents(Protocol):
     def orphan(self, state: Rollout) -> None: ...
 
     def housekeeping_failed(self, what: str, error: Exception) -> None: ...
+
+    def finished(self, state: Rollout) -> None:
+        """The rollout's worker has nothing left to do: its last decision is durable and its
+        last effects applied (not called for a worker stopped by a shutdown)."""
+        ...

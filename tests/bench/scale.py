@@ -1,7 +1,7 @@
 """Benchmark: one daemon, 1,000 targets with active rollouts, a real Prometheus.
 
     python tests/bench/scale.py [--targets 1000] [--interval 10] [--seconds 40] [--baseline N]
-                                [--start-spread SECONDS] [--keep]
+                                [--start-spread SECONDS] [--keep] [--tracing]
 
 What runs, all on loopback, all stopped by pid when the run ends:
 
@@ -39,7 +39,10 @@ count of each batch rides along inside one of them), daemon CPU < 20 % of one co
 interval, RSS < 200 MB. Rollouts started more than the evaluator's ``gather`` apart are
 evaluated in separate batches, so ``--start-spread 10`` (the full window's rollouts started over
 10 s, as they would be in life) is the case to look at for the query count. ``--keep`` leaves
-the work directory (configs, logs, query log). Exit 0 when every target is met, else 1.
+the work directory (configs, logs, query log). ``--tracing`` traces every rollout
+(``tracing: {otlp_endpoint}`` to ``support.otlpkit``'s receiver, started here): the daemon's
+CPU of a run with it, against one without, is the cost of tracing. Exit 0 when every target
+is met, else 1.
 """
 
 from __future__ import annotations
@@ -573,6 +576,17 @@ def report(args: argparse.Namespace, windows: list[Window], notes: list[str]) ->
 
 
 def run(args: argparse.Namespace, work: Path) -> bool:
+    if not args.tracing:
+        return _run(args, work, None)
+    from support.otlpkit import Receiver
+
+    with Receiver() as receiver:
+        ok = _run(args, work, receiver)
+        print(f"tracing: {len(receiver.spans)} spans in {receiver.requests} OTLP requests")
+    return ok
+
+
+def _run(args: argparse.Namespace, work: Path, receiver: Any) -> bool:
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
     exporter_port = procs.free_port()
@@ -597,6 +611,10 @@ def run(args: argparse.Namespace, work: Path) -> bool:
         )
         port = procs.free_port()
         token = write_config(work, args.targets, args.interval, prometheus.url, port)
+        if receiver is not None:  # --tracing: every rollout traced, spans to a real receiver
+            config = json.loads((work / "canaryd.yaml").read_text())
+            config["tracing"] = {"otlp_endpoint": receiver.endpoint}
+            (work / "canaryd.yaml").write_text(json.dumps(config, indent=1))
         url = f"http://127.0.0.1:{port}"
         began = time.monotonic()
         daemon = start_daemon(work, port)
@@ -661,6 +679,12 @@ def main() -> int:
         help="start the full window's rollouts evenly over this long (default: at once)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="trace every rollout (tracing: to an OTLP/HTTP receiver started here); "
+        "compare the daemon's CPU with a run without",
+    )
     args = parser.parse_args()
     if args.baseline is None:
         args.baseline = max(1, args.targets // 10)

@@ -288,7 +288,11 @@ def test_the_distribution_is_not_pypis_canaryd_but_installs_the_canaryd_commands
 
 
 # import name → distribution; ``rich`` is optional (canaryctl watch uses it when installed)
-DISTRIBUTIONS = {"yaml": "pyyaml", "prometheus_client": "prometheus-client"}
+DISTRIBUTIONS = {
+    "yaml": "pyyaml",
+    "prometheus_client": "prometheus-client",
+    "opentelemetry": "opentelemetry-sdk",  # with its OTLP/HTTP exporter (tracing:)
+}
 OPTIONAL = {"rich", "_typeshed"}
 
 

@@ -308,6 +308,9 @@ class Telemetry:
             hint="the target is no longer in the config; the rollout is left as is",
         )
 
+    def finished(self, state: Rollout) -> None:
+        self.log.debug("rollout_finished", target=state.target, rollout=state.id)
+
     def query(self, seconds: float, ok: bool) -> None:
         self.promql_duration.observe(seconds)
         if not ok:

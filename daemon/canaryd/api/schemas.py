@@ -159,6 +159,7 @@ def schemas() -> dict[str, Any]:
         reason={"type": "string"},
         cause=_nullable({"enum": [str(c) for c in Cause]}),  # None: decided before v4
         evidence={"type": "object"},
+        trace_id=_nullable("string"),  # the rollout's trace (tracing:); None: untraced
     )
     rollout = _object(
         "id target image policy phase stage stages weight stable_weight started_at plan",
@@ -186,6 +187,7 @@ def schemas() -> dict[str, Any]:
             "(nothing changed; `noop_reason` says how, e.g. `already paused`)",
         },
         noop_reason={"type": "string"},
+        trace_id=_nullable("string"),
         plan={
             "type": "array",
             "items": _object(

@@ -77,6 +77,7 @@ def rollout_view(r: Rollout) -> dict[str, Any]:
         "rollback_reason": r.rollback_reason,
         "message": r.message,
         "successor": r.successor,
+        "trace_id": r.trace_id,
         "plan": [
             {
                 "weight": s.weight,

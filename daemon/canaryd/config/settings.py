@@ -49,6 +49,7 @@ from canaryd.config.secrets import (
     tokens_for_serve,
 )
 from canaryd.config.supply import Supply, read_supply
+from canaryd.config.transport import ListenTls, Tracing, read_listen_tls, read_tracing
 from canaryd.core.errors import Problem
 from canaryd.core.model import Matcher, Policy
 from canaryd.core.rules import matches, parse_matcher
@@ -66,12 +67,14 @@ __all__ = [
     "Kinds",
     "KubernetesState",
     "Listen",
+    "ListenTls",
     "Prometheus",
     "Settings",
     "SqliteState",
     "State",
     "Target",
     "Token",
+    "Tracing",
     "WebhookAuth",
     "load_config",
     "load_tokens",
@@ -90,6 +93,7 @@ DEFAULT_ALERT_EXPIRY = 12 * 3600.0
 
 _TOP = {"listen", "state", "prometheus", "auth", "alerts", "policies", "targets"}
 _TOP |= {"notify", "public_url"}  # config.notify
+_TOP |= {"listen_tls", "tracing"}  # config.transport
 _TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers", *supply.KEYS}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
@@ -186,6 +190,8 @@ class Settings:
     api_policies: Mapping[str, Policy] = field(default_factory=dict)
     notify: tuple[Channel, ...] = ()  # config.notify: who is told about rollouts
     public_url: str | None = None  # base of the links to canaryd's pages (None: from listen)
+    listen_tls: ListenTls | None = None  # HTTPS (and mutual TLS) on the listener
+    tracing: Tracing | None = None  # OpenTelemetry traces over OTLP/HTTP
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -262,6 +268,8 @@ class _Loader:
             api_policies=self._api_policies(top.get("policies")),
             notify=self._notify(top.get("notify")),
             public_url=r.field(top, "public_url", "", public_url, None),
+            listen_tls=read_listen_tls(r, top.get("listen_tls"), self.path, self.warnings),
+            tracing=read_tracing(r, top.get("tracing")),
             warnings=tuple(self.warnings),
         )
 

@@ -235,6 +235,11 @@ class Rollout:
     # the canary and the stable (False: ``none``); decisions say what it did not do
     routes: bool = True
     deploys: bool = True
+    # OpenTelemetry (``tracing:``): the rollout's trace, 32 hex digits (None: not traced), and
+    # the span its start request came from (a ``traceparent``), kept so that a restarted
+    # daemon goes on with the same trace under the same parent
+    trace_id: str | None = None
+    trace_parent: str | None = None
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -100,10 +101,30 @@ def with_scheme(url: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """How canaryctl speaks TLS to an ``https://`` daemon: ``cacert`` the CA its certificate
+    chains to (None: the system's), ``cert``/``key`` the client certificate a daemon with
+    ``listen_tls.client_ca_file`` (mutual TLS) requires (``--cacert``/``CANARYCTL_CACERT``,
+    ``--cert``/``CANARYCTL_CERT``, ``--key``/``CANARYCTL_KEY``)."""
+
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """The client's context; ``ssl.SSLError``/``OSError`` when a file cannot be loaded."""
+        context = ssl.create_default_context(cafile=self.cacert)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key or None)
+        return context
+
+
+@dataclass(frozen=True, slots=True)
 class Client:
     url: str = DEFAULT_URL
     token: str | None = None
     timeout: float = 30.0
+    tls: TlsFiles | None = None  # None: the system's CAs, no client certificate
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", with_scheme(self.url))  # frozen: set once, here
@@ -189,8 +210,9 @@ class Client:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         req = urllib.request.Request(url, data=data, headers=headers, method=method)
+        context = self._tls_context() if url.startswith("https:") else None
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as response:
                 return _decode(response.read())
         except urllib.error.HTTPError as exc:
             raise _api_error(exc) from exc
@@ -199,7 +221,25 @@ class Client:
         except TimeoutError as exc:
             raise DaemonUnreachable(self.url, f"no answer within {self.timeout:g}s") from exc
         except ConnectionError as exc:  # reset or closed mid-answer
-            raise DaemonUnreachable(self.url, _why(exc)) from exc
+            raise DaemonUnreachable(self.url, _why(exc) + self._mtls_hint(url)) from exc
+
+    def _mtls_hint(self, url: str) -> str:
+        """Under TLS 1.3 a daemon that requires a client certificate (mutual TLS) refuses one
+        only after the handshake: the client sees the connection closed, so say why it may be."""
+        if not url.startswith("https:") or (self.tls is not None and self.tls.cert):
+            return ""
+        return (
+            " (TLS: if the daemon requires a client certificate, give it with --cert/--key "
+            "or CANARYCTL_CERT/CANARYCTL_KEY)"
+        )
+
+    def _tls_context(self) -> ssl.SSLContext:
+        tls = self.tls or TlsFiles()
+        try:
+            return tls.context()
+        except (OSError, ssl.SSLError) as exc:
+            files = ", ".join(f for f in (tls.cacert, tls.cert, tls.key) if f) or "system CAs"
+            raise ErrorAnswer(0, "tls_files", f"cannot load TLS files ({files}): {exc}") from exc
 
 
 def _with_limit(link: str, limit: int) -> str:
@@ -240,6 +280,16 @@ def _api_error(exc: urllib.error.HTTPError) -> ErrorAnswer:
 
 
 def _why(reason: object) -> str:
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the daemon's certificate is not trusted ({reason.verify_message}); "
+            "give the CA that signed it with --cacert FILE or CANARYCTL_CACERT"
+        )
+    if isinstance(reason, ssl.SSLError):
+        hint = ""
+        if "CERTIFICATE_REQUIRED" in str(reason) or "certificate required" in str(reason):
+            hint = "; the daemon requires a client certificate: --cert/--key or CANARYCTL_CERT"
+        return f"TLS handshake failed: {reason.reason or reason}{hint}"
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
     if isinstance(reason, TimeoutError):

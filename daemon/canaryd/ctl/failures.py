@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 from canaryd.api.routes import role_of
 from canaryd.ctl.client import Client, DaemonUnreachable, ErrorAnswer
+from canaryd.ctl.tlsargs import tls_files
 
 EXIT_USAGE = 2  # argparse's
 
@@ -49,7 +50,7 @@ def with_client(handler: Handler) -> Callable[[argparse.Namespace], int]:
     """Run ``handler`` with a client; every failure becomes its report and its exit code."""
 
     def run(args: argparse.Namespace) -> int:
-        client = Client(args.url, args.token or None, args.timeout)
+        client = Client(args.url, args.token or None, args.timeout, tls_files(args))
         try:
             return handler(client, args)
         except DaemonUnreachable as exc:
@@ -99,6 +100,8 @@ def role_needed(command: str) -> str | None:
 
 def explain(exc: ErrorAnswer, command: str) -> str:
     """The one line a person reads for an API refusal."""
+    if exc.code == "tls_files":
+        return exc.message
     if exc.status == 401:
         return "token missing or not accepted: set --token or CANARYD_TOKEN"
     if exc.status == 403:

@@ -5,7 +5,8 @@ canaryd over its HTTP API (SPEC §5.1, §5.2) through ``ctl.client``, a stdlib `
 so that no command pays for importing aiohttp (see ``ctl.client`` for the numbers).
 
 ``--url``/``CANARYD_URL``, ``--token``/``CANARYD_TOKEN`` and ``-o table|json`` may be given
-before or after the command. Tables are for people; ``-o json`` prints the API's JSON as is.
+before or after the command, and so may ``--cacert``/``--cert``/``--key`` (``ctl.tlsargs``).
+Tables are for people; ``-o json`` prints the API's JSON as is.
 Every failure is one line on stderr, and each kind has its own exit code (``EXIT_CODES``), so
 scripts such as ``deployment/canary/deploy-canary.sh`` can branch on them.
 
@@ -59,6 +60,7 @@ from canaryd.ctl.text import (
     time_left,
     when,
 )
+from canaryd.ctl.tlsargs import tls_options
 from canaryd.offline import render, replay, simulate
 
 EXIT_CODES = """\
@@ -443,6 +445,7 @@ def _connection_options(parser: argparse.ArgumentParser, top: bool) -> None:
         metavar="SECONDS",
         help="per request (default: 30)",
     )
+    tls_options(parser, default)
     if not top:
         parser.add_argument("-o", "--output", choices=("table", "json"), default=argparse.SUPPRESS)
 

@@ -14,7 +14,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from canaryd.core import stages, supply
@@ -54,6 +54,8 @@ MeasureTarget = Callable[
 ]
 
 Spawn = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
+# rollout id -> (trace id, parent span id): the trace a rollout begun now belongs to
+TraceFields = Callable[[str], tuple[str, str | None]]
 
 
 @dataclass
@@ -204,6 +206,7 @@ class Controller:
         timing: Timing | None = None,
         alert_expiry: float = 12 * 3600,
         request_wait: float = REQUEST_WAIT,
+        trace: TraceFields | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
         self.inbox = Inbox({t.name: t.concerns for t in targets}, expire_after=alert_expiry)
@@ -214,6 +217,7 @@ class Controller:
         self._recorder = GroupCommit(store, clock, events)
         self._spawn: Spawn | None = None
         self.ready = False
+        self._trace = trace  # None: rollouts are not traced (no ``tracing:``)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -231,6 +235,8 @@ class Controller:
             if rollout.target not in self.targets:
                 self._events.orphan(rollout)
                 continue
+            if self._trace is not None and rollout.trace_id is None:  # begun untraced
+                rollout = self._traced(rollout)
             worker = self._worker_for(rollout)
             successor = newest[rollout.target]
             if successor is not rollout:
@@ -276,6 +282,8 @@ class Controller:
         finally:
             if self._workers.get(worker.state.target) is worker:
                 del self._workers[worker.state.target]
+            if worker.done:  # not when a shutdown stopped it
+                self._events.finished(worker.state)
 
     # ---------------------------------------------------------------- reads
 
@@ -337,9 +345,16 @@ class Controller:
                 routes=target.routes,
                 deploys=target.deploys,
             )
+            if self._trace is not None:
+                rollout = self._traced(rollout)
             # Durable and running even if the request is cancelled meanwhile (client gone).
             await asyncio.shield(self._begin(rollout, first))
             return rollout
+
+    def _traced(self, rollout: Rollout) -> Rollout:
+        assert self._trace is not None
+        trace_id, parent = self._trace(rollout.id)
+        return replace(rollout, trace_id=trace_id, trace_parent=parent)
 
     async def _begin(self, rollout: Rollout, first: Action) -> None:
         await asyncio.to_thread(self._store.commit, rollout, (first,), rollout.started_at)

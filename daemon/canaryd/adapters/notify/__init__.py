@@ -49,5 +49,8 @@ class Announcing:
     def orphan(self, state: Rollout) -> None:
         self.inner.orphan(state)
 
+    def finished(self, state: Rollout) -> None:
+        self.inner.finished(state)
+
     def housekeeping_failed(self, what: str, error: Exception) -> None:
         self.inner.housekeeping_failed(what, error)

@@ -15,7 +15,7 @@ from canaryd.core.codec import action_to_dict
 from canaryd.core.model import Action, Alert, Measurement, Rollout
 from canaryd.ports import CorruptState
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Made once: it is the hot path. Not ASCII-escaped, so that ``storable`` sees (and replaces)
 # lone surrogates instead of storing "\\udc80" escapes that every reader would decode back.
 compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
@@ -91,7 +91,8 @@ SCHEMA = (
         action      TEXT NOT NULL,
         reason      TEXT NOT NULL,
         evidence    TEXT NOT NULL,
-        cause       TEXT  -- core.model.Cause; NULL for decisions stored before schema 4
+        cause       TEXT, -- core.model.Cause; NULL for decisions stored before schema 4
+        trace_id    TEXT  -- the rollout's OpenTelemetry trace; NULL untraced or before 5
     )
     """,
     "CREATE INDEX decisions_by_rollout ON decisions (rollout_id, seq)",
@@ -136,6 +137,21 @@ def decision_cause_v3_to_v4(conn: sqlite3.Connection) -> None:
     """Schema 4 stores each decision's typed cause. Rows written before it keep a NULL cause:
     their reason text is kept as it was, and no cause is guessed from words."""
     conn.execute("ALTER TABLE decisions ADD COLUMN cause TEXT")
+
+
+def decision_trace_v4_to_v5(conn: sqlite3.Connection) -> None:
+    """Schema 5 stores the trace id of the rollout a decision belongs to (``tracing:``), so
+    the history can link each decision to its trace. Older rows keep NULL: none was traced."""
+    conn.execute("ALTER TABLE decisions ADD COLUMN trace_id TEXT")
+
+
+DECISION_COLUMNS = (
+    "seq, rollout_id, target, t, phase, stage, weight, action, cause, reason, evidence, trace_id"
+)
+INSERT_DECISION = (
+    "INSERT INTO decisions (rollout_id, target, t, phase, stage, weight, action, reason, "
+    "evidence, cause, trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def storable(text: str) -> str:
@@ -183,6 +199,7 @@ def commit_rows(
             storable(action.reason),
             json_storable(action_to_dict(action)["evidence"]),
             None if action.cause is None else str(action.cause),
+            optional_storable(rollout.trace_id),
         )
         for action in actions
     ]
@@ -226,7 +243,12 @@ def alerts_v1_to_v2(conn: sqlite3.Connection) -> None:
 
 
 # From version N to N + 1, inside the open transaction (``SqliteStore._migrate``).
-MIGRATIONS = {1: alerts_v1_to_v2, 2: audit_index_v2_to_v3, 3: decision_cause_v3_to_v4}
+MIGRATIONS = {
+    1: alerts_v1_to_v2,
+    2: audit_index_v2_to_v3,
+    3: decision_cause_v3_to_v4,
+    4: decision_trace_v4_to_v5,
+}
 
 
 def optional_time(value: object) -> float | None:

@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from canaryd.adapters.store.lock import StateLock, WriteHealth
 from canaryd.adapters.store.schema import (
+    DECISION_COLUMNS,
+    INSERT_DECISION,
     MIGRATIONS,
     SCHEMA,
     SCHEMA_VERSION,
@@ -75,9 +77,7 @@ BUSY_TIMEOUT = 5.0  # seconds a writer waits for another connection's lock
 AUDIT_CHUNK = 5000  # rows deleted per transaction by compact_audit: writers wait less
 
 
-_DECISION_COLUMNS = (
-    "seq, rollout_id, target, t, phase, stage, weight, action, cause, reason, evidence"
-)
+_DECISION_COLUMNS = DECISION_COLUMNS
 _MEASUREMENT_COLUMNS = (
     'seq, rollout_id, t, check_name AS "check", value, error, canary_requests, '
     "canary_errors, stable_requests, stable_errors"
@@ -351,11 +351,7 @@ class SqliteStore:
                     f"{other[0] if other else '?'} ({other[1] if other else '?'}); "
                     f"refusing to make {rid} active beside it"
                 ) from exc
-            conn.executemany(
-                "INSERT INTO decisions (rollout_id, target, t, phase, stage, weight, action, "
-                "reason, evidence, cause) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                decisions,
-            )
+            conn.executemany(INSERT_DECISION, decisions)
             conn.executemany(
                 "INSERT INTO measurements (rollout_id, t, check_name, value, error, "
                 "canary_requests, canary_errors, stable_requests, stable_errors) "
