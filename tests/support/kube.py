@@ -74,6 +74,9 @@ documents inheriting for "special" behaviour):
   stored like any other object.
 - ``write_times``: ``(time.monotonic(), method, path)`` of every write request, for tests that
   ask when a writer last wrote.
+- kmock's own request log is not kept (it scans the log on every request, which made long
+  tests quadratic): assert on ``writes`` / ``write_times``, or subclass as
+  ``tests/quality/test_guide_kubernetes.py`` does to see reads.
 
 Writes are serialized (one lock), so a resourceVersion check and the write it guards are
 atomic. Still missing: strategic merge semantics (list merge keys), admission, defaulting,
@@ -157,6 +160,10 @@ class VersionedEmulator(kmock.KubernetesEmulator):
         return obj
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # kmock logs every request and scans the whole log to route each new one: quadratic, a
+        # 1000-request test took minutes. Only the request being served is kept (nothing here
+        # asserts on kmock's log; ``writes`` and ``write_times`` are the emulator's own).
+        del self._requests[:-1]
         method = str(request.method.value).upper()
         if request.resource is None:
             return await super()._handle(request)
