@@ -122,7 +122,7 @@ def canary_spec(stable_spec: Any, canary: str, port: int | None) -> Obj:
     return spec
 
 
-def annotations(weight: int) -> dict[str, str]:
+def canary_annotations(weight: int) -> dict[str, str]:
     """The canary annotations at ``weight`` (strings, as Kubernetes requires)."""
     return {
         WEIGHT_NOTE: str(weight),
@@ -235,7 +235,7 @@ class NginxIngressRouter:
             "metadata": {
                 "name": self.canary_name,
                 "labels": dict([OWNER_LABEL]),
-                "annotations": annotations(weight),
+                "annotations": canary_annotations(weight),
             },
             "spec": spec,
         }
