@@ -68,7 +68,7 @@ CANARY_HEADER, CANARY_VALUE = "X-Canary-Deploy", "canary"
 PIN = f"Header(`{CANARY_HEADER}`, `{CANARY_VALUE}`)"
 
 
-class RouteShapeError(ValueError):
+class IngressRouteShapeError(ValueError):
     """The user's IngressRoute has no route to the TraefikService."""
 
 
@@ -99,7 +99,7 @@ def pin_spec(user_spec: Any, service: str, canary: str, port: int | None) -> Obj
     user = user_spec if isinstance(user_spec, dict) else {}
     routes = [r for r in user.get("routes") or [] if _sends_to(r, service)]
     if not routes:
-        raise RouteShapeError(f"no route sends to TraefikService {service}")
+        raise IngressRouteShapeError(f"no route sends to TraefikService {service}")
     target: Obj = {"kind": "Service", "name": canary}
     if port is not None:
         target["port"] = port
@@ -185,7 +185,7 @@ class TraefikServiceRouter:
             if pin is None:
                 return weight if weight == 0 else None
             wanted = await self._pin()
-        except (RouterUnavailable, RouteShapeError):
+        except (RouterUnavailable, IngressRouteShapeError):
             return None
         return weight if pin.get("spec") == wanted["spec"] else None
 
@@ -218,7 +218,7 @@ class TraefikServiceRouter:
         if pin:
             try:
                 wanted_pin = await self._pin()
-            except RouteShapeError as exc:
+            except IngressRouteShapeError as exc:
                 raise RouterUnavailable(
                     f"IngressRoute {self.namespace}/{self.ingress_route}: {exc}"
                 ) from exc
