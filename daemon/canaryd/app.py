@@ -46,8 +46,14 @@ from canaryd.adapters.verify import CommandVerifier
 from canaryd.api.tls import CertificateReloader
 from canaryd.api.webhook import WebhookCredential
 from canaryd.config import settings as config_settings
-from canaryd.config.kinds import Kind, Kinds
-from canaryd.config.settings import Settings, Token, secret_for_serve, tokens_for_serve
+from canaryd.config.kinds import Kind, Kinds, not_built
+from canaryd.config.settings import (
+    Settings,
+    SqliteState,
+    Token,
+    secret_for_serve,
+    tokens_for_serve,
+)
 from canaryd.config.settings import Target as TargetSettings
 from canaryd.core import templates
 from canaryd.core.errors import ConfigError, Problem
@@ -67,8 +73,16 @@ class WallClock:
         return time.time()
 
 
-KINDS = Kinds(platforms=PLATFORMS, routers=ROUTERS)
-"""Every platform and router kind of this build: what ``check`` and ``serve`` accept."""
+STATE_BACKENDS = {
+    "sqlite": "",
+    "kubernetes": "use sqlite (one replica, its file on a volume) for now",
+}
+"""Every ``state.backend`` the SPEC names: ``""`` when this build runs it, else what to use
+meanwhile (the loader refuses it with that, in ``check`` and ``serve`` alike)."""
+
+KINDS = Kinds(platforms=PLATFORMS, routers=ROUTERS, state_backends=STATE_BACKENDS)
+"""Every platform and router kind and state backend of this build: what ``check`` and
+``serve`` accept."""
 
 
 def load_config(path: str | Path) -> Settings:
@@ -113,16 +127,11 @@ class Daemon:
         gather: float = 0.25,
         platforms: Mapping[str, Platform] | None = None,  # by target: instead of the config's
     ) -> None:
-        if settings.state.backend != "sqlite":
-            raise ConfigError(
-                [
-                    Problem(
-                        str(settings.file),
-                        "state.backend",
-                        "only the sqlite backend is available in this build",
-                    )
-                ]
-            )
+        fallback = KINDS.state_backends.get(settings.state.backend)
+        # settings built by hand, not by the loader (which refuses a backend not built yet)
+        if fallback != "" or not isinstance(settings.state, SqliteState):
+            message = not_built("state backend", settings.state.backend, fallback or "")
+            raise ConfigError([Problem(str(settings.file), "state.backend", message)])
         self.settings = settings
         self.tls = _tls(settings)  # before anything: a certificate that cannot load exits 2
         self.clock = WallClock()

@@ -187,7 +187,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("kind", ["argo-rollouts", "traefik-service", "nginx-ingress"])
+@pytest.mark.parametrize("kind", [k for k, row in ROUTERS.items() if row.build is None])
 def test_check_and_serve_refuse_a_kind_not_built_yet_with_the_same_line(
     tmp_path: Path, kind: str
 ) -> None:

@@ -89,8 +89,12 @@ def _one(kind: str, name: str | None = None) -> dict[str, Any]:
 
 
 def _config_block(tmp_path: Path) -> Path:
-    blocks = [b for b in _FENCE.findall(GUIDE.read_text(encoding="utf-8")) if "\ntargets:" in b]
-    assert len(blocks) == 1, "the guide shows one canaryd config"
+    blocks = [
+        b
+        for b in _FENCE.findall(GUIDE.read_text(encoding="utf-8"))
+        if "\ntargets:" in b and "kind: gateway-api" in b
+    ]
+    assert len(blocks) == 1, "the guide shows one canaryd config with the gateway-api router"
     config = tmp_path / "canaryd.yaml"
     config.write_text(blocks[0], encoding="utf-8")
     return config
@@ -166,7 +170,7 @@ async def _whole_rollout(tmp_path: Path) -> tuple[list[tuple[str, str]], str]:
 async def test_the_guides_role_grants_exactly_what_a_whole_rollout_needs(tmp_path: Path) -> None:
     seen, namespace = await _whole_rollout(tmp_path)
     needed = set(_needed(seen))
-    role = _one("Role")
+    role = _one("Role", "canaryd")
     assert role["metadata"]["namespace"] == namespace
     granted = _granted(role)
     assert not needed - granted, f"used but not granted: {sorted(needed - granted)}"
@@ -174,7 +178,7 @@ async def test_the_guides_role_grants_exactly_what_a_whole_rollout_needs(tmp_pat
 
 
 def test_the_role_is_bound_to_the_account_canaryd_runs_as() -> None:
-    role, binding = _one("Role"), _one("RoleBinding")
+    role, binding = _one("Role", "canaryd"), _one("RoleBinding")
     account = _one("ServiceAccount")
     canaryd = _one("Deployment", "canaryd")
     assert binding["roleRef"] == {

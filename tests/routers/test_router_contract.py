@@ -29,6 +29,8 @@ ROUTERS: list[RouterKind] = [
     routercases.NGINX,
     routercases.TRAEFIK_FILE,
     routercases.GATEWAY_API,
+    routercases.TRAEFIK_SERVICE,
+    routercases.NGINX_INGRESS,
 ]
 
 WITH_A_PROXY = [k for k in ROUTERS if k.data_plane]

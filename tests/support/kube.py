@@ -17,9 +17,12 @@ Stable API (other tests build on it; extend, do not change)::
                                            # is checked (simulate a writer between read and write)
         c.before_every_write(hook)         # the same for every write (a persistent conflict)
         c.writes                           # (method, path) of every write request served
+        c.emulator.write_times             # (monotonic time, method, path) of each of them
 
     kube.HTTPROUTES                        # kmock.resource for gateway.networking.k8s.io/v1
     kube.DEPLOYMENTS, kube.SERVICES        # kmock.resource for apps/v1 and core v1
+    kube.INGRESSES, kube.LEASES, kube.CONFIGMAPS, kube.TRAEFIKSERVICES, kube.INGRESSROUTES,
+    kube.ROLLOUTS                          # the other types canaryd's adapters touch
     kube.roll_out(c, "default", "web")     # play the Deployment controller (see roll_out)
     kube.crd_schema("gateway-api/gateway.networking.k8s.io_httproutes.yaml", "v1")
     kube.schema_errors(obj, "gateway-api/gateway.networking.k8s.io_httproutes.yaml", "v1")
@@ -38,26 +41,50 @@ documents inheriting for "special" behaviour):
 
 - ``metadata.resourceVersion`` on every write (a counter shared by all objects, as etcd's
   revision), plus ``uid``, ``creationTimestamp`` and ``generation`` (bumped when ``spec``
-  changes), on create, patch and replace. kmock returns none of these.
+  changes), on create, patch and replace; ``apiVersion`` and ``kind`` filled in as the
+  apiserver returns them. kmock returns none of these.
 - Replace (``PUT`` on a named object): kmock does not serve it at all. Here it replaces the
-  whole object (``status`` kept from the stored one, as with a status subresource), requires
-  ``metadata.resourceVersion`` (422 Invalid without it, as for custom resources) and answers
-  409 Conflict with the apiserver's message when it is stale.
+  whole object, requires ``metadata.resourceVersion`` (422 Invalid without it, as for custom
+  resources) and answers 409 Conflict with the apiserver's message when it is stale.
 - 201 Created for a create (kmock answers 200, and kubernetes_asyncio's generated client then
   returns None instead of the object).
-- 409 Conflict on a ``PATCH`` whose body carries a stale ``metadata.resourceVersion`` (the
-  apiserver's precondition); without one, a patch applies unconditionally, as upstream.
+- 409 Conflict on a ``PATCH`` whose body carries a stale ``metadata.resourceVersion``, and on a
+  ``DELETE`` whose ``preconditions.resourceVersion`` is stale (the apiserver's preconditions);
+  without one, a patch or delete applies unconditionally, as upstream.
 - JSON patch (``application/json-patch+json``): 400 for an object body, as the apiserver
   answers (kubernetes_asyncio sends a dict to ``patch_namespaced_custom_object`` as a JSON patch
   unless ``_content_type="application/merge-patch+json"``: kmock would have accepted that bug);
-  415 for a list body, which kmock would merge into the object: not emulated. Merge and
-  strategic merge patches are both applied as kmock's dict merge.
+  415 for a list body: not emulated. Merge and strategic merge patches are both applied as an
+  RFC 7386 merge patch (``null`` removes a key, lists are replaced whole).
+- The **status subresource** as its own endpoint, for the types that declare one (built-in
+  Deployment, Service, Ingress; a CRD with ``subresources.status``, e.g. HTTPRoute, Rollout):
+  ``PUT``/``PATCH`` on ``.../NAME/status`` change ``status`` only (everything else in the body
+  is ignored), a write to the object itself keeps the stored ``status``, and a create drops
+  the ``status`` it is given. For a type without one (TraefikService, IngressRoute, Lease,
+  ConfigMap) ``.../status`` is 404 and a write to the object writes its ``status`` too.
+- **Server-side validation**: every create, replace and patch (status ones included) is
+  checked, after the patch is applied, against the type's schema (``support.kubeschema``:
+  the Kubernetes schemas ``kubernetes-validate`` ships for built-in kinds, the CRDs'
+  ``openAPIV3Schema`` in ``tests/upstream`` for custom resources, ``metadata.name`` as a DNS
+  name); a broken object is refused with 422 and the apiserver's Status body (``reason:
+  Invalid``, ``details.causes[]`` with ``reason``/``message``/``field``) and nothing is
+  stored. Objects ``seed`` stores are checked the same way.
+- A resource type the emulated server does not know (no CRD in ``support.kubeschema``) is 404,
+  as on a cluster without it; ``Lease`` (``coordination.k8s.io/v1``) and ``ConfigMap`` are
+  stored like any other object.
+- ``write_times``: ``(time.monotonic(), method, path)`` of every write request, for tests that
+  ask when a writer last wrote.
+- kmock's own request log is not kept (it scans the log on every request, which made long
+  tests quadratic): assert on ``writes`` / ``write_times``, or subclass as
+  ``tests/quality/test_guide_kubernetes.py`` does to see reads.
 
 Writes are serialized (one lock), so a resourceVersion check and the write it guards are
-atomic. Still missing, as in kmock: strategic merge semantics (patches merge dicts and replace
-lists), the status subresource as its own endpoint, admission, and CEL rules
-(``x-kubernetes-validations``): ``schema_errors`` checks the structural schema only, closed
-as Kubernetes prunes unknown fields, so a test that relies on a CEL rule asserts it itself.
+atomic. Still missing: strategic merge semantics (list merge keys), admission, defaulting,
+server-side apply, and CEL rules (``x-kubernetes-validations``): the schemas are checked
+structurally only, closed as Kubernetes prunes unknown fields (an unknown field is a 422
+here where a real apiserver drops it: either way canaryd would not read back what it wrote),
+so a test that relies on a CEL rule asserts it itself. ``Cluster.write`` (another writer: a
+controller, ``kubectl``) is not validated.
 """
 
 from __future__ import annotations
@@ -66,27 +93,31 @@ import asyncio
 import copy
 import datetime
 import inspect
-import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import aiohttp.web
 import attrs
-import jsonschema
 import kmock
-import yaml
 from kubernetes_asyncio import client as k8s_client
 
-REFERENCE = Path(__file__).resolve().parents[1] / "upstream"
+from support import kubeschema
+
+REFERENCE = kubeschema.REFERENCE
 HTTPROUTE_CRD = "gateway-api/gateway.networking.k8s.io_httproutes.yaml"
 HTTPROUTES = kmock.resource("gateway.networking.k8s.io", "v1", "httproutes")
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 SERVICES = kmock.resource("", "v1", "services")
+INGRESSES = kmock.resource("networking.k8s.io", "v1", "ingresses")
+LEASES = kmock.resource("coordination.k8s.io", "v1", "leases")
+CONFIGMAPS = kmock.resource("", "v1", "configmaps")
+TRAEFIKSERVICES = kmock.resource("traefik.io", "v1alpha1", "traefikservices")
+INGRESSROUTES = kmock.resource("traefik.io", "v1alpha1", "ingressroutes")
+ROLLOUTS = kmock.resource("argoproj.io", "v1alpha1", "rollouts")
 
 Hook = Callable[[kmock.Request], Awaitable[None] | None]
 
@@ -99,10 +130,11 @@ def _status(code: int, reason: str, message: str) -> kmock.KubernetesError:
 
 @attrs.define(kw_only=True)
 class VersionedEmulator(kmock.KubernetesEmulator):
-    """kmock's emulator plus resourceVersion, replace and 409 Conflict (see the module doc)."""
+    """kmock's emulator plus what the apiserver does that canaryd relies on (see the module doc)."""
 
     revision: int = 0
     writes: list[tuple[str, str]] = attrs.field(factory=list)
+    write_times: list[tuple[float, str, str]] = attrs.field(factory=list)
     _once: list[Hook] = attrs.field(factory=list)
     _always: list[Hook] = attrs.field(factory=list)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
@@ -128,27 +160,50 @@ class VersionedEmulator(kmock.KubernetesEmulator):
         return obj
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        # kmock logs every request and scans the whole log to route each new one: quadratic, a
+        # 1000-request test took minutes. Only the request being served is kept (nothing here
+        # asserts on kmock's log; ``writes`` and ``write_times`` are the emulator's own).
+        del self._requests[:-1]
         method = str(request.method.value).upper()
-        if request.resource is None or method not in _WRITES:
+        if request.resource is None:
+            return await super()._handle(request)
+        kind = _served(request.resource)
+        if request.subresource not in (None, "status") or (
+            request.subresource == "status" and not kind.status
+        ):
+            raise _status(404, "NotFound", "the server could not find the requested resource")
+        if method not in _WRITES:
             return await super()._handle(request)
         async with self._write_lock:
             self.writes.append((method, request.url.path))
+            self.write_times.append((time.monotonic(), method, request.url.path))
             hooks, self._once = [*self._once, *self._always], []
             for hook in hooks:
                 result = hook(request)
                 if inspect.isawaitable(result):
                     await result
-            if method == "PUT" and request.name is not None and request.subresource is None:
-                return await self._replace(request)
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-                self.stamp_new(request.data, request.namespace)
-                response = await super()._handle(request)
-                if response.status == 200 and not response.prepared:
-                    response.set_status(201)  # the client decodes only a 201 for a create
-                return response
-            if request.action == kmock.action.UPDATE and request.name is not None:
-                self._prepare_patch(request)
+                return await self._create(request, kind)
+            if method in ("PUT", "PATCH") and request.name is not None:
+                return await self._update(request, kind)
+            if method == "DELETE" and request.name is not None:
+                self._check_delete(request)
             return await super()._handle(request)
+
+    async def _create(
+        self, request: kmock.Request, kind: kubeschema.ResourceType
+    ) -> aiohttp.web.StreamResponse:
+        body = request.data
+        body.setdefault("apiVersion", kind.api_version)
+        body.setdefault("kind", kind.kind)
+        if kind.status:
+            body.pop("status", None)  # a create ignores status where status is a subresource
+        self.stamp_new(body, request.namespace)
+        _validate(kind, body)
+        response = await super()._handle(request)
+        if response.status == 200 and not response.prepared:
+            response.set_status(201)  # the client decodes only a 201 for a create
+        return response
 
     def _stored(self, request: kmock.Request) -> kmock.Object:
         key = (request.resource, request.namespace, request.name)
@@ -168,7 +223,15 @@ class VersionedEmulator(kmock.KubernetesEmulator):
                 "please apply your changes to the latest version and try again",
             )
 
-    def _prepare_patch(self, request: kmock.Request) -> None:
+    def _check_delete(self, request: kmock.Request) -> None:
+        """A delete's ``preconditions`` (DeleteOptions): 409 when they no longer hold."""
+        body = request.data if isinstance(request.data, dict) else {}
+        wanted = (body.get("preconditions") or {}).get("resourceVersion")
+        if self._stored(request).raw and wanted is not None:
+            self._check_version(request, self._stored(request).raw, wanted)
+
+    def _patched(self, request: kmock.Request, stored: dict[str, Any]) -> dict[str, Any]:
+        """A PATCH applied to a copy of ``stored`` (merge patch semantics, RFC 7386)."""
         content_type = request.headers.get("Content-Type", "")
         if "json-patch" in content_type and isinstance(request.data, dict):
             # what the apiserver answers; kubernetes_asyncio sends a dict to a custom object's
@@ -180,21 +243,17 @@ class VersionedEmulator(kmock.KubernetesEmulator):
             )
         if "json-patch" in content_type or not isinstance(request.data, dict):
             raise _status(415, "UnsupportedMediaType", f"{content_type}: not emulated")
-        stored = self._stored(request).raw
         self._check_version(
-            request, stored, request.data.get("metadata", {}).get("resourceVersion")
+            request, stored, (request.data.get("metadata") or {}).get("resourceVersion")
         )
-        meta = request.data.setdefault("metadata", {})
-        meta["resourceVersion"] = self.next_revision()
-        if "spec" in request.data:
-            meta["generation"] = int(stored.get("metadata", {}).get("generation", 1)) + 1
+        patched: dict[str, Any] = merge_patch(copy.deepcopy(stored), request.data)
+        return patched
 
-    async def _replace(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+    def _replacement(self, request: kmock.Request, stored: dict[str, Any]) -> dict[str, Any]:
+        """A PUT's body, checked as the apiserver checks a replace."""
         body = request.data
         if not isinstance(body, dict):
             raise _status(400, "BadRequest", "the body of a replace must be an object")
-        obj = self._stored(request)
-        stored = obj.raw
         meta = body.get("metadata") or {}
         if meta.get("name") != request.name or meta.get("namespace", request.namespace) != (
             request.namespace
@@ -207,23 +266,90 @@ class VersionedEmulator(kmock.KubernetesEmulator):
                 "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
             )
         self._check_version(request, stored, meta["resourceVersion"])
-        new = copy.deepcopy(body)
+        return copy.deepcopy(body)
+
+    async def _update(
+        self, request: kmock.Request, kind: kubeschema.ResourceType
+    ) -> aiohttp.web.StreamResponse:
+        """A replace or a patch, of the object or of its status; validated before it is stored."""
+        obj = self._stored(request)
+        stored = obj.raw
+        method = str(request.method.value).upper()
+        new = (
+            self._replacement(request, stored)
+            if method == "PUT"
+            else self._patched(request, stored)
+        )
+        if request.subresource == "status":  # only status changes; the rest is the stored one
+            status = new.get("status")
+            new = copy.deepcopy(stored)
+            new.pop("status", None)
+            if status is not None:
+                new["status"] = status
+        elif kind.status:  # a write to the object leaves status as it was
+            new.pop("status", None)
+            if "status" in stored:
+                new["status"] = copy.deepcopy(stored["status"])
         old_meta = stored.get("metadata", {})
-        new_meta = new["metadata"]
-        for kept in ("uid", "creationTimestamp", "namespace"):
+        new_meta = new.setdefault("metadata", {})
+        for kept in ("uid", "creationTimestamp", "namespace", "name"):
             if kept in old_meta:
                 new_meta[kept] = old_meta[kept]
+        new.setdefault("apiVersion", kind.api_version)
+        new.setdefault("kind", kind.kind)
         generation = int(old_meta.get("generation", 1))
         new_meta["generation"] = generation + (new.get("spec") != stored.get("spec"))
+        _validate(kind, new)
         new_meta["resourceVersion"] = self.next_revision()
-        if "status" in stored:
-            new["status"] = copy.deepcopy(stored["status"])
-        else:
-            new.pop("status", None)
         obj.history.append(new)
         assert request.resource is not None
         await self._buses[request.resource].put({"type": "MODIFIED", "object": new})
         return aiohttp.web.json_response(new)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge, ``null`` removes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def _served(resource: kmock.resource) -> kubeschema.ResourceType:
+    """The resource's type, or 404 as from a server without it (no CRD, no such API)."""
+    found = kubeschema.lookup(resource.group or "", resource.version or "", resource.plural or "")
+    if found is None:
+        raise _status(404, "NotFound", "the server could not find the requested resource")
+    return found
+
+
+def _validate(kind: kubeschema.ResourceType, obj: dict[str, Any]) -> None:
+    """422 Invalid, with the apiserver's Status body, for an object that breaks its schema."""
+    causes = kind.causes(obj)
+    if not causes:
+        return
+    name = obj.get("metadata", {}).get("name", "")
+    listed = ", ".join(f"{c.field}: {c.message}" for c in causes)
+    raise kmock.KubernetesError(
+        status=422,
+        reason="Invalid",
+        message=f'{kind.qualified} "{name}" is invalid: [{listed}]'
+        if len(causes) > 1
+        else f'{kind.qualified} "{name}" is invalid: {listed}',
+        details={
+            "name": name,
+            "group": kind.group,
+            "kind": kind.kind,
+            "causes": [
+                {"reason": c.reason, "message": c.message, "field": c.field} for c in causes
+            ],
+        },
+    )
 
 
 @dataclass
@@ -240,8 +366,13 @@ class Cluster:
         return self.emulator.writes
 
     def seed(self, resource: kmock.resource, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
-        """Store ``obj`` as if it had been created (metadata stamped); returns the stored copy."""
+        """Store ``obj`` as if it had been created (metadata stamped, validated as a create
+        is: a seed the apiserver would refuse is a broken test); returns the stored copy."""
+        kind = _served(resource)
         stored = self.emulator.stamp_new(copy.deepcopy(obj), namespace)
+        stored.setdefault("apiVersion", kind.api_version)
+        stored.setdefault("kind", kind.kind)
+        _validate(kind, stored)
         self.emulator.objects[resource, namespace, stored["metadata"]["name"]] = stored
         return copy.deepcopy(stored)
 
@@ -308,61 +439,6 @@ async def cluster() -> AsyncIterator[Cluster]:
 
 # --------------------------------------------------------------------------- CRD schemas
 
-
-def _closed(schema: Any) -> Any:
-    """Every object schema that lists its properties closed to others, as Kubernetes' structural
-    pruning drops unknown fields (unless x-kubernetes-preserve-unknown-fields says otherwise)."""
-    if isinstance(schema, dict):
-        out: dict[str, Any] = {}
-        for key, value in schema.items():
-            if key == "properties" and isinstance(value, dict):  # names -> schemas
-                out[key] = {name: _closed(sub) for name, sub in value.items()}
-            elif key in ("default", "example", "enum"):  # values, not schemas
-                out[key] = value
-            else:
-                out[key] = _closed(value)
-        if (
-            isinstance(out.get("properties"), dict)
-            and "additionalProperties" not in out
-            and not out.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            out["additionalProperties"] = False
-        return out
-    if isinstance(schema, list):
-        return [_closed(v) for v in schema]
-    return schema
-
-
-@cache
-def _crd_schema_json(crd: str, version: str | None) -> str:
-    document = yaml.safe_load((REFERENCE / crd).read_text())
-    versions = document["spec"]["versions"]
-    chosen = (
-        next(v for v in versions if v["name"] == version)
-        if version
-        else next(v for v in versions if v.get("storage"))
-    )
-    return json.dumps(chosen["schema"]["openAPIV3Schema"])
-
-
-def crd_schema(crd: str, version: str | None = None) -> dict[str, Any]:
-    """The ``openAPIV3Schema`` of ``version`` (default: the storage version) of the CRD at
-    ``crd``, a path relative to ``tests/upstream``."""
-    schema: dict[str, Any] = json.loads(_crd_schema_json(crd, version))
-    return schema
-
-
-def validator(crd: str, version: str | None = None) -> jsonschema.Draft7Validator:
-    """A validator for whole objects: the structural schema closed like pruning; ``metadata``
-    stays open (the apiserver's ObjectMeta, not part of the CRD)."""
-    schema = _closed(crd_schema(crd, version))
-    schema["properties"]["metadata"] = {"type": "object"}
-    return jsonschema.Draft7Validator(schema)
-
-
-def schema_errors(obj: Any, crd: str, version: str | None = None) -> list[str]:
-    """``path: message`` for each way ``obj`` breaks the CRD's schema; ``[]`` when it validates."""
-    return [
-        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in validator(crd, version).iter_errors(obj)
-    ]
+crd_schema = kubeschema.crd_schema
+validator = kubeschema.validator
+schema_errors = kubeschema.schema_errors

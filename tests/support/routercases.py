@@ -6,7 +6,9 @@ how to edit its object by hand, what ``finalize`` must have given back, and for 
 to wait until the proxy serves a weight and where to send requests. Each real component runs
 for real and on 127.0.0.1 only: nginx (``procs.start_nginx``), Traefik (``traefik.start_traefik``),
 the gateway-api router's HTTPRoute in kmock's Kubernetes emulator (``kube.cluster``), in front of
-in-process backends (``backends``).
+in-process backends (``backends``). The traefik-service and nginx-ingress routers' objects live
+in the same emulator, which validates every one of them as it is written (their CRD, the
+Kubernetes Ingress schema); no Traefik or ingress-nginx controller reads them here.
 
 Adding a router kind to the suites: write its ``_open_<kind>`` below, declare its
 ``RouterKind``, and add that to ``ROUTERS`` at the top of the suite.
@@ -26,10 +28,13 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from canaryd.adapters.kube import KubeClient
 from canaryd.adapters.routers.gateway_api import GatewayApiHTTPRouteRouter
 from canaryd.adapters.routers.nginx import NginxFileRouter, upstream_name
+from canaryd.adapters.routers.nginx_ingress import NginxIngressRouter
 from canaryd.adapters.routers.noop import NoopRouter
 from canaryd.adapters.routers.traefik_file import TraefikFileProviderRouter
+from canaryd.adapters.routers.traefik_service import TraefikServiceRouter
 from canaryd.ports import Router
 from support import kube, procs
 from support import traefik as tk
@@ -326,3 +331,136 @@ async def _open_gateway_api(tmp: Path) -> AsyncIterator[RouterCase]:
 
 
 GATEWAY_API = RouterKind("gateway-api", _open_gateway_api, data_plane=False)
+
+
+# --------------------------------------------------------------------------- traefik-service
+
+USER_INGRESS_ROUTE = {
+    "apiVersion": "traefik.io/v1alpha1",
+    "kind": "IngressRoute",
+    "metadata": {"name": TARGET, "namespace": NS},
+    "spec": {
+        "entryPoints": ["websecure"],
+        "routes": [
+            {
+                "kind": "Rule",
+                "match": "Host(`web.example.com`) && PathPrefix(`/`)",
+                "middlewares": [{"name": "compress"}],
+                "services": [{"kind": "TraefikService", "name": TARGET}],
+            },
+            {
+                "kind": "Rule",
+                "match": "Host(`web.example.com`) && PathPrefix(`/api`)",
+                "services": [{"kind": "Service", "name": "api", "port": 9090}],
+            },
+        ],
+        "tls": {"secretName": "web-tls"},
+    },
+}
+
+
+def _writes(cluster: kube.Cluster) -> Callable[[], Awaitable[Hashable]]:
+    async def writes() -> Hashable:
+        return len(cluster.writes)
+
+    return writes
+
+
+@asynccontextmanager
+async def _open_traefik_service(tmp: Path) -> AsyncIterator[RouterCase]:
+    async with kube.cluster() as cluster:
+        cluster.seed(kube.INGRESSROUTES, NS, copy.deepcopy(USER_INGRESS_ROUTE))
+        shared = KubeClient(cluster.api)
+
+        def make() -> TraefikServiceRouter:
+            return TraefikServiceRouter(
+                TARGET, f"{TARGET}-stable", f"{TARGET}-canary", namespace=NS, port=8080, kube=shared
+            )
+
+        router = make()
+
+        async def hand_edit() -> None:
+            def reweigh(service: dict[str, Any]) -> None:
+                for ref in service["spec"]["weighted"]["services"]:
+                    if ref["name"] == f"{TARGET}-stable":
+                        ref["weight"] = 70  # 70 + 40: not a split canaryd writes
+
+            cluster.write(kube.TRAEFIKSERVICES, NS, TARGET, reweigh)
+
+        async def released() -> None:
+            service = cluster.get(kube.TRAEFIKSERVICES, NS, TARGET)
+            assert service is not None, "the TraefikService stays: the user's route names it"
+            assert service["spec"] == {
+                "weighted": {
+                    "services": [
+                        {"kind": "Service", "name": f"{TARGET}-stable", "port": 8080, "weight": 100}
+                    ]
+                }
+            }
+            assert cluster.get(kube.INGRESSROUTES, NS, f"{TARGET}-canary") is None, "pin gone"
+            user = cluster.get(kube.INGRESSROUTES, NS, TARGET)
+            assert user is not None and user["spec"] == USER_INGRESS_ROUTE["spec"], "untouched"
+            assert await router.get_weight() == 0
+
+        yield RouterCase(router, make, _writes(cluster), released, hand_edit)
+
+
+TRAEFIK_SERVICE = RouterKind("traefik-service", _open_traefik_service, data_plane=False)
+
+
+# --------------------------------------------------------------------------- nginx-ingress
+
+STABLE_INGRESS = {
+    "apiVersion": "networking.k8s.io/v1",
+    "kind": "Ingress",
+    "metadata": {"name": TARGET, "namespace": NS, "annotations": {"team": "shop"}},
+    "spec": {
+        "ingressClassName": "nginx",
+        "tls": [{"hosts": ["web.example.com"], "secretName": "web-tls"}],
+        "rules": [
+            {
+                "host": "web.example.com",
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "pathType": "Prefix",
+                            "backend": {"service": {"name": TARGET, "port": {"number": 8080}}},
+                        }
+                    ]
+                },
+            }
+        ],
+    },
+}
+
+
+@asynccontextmanager
+async def _open_nginx_ingress(tmp: Path) -> AsyncIterator[RouterCase]:
+    async with kube.cluster() as cluster:
+        cluster.seed(kube.INGRESSES, NS, copy.deepcopy(STABLE_INGRESS))
+        shared = KubeClient(cluster.api)
+
+        def make() -> NginxIngressRouter:
+            return NginxIngressRouter(TARGET, namespace=NS, kube=shared)
+
+        router = make()
+
+        async def hand_edit() -> None:
+            def reweigh(ingress: dict[str, Any]) -> None:
+                ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/canary-weight"] = (
+                    "70"  # not the weight canaryd wrote (canaryd.io/weight)
+                )
+
+            cluster.write(kube.INGRESSES, NS, f"{TARGET}-canary", reweigh)
+
+        async def released() -> None:
+            assert cluster.get(kube.INGRESSES, NS, f"{TARGET}-canary") is None, "canary gone"
+            stable = cluster.get(kube.INGRESSES, NS, TARGET)
+            assert stable is not None and stable["spec"] == STABLE_INGRESS["spec"], "untouched"
+            assert await router.get_weight() == 0
+
+        yield RouterCase(router, make, _writes(cluster), released, hand_edit)
+
+
+NGINX_INGRESS = RouterKind("nginx-ingress", _open_nginx_ingress, data_plane=False)

@@ -93,10 +93,20 @@ class Kind(Generic[C, F]):
 
 @dataclass(frozen=True, slots=True)
 class Kinds:
-    """The tables the loader dispatches on, by kind name (in the order errors list them)."""
+    """The tables the loader dispatches on, by kind name (in the order errors list them).
+
+    ``state_backends``: every ``state.backend`` the SPEC names, each with ``""`` when this
+    build runs it, else what to use meanwhile; the loader refuses one not built yet, so
+    ``check`` says what ``serve`` would, as for a kind without a factory."""
 
     platforms: Mapping[str, Kind[Any, Any]] = field(default_factory=dict)
     routers: Mapping[str, Kind[Any, Any]] = field(default_factory=dict)
+    state_backends: Mapping[str, str] = field(default_factory=lambda: {"sqlite": ""})
+
+
+def not_built(what: str, name: str, fallback: str) -> str:
+    """The one line ``check`` and ``serve`` print for a kind or backend not built yet."""
+    return f"{what} {name!r} is not available in this build yet; {fallback}"
 
 
 def keyless(

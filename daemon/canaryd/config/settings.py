@@ -33,7 +33,15 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from canaryd.config import policies, supply
-from canaryd.config.kinds import Kind, KindConfig, Kinds, read_labels, to_name, to_port
+from canaryd.config.kinds import (
+    Kind,
+    KindConfig,
+    Kinds,
+    not_built,
+    read_labels,
+    to_name,
+    to_port,
+)
 from canaryd.config.notify import Channel, public_url, read_channels
 from canaryd.config.reader import Reader, duration, join, shown_path, to_str
 from canaryd.config.secrets import (
@@ -337,6 +345,12 @@ class _Loader:
         if not backend:
             return SqliteState(Path(DEFAULT_STATE_PATH))
         self.keys(m, where, _STATE_KEYS[backend], f"state backend {backend}")
+        fallback = self.kinds.state_backends.get(backend)
+        if fallback != "":  # named by the SPEC, not run by this build (or unknown to it)
+            self.r.problem(
+                join(where, "backend"),
+                not_built("state backend", backend, fallback or "use sqlite for now"),
+            )
         if backend == "kubernetes":
             return KubernetesState(
                 namespace=r.field(m, "namespace", where, to_name, "default"),
@@ -517,10 +531,7 @@ class _Loader:
         self.keys(m, where, set(row.keys) | {"kind"}, f"{role} kind {name}")
         value: KindConfig = row.read(self, m, where)
         if row.build is None:
-            self.r.problem(
-                join(where, "kind"),
-                f"{role} {name!r} is not available in this build yet; {row.fallback}",
-            )
+            self.r.problem(join(where, "kind"), not_built(role, name, row.fallback))
         return value
 
 

@@ -45,6 +45,11 @@ an answer, by the module that defines it.
     ├── PayloadError (api.webhook)         a webhook body canaryd cannot take: HTTP 400
     ├── RouteShapeError (adapters.routers.gateway_api)  an HTTPRoute canaryd cannot take over:
     │                                      read as "cannot tell", applied as RouterUnavailable
+    ├── IngressRouteShapeError (adapters.routers.traefik_service)  the user's IngressRoute has
+    │                                      no route to the TraefikService: as RouteShapeError
+    ├── IngressShapeError (adapters.routers.nginx_ingress)  a stable Ingress with no path to
+    │                                      copy, or two Services and no canary_service: as
+    │                                      RouteShapeError
     ├── SamplesError (offline.simulate)    a bad line of `canaryctl simulate --samples`: exit 2
     └── NotLoopback (demo.load)            the demo's load generator refuses a non-loopback URL
     Exception
@@ -59,6 +64,7 @@ an answer, by the module that defines it.
     ├── KubeConflict (adapters.kube)       409 from the Kubernetes API: read again and
     │                                      re-apply; RouterConflict/PlatformUnavailable once
     │                                      the attempts run out
+    ├── _Gone (adapters.routers.kubeobject)  404 on a delete: already gone, which is success
     RuntimeError
     └── StackError (demo.stack)            the demo's stack did not start: `canaryd demo` exits 2
     yaml.YAMLError

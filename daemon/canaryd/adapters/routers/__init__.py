@@ -12,7 +12,15 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from canaryd.adapters.kube import KubeClient
-from canaryd.adapters.routers import gateway_api, nginx, noop, planned, traefik_file
+from canaryd.adapters.routers import (
+    gateway_api,
+    nginx,
+    nginx_ingress,
+    noop,
+    planned,
+    traefik_file,
+    traefik_service,
+)
 from canaryd.config.kinds import Kind, table
 from canaryd.ports import Router
 
@@ -28,9 +36,9 @@ RouterFactory = Callable[[str, Any, KubeClient | None], OwnedRouter]
 
 ROUTERS: dict[str, Kind[Any, Any]] = table(
     gateway_api.KIND,
-    planned.TRAEFIK_SERVICE,
+    traefik_service.KIND,
     planned.ARGO_ROLLOUTS,
-    planned.NGINX_INGRESS,
+    nginx_ingress.KIND,
     traefik_file.KIND,
     nginx.KIND,
     noop.KIND,

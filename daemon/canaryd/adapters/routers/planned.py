@@ -1,6 +1,6 @@
 """Router kinds the SPEC names that this build cannot run yet: their config, not their adapter.
 
-``traefik-service``, ``argo-rollouts`` and ``nginx-ingress`` are read and checked like any kind
+``argo-rollouts`` is read and checked like any kind
 (a typo in their keys is named), then refused with one clear line by ``canaryd check`` and
 ``canaryd serve`` alike: a row without a factory. When one lands, its dataclass and reader move
 to its own module beside its adapter, with a factory, and its row in ``ROUTERS`` points there.
@@ -22,29 +22,10 @@ C = TypeVar("C", bound="DataclassInstance")
 
 
 @dataclass(frozen=True, slots=True)
-class TraefikServiceConfig:
-    name: str  # the TraefikService
-    namespace: str = "default"
-    stable_service: str | None = None
-    canary_service: str | None = None
-    port: int | None = None
-    kind: Literal["traefik-service"] = field(default="traefik-service", init=False)
-
-
-@dataclass(frozen=True, slots=True)
 class ArgoRolloutsConfig:
     name: str  # the Rollout
     namespace: str = "default"
     kind: Literal["argo-rollouts"] = field(default="argo-rollouts", init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class NginxIngressConfig:
-    name: str  # the stable Ingress; the canary one is "<name>-canary"
-    namespace: str = "default"
-    canary_service: str | None = None
-    port: int | None = None
-    kind: Literal["nginx-ingress"] = field(default="nginx-ingress", init=False)
 
 
 _CONVERT: dict[str, Callable[[Any], object]] = {"port": to_port}  # any other key: a name
@@ -90,6 +71,4 @@ def _planned(name: str, config: type[C]) -> Kind[C, Any]:
     )
 
 
-TRAEFIK_SERVICE = _planned("traefik-service", TraefikServiceConfig)
 ARGO_ROLLOUTS = _planned("argo-rollouts", ArgoRolloutsConfig)
-NGINX_INGRESS = _planned("nginx-ingress", NginxIngressConfig)
