@@ -369,7 +369,7 @@ class Controller:
             if latest is None:
                 raise CommandRejected(f"target {name} has no rollout")
             refusal = stages.check_command(latest, command)
-            if refusal is not None or latest.phase.terminal:
+            if refusal is not None or latest.ended:
                 raise CommandRejected(refusal or f"rollout {latest.id} already ended")
             worker = self._worker_for(latest)
             self._run(worker)

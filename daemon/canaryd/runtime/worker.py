@@ -147,7 +147,7 @@ class Worker:
     @property
     def done(self) -> bool:
         s = self.state
-        return s.phase.terminal and s.cleanup_at is None and not self._outstanding
+        return s.ended and s.cleanup_at is None and not self._outstanding
 
     async def step(self) -> None:
         state = self.state

@@ -139,18 +139,18 @@ def decide(
     if one is due, then what time and the observed world move on their own. An ended rollout
     only takes commands (cleanup) and its scale-down.
     """
-    chain = _Chain(state if state.phase.terminal else remember_stable(state, observed))
+    chain = _Chain(state if state.ended else remember_stable(state, observed))
     for index, command in enumerate(findings.commands):
         chain.then(apply_command(chain.state, command, index, now))
     if findings.verification is not None:
         chain.then(apply_verification(chain.state, findings.verification, now))
-    if state.phase.terminal:
+    if state.ended:
         chain.then(cleanup(chain.state, now))
         return chain.state, tuple(chain.decisions)
     chain.then(apply_alerts(chain.state, findings.alerts, now))
     if evaluation_due(chain.state, now):
         chain.then(evaluate(chain.state, findings, now))
-    if chain.state.phase.active:
+    if not chain.state.ended:
         chain.then(progress(chain.state, observed, now))
     return chain.state, tuple(chain.decisions)
 
