@@ -207,3 +207,50 @@ def test_image_is_substituted_in_every_argument_and_nothing_else_is_read() -> No
         "$(rm -rf /)",
         "{other}",
     )
+
+
+def late_pinned() -> Rollout:
+    s, first = stages.start("r1", "svc", "v2", make_policy(), 0.0, pin_on_ready=True)
+    assert s.pin_on_ready and s.pinned is None and first.evidence["pin_on_ready"] is True
+    return s
+
+
+def test_a_late_pin_is_recorded_with_the_first_stage_and_promotion_deploys_it() -> None:
+    """kubernetes: the tag is pinned from the ready canary's pods, in the same decision that
+    sends it its first traffic, and used from then on, whatever ``canary_pin`` says later."""
+    s = late_pinned()
+    ready = replace(NOTHING, canary_present=True, canary_ready=True)
+    held, acts = stages.decide(s, replace(ready, pin_problem="no pod labelled …"), Findings(), 1)
+    assert held.phase is Phase.PENDING and acts == () and stages.pinning(held)
+    s, acts = stages.decide(held, replace(ready, canary_pin=PINNED), Findings(), 2.0)
+    assert [a.cause for a in acts] == [Cause.PINNED, Cause.CANARY_READY]
+    assert acts[0].evidence == {"image": "v2", "pinned": PINNED}
+    assert s.phase is Phase.PROGRESSING and s.pinned == PINNED and not s.pin_on_ready
+    assert not stages.pinning(s) and rollout_from_dict(rollout_to_dict(s)) == s
+    moved = "registry.example/matriz@sha256:" + "cd" * 32  # the tag moved: pods say otherwise
+    s, _ = stages.decide(s, world(s, canary_pin=moved), Findings(), 3.0)
+    s, _ = stages.decide(s, world(s), Findings(commands=(Command(CommandKind.PROMOTE_FULL),)), 4)
+    assert s.pinned == PINNED and [(e.kind, e.image) for e in stages.reconcile(s, world(s))] == [
+        (EffectKind.UPDATE_STABLE, PINNED)
+    ]
+
+
+def test_a_late_pin_never_given_rolls_back_at_the_pending_deadline_saying_why() -> None:
+    s = late_pinned()
+    ready = replace(NOTHING, canary_present=True, canary_ready=True, pin_problem="pods disagree")
+    limit = s.policy.limits.progress_deadline
+    s, acts = stages.decide(s, ready, Findings(), limit)
+    assert [a.cause for a in acts] == [Cause.CANARY_NOT_READY]
+    assert (
+        acts[0].reason == f"the canary's image could not be pinned within {limit:g}s: pods disagree"
+    )
+    assert acts[0].evidence["pin_problem"] == "pods disagree" and s.weight == 0
+
+
+def test_a_start_that_names_a_digest_or_was_pinned_does_not_wait_for_a_late_pin() -> None:
+    s, _ = stages.start("r1", "svc", "v2", make_policy(), 0.0, pinned=PINNED, pin_on_ready=True)
+    assert not s.pin_on_ready and not stages.pinning(s)
+    gated_late, _ = stages.start(
+        "r2", "svc", "v2", make_policy(), 0.0, verify=True, pin_on_ready=True
+    )
+    assert not stages.pinning(gated_late)  # the verify gate first; the pin once the canary runs

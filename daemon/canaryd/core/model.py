@@ -237,6 +237,9 @@ class Rollout:
     # (None: the platform could not tell; ``image`` is used as given); see ``ref``
     pinned: str | None = None
     verify_pending: bool = False  # the target's ``verify:`` commands have not passed yet
+    # the platform pins only once the canary runs (kubernetes: from its pods' imageID): the
+    # first stage waits for ``pinned`` (``stages.progress``)
+    pin_on_ready: bool = False
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's
@@ -324,6 +327,10 @@ class Observed:
     canary_ready: bool = False
     canary_present: bool = False
     stable_image: str | None = None
+    # what the canary's pods run, pinned (``repo@sha256:…``), read only while a rollout waits
+    # for it (``Rollout.pin_on_ready``); else why it could not be read
+    canary_pin: str | None = None
+    pin_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +445,7 @@ class Cause(StrEnum):
     HANDED_OVER = "handed-over"  # the canary slot went to the rollout that superseded this one
     VERIFIED = "verified"  # the target's verify commands passed: the canary may be created
     VERIFY_FAILED = "verify-failed"  # a verify command failed or timed out: nothing deployed
+    PINNED = "pinned"  # the canary's pods report the digest the tag named: recorded, used from now
 
 
 class ActionKind(StrEnum):

@@ -39,6 +39,7 @@ from canaryd.core.rules import AdmissionVerdict, admit
 from canaryd.ports import (
     Clock,
     PinsImages,
+    PinsRunningCanary,
     Platform,
     PreparedAlerts,
     Router,
@@ -329,6 +330,7 @@ class Controller:
                 traffic,
                 pinned=pinned,
                 verify=target.verify is not None,
+                pin_on_ready=_pins_late(target.platform, image),
             )
             # Durable and running even if the request is cancelled meanwhile (client gone).
             await asyncio.shield(self._begin(rollout, first))
@@ -452,3 +454,8 @@ async def _pin(platform: Platform, image: str) -> str | None:
     if supply.is_pinned(image) or not isinstance(platform, PinsImages):
         return None
     return await platform.pin(image)
+
+
+def _pins_late(platform: Platform, image: str) -> bool:
+    """Whether ``image`` is pinned only once the canary runs (``ports.PinsRunningCanary``)."""
+    return not supply.is_pinned(image) and isinstance(platform, PinsRunningCanary)

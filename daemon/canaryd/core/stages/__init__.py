@@ -47,6 +47,7 @@ from canaryd.core.stages.transitions import (
     Step,
     check_command,
     decision,
+    pinning,
     remember_stable,
     stamped,
     verifying,
@@ -60,6 +61,7 @@ __all__ = [
     "hand_over",
     "next_tick",
     "next_wakeup",
+    "pinning",
     "plan_stages",
     "reconcile",
     "start",
@@ -88,11 +90,14 @@ def start(
     *,
     pinned: str | None = None,
     verify: bool = False,
+    pin_on_ready: bool = False,
 ) -> tuple[Rollout, Action]:
     """A new rollout of ``image`` (Pending until its canary is ready) and its first decision.
 
     ``pinned``: the digest reference the platform resolved ``image`` to (used from now on);
-    ``verify``: the target has verify commands, so the gate (``stages.gate``) is closed.
+    ``verify``: the target has verify commands, so the gate (``stages.gate``) is closed;
+    ``pin_on_ready``: the platform pins ``image`` only once the canary runs (kubernetes), so
+    the first stage waits for that pin (``stages.progress``).
     """
     planned = plan_stages(policy, traffic)
     rollout = Rollout(
@@ -104,6 +109,7 @@ def start(
         weight_set_at=now,
         pinned=pinned if pinned != image else None,
         verify_pending=verify,
+        pin_on_ready=pin_on_ready and pinned is None,
     )
     weights = "→".join(str(stage.weight) for stage in planned.stages)
     evidence: dict[str, object] = {"weights": [stage.weight for stage in planned.stages]}
@@ -111,6 +117,9 @@ def start(
     if rollout.pinned is not None:
         evidence["pinned"] = rollout.pinned
         pin = f", pinned to {rollout.pinned}"
+    if rollout.pin_on_ready:
+        evidence["pin_on_ready"] = True
+        pin = ", pinned once the canary runs"
     if verify:
         evidence["verify"] = True
         pin += ", verifying first"

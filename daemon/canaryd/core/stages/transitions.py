@@ -103,6 +103,12 @@ def verifying(s: Rollout) -> bool:
     return s.verify_pending and s.rollback_reason is None and not s.ended
 
 
+def pinning(s: Rollout) -> bool:
+    """Whether the first stage waits for the platform to pin the running canary's image
+    (``Rollout.pin_on_ready``): the runtime then reads ``Observed.canary_pin``."""
+    return s.pin_on_ready and s.pinned is None and s.phase is Phase.PENDING and not verifying(s)
+
+
 def _stable_update_begun(s: Rollout) -> bool:
     """Promotion has asked the platform to put the new image on the stable (not yet done)."""
     return s.rollback_reason is None and s.promote_step is PromoteStep.UPDATE_STABLE
