@@ -274,6 +274,21 @@ class PinsImages(Protocol):
     async def pin(self, image: str) -> str | None: ...
 
 
+@runtime_checkable
+class PinsRunningCanary(Protocol):
+    """A platform that can only tell which bytes a tag names once the canary runs them
+    (``kubernetes``: the node pulls the image, canaryd never sees it before).
+
+    ``canary_pin`` answers ``repo@sha256:…`` for the bytes every current canary pod of
+    ``image`` runs, or raises ``PlatformUnavailable`` saying why it cannot yet (no pod
+    reports one, the pods disagree, an ID it cannot read). The worker asks while the rollout
+    waits for it (``Rollout.pin_on_ready``); the engine records the answer before the first
+    stage, and the rollout uses it from then on, promotion included.
+    """
+
+    async def canary_pin(self, image: str) -> str: ...
+
+
 class Verifier(Protocol):
     """Runs a target's ``verify:`` commands on an image reference; never raises for what
     the commands do (a failure, a timeout, a command that cannot run is a failed

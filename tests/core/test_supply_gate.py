@@ -13,6 +13,7 @@ import pytest
 from canaryd.core import stages, supply
 from canaryd.core.codec import rollout_from_dict, rollout_to_dict
 from canaryd.core.model import (
+    ActionKind,
     Cause,
     Command,
     CommandKind,
@@ -21,8 +22,10 @@ from canaryd.core.model import (
     Observed,
     Phase,
     Rollout,
+    Stuck,
     Verification,
 )
+from canaryd.core.rules import AdmissionVerdict, admit
 from support.enginekit import make_policy, world
 
 DIGEST = "sha256:" + "ab" * 32
@@ -70,17 +73,42 @@ def test_a_passed_verification_opens_the_gate_and_the_pending_deadline_starts_th
     assert stages.next_wakeup(s) == 500.0 + limit  # not 0 + limit: verifying took 500 s
 
 
-def test_a_failed_verification_rolls_back_before_any_traffic_with_its_evidence() -> None:
+def test_a_failed_verification_ends_the_rollout_failed_before_any_traffic() -> None:
+    """Not RolledBack: nothing was deployed, so nothing is rolled back (SPEC §3). A Failed that
+    is over (``Stuck.REFUSED``): nothing retried, no command applies, the target is free."""
     s, acts = stages.decide(gated(), NOTHING, failed(), 3.0)
-    # nothing serves (the router is at 0): rolled back in the same pass
-    assert [(a.cause, a.phase) for a in acts] == [
-        (Cause.VERIFY_FAILED, Phase.ROLLING_BACK),
-        (Cause.ROLLED_BACK, Phase.ROLLED_BACK),
+    assert [(a.kind, a.cause, a.phase) for a in acts] == [
+        (ActionKind.FAILED, Cause.VERIFY_FAILED, Phase.FAILED)
     ]
-    assert s.phase is Phase.ROLLED_BACK and s.weight == 0
-    assert "verification of v2 failed: cosign exited with code 1" in (s.rollback_reason or "")
+    reason = "verification of v2 failed: cosign exited with code 1"
+    assert acts[0].reason == reason and acts[0].weight == 0
     assert acts[0].evidence["commands"] == [{"argv": ["cosign", "verify", "v2"], "exit_code": 1}]
-    assert stages.reconcile(s, NOTHING) == ()
+    assert s.phase is Phase.FAILED and s.stuck is Stuck.REFUSED and s.ended
+    assert s.weight == 0 and s.message == reason and s.finished_at == 3.0
+    assert s.rollback_reason is None and not s.rolling_back and not s.promoting
+    assert not stages.verifying(s) and stages.next_wakeup(s) is None
+    assert stages.reconcile(s, NOTHING) == ()  # nothing was created, nothing to undo
+    # a canary the target still had (a superseded rollout's, handed over) is removed
+    left = replace(NOTHING, canary_present=True, canary_ready=True)
+    assert [e.kind for e in stages.reconcile(s, left)] == [EffectKind.REMOVE_CANARY]
+    # time passing and an operator change nothing; a new start is admitted
+    later, more = stages.decide(s, left, Findings(), 10_000.0)
+    assert later == s and more == ()
+    for kind in CommandKind:
+        refusal = stages.check_command(s, Command(kind, weight=50))
+        assert refusal is not None and "already ended (Failed)" in refusal
+    assert admit(s, "v2", s.policy, []).verdict is AdmissionVerdict.START
+    reloaded = rollout_from_dict(rollout_to_dict(s))
+    assert reloaded == s and reloaded.stuck is Stuck.REFUSED
+
+
+def test_a_failed_retrying_rollout_is_not_over() -> None:
+    """The other Failed states keep retrying: not ended, the target stays taken."""
+    s = replace(gated(), verify_pending=False, phase=Phase.FAILED, message="stuck")
+    assert s.stuck is Stuck.PROMOTION and not s.ended
+    back = replace(s, rollback_reason="alert")
+    assert back.stuck is Stuck.ROLLBACK and not back.ended
+    assert admit(back, "v3", s.policy, []).verdict is not AdmissionVerdict.START
 
 
 def test_a_restart_while_verifying_verifies_again() -> None:
@@ -179,3 +207,50 @@ def test_image_is_substituted_in_every_argument_and_nothing_else_is_read() -> No
         "$(rm -rf /)",
         "{other}",
     )
+
+
+def late_pinned() -> Rollout:
+    s, first = stages.start("r1", "svc", "v2", make_policy(), 0.0, pin_on_ready=True)
+    assert s.pin_on_ready and s.pinned is None and first.evidence["pin_on_ready"] is True
+    return s
+
+
+def test_a_late_pin_is_recorded_with_the_first_stage_and_promotion_deploys_it() -> None:
+    """kubernetes: the tag is pinned from the ready canary's pods, in the same decision that
+    sends it its first traffic, and used from then on, whatever ``canary_pin`` says later."""
+    s = late_pinned()
+    ready = replace(NOTHING, canary_present=True, canary_ready=True)
+    held, acts = stages.decide(s, replace(ready, pin_problem="no pod labelled …"), Findings(), 1)
+    assert held.phase is Phase.PENDING and acts == () and stages.pinning(held)
+    s, acts = stages.decide(held, replace(ready, canary_pin=PINNED), Findings(), 2.0)
+    assert [a.cause for a in acts] == [Cause.PINNED, Cause.CANARY_READY]
+    assert acts[0].evidence == {"image": "v2", "pinned": PINNED}
+    assert s.phase is Phase.PROGRESSING and s.pinned == PINNED and not s.pin_on_ready
+    assert not stages.pinning(s) and rollout_from_dict(rollout_to_dict(s)) == s
+    moved = "registry.example/matriz@sha256:" + "cd" * 32  # the tag moved: pods say otherwise
+    s, _ = stages.decide(s, world(s, canary_pin=moved), Findings(), 3.0)
+    s, _ = stages.decide(s, world(s), Findings(commands=(Command(CommandKind.PROMOTE_FULL),)), 4)
+    assert s.pinned == PINNED and [(e.kind, e.image) for e in stages.reconcile(s, world(s))] == [
+        (EffectKind.UPDATE_STABLE, PINNED)
+    ]
+
+
+def test_a_late_pin_never_given_rolls_back_at_the_pending_deadline_saying_why() -> None:
+    s = late_pinned()
+    ready = replace(NOTHING, canary_present=True, canary_ready=True, pin_problem="pods disagree")
+    limit = s.policy.limits.progress_deadline
+    s, acts = stages.decide(s, ready, Findings(), limit)
+    assert [a.cause for a in acts] == [Cause.CANARY_NOT_READY]
+    assert (
+        acts[0].reason == f"the canary's image could not be pinned within {limit:g}s: pods disagree"
+    )
+    assert acts[0].evidence["pin_problem"] == "pods disagree" and s.weight == 0
+
+
+def test_a_start_that_names_a_digest_or_was_pinned_does_not_wait_for_a_late_pin() -> None:
+    s, _ = stages.start("r1", "svc", "v2", make_policy(), 0.0, pinned=PINNED, pin_on_ready=True)
+    assert not s.pin_on_ready and not stages.pinning(s)
+    gated_late, _ = stages.start(
+        "r2", "svc", "v2", make_policy(), 0.0, verify=True, pin_on_ready=True
+    )
+    assert not stages.pinning(gated_late)  # the verify gate first; the pin once the canary runs

@@ -5,8 +5,12 @@ command ends the rollout before any traffic moved, its output in the decision's 
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +103,11 @@ def test_a_kill_while_verifying_verifies_again_after_the_restart(tmp_path: Path)
         serve.stop()
 
 
-def test_a_failing_command_ends_the_rollout_before_traffic_with_its_output(
+def test_a_failing_command_ends_the_rollout_failed_before_traffic_with_its_output(
     tmp_path: Path,
 ) -> None:
+    """Failed for good (SPEC §3), not RolledBack: the reason in ``message`` through the API,
+    the dashboard, canaryctl and the metrics; the target takes a new start afterwards."""
     body = "import sys\nprint('Error: no matching signatures', file=sys.stderr)\nsys.exit(1)\n"
     serve = configure(tmp_path, verify_script(tmp_path, body))
     serve.start()
@@ -109,12 +115,14 @@ def test_a_failing_command_ends_the_rollout_before_traffic_with_its_output(
         rollout_id = serve.start_rollout(TARGET, PINNED)["id"]
         ended = wait_until(
             lambda: serve.rollout(TARGET),
-            lambda r: r is not None and r["phase"] == "RolledBack",
+            lambda r: r is not None and r["phase"] == "Failed",
             30,
             "the rollout to end",
         )
-        assert ended["rollback_reason"].startswith(f"verification of {PINNED} failed: ")
-        assert "exited with code 1" in ended["rollback_reason"]
+        assert ended["message"].startswith(f"verification of {PINNED} failed: ")
+        assert "exited with code 1" in ended["message"]
+        assert ended["rollback_reason"] is None and ended["finished_at"] is not None
+        assert ended["weight"] == 0
         status, history = serve.call(
             "GET", f"/api/v1/targets/{TARGET}/history", token=TOKENS["viewer"]
         )
@@ -122,8 +130,35 @@ def test_a_failing_command_ends_the_rollout_before_traffic_with_its_output(
         decisions = [d for d in history["decisions"] if d["rollout_id"] == rollout_id]
         failed = [d for d in decisions if d.get("cause") == "verify-failed"]
         assert len(failed) == 1, json.dumps(decisions, indent=1)
+        assert failed[0]["action"] == "failed" and failed[0]["phase"] == "Failed"
         (command,) = failed[0]["evidence"]["commands"]
         assert command["stderr"] == "Error: no matching signatures\n"
         assert all(d["weight"] == 0 for d in decisions), decisions  # no traffic ever moved
+        exposition = serve.metrics()
+        assert f'canaryd_rollout_phase{{phase="Failed",target="{TARGET}"}} 1.0' in exposition
+        assert 'action="failed",reason="verify-failed"' in exposition
+        assert "canaryd_rollbacks_total{" not in exposition  # nothing was rolled back
+        page = page_text(serve, f"/targets/{TARGET}")
+        assert "Failed: verification of" in page and "exited with code 1" in page
+        shown = canaryctl(serve, "status", TARGET)
+        assert shown.returncode == 0, shown.stderr
+        assert "Failed" in shown.stdout and "exited with code 1" in shown.stdout
+        watched = canaryctl(serve, "watch", TARGET, "--plain")  # ends: nothing is retried
+        assert watched.returncode == 10, (watched.stdout, watched.stderr)
+        assert f"rollout {rollout_id} ended Failed" in watched.stdout
+        again = serve.start_rollout(TARGET, PINNED)  # the target is free: not a 409
+        assert again["id"] != rollout_id
     finally:
         serve.stop()
+
+
+def page_text(serve: Serve, path: str) -> str:
+    with urllib.request.urlopen(f"{serve.url}{path}", timeout=10) as response:
+        return html.unescape(response.read().decode())
+
+
+def canaryctl(serve: Serve, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CANARYD_")}
+    env.update(CANARYD_URL=serve.url, CANARYD_TOKEN=TOKENS["viewer"])
+    argv = [sys.executable, "-m", "canaryd.ctl", *args]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)

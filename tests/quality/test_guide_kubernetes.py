@@ -120,6 +120,22 @@ def _granted(role: dict[str, Any]) -> set[Rule]:
     }
 
 
+def _canary_pod(c: kube.Cluster, namespace: str, canary: str, digest: str) -> dict[str, Any]:
+    """A pod of the canary Deployment as the kubelet reports it (its imageID: ``digest``)."""
+    deployment = c.get(kube.DEPLOYMENTS, namespace, canary)
+    assert deployment is not None
+    template = deployment["spec"]["template"]
+    statuses = [
+        {"name": x["name"], "imageID": f"docker-pullable://registry.example/web@{digest}"}
+        for x in template["spec"]["containers"]
+    ]
+    return {
+        "metadata": {"name": f"{canary}-1", "labels": template["metadata"]["labels"]},
+        "spec": template["spec"],
+        "status": {"phase": "Running", "containerStatuses": statuses},
+    }
+
+
 async def _whole_rollout(tmp_path: Path) -> tuple[list[tuple[str, str]], str]:
     """The guide's objects seeded, a rollout driven through the adapters the guide's config
     builds; the requests made, and the namespace."""
@@ -152,6 +168,13 @@ async def _whole_rollout(tmp_path: Path) -> tuple[list[tuple[str, str]], str]:
         assert corrected is not None and corrected["spec"]["selector"], corrected
         kube.roll_out(c, namespace, canary)
         assert await platform.canary_status() == (True, True)
+        # the kubelet's pod of the canary: canaryd pins the tag to the digest it runs
+        digest = "sha256:" + "d1" * 32
+        c.seed(
+            kmock.resource("", "v1", "pods"), namespace, _canary_pod(c, namespace, canary, digest)
+        )
+        pinned = await platform.canary_pin(new_image)  # type: ignore[attr-defined]
+        assert pinned == f"registry.example/web@{digest}"
         for weight in (10, 50, 100):
             await router.set_weight(weight)
             assert await router.get_weight() == weight

@@ -82,6 +82,7 @@ REASON_LABELS: dict[Cause, str] = {
     Cause.CLEANUP: "cleanup",
     Cause.SUPERSEDED: "superseded",
     Cause.VERIFY_FAILED: "verify-failed",
+    Cause.PINNED: "pinned",
 }
 NOTIFICATION_RESULTS = ("sent", "retried", "failed", "dropped")  # adapters.notify.sender
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)

@@ -28,6 +28,8 @@ class Phase(StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """Ended whatever the record says. A ``Failed`` rollout may be over too (a refused
+        verification, ``Stuck.REFUSED``): ask ``Rollout.ended`` about a rollout."""
         return self in (Phase.SUCCEEDED, Phase.ROLLED_BACK)
 
     @property
@@ -45,16 +47,20 @@ class PromoteStep(StrEnum):
 
 
 class Stuck(StrEnum):
-    """The two states the wire phase ``Failed`` stands for (``Rollout.stuck``).
+    """The states the wire phase ``Failed`` stands for (``Rollout.stuck``).
 
     A promotion that cannot update the stable and a rollback the router does not apply both
     show as ``Failed`` (the API, the store and ``canaryctl`` have always said so) and both keep
     retrying; what they retry differs. ``PROMOTION`` is a Failed rollout with no rollback
-    reason, ``ROLLBACK`` one with: the engine reads ``Rollout.stuck``, never the pair.
+    reason, ``ROLLBACK`` one with. ``REFUSED`` is the one Failed that is over: the target's
+    verify commands refused the image before anything was created (``stages.gate``); nothing
+    is retried, ``finished_at`` is set, and the target is free for a new start. The engine
+    reads ``Rollout.stuck``, never the fields behind it.
     """
 
     PROMOTION = "promotion"
     ROLLBACK = "rollback"
+    REFUSED = "refused"
 
 
 class Verdict(StrEnum):
@@ -240,6 +246,9 @@ class Rollout:
     # daemon goes on with the same trace under the same parent
     trace_id: str | None = None
     trace_parent: str | None = None
+    # the platform pins only once the canary runs (kubernetes: from its pods' imageID): the
+    # first stage waits for ``pinned`` (``stages.progress``)
+    pin_on_ready: bool = False
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's
@@ -253,7 +262,15 @@ class Rollout:
         """Which of the two Failed states this is (None: the phase is not Failed)."""
         if self.phase is not Phase.FAILED:
             return None
+        if self.finished_at is not None:  # only a refused verification ends Failed
+            return Stuck.REFUSED
         return Stuck.PROMOTION if self.rollback_reason is None else Stuck.ROLLBACK
+
+    @property
+    def ended(self) -> bool:
+        """Over: Succeeded, RolledBack, or Failed for good (``Stuck.REFUSED``). Nothing more
+        happens to an ended rollout but a rolled-back canary's scale-down."""
+        return self.phase.terminal or self.stuck is Stuck.REFUSED
 
     @property
     def promoting(self) -> bool:
@@ -319,6 +336,10 @@ class Observed:
     canary_ready: bool = False
     canary_present: bool = False
     stable_image: str | None = None
+    # what the canary's pods run, pinned (``repo@sha256:…``), read only while a rollout waits
+    # for it (``Rollout.pin_on_ready``); else why it could not be read
+    canary_pin: str | None = None
+    pin_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +454,7 @@ class Cause(StrEnum):
     HANDED_OVER = "handed-over"  # the canary slot went to the rollout that superseded this one
     VERIFIED = "verified"  # the target's verify commands passed: the canary may be created
     VERIFY_FAILED = "verify-failed"  # a verify command failed or timed out: nothing deployed
+    PINNED = "pinned"  # the canary's pods report the digest the tag named: recorded, used from now
 
 
 class ActionKind(StrEnum):

@@ -97,7 +97,7 @@ def admit(
         if rule is not None and rule.action is AlertAction.FREEZE:
             name = labels.get("alertname", "alert")
             return Admission(AdmissionVerdict.REFUSE, f"frozen: alert {name} is firing")
-    if active is None or active.phase.terminal:
+    if active is None or active.ended:
         return Admission(AdmissionVerdict.START, "no active rollout")
     if active.image == image:
         return Admission(

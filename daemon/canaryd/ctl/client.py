@@ -382,7 +382,10 @@ class RolloutView:
 
     @property
     def terminal(self) -> bool:
-        return self.phase in TERMINAL_PHASES
+        """Over: Succeeded, RolledBack, or a Failed that is over (its verification refused
+        the image: ``finished_at`` set); any other Failed keeps retrying."""
+        failed_for_good = self.phase == "Failed" and self.finished_at is not None
+        return self.phase in TERMINAL_PHASES or failed_for_good
 
     @property
     def current(self) -> StageView | None:

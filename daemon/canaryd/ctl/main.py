@@ -75,7 +75,7 @@ exit codes:
     7  409: conflict (a rollout is active, its phase does not allow it, a freeze)
     8  422: understood but invalid (a weight out of range, an unknown policy)
     9  503: canaryd not ready yet, or shutting down
-   10  watch: the rollout was rolled back
+   10  watch: the rollout was rolled back, or ended Failed (its verification failed)
   130  interrupted (Ctrl-C)
 """
 
@@ -308,7 +308,7 @@ def _watch(client: Client, args: argparse.Namespace) -> int:
     if args.once or r is None:
         return EXIT_OK
     print(f"{r.target}: rollout {r.id} ended {r.phase}")
-    return EXIT_ROLLED_BACK if r.phase == "RolledBack" else EXIT_OK
+    return EXIT_OK if r.phase == "Succeeded" else EXIT_ROLLED_BACK
 
 
 def _watch_json(client: Client, args: argparse.Namespace) -> int:

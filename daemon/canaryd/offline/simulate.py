@@ -287,7 +287,7 @@ def run(
     events = timeline.event_times()
     now = 0.0
     state = settle(state, world, timeline, now, persist, timeline.findings_at(now))
-    while not state.phase.terminal:
+    while not state.ended:
         wake = stages.next_wakeup(state)
         upcoming = [t for t in events if t > now + 1e-9]
         candidates = [t for t in (wake, upcoming[0] if upcoming else None) if t is not None]

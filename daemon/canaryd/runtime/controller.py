@@ -39,6 +39,7 @@ from canaryd.core.rules import AdmissionVerdict, admit
 from canaryd.ports import (
     Clock,
     PinsImages,
+    PinsRunningCanary,
     Platform,
     PreparedAlerts,
     Router,
@@ -344,6 +345,7 @@ class Controller:
                 verify=target.verify is not None,
                 routes=target.routes,
                 deploys=target.deploys,
+                pin_on_ready=_pins_late(target.platform, image),
             )
             if self._trace is not None:
                 rollout = self._traced(rollout)
@@ -391,7 +393,7 @@ class Controller:
             if latest is None:
                 raise CommandRejected(f"target {name} has no rollout")
             refusal = stages.check_command(latest, command)
-            if refusal is not None or latest.phase.terminal:
+            if refusal is not None or latest.ended:
                 raise CommandRejected(refusal or f"rollout {latest.id} already ended")
             worker = self._worker_for(latest)
             self._run(worker)
@@ -474,3 +476,8 @@ async def _pin(platform: Platform, image: str) -> str | None:
     if supply.is_pinned(image) or not isinstance(platform, PinsImages):
         return None
     return await platform.pin(image)
+
+
+def _pins_late(platform: Platform, image: str) -> bool:
+    """Whether ``image`` is pinned only once the canary runs (``ports.PinsRunningCanary``)."""
+    return not supply.is_pinned(image) and isinstance(platform, PinsRunningCanary)

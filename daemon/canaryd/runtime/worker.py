@@ -4,7 +4,8 @@ The loop is the daemon's only writer of a rollout. Alerts and operator commands 
 through ``deliver``/``command`` and wake it at once (an ``asyncio.Event``), so an alert is
 acted on within one pass, not at the next tick. Every pass:
 
-1. observes the world through the target's ports (router weight, canary status, stable image),
+1. observes the world through the target's ports (router weight, canary status, stable image,
+   and what a ready canary runs while its rollout waits to pin it: ``Rollout.pin_on_ready``),
    and, while the verify gate is closed, starts the target's verify commands (a task the
    worker owns: the loop keeps taking alerts and commands meanwhile) or takes their answer,
 2. if an evaluation is due, asks the evaluator for this stage's measurements (batched with
@@ -48,7 +49,15 @@ from canaryd.core.model import (
     Verification,
 )
 from canaryd.core.rules import rule_for
-from canaryd.ports import Clock, Platform, Router, RuntimeEvents, StateStore, Verifier
+from canaryd.ports import (
+    Clock,
+    PinsRunningCanary,
+    Platform,
+    Router,
+    RuntimeEvents,
+    StateStore,
+    Verifier,
+)
 
 ALERT_CHUNK = 256  # alerts decided per pass: a flood is spread over passes, the loop stays free
 
@@ -147,7 +156,7 @@ class Worker:
     @property
     def done(self) -> bool:
         s = self.state
-        return s.phase.terminal and s.cleanup_at is None and not self._outstanding
+        return s.ended and s.cleanup_at is None and not self._outstanding
 
     async def step(self) -> None:
         state = self.state
@@ -366,11 +375,29 @@ class Worker:
         weight = await self._router.get_weight()
         present, ready = await self._platform.canary_status()
         stable = await self._platform.stable_image()
+        pin, problem = await self._canary_pin(ready)
         observed = Observed(
-            weight=weight, canary_ready=ready, canary_present=present, stable_image=stable
+            weight=weight,
+            canary_ready=ready,
+            canary_present=present,
+            stable_image=stable,
+            canary_pin=pin,
+            pin_problem=problem,
         )
         self._events.observed(self.state, observed)
         return observed
+
+    async def _canary_pin(self, ready: bool) -> tuple[str | None, str | None]:
+        """What the ready canary runs, pinned, while the rollout waits for it (kubernetes);
+        (None, why) when the platform cannot tell yet: the engine holds the first stage
+        until its Pending deadline, so a failure here never fails the pass."""
+        state, platform = self.state, self._platform
+        if not (ready and stages.pinning(state) and isinstance(platform, PinsRunningCanary)):
+            return None, None
+        try:
+            return await platform.canary_pin(state.image), None
+        except CanarydError as exc:
+            return None, str(exc)
 
     async def act(self, effects: tuple[Effect, ...], now: float) -> None:
         self._outstanding = bool(effects)

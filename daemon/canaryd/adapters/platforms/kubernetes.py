@@ -49,6 +49,13 @@ Kubernetes' work. ``stable_image`` reports the image only once the stable is rol
 the engine moves on from ``update-stable`` exactly when every stable pod runs the new image, and
 its ``progress_deadline`` covers a rollout that never finishes.
 
+**Pinning** (SPEC §8). The node pulls the image, so a tag cannot be resolved before the canary
+runs: once the canary is ready, ``canary_pin`` reads the chosen container's ``imageID`` in the
+canary's pods (``docker-pullable://repo@sha256:…``, ``repo@sha256:…`` or ``sha256:…``, parsed
+strictly) and the rollout records ``repo@sha256:…`` before its first stage; promotion puts
+that reference on the stable, whatever the tag names by then. A canary pod recreated later is
+created from the Deployment's tag (its bytes judged as they come).
+
 **Cheap and idempotent.** The worker calls ``ensure_canary`` on every pass until the canary is
 ready: a canary that already has the image costs four reads and no write. Every write is a
 replace carrying the ``resourceVersion`` it was computed from; a 409 (someone wrote in between)
@@ -81,6 +88,7 @@ from kubernetes_asyncio import client
 
 from canaryd.adapters.kube import KubeClient, KubeConflict, KubeUnavailable
 from canaryd.adapters.platforms.images import ImageCanaryPlatform
+from canaryd.adapters.platforms.pinning import pinned_from_image_id
 from canaryd.config.kinds import Kind, Loader, object_ref, to_name
 from canaryd.core.errors import PlatformUnavailable
 
@@ -172,6 +180,53 @@ class KubernetesDeploymentPlatform(ImageCanaryPlatform):
             canary = await self._get(api, "deployments", self.canary_name)
             if canary is not None and self._ours(canary):
                 await self._delete(api, "deployments", self.canary_name)
+
+    async def canary_pin(self, image: str) -> str:
+        """``repo@sha256:…`` for the bytes the canary's pods of ``image`` run (``ports.
+        PinsRunningCanary``), read from the chosen container's ``imageID`` in every such pod
+        (``pinning.pinned_from_image_id``). Pods being deleted are left out; every other
+        one must report an ID and all must agree, else ``PlatformUnavailable`` says why."""
+        selector = {TARGET: self.deployment, ROLE: "canary", VERSION: label_value(image)}
+        labels = ",".join(f"{k}={v}" for k, v in selector.items())
+        async with self._session() as api:
+            call = client.CoreV1Api(api).list_namespaced_pod(
+                self.namespace,
+                label_selector=labels,
+                _preload_content=False,
+                _request_timeout=self._call_timeout,
+            )
+            _, listed = await self._call("list pods", self.canary_name, call)
+        pods = [  # the selector again: a server that ignored it must not mix in other pods
+            pod
+            for pod in listed.get("items") or ()
+            if selects({"matchLabels": selector}, (pod.get("metadata") or {}).get("labels") or {})
+            and not (pod.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        pins = {self._pod_pin(pod, image) for pod in pods}
+        if len(pins) == 1:
+            return pins.pop()
+        what = "no pod" if not pins else f"pods that disagree ({', '.join(sorted(pins))})"
+        raise PlatformUnavailable(
+            f"kubernetes platform of {self._at(self.canary_name)}: cannot pin {image}: "
+            f"{what} labelled {labels}"
+        )
+
+    def _pod_pin(self, pod: Obj, image: str) -> str:
+        """The pinned reference one canary pod reports for the chosen container."""
+        name = str((pod.get("metadata") or {}).get("name") or "?")
+        container = self._container(self.canary_name, pod.get("spec") or {})
+        statuses = (pod.get("status") or {}).get("containerStatuses") or ()
+        status = next((s for s in statuses if s.get("name") == container.get("name")), None)
+        image_id = str((status or {}).get("imageID") or "")
+        try:
+            if not image_id:
+                raise ValueError("it reports no imageID yet (not started)")
+            return pinned_from_image_id(image, image_id)
+        except ValueError as exc:
+            raise PlatformUnavailable(
+                f"kubernetes platform of {self._at(name)}: cannot pin {image} from container "
+                f"{container.get('name')!r}: {exc}"
+            ) from exc
 
     # ---------------------------------------------------------------- the canary
 

@@ -331,7 +331,7 @@ class SqliteStore:
                         rid,
                         target,
                         str(rollout.phase),
-                        int(rollout.phase.active),
+                        int(not rollout.ended),
                         storable(rollout.image),
                         rollout.started_at,
                         now,

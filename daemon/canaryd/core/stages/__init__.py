@@ -47,6 +47,7 @@ from canaryd.core.stages.transitions import (
     Step,
     check_command,
     decision,
+    pinning,
     remember_stable,
     stamped,
     unchanged_by,
@@ -61,6 +62,7 @@ __all__ = [
     "hand_over",
     "next_tick",
     "next_wakeup",
+    "pinning",
     "plan_stages",
     "reconcile",
     "start",
@@ -92,12 +94,15 @@ def start(
     verify: bool = False,
     routes: bool = True,
     deploys: bool = True,
+    pin_on_ready: bool = False,
 ) -> tuple[Rollout, Action]:
     """A new rollout of ``image`` (Pending until its canary is ready) and its first decision.
 
     ``pinned``: the digest reference the platform resolved ``image`` to (used from now on);
     ``verify``: the target has verify commands, so the gate (``stages.gate``) is closed;
-    ``routes``/``deploys`` False: the target's router/platform is observe-only.
+    ``routes``/``deploys`` False: the target's router/platform is observe-only;
+    ``pin_on_ready``: the platform pins ``image`` only once the canary runs (kubernetes), so
+    the first stage waits for that pin (``stages.progress``).
     """
     planned = plan_stages(policy, traffic)
     rollout = Rollout(
@@ -111,6 +116,7 @@ def start(
         verify_pending=verify,
         routes=routes,
         deploys=deploys,
+        pin_on_ready=pin_on_ready and pinned is None,
     )
     weights = "→".join(str(stage.weight) for stage in planned.stages)
     evidence: dict[str, object] = {"weights": [stage.weight for stage in planned.stages]}
@@ -118,6 +124,9 @@ def start(
     if rollout.pinned is not None:
         evidence["pinned"] = rollout.pinned
         pin = f", pinned to {rollout.pinned}"
+    if rollout.pin_on_ready:
+        evidence["pin_on_ready"] = True
+        pin = ", pinned once the canary runs"
     if verify:
         evidence["verify"] = True
         pin += ", verifying first"
@@ -146,18 +155,18 @@ def decide(
     if one is due, then what time and the observed world move on their own. An ended rollout
     only takes commands (cleanup) and its scale-down.
     """
-    chain = _Chain(state if state.phase.terminal else remember_stable(state, observed))
+    chain = _Chain(state if state.ended else remember_stable(state, observed))
     for index, command in enumerate(findings.commands):
         chain.then(apply_command(chain.state, command, index, now))
     if findings.verification is not None:
         chain.then(apply_verification(chain.state, findings.verification, now))
-    if state.phase.terminal:
+    if state.ended:
         chain.then(cleanup(chain.state, now))
         return chain.state, tuple(chain.decisions)
     chain.then(apply_alerts(chain.state, findings.alerts, now))
     if evaluation_due(chain.state, now):
         chain.then(evaluate(chain.state, findings, now))
-    if chain.state.phase.active:
+    if not chain.state.ended:
         chain.then(progress(chain.state, observed, now))
     return chain.state, tuple(chain.decisions)
 

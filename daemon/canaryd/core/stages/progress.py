@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from canaryd.core.model import (
+    Action,
     ActionKind,
     Cause,
     Observed,
@@ -24,6 +25,7 @@ from canaryd.core.stages.transitions import (
     canary_share,
     decision,
     fresh_stage,
+    pinning,
     resume,
     rollback,
 )
@@ -63,15 +65,32 @@ def progress(s: Rollout, obs: Observed, now: float) -> Step:
 def _pending(s: Rollout, obs: Observed, now: float) -> Step:
     limit = s.policy.limits.progress_deadline
     deadline = stage_deadline(s)
-    if obs.canary_ready and not s.verify_pending:
+    pinned: tuple[Action, ...] = ()
+    if obs.canary_ready and pinning(s) and obs.canary_pin is not None:
+        s, pinned = _pin(s, obs.canary_pin)
+    if obs.canary_ready and not s.verify_pending and not pinning(s):
         stages = s.policy.stages
         s = fresh_stage(replace(s, phase=Phase.PROGRESSING), 0, stages[0].weight, now)
         text = f"canary ready; stage 1 of {len(stages)}: {canary_share(s, s.weight)}"
-        return s, (decision(ActionKind.SET_WEIGHT, Cause.CANARY_READY, text, s.weight),)
+        return s, (*pinned, decision(ActionKind.SET_WEIGHT, Cause.CANARY_READY, text, s.weight))
     if deadline is not None and now + EPS >= deadline:
+        evidence: dict[str, object] = {"deadline": limit}
         reason = f"canary not ready within {limit:g}s"
-        return rollback(s, Cause.CANARY_NOT_READY, reason, now, {"deadline": limit})
+        if obs.canary_ready:  # ready, but what it runs could not be pinned
+            evidence["pin_problem"] = obs.pin_problem
+            reason = f"the canary's image could not be pinned within {limit:g}s"
+            reason += f": {obs.pin_problem}" if obs.pin_problem else ""
+        return rollback(s, Cause.CANARY_NOT_READY, reason, now, evidence)
     return s, ()
+
+
+def _pin(s: Rollout, pinned: str) -> Step:
+    """Record what the ready canary runs: the first stage judges it, promotion deploys it. In
+    the same commit as the first stage's weight, so no traffic reaches unpinned bytes."""
+    s = replace(s, pinned=pinned, pin_on_ready=False)
+    text = f"canary runs {pinned}: {s.image} pinned to it"
+    evidence = {"image": s.image, "pinned": pinned}
+    return s, (decision(ActionKind.OBSERVE, Cause.PINNED, text, s.weight, evidence),)
 
 
 def _progressing(s: Rollout, obs: Observed, now: float) -> Step:

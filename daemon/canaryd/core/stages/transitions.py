@@ -80,10 +80,10 @@ def check_command(state: Rollout, command: Command) -> str | None:
     if kind is CommandKind.CLEANUP:
         if phase is Phase.PROMOTING and state.promote_step is not PromoteStep.UPDATE_STABLE:
             return "promotion is completing; nothing to clean up"
-        if phase.terminal and state.cleanup_at is None:
+        if state.ended and state.cleanup_at is None:
             return f"rollout {state.id} already ended ({phase}) and left nothing behind"
         return _restore_refusal(state)  # cleaning up an unfinished promotion rolls it back
-    if phase.terminal:
+    if state.ended:
         return f"rollout {state.id} already ended ({phase})"
     if kind is CommandKind.ROLLBACK:
         if state.rolling_back:
@@ -110,7 +110,13 @@ def check_command(state: Rollout, command: Command) -> str | None:
 def verifying(s: Rollout) -> bool:
     """Whether the verify gate is closed: the runtime owes this record a verification
     (``stages.gate``) and nothing may deploy or move traffic meanwhile."""
-    return s.verify_pending and s.rollback_reason is None and s.phase.active
+    return s.verify_pending and s.rollback_reason is None and not s.ended
+
+
+def pinning(s: Rollout) -> bool:
+    """Whether the first stage waits for the platform to pin the running canary's image
+    (``Rollout.pin_on_ready``): the runtime then reads ``Observed.canary_pin``."""
+    return s.pin_on_ready and s.pinned is None and s.phase is Phase.PENDING and not verifying(s)
 
 
 def unchanged_by(state: Rollout, command: Command) -> str | None:
