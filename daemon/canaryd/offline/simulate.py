@@ -7,6 +7,11 @@ The timeline is JSON lines (SPEC §5.1)::
     {"t": 0, "requests": 20}                             # canary requests per second from t on
     {"t": 100, "alert": {"status": "firing", "labels": {"severity": "critical"}}}
     {"t": 900, "command": "promote"}                     # (extension) an operator command
+    {"t": 60, "check": "errors-vs-stable",               # a compare check's counters, per side,
+     "canary": {"requests": 600, "errors": 3},           # cumulative since the rollout started
+     "stable": {"requests": 5400, "errors": 27}}
+    {"t": 60, "check": "latency-vs-stable",              # or a histogram's cumulative buckets
+     "canary": {"buckets": {"0.1": 560, "0.25": 596, "+Inf": 600}}, "stable": {"buckets": {...}}}
 
 The world is perfect and instant: the router applies each weight at once and reports it back,
 the canary is ready as soon as it is asked for, the stable update completes immediately. So the
@@ -25,14 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from canaryd.core import stages
+from canaryd.core.compare import bound_label
 from canaryd.core.model import (
     Action,
     Alert,
     Command,
     CommandKind,
+    Counts,
     Effect,
     EffectKind,
     Findings,
+    Histograms,
     Measurement,
     Observed,
     Phase,
@@ -97,8 +105,10 @@ class Timeline:
             raise ValueError('every line is an object with a numeric "t"')
         t = float(line["t"])
         if "check" in line:
-            if "error" in line:
-                value: Any = ("error", str(line["error"]))
+            if "canary" in line or "stable" in line:
+                value: Any = _compared(line)
+            elif "error" in line:
+                value = ("error", str(line["error"]))
             else:
                 value = line.get("value")
                 if value is not None and not isinstance(value, int | float):
@@ -125,6 +135,10 @@ class Timeline:
             value = series.at(t) if series else None
             if isinstance(value, tuple):
                 out.append(Measurement(name, error=value[1]))
+            elif isinstance(value, Counts):
+                out.append(Measurement(name, counts=value))
+            elif isinstance(value, Histograms):
+                out.append(Measurement(name, histograms=value))
             elif value is None or (isinstance(value, float) and math.isnan(value)):
                 out.append(Measurement(name, value=None))
             else:
@@ -150,6 +164,37 @@ class Timeline:
 
     def event_times(self) -> list[float]:
         return sorted({when for when, _ in self.alerts} | {when for when, _ in self.commands})
+
+
+def _compared(line: dict[str, Any]) -> Counts | Histograms:
+    """A compare check's line: both sides' requests and errors, or both sides' buckets."""
+    sides = [line.get("canary"), line.get("stable")]
+    if not all(isinstance(side, dict) for side in sides):
+        raise ValueError('a compare line needs "canary" and "stable" objects')
+    if all("buckets" in side for side in sides):
+        return Histograms(*(_buckets(side["buckets"]) for side in sides))
+    counts = []
+    for name, side in zip(("canary", "stable"), sides, strict=True):
+        for key in ("requests", "errors"):
+            value = side.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f'"{name}": "{key}" must be a non-negative number, got {value!r}')
+            counts.append(float(value))
+    return Counts(counts[0], counts[1], counts[2], counts[3])
+
+
+def _buckets(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict) or "+Inf" not in raw:
+        raise ValueError('"buckets" must be an object of cumulative counts with a "+Inf" bucket')
+    out = {}
+    for bound, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f'bucket "{bound}" must be a non-negative count, got {value!r}')
+        try:
+            out[bound_label(str(bound))] = float(value)
+        except ValueError:
+            raise ValueError(f'bucket bound "{bound}" is not a number') from None
+    return out
 
 
 def _alert(raw: Any, t: float, epoch: float) -> Alert:
