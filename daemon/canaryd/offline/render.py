@@ -16,6 +16,9 @@ label names plus ``deployment``, ``{{deployment}}`` ``canary`` (the dashboard as
 ``canary|stable`` so both show), ``{{window}}``/``{{interval}}`` and params from the policy.
 Without ``--label job=...`` the job is the policy's name.
 
+Only ``threshold`` checks are rendered: a ``compare`` check's verdict is a sequential test's over
+the whole rollout (``core.compare``), which no alert expression or Argo condition can state.
+
 Why the Argo conditions are written ``all(result, {# >= t})`` rather than ``result[0] >= t``:
 Argo's Prometheus provider returns a list, and recent Argo versions turn ``result[...]`` on an
 empty list into an Error measurement. The ``all``/``any`` pair keeps canaryd's meaning: no data
@@ -79,7 +82,7 @@ def target_for(
             raise ValueError(f"label {label!r} would hide the template variable {{{{{label}}}}}")
     full = {"job": policy.name, **labels}
     target = Target(full, name or full["job"], image)
-    for check in policy.checks.values():
+    for check in thresholds(policy):
         if "version" in templates.variables(check.query) and image is None:
             raise ValueError(f"check {check.name!r} uses {{{{version}}}}: give --image IMAGE")
     return target
@@ -95,13 +98,18 @@ def query(
     return templates.render(check.query, variables)
 
 
+def thresholds(policy: Policy) -> list[Check]:
+    """The checks a document can express: the ``threshold`` ones (see the module docstring)."""
+    return [c for c in policy.checks.values() if c.kind == "threshold"]
+
+
 # --------------------------------------------------------------------------- the documents
 
 
 def prometheus_rules(policy: Policy, target: Target, severity: str = "critical") -> dict[str, Any]:
     """A Prometheus rule file: one group, one alert per check that fires on a breach."""
     rules = []
-    for check in policy.checks.values():
+    for check in thresholds(policy):
         bound = f"{OPPOSITE[check.op]} {_number(check.threshold)}"
         # The newline ends a trailing PromQL # comment before the closing parenthesis.
         expr = f"(\n{query(policy, check, target)}\n) {bound}"
@@ -139,7 +147,7 @@ def alert_name(check: str) -> str:
 def grafana_dashboard(policy: Policy, target: Target) -> dict[str, Any]:
     """A Grafana dashboard (schema 39) on a ``DS_PROMETHEUS`` datasource variable."""
     panels: list[dict[str, Any]] = []
-    for i, check in enumerate(policy.checks.values()):
+    for i, check in enumerate(thresholds(policy)):
         promql = query(policy, check, target, (CANARY, STABLE))
         green_above = check.op in (">=", ">")
         steps = [
@@ -155,7 +163,7 @@ def grafana_dashboard(policy: Policy, target: Target) -> dict[str, Any]:
         panel["fieldConfig"]["defaults"]["thresholds"] = {"mode": "absolute", "steps": steps}
         panel["fieldConfig"]["defaults"]["custom"] = {"thresholdsStyle": {"mode": "line"}}
         panels.append(panel)
-    y = (len(policy.checks) + 1) // 2 * 8
+    y = (len(thresholds(policy)) + 1) // 2 * 8
     own = [
         (
             title,
@@ -280,7 +288,7 @@ def argo_analysis(
     """An Argo Rollouts ``AnalysisTemplate`` with one Prometheus metric per check."""
     limits = policy.limits
     metrics = []
-    for check in policy.checks.values():
+    for check in thresholds(policy):
         bound = _number(check.threshold)
         success = f"len(result) > 0 && all(result, {{# {check.op} {bound}}})"
         failure = f"len(result) > 0 && any(result, {{# {OPPOSITE[check.op]} {bound}}})"
