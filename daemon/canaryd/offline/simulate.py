@@ -12,6 +12,8 @@ The timeline is JSON lines (SPEC §5.1)::
      "stable": {"requests": 5400, "errors": 27}}
     {"t": 60, "check": "latency-vs-stable",              # or a histogram's cumulative buckets
      "canary": {"buckets": {"0.1": 560, "0.25": 596, "+Inf": 600}}, "stable": {"buckets": {...}}}
+    {"t": 0, "check": "errors-vs-stable", "per_second": true, ...}  # (extension) the same
+                                                         # counts as rates from t on, integrated
 
 The world is perfect and instant: the router applies each weight at once and reports it back,
 the canary is ready as soon as it is asked for, the stable update completes immediately. So the
@@ -107,6 +109,8 @@ class Timeline:
         if "check" in line:
             if "canary" in line or "stable" in line:
                 value: Any = _compared(line)
+                if line.get("per_second") is True:
+                    value = _PerSecond(value)
             elif "error" in line:
                 value = ("error", str(line["error"]))
             else:
@@ -133,6 +137,8 @@ class Timeline:
         for name in checks:
             series = self.checks.get(name)
             value = series.at(t) if series else None
+            if isinstance(value, _PerSecond) and series is not None:
+                value = _integrated(series, t)
             if isinstance(value, tuple):
                 out.append(Measurement(name, error=value[1]))
             elif isinstance(value, Counts):
@@ -164,6 +170,47 @@ class Timeline:
 
     def event_times(self) -> list[float]:
         return sorted({when for when, _ in self.alerts} | {when for when, _ in self.commands})
+
+
+@dataclass(frozen=True, slots=True)
+class _PerSecond:
+    """A compare line's counts given as rates from its ``t`` on (``"per_second": true``)."""
+
+    rates: Counts | Histograms
+
+
+def _integrated(series: _Series, t: float) -> Counts | Histograms | None:
+    """The cumulative counts at ``t`` of a check given as rates: each rate line holds from its
+    ``t`` to the next line's, and counts start at 0 at the first line."""
+    total: dict[str, float] = {}
+    kind: type[Counts] | type[Histograms] | None = None
+    for i, (start, value) in enumerate(zip(series.times, series.values, strict=True)):
+        if start > t + 1e-9 or not isinstance(value, _PerSecond):
+            break
+        end = min(series.times[i + 1] if i + 1 < len(series.times) else t, t)
+        kind = type(value.rates)
+        for key, rate in _flat(value.rates).items():
+            total[key] = total.get(key, 0.0) + rate * (end - start)
+    if kind is Counts:
+        return Counts(*(total[k] for k in ("c.requests", "c.errors", "s.requests", "s.errors")))
+    if kind is Histograms:
+        sides = [{k[2:]: v for k, v in total.items() if k[0] == side} for side in "cs"]
+        return Histograms(sides[0], sides[1])
+    return None
+
+
+def _flat(value: Counts | Histograms) -> dict[str, float]:
+    if isinstance(value, Counts):
+        return {
+            "c.requests": value.canary_requests,
+            "c.errors": value.canary_errors,
+            "s.requests": value.stable_requests,
+            "s.errors": value.stable_errors,
+        }
+    return {
+        **{f"c.{b}": v for b, v in value.canary.items()},
+        **{f"s.{b}": v for b, v in value.stable.items()},
+    }
 
 
 def _compared(line: dict[str, Any]) -> Counts | Histograms:
