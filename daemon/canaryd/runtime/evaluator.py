@@ -163,7 +163,8 @@ class Evaluator:
             for key, members in groups.items():
                 tg.create_task(one_query(key, members))
         for request in batch:
-            ordered = tuple(results[id(request)].values())
+            found = results[id(request)]  # in the stage's order, whichever answer came first
+            ordered = tuple(found[n] for n in request.state.current_stage.checks if n in found)
             if not request.future.done():
                 request.future.set_result((ordered, requests.get(id(request))))
 
