@@ -339,7 +339,9 @@ def peeked(s: Scenario, traffic: Traffic, alpha: float) -> bool:
 def only(policy: Policy, kind: str) -> Policy:
     """The policy with only its ``kind`` checks in every stage."""
     keep = {n for n, c in policy.checks.items() if c.kind == kind}
-    staged = tuple(replace(s, checks=tuple(c for c in s.checks if c in keep)) for s in policy.stages)
+    staged = tuple(
+        replace(s, checks=tuple(c for c in s.checks if c in keep)) for s in policy.stages
+    )
     return replace(policy, stages=staged, checks={n: policy.checks[n] for n in keep})
 
 
@@ -400,7 +402,10 @@ def verdict(results: dict[tuple[str, str], tuple[int, float | None]], n: int, to
     """The issue's targets, each with its figure."""
     false_rate = results[("A/A", "compare")][0] / n
     detect = [results[(s.name, "compare")][0] / n for s in SCENARIOS[1:]]
-    ours, limit = results[("errors 1% vs 0.5%", "compare")][1], results[("errors 1% vs 0.5%", "SPRT")][1]
+    ours, limit = (
+        results[("errors 1% vs 0.5%", "compare")][1],
+        results[("errors 1% vs 0.5%", "SPRT")][1],
+    )
     ratio = (ours / limit) if ours and limit else math.inf
     checks = [
         (f"false rollbacks (A/A) {false_rate:.1%} <= 5%", false_rate <= 0.05),

@@ -101,15 +101,11 @@ def test_equal_error_rates_roll_back_at_most_alpha_of_the_time(
         for _ in range(40 // len(stages))
     ]
     runs = 300
-    failed = sum(
-        Verdict.FAILED in errors_rollout(rng, rate, rate, volumes) for _ in range(runs)
-    )
+    failed = sum(Verdict.FAILED in errors_rollout(rng, rate, rate, volumes) for _ in range(runs))
     assert failed / runs <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / runs)
 
 
-sides = st.fixed_dictionaries(
-    {"requests": st.floats(0, 1e6), "errors": st.floats(0, 1e3)}
-)
+sides = st.fixed_dictionaries({"requests": st.floats(0, 1e6), "errors": st.floats(0, 1e3)})
 
 
 @settings(max_examples=200, deadline=None)

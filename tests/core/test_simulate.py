@@ -29,7 +29,11 @@ def even_sides(until: int = 3600) -> list[dict[str, object]]:
         )
         buckets = {k: {"0.1": n * 0.6, "0.25": n * 0.95, "+Inf": n} for k, n in sides.items()}
         lines.append(
-            {"t": t, "check": "latency-vs-stable", **{k: {"buckets": b} for k, b in buckets.items()}}
+            {
+                "t": t,
+                "check": "latency-vs-stable",
+                **{k: {"buckets": b} for k, b in buckets.items()},
+            }
         )
     return lines
 

@@ -71,7 +71,16 @@ _LIMITS = {
 _CHECK = {"query", "op", "threshold", "kind", "no_data", "params", "description"}
 # a compare check (``compare: errors|latency``): its parts' PromQL and its tolerance
 _COMPARE_PARTS = {"errors": ("requests", "errors"), "latency": ("buckets",)}
-_COMPARE = {"compare", "kind", "no_data", "tolerance", "description", "requests", "errors", "buckets"}
+_COMPARE = {
+    "compare",
+    "kind",
+    "no_data",
+    "tolerance",
+    "description",
+    "requests",
+    "errors",
+    "buckets",
+}
 _STAGE = {"weight", "duration", "checks", "gate", "min_requests"}
 _ALERT = {"name", "match", "action", "cooldown", "include_preexisting"}
 

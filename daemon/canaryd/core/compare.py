@@ -95,9 +95,7 @@ def _advance(check: Check, state: CompareState, now: Mapping[str, float]) -> Com
     logs = dict(state.logs)
     omega0 = 1.0 + check.tolerance
     for event, (x, m, n_c, n_s) in _bad_events(check, delta).items():
-        logs[event] = sequential.update(
-            logs.get(event, sequential.start()), x, m, n_c, n_s, omega0
-        )
+        logs[event] = sequential.update(logs.get(event, sequential.start()), x, m, n_c, n_s, omega0)
     return CompareState(dict(now), counted, logs, state.concluded)
 
 

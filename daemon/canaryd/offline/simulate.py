@@ -215,9 +215,10 @@ def _flat(value: Counts | Histograms) -> dict[str, float]:
 
 def _compared(line: dict[str, Any]) -> Counts | Histograms:
     """A compare check's line: both sides' requests and errors, or both sides' buckets."""
-    sides = [line.get("canary"), line.get("stable")]
-    if not all(isinstance(side, dict) for side in sides):
+    canary, stable = line.get("canary"), line.get("stable")
+    if not isinstance(canary, dict) or not isinstance(stable, dict):
         raise ValueError('a compare line needs "canary" and "stable" objects')
+    sides: list[dict[str, Any]] = [canary, stable]
     if all("buckets" in side for side in sides):
         return Histograms(*(_buckets(side["buckets"]) for side in sides))
     counts = []
