@@ -10,13 +10,41 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+INTERVAL = 30
+
+
+def even_sides(until: int = 3600) -> list[dict[str, object]]:
+    """The compare checks' counters of a canary exactly like stable: 100 canary and 900 stable
+    requests per interval, one error in a thousand on each side, the same latency histogram."""
+    lines: list[dict[str, object]] = []
+    for t in range(0, until + 1, INTERVAL):
+        n_c, n_s = 100 * t // INTERVAL, 900 * t // INTERVAL
+        sides = {"canary": n_c, "stable": n_s}
+        lines.append(
+            {
+                "t": t,
+                "check": "errors-vs-stable",
+                **{k: {"requests": n, "errors": n // 1000} for k, n in sides.items()},
+            }
+        )
+        buckets = {k: {"0.1": n * 0.6, "0.25": n * 0.95, "+Inf": n} for k, n in sides.items()}
+        lines.append(
+            {
+                "t": t,
+                "check": "latency-vs-stable",
+                **{k: {"buckets": b} for k, b in buckets.items()},
+            }
+        )
+    return lines
+
+
 HEALTHY = [
     {"t": 0, "check": "success-rate", "value": 0.999},
     {"t": 0, "check": "latency-p95", "value": 0.18},
     {"t": 0, "check": "error-rate", "value": 0.0004},
     {"t": 0, "check": "health-score", "value": 0.993},
+    *even_sides(),
 ]
-INTERVAL = 30
 
 
 def simulate(
@@ -120,7 +148,9 @@ def test_too_few_canary_requests_hold_the_stage(tmp_path: Path) -> None:
         r["weight"] == 25 and r["phase"] == "Progressing" and float(r["t"]) < 900 for r in records
     )  # type: ignore[arg-type]
     holds = [r for r in records if r["action"] == "hold" and r["stage"] == 1]
-    assert holds and all("canary requests" in str(r["reason"]) for r in holds)
+    # the first evaluation takes the compare checks' baseline (no data yet); then only requests
+    assert "no data for errors-vs-stable" in str(holds[0]["reason"])
+    assert holds[1:] and all("canary requests" in str(r["reason"]) for r in holds[1:])
     assert records[-1]["phase"] != "Succeeded"
 
 
@@ -168,7 +198,7 @@ def test_manual_gates_wait_for_promote_commands(tmp_path: Path) -> None:
         subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
     )
     assert waiting[-1]["phase"] == "Paused" and "manual promote" in waiting[-1]["reason"]
-    assert waiting[-1]["t"] == 600
+    assert waiting[-1]["t"] == 600 + 60  # 10 min of credit after the baseline evaluation
     with samples.open("a") as f:
         for t in (700, 1700, 3000):
             f.write(json.dumps({"t": t, "command": "promote"}) + "\n")

@@ -188,7 +188,9 @@ async def test_checks_of_all_targets_cost_one_query_per_check_per_cycle(
             await s.controller.start(name, "v2")
         finals = [await s.finished(name) for name in names]
         assert all(f.phase is Phase.SUCCEEDED for f in finals)
-        checks_per_stage = {1: 1, 2: 2, 3: 3}  # success-rate; + latency; + error-rate
+        # success-rate; + latency; + error-rate; health-score; each stage with the two compare
+        # checks (one query each for all targets, both sides in one answer)
+        checks_per_stage = {1: 3, 2: 4, 3: 5, 4: 3}
         full = [(n, q) for n, q in s.evaluator.batches if n == len(names)]
         assert full, s.evaluator.batches
         for targets, queries in full:
@@ -221,7 +223,7 @@ async def test_the_request_count_rides_along_and_is_asked_apart_if_refused(
             return [mine.queries - before, *found]
 
         queries, *found = await batch(*states)
-        assert queries == 1  # stage 1 has one check; the count rode along
+        assert queries == 3  # stage 1: success-rate (the count rode along) and 2 compare checks
         for state, (measurements, count) in zip(states, found, strict=True):
             alone = await client.query(
                 f'sum(rate(http_requests_total{{job="{state.target}",deployment="canary"}}[10s]))'
@@ -236,7 +238,7 @@ async def test_the_request_count_rides_along_and_is_asked_apart_if_refused(
             for st in states
         ]
         queries, *found = await batch(*odd)
-        assert queries == 3  # the joined query was refused, then both were asked apart
+        assert queries == 5  # the joined query was refused, then both were asked apart (+ 2)
         for measurements, count in found:
             assert count is not None and count > 0
             assert measurements[0].error is None

@@ -59,6 +59,7 @@ _TOP = {
     "checks",
     "stages",
     "alerts",
+    "alpha",
 }
 _LIMITS = {
     "failure_limit",
@@ -68,6 +69,18 @@ _LIMITS = {
     "on_inconclusive",
 }
 _CHECK = {"query", "op", "threshold", "kind", "no_data", "params", "description"}
+# a compare check (``compare: errors|latency``): its parts' PromQL and its tolerance
+_COMPARE_PARTS = {"errors": ("requests", "errors"), "latency": ("buckets",)}
+_COMPARE = {
+    "compare",
+    "kind",
+    "no_data",
+    "tolerance",
+    "description",
+    "requests",
+    "errors",
+    "buckets",
+}
 _STAGE = {"weight", "duration", "checks", "gate", "min_requests"}
 _ALERT = {"name", "match", "action", "cooldown", "include_preexisting"}
 
@@ -140,6 +153,7 @@ def read_policy(r: Reader, doc: Any, default_name: str) -> Policy:
         scale_down_delay=r.field(top, "scale_down_delay", "", duration, 30.0),
         window=window,
         params=params,
+        alpha=r.field(top, "alpha", "", _alpha, 0.05),
     )
 
 
@@ -147,6 +161,9 @@ def _read_checks(r: Reader, raw: Any, params: dict[str, str]) -> dict[str, Check
     checks: dict[str, Check] = {}
     for name, spec in r.mapping(raw, "checks").items():
         path = join("checks", name)
+        if isinstance(spec, dict) and ("compare" in spec or spec.get("kind") == "compare"):
+            checks[name] = _read_compare(r, name, spec, path, params)
+            continue
         c = r.mapping(spec, path, _CHECK)
         query = r.field(c, "query", path, to_str, "")
         unknown = templates.unknown_variables(query, params)
@@ -172,6 +189,45 @@ def _read_checks(r: Reader, raw: Any, params: dict[str, str]) -> dict[str, Check
     if not checks and isinstance(raw, dict):
         r.problem("checks", "a policy needs at least one check")
     return checks
+
+
+def _read_compare(
+    r: Reader, name: str, spec: dict[str, Any], path: str, params: dict[str, str]
+) -> Check:
+    """A ``compare`` check: canary against stable on counters (rules/README.md)."""
+    c = r.mapping(spec, path, _COMPARE)
+    r.field(c, "kind", path, one_of("compare"), "compare")
+    what = r.field(c, "compare", path, one_of(*_COMPARE_PARTS), "errors")
+    queries = {}
+    for part in _COMPARE_PARTS.get(what, ()):
+        queries[part] = r.field(c, part, path, to_str)
+        for var in templates.unknown_variables(queries[part], params):
+            r.problem(join(path, part), f"unknown template variable {{{{{var}}}}}")
+    for other in set(c) & {p for parts in _COMPARE_PARTS.values() for p in parts} - set(queries):
+        r.problem(join(path, other), f"not a part of a compare: {what} check")
+    return Check(
+        name=name,
+        query="",
+        kind="compare",
+        no_data=NoData(r.field(c, "no_data", path, one_of("inconclusive", "fail"), "inconclusive")),
+        compare=what,
+        queries=queries,
+        tolerance=r.field(c, "tolerance", path, _tolerance, 0.0),
+    )
+
+
+def _alpha(value: Any) -> float:
+    a = to_float(value)
+    if not 0.0 < a <= 0.5:
+        raise ValueError(f"must be within (0, 0.5], got {a:g}")
+    return a
+
+
+def _tolerance(value: Any) -> float:
+    t = to_float(value)
+    if not 0.0 <= t <= 10.0:
+        raise ValueError(f"must be a relative increase within 0..10, got {t:g}")
+    return t
 
 
 def _read_stages(r: Reader, raw: Any, checks: dict[str, Check]) -> tuple[Stage, ...]:

@@ -14,7 +14,7 @@ old engine read its own words back, now confined to loading such a record).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from canaryd.core.model import (
@@ -23,6 +23,7 @@ from canaryd.core.model import (
     AlertRule,
     Cause,
     Check,
+    CompareState,
     Gate,
     Limits,
     Matcher,
@@ -39,6 +40,8 @@ SCHEMA = 1
 
 
 def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
     if isinstance(value, frozenset):
         return sorted(value)
     if isinstance(value, Mapping):
@@ -75,6 +78,9 @@ def policy_from_dict(d: Mapping[str, Any]) -> Policy:
                 kind=c["kind"],
                 no_data=NoData(c["no_data"]),
                 params={k: float(v) for k, v in c["params"].items()},
+                compare=c.get("compare", ""),
+                queries=dict(c.get("queries", {})),
+                tolerance=float(c.get("tolerance", 0.0)),
             )
             for name, c in d["checks"].items()
         },
@@ -100,6 +106,7 @@ def policy_from_dict(d: Mapping[str, Any]) -> Policy:
         scale_down_delay=float(d["scale_down_delay"]),
         window=d["window"],
         params=dict(d["params"]),
+        alpha=float(d.get("alpha", 0.05)),
     )
 
 
@@ -123,6 +130,15 @@ def rollout_from_dict(d: Mapping[str, Any]) -> Rollout:
     step = d.get("promote_step")
     fields["promote_step"] = None if step is None else PromoteStep(step)
     fields["pause_cause"] = _pause_cause(d)
+    fields["compare"] = {
+        name: CompareState(
+            last=dict(c["last"]),
+            counted=dict(c["counted"]),
+            logs={event: tuple(logs) for event, logs in c["logs"].items()},
+            concluded=bool(c["concluded"]),
+        )
+        for name, c in d.get("compare", {}).items()
+    }
     return Rollout(**fields)
 
 

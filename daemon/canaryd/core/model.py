@@ -123,6 +123,12 @@ class Check:
     kind: str = "threshold"
     no_data: NoData = NoData.INCONCLUSIVE
     params: Mapping[str, float] = field(default_factory=dict)
+    # kind "compare" (canary against stable, core.compare): what is compared ("errors" or
+    # "latency"), its PromQL by part ("requests"/"errors", or "buckets") answering both sides'
+    # cumulative counters, and how much worse (relative odds) the canary may be
+    compare: str = ""
+    queries: Mapping[str, str] = field(default_factory=dict)
+    tolerance: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,7 @@ class Policy:
     scale_down_delay: float = 30.0
     window: str = "2m"
     params: Mapping[str, str] = field(default_factory=dict)
+    alpha: float = 0.05  # the compare checks' shared false-rollback budget for a whole rollout
 
     @property
     def total_duration(self) -> float:
@@ -249,6 +256,8 @@ class Rollout:
     # the platform pins only once the canary runs (kubernetes: from its pods' imageID): the
     # first stage waits for ``pinned`` (``stages.progress``)
     pin_on_ready: bool = False
+    # each compare check's e-process over the rollout (core.compare), by check name
+    compare: Mapping[str, CompareState] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's
@@ -298,6 +307,23 @@ class Rollout:
         return self.policy.stages[min(self.stage, len(self.policy.stages) - 1)]
 
 
+@dataclass(frozen=True, slots=True)
+class CompareState:
+    """A compare check's evidence so far in the rollout (``core.compare``, ``core.sequential``).
+
+    ``last``: the cumulative counters last read, by part (``canary.requests``,
+    ``stable.le=0.25`` ...), the baseline for the next increment. ``counted``: what the rollout
+    has seen since its first reading, by the same names. ``logs``: per bad event (``errors``,
+    or ``slower than <bound>``) the log of each mixture component's likelihood-ratio product.
+    ``concluded``: the e-value reached ``1/alpha`` once; the verdict stays *failed*.
+    """
+
+    last: Mapping[str, float] = field(default_factory=dict)
+    counted: Mapping[str, float] = field(default_factory=dict)
+    logs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    concluded: bool = False
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -323,6 +349,16 @@ class Measurement:
     value: float | None = None
     counts: Counts | None = None
     error: str | None = None
+    histograms: Histograms | None = None  # a latency compare check's buckets, both sides
+
+
+@dataclass(frozen=True, slots=True)
+class Histograms:
+    """Cumulative ``le`` bucket counts of one histogram, per side: bound -> count, the bound
+    written as Prometheus writes it (``0.25``, ``+Inf``)."""
+
+    canary: Mapping[str, float]
+    stable: Mapping[str, float]
 
 
 @dataclass(frozen=True, slots=True)

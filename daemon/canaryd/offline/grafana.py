@@ -33,7 +33,7 @@ from typing import Any
 from canaryd.core import templates, units
 from canaryd.core.durations import format_duration
 from canaryd.core.model import Check, Policy
-from canaryd.offline.queries import STABLE, Target, query
+from canaryd.offline.queries import STABLE, Target, query, thresholds
 from canaryd.runtime.evaluator import CANARY, DEFAULT_REQUESTS_QUERY, template_variables
 
 SCHEMA_VERSION = 39
@@ -148,7 +148,7 @@ def _golden_panels(sources: Sequence[Source]) -> list[_Panel]:
 def _check_panels(sources: Sequence[Source]) -> list[_Panel]:
     """One panel per check of the first source's policy (targets sharing it fill in theirs)."""
     panels = []
-    for check in sources[0].policy.checks.values():
+    for check in thresholds(sources[0].policy):
         expr = _per_target(
             [s for s in sources if check.name in s.policy.checks],
             partial(_check_query, name=check.name),
@@ -275,7 +275,7 @@ def _success_check(policy: Policy) -> Check | None:
     return next(
         (
             c
-            for c in policy.checks.values()
+            for c in thresholds(policy)
             if "success" in c.name and units.unit_of(c) == units.RATIO and c.op in (">=", ">")
         ),
         None,
@@ -301,7 +301,7 @@ def _quantile(s: Source, q: float) -> str:
 
 
 def _latency_check(policy: Policy) -> Check | None:
-    return next((c for c in policy.checks.values() if _QUANTILE.search(c.query)), None)
+    return next((c for c in thresholds(policy) if _QUANTILE.search(c.query)), None)
 
 
 # --------------------------------------------------------------------------- the rest

@@ -45,7 +45,7 @@ def target_for(
             raise ValueError(f"label {label!r} would hide the template variable {{{{{label}}}}}")
     full = {"job": policy.name, **labels}
     target = Target(full, name or full["job"], image)
-    for check in policy.checks.values():
+    for check in thresholds(policy):
         if "version" in templates.variables(check.query) and image is None:
             raise ValueError(f"check {check.name!r} uses {{{{version}}}}: give --image IMAGE")
     return target
@@ -59,3 +59,10 @@ def query(
     variables.setdefault("target", target.name)
     variables.setdefault("version", target.image or "")
     return templates.render(check.query, variables)
+
+
+def thresholds(policy: Policy) -> list[Check]:
+    """The checks a document can express: the ``threshold`` ones. A ``compare`` check's verdict
+    is a sequential test's over the whole rollout (``core.compare``), which no alert expression,
+    Argo condition or dashboard query can state."""
+    return [c for c in policy.checks.values() if c.kind == "threshold"]

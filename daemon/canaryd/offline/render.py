@@ -19,6 +19,9 @@ With ``--config FILE`` the documents are rendered for the config's targets, from
 labels and policies, as the daemon asks for them; with ``--policy`` and without
 ``--label job=...`` the job is the policy's name.
 
+Only ``threshold`` checks are rendered: a ``compare`` check's verdict is a sequential test's over
+the whole rollout (``core.compare``), which no alert expression or Argo condition can state.
+
 Why the Argo conditions are written ``all(result, {# >= t})`` rather than ``result[0] >= t``:
 Argo's Prometheus provider returns a list, and recent Argo versions turn ``result[...]`` on an
 empty list into an Error measurement. The ``all``/``any`` pair keeps canaryd's meaning: no data
@@ -48,7 +51,7 @@ from canaryd.core.errors import ConfigError
 from canaryd.core.model import NoData, Policy
 from canaryd.offline import grafana
 from canaryd.offline.args import add_policy_and_target, parse_labels, policy_or_problems
-from canaryd.offline.queries import Target, query, target_for
+from canaryd.offline.queries import Target, query, target_for, thresholds
 
 KINDS = ("prometheus-rules", "grafana", "argo-analysis")
 DEFAULT_PROMETHEUS = "http://prometheus:9090"
@@ -59,7 +62,7 @@ OPPOSITE = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
 def prometheus_rules(policy: Policy, target: Target, severity: str = "critical") -> dict[str, Any]:
     """A Prometheus rule file: one group, one alert per check that fires on a breach."""
     rules = []
-    for check in policy.checks.values():
+    for check in thresholds(policy):
         bound = f"{OPPOSITE[check.op]} {_number(check.threshold)}"
         # The newline ends a trailing PromQL # comment before the closing parenthesis.
         expr = f"(\n{query(policy, check, target)}\n) {bound}"
@@ -106,7 +109,7 @@ def argo_analysis(
     """An Argo Rollouts ``AnalysisTemplate`` with one Prometheus metric per check."""
     limits = policy.limits
     metrics = []
-    for check in policy.checks.values():
+    for check in thresholds(policy):
         bound = _number(check.threshold)
         success = f"len(result) > 0 && all(result, {{# {check.op} {bound}}})"
         failure = f"len(result) > 0 && any(result, {{# {OPPOSITE[check.op]} {bound}}})"

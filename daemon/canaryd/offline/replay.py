@@ -14,6 +14,9 @@ policy. Of the answer, only the canary series with the target's labels counts, a
 evaluator; more than one such series at a step is an error measurement. Canary requests come
 from the evaluator's ``DEFAULT_REQUESTS_QUERY`` divided back to a rate (it multiplies by the
 interval). A step without a point is no data (as is NaN); a step without requests is none.
+A ``compare`` check's parts are asked for both sides (``{{deployment}}`` ``canary|stable``, as the
+evaluator asks) and become compare lines holding both sides' raw counters at every step, which
+the simulation reads as the daemon does (increments from the first evaluation on).
 
 Alerts: ``ALERTS{alertstate="firing"}`` over the range, kept when they concern the target as
 the daemon decides without ``alert_matchers`` (``target="<--target>"`` or ``job="<job>"``),
@@ -53,14 +56,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from canaryd.core import templates
+from canaryd.core import compare, templates
 from canaryd.core.durations import parse_duration
 from canaryd.core.errors import SourceUnavailable
 from canaryd.core.model import Policy
 from canaryd.core.timefmt import parse_rfc3339
 from canaryd.offline import simulate
 from canaryd.offline.args import add_policy_and_target, parse_labels, policy_or_problems
-from canaryd.runtime.evaluator import CANARY, DEFAULT_REQUESTS_QUERY, template_variables
+from canaryd.runtime.evaluator import BOTH, CANARY, DEFAULT_REQUESTS_QUERY, template_variables
 
 if TYPE_CHECKING:
     from canaryd.adapters.prometheus import PrometheusClient, RangeResult
@@ -146,15 +149,79 @@ def queries(
             raise ReplayError(f"label {name!r} would hide the template variable {{{{{name}}}}}")
     variables = template_variables(policy, {k: [v] for k, v in labels.items()})
     variables.setdefault("target", target)
+    both = {**variables, **template_variables(policy, {k: [v] for k, v in labels.items()}, BOTH)}
     out = {}
     for check in policy.checks.values():
-        if "version" in templates.variables(check.query):
+        texts = [check.query, *check.queries.values()]
+        if any("version" in templates.variables(text) for text in texts):
             if image is None:
                 raise ReplayError(f"check {check.name!r} uses {{{{version}}}}: give --image IMAGE")
             variables.setdefault("version", image)
-        out[check.name] = templates.render(check.query, variables)
+            both.setdefault("version", image)
+        if check.kind == "compare":  # both sides' counters, one query per part
+            for part, text in check.queries.items():
+                out[part_name(check.name, part)] = templates.render(text, both)
+        else:
+            out[check.name] = templates.render(check.query, variables)
     rate = f"({templates.render(DEFAULT_REQUESTS_QUERY, variables)}) / {policy.interval:g}"
     return {**out, REQUESTS: rate}
+
+
+def part_name(check: str, part: str) -> str:
+    """How a compare check's part is named in ``queries`` and in messages."""
+    return f"{check} ({part})"
+
+
+def compare_lines(
+    name: str, parts: Mapping[str, RangeResult], labels: Mapping[str, str], span: Window
+) -> Iterator[dict[str, Any]]:
+    """Timeline lines of a compare check: both sides' counters at every step (as the daemon
+    reads them: raw counters, by ``le`` for buckets; a side without an error series has had
+    no errors), or no data when a side has no requests, or an error when a target's series
+    is ambiguous."""
+    found: dict[str, dict[float, dict[str, dict[str, list[float]]]]] = {}
+    for part, result in parts.items():
+        at = found.setdefault(part, {})
+        for series in result.series:
+            side = series.labels.get("deployment", "")
+            if side not in BOTH or any(series.labels.get(k, "") != v for k, v in labels.items()):
+                continue
+            le = compare.bound_label(series.labels["le"]) if "le" in series.labels else ""
+            for stamp, value in series.points:
+                at.setdefault(round(stamp, 3), {}).setdefault(side, {}).setdefault(le, []).append(
+                    value
+                )
+    for stamp in span.stamps():
+        key = round(stamp, 3)
+        line: dict[str, Any] = {"t": span.t(stamp), "check": name}
+        got = {part: found.get(part, {}).get(key, {}) for part in parts}
+        if any(len(v) > 1 for g in got.values() for side in g.values() for v in side.values()):
+            yield {**line, "error": "ambiguous: more than one series per side"}
+            continue
+        sides = _sides(got)
+        yield {**line, **sides} if sides else {**line, "value": None}
+
+
+def _sides(got: Mapping[str, Mapping[str, Mapping[str, list[float]]]]) -> dict[str, Any] | None:
+    """The two sides of a compare line from its parts' values at one step, or None."""
+    if "buckets" in got:
+        out = {}
+        for side in BOTH:
+            buckets = {le: v[0] for le, v in got["buckets"].get(side, {}).items()}
+            if compare.INF not in buckets:
+                return None
+            out[side] = {"buckets": buckets}
+        return out
+    requests, errors = got.get("requests", {}), got.get("errors", {})
+    if any("" not in requests.get(side, {}) for side in BOTH):
+        return None
+    return {
+        side: {
+            "requests": requests[side][""][0],
+            "errors": errors.get(side, {}).get("", [0.0])[0],
+        }
+        for side in BOTH
+    }
 
 
 def _points(result: RangeResult, labels: Mapping[str, str]) -> dict[float, list[float]]:
@@ -275,8 +342,12 @@ async def history(
     async with aiohttp.ClientSession() as session:
         found = await fetch(PrometheusClient(session, base_url, timeout), promql, span)
     lines: list[dict[str, Any]] = []
-    for name in policy.checks:
-        lines += check_lines(name, found[name], labels, span)
+    for name, check in policy.checks.items():
+        if check.kind == "compare":
+            parts = {part: found[part_name(name, part)] for part in check.queries}
+            lines += compare_lines(name, parts, labels, span)
+        else:
+            lines += check_lines(name, found[name], labels, span)
     lines += request_lines(found[REQUESTS], labels, span)
     if alerts:
         lines += alert_lines(found[ALERTS], labels, target, span)

@@ -7,6 +7,13 @@ The timeline is JSON lines (SPEC §5.1)::
     {"t": 0, "requests": 20}                             # canary requests per second from t on
     {"t": 100, "alert": {"status": "firing", "labels": {"severity": "critical"}}}
     {"t": 900, "command": "promote"}                     # (extension) an operator command
+    {"t": 60, "check": "errors-vs-stable",               # a compare check's counters, per side,
+     "canary": {"requests": 600, "errors": 3},           # cumulative since the rollout started
+     "stable": {"requests": 5400, "errors": 27}}
+    {"t": 60, "check": "latency-vs-stable",              # or a histogram's cumulative buckets
+     "canary": {"buckets": {"0.1": 560, "0.25": 596, "+Inf": 600}}, "stable": {"buckets": {...}}}
+    {"t": 0, "check": "errors-vs-stable", "per_second": true, ...}  # (extension) the same
+                                                         # counts as rates from t on, integrated
 
 The world is perfect and instant: the router applies each weight at once and reports it back,
 the canary is ready as soon as it is asked for, the stable update completes immediately. So the
@@ -25,14 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from canaryd.core import stages
+from canaryd.core.compare import bound_label
 from canaryd.core.model import (
     Action,
     Alert,
     Command,
     CommandKind,
+    Counts,
     Effect,
     EffectKind,
     Findings,
+    Histograms,
     Measurement,
     Observed,
     Phase,
@@ -97,8 +107,12 @@ class Timeline:
             raise ValueError('every line is an object with a numeric "t"')
         t = float(line["t"])
         if "check" in line:
-            if "error" in line:
-                value: Any = ("error", str(line["error"]))
+            if "canary" in line or "stable" in line:
+                value: Any = _compared(line)
+                if line.get("per_second") is True:
+                    value = _PerSecond(value)
+            elif "error" in line:
+                value = ("error", str(line["error"]))
             else:
                 value = line.get("value")
                 if value is not None and not isinstance(value, int | float):
@@ -123,8 +137,14 @@ class Timeline:
         for name in checks:
             series = self.checks.get(name)
             value = series.at(t) if series else None
+            if isinstance(value, _PerSecond) and series is not None:
+                value = _integrated(series, t)
             if isinstance(value, tuple):
                 out.append(Measurement(name, error=value[1]))
+            elif isinstance(value, Counts):
+                out.append(Measurement(name, counts=value))
+            elif isinstance(value, Histograms):
+                out.append(Measurement(name, histograms=value))
             elif value is None or (isinstance(value, float) and math.isnan(value)):
                 out.append(Measurement(name, value=None))
             else:
@@ -150,6 +170,79 @@ class Timeline:
 
     def event_times(self) -> list[float]:
         return sorted({when for when, _ in self.alerts} | {when for when, _ in self.commands})
+
+
+@dataclass(frozen=True, slots=True)
+class _PerSecond:
+    """A compare line's counts given as rates from its ``t`` on (``"per_second": true``)."""
+
+    rates: Counts | Histograms
+
+
+def _integrated(series: _Series, t: float) -> Counts | Histograms | None:
+    """The cumulative counts at ``t`` of a check given as rates: each rate line holds from its
+    ``t`` to the next line's, and counts start at 0 at the first line."""
+    total: dict[str, float] = {}
+    kind: type[Counts] | type[Histograms] | None = None
+    for i, (start, value) in enumerate(zip(series.times, series.values, strict=True)):
+        if start > t + 1e-9 or not isinstance(value, _PerSecond):
+            break
+        end = min(series.times[i + 1] if i + 1 < len(series.times) else t, t)
+        kind = type(value.rates)
+        for key, rate in _flat(value.rates).items():
+            total[key] = total.get(key, 0.0) + rate * (end - start)
+    if kind is Counts:
+        return Counts(*(total[k] for k in ("c.requests", "c.errors", "s.requests", "s.errors")))
+    if kind is Histograms:
+        sides = [{k[2:]: v for k, v in total.items() if k[0] == side} for side in "cs"]
+        return Histograms(sides[0], sides[1])
+    return None
+
+
+def _flat(value: Counts | Histograms) -> dict[str, float]:
+    if isinstance(value, Counts):
+        return {
+            "c.requests": value.canary_requests,
+            "c.errors": value.canary_errors,
+            "s.requests": value.stable_requests,
+            "s.errors": value.stable_errors,
+        }
+    return {
+        **{f"c.{b}": v for b, v in value.canary.items()},
+        **{f"s.{b}": v for b, v in value.stable.items()},
+    }
+
+
+def _compared(line: dict[str, Any]) -> Counts | Histograms:
+    """A compare check's line: both sides' requests and errors, or both sides' buckets."""
+    canary, stable = line.get("canary"), line.get("stable")
+    if not isinstance(canary, dict) or not isinstance(stable, dict):
+        raise ValueError('a compare line needs "canary" and "stable" objects')
+    sides: list[dict[str, Any]] = [canary, stable]
+    if all("buckets" in side for side in sides):
+        return Histograms(*(_buckets(side["buckets"]) for side in sides))
+    counts = []
+    for name, side in zip(("canary", "stable"), sides, strict=True):
+        for key in ("requests", "errors"):
+            value = side.get(key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f'"{name}": "{key}" must be a non-negative number, got {value!r}')
+            counts.append(float(value))
+    return Counts(counts[0], counts[1], counts[2], counts[3])
+
+
+def _buckets(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, dict) or "+Inf" not in raw:
+        raise ValueError('"buckets" must be an object of cumulative counts with a "+Inf" bucket')
+    out = {}
+    for bound, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f'bucket "{bound}" must be a non-negative count, got {value!r}')
+        try:
+            out[bound_label(str(bound))] = float(value)
+        except ValueError:
+            raise ValueError(f'bucket bound "{bound}" is not a number') from None
+    return out
 
 
 def _alert(raw: Any, t: float, epoch: float) -> Alert:

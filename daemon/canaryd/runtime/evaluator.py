@@ -28,14 +28,16 @@ import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from canaryd.core import templates
+from canaryd.core import compare, templates
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import SourceUnavailable
-from canaryd.core.model import Check, Measurement, Policy, Rollout
+from canaryd.core.model import Check, Counts, Histograms, Measurement, Policy, Rollout
 
 CANARY = "canary"
+STABLE = "stable"
+BOTH = (CANARY, STABLE)  # what a compare check's {{deployment}} matches
 _PART = "canaryd_part"  # the label that tells the parts of a joined query apart
 _COUNT = object()  # key of a request count that goes alone
 DEFAULT_REQUESTS_QUERY = (
@@ -122,7 +124,7 @@ class Evaluator:
         for request in batch:
             counted.setdefault(_requests_key(request), []).append(request)
         riders: dict[tuple[object, ...], list[_Request]] = {}  # check key -> count members
-        check_keys = list(groups)
+        check_keys = [k for k in groups if k[7] != "compare"]  # a compare query hosts no count
         for count_key, members in counted.items():
             host = next((k for k in check_keys if _requests_key_of(k) == count_key), None)
             if host is not None and host not in riders:
@@ -141,6 +143,12 @@ class Evaluator:
                 counts(members, (await self._run([(self.requests_query, members)]))[0])
                 return
             check = members[0].state.policy.checks[str(key[0])]
+            if check.kind == "compare":
+                both = await self._run([(q, members) for q in check.queries.values()], BOTH)
+                for request in members:
+                    found_parts = [part[id(request)] for part in both]
+                    results[id(request)][check.name] = _compared(check, found_parts)
+                return
             parts = [(check.query, members)]
             if key in riders:
                 parts.append((self.requests_query, riders[key]))
@@ -155,14 +163,19 @@ class Evaluator:
             for key, members in groups.items():
                 tg.create_task(one_query(key, members))
         for request in batch:
-            ordered = tuple(results[id(request)].values())
+            found = results[id(request)]  # in the stage's order, whichever answer came first
+            ordered = tuple(found[n] for n in request.state.current_stage.checks if n in found)
             if not request.future.done():
                 request.future.set_result((ordered, requests.get(id(request))))
 
-    async def _run(self, parts: list[tuple[str, list[_Request]]]) -> list[dict[int, _Found]]:
+    async def _run(
+        self, parts: list[tuple[str, list[_Request]]], sides: tuple[str, ...] = (CANARY,)
+    ) -> list[dict[int, Any]]:
         """Render each (template, members) part, ask Prometheus once for all of them, and split
-        the answer per part and per member."""
-        rendered = [self._render(template, members) for template, members in parts]
+        the answer per part and per member: the canary's value (``_split``), or with both
+        ``sides`` each side's series by ``le`` (``_split_sides``)."""
+        split = _split if sides == (CANARY,) else _split_sides
+        rendered = [self._render(template, members, sides) for template, members in parts]
         if len(parts) > 1:
             joined = " or ".join(
                 f'label_replace({promql}\n, "{_PART}", "{i}", "", "")'  # \n: ends a # comment
@@ -170,16 +183,18 @@ class Evaluator:
             )
             answer = await self._ask(joined)
             if isinstance(answer, SourceUnavailable) or answer.kind != "error":
-                return [_split(answer, members, tag=str(i)) for i, (_, members) in enumerate(parts)]
+                return [split(answer, members, tag=str(i)) for i, (_, members) in enumerate(parts)]
         return [
-            _split(await self._ask(promql), members)
+            split(await self._ask(promql), members)
             for promql, (_, members) in zip(rendered, parts, strict=True)
         ]
 
-    def _render(self, template: str, members: list[_Request]) -> str:
+    def _render(
+        self, template: str, members: list[_Request], sides: tuple[str, ...] = (CANARY,)
+    ) -> str:
         state = members[0].state
         labels = {name: [m.labels[name] for m in members] for name in members[0].labels}
-        variables = template_variables(state.policy, labels)
+        variables = template_variables(state.policy, labels, sides)
         if len(members) == 1:
             variables.setdefault("target", members[0].state.target)
             variables.setdefault("version", members[0].state.image)
@@ -232,6 +247,63 @@ def _split(
     return out
 
 
+_Sides = dict[str, dict[str, float]]  # side -> le ("" for a plain counter) -> value
+_SideFound = _Sides | _Unanswered
+
+
+def _split_sides(
+    answer: Answer | SourceUnavailable, members: list[_Request], tag: str | None = None
+) -> dict[int, _SideFound]:
+    """Each member's canary and stable series (by ``le`` for a histogram) of a compare part."""
+    if isinstance(answer, SourceUnavailable):
+        return {id(m): _Unanswered(str(answer)) for m in members}
+    if answer.kind == "error":
+        return {id(m): _Unanswered(str(answer.error)) for m in members}
+    names = sorted(members[0].labels)
+    out: dict[int, _SideFound] = {id(m): {} for m in members}
+    by_labels: dict[tuple[str, ...], list[_Request]] = {}
+    for m in members:
+        by_labels.setdefault(tuple(m.labels[n] for n in names), []).append(m)
+    for labels, value in answer.series:
+        side = labels.get("deployment", "")
+        if side not in BOTH or (tag is not None and labels.get(_PART) != tag):
+            continue
+        try:
+            le = compare.bound_label(labels["le"]) if "le" in labels else ""
+        except ValueError:
+            continue  # not a bucket bound: not a series this check reads
+        for member in by_labels.get(tuple(labels.get(n, "") for n in names), ()):
+            found = out[id(member)]
+            if isinstance(found, _Unanswered):
+                continue
+            if le in found.setdefault(side, {}):
+                out[id(member)] = _Unanswered(f"ambiguous: more than one {side} series")
+            else:
+                found[side][le] = value
+    return out
+
+
+def _compared(check: Check, parts: list[_SideFound]) -> Measurement:
+    """A compare check's measurement from its parts' answers for one target: the counters of
+    both sides, no data when a side has none (a side without an error series has had no
+    errors: such counters appear with the first one)."""
+    for part in parts:
+        if isinstance(part, _Unanswered):
+            return Measurement(check.name, error=part.error)
+    found = [p for p in parts if isinstance(p, dict)]
+    if check.compare == compare.LATENCY:
+        canary, stable = (found[0].get(side, {}) for side in BOTH)
+        if compare.INF not in canary or compare.INF not in stable:
+            return Measurement(check.name)
+        return Measurement(check.name, histograms=Histograms(canary, stable))
+    requests, errors = found
+    if any("" not in requests.get(side, {}) for side in BOTH):
+        return Measurement(check.name)
+    n_c, n_s = (requests[side][""] for side in BOTH)
+    e_c, e_s = (errors.get(side, {}).get("", 0.0) for side in BOTH)
+    return Measurement(check.name, counts=Counts(n_c, e_c, n_s, e_s))
+
+
 def template_variables(
     policy: Policy, labels: Mapping[str, Sequence[str]], deployments: Sequence[str] = (CANARY,)
 ) -> dict[str, str]:
@@ -269,15 +341,17 @@ def promql_regex_literal(value: str) -> str:
 
 def _check_key(check: Check, request: _Request) -> tuple[object, ...]:
     policy = request.state.policy
-    per_target = bool({"target", "version"} & set(templates.variables(check.query)))
+    texts = [check.query, *check.queries.values()]
+    per_target = any({"target", "version"} & set(templates.variables(t)) for t in texts)
     return (
         check.name,
-        check.query,
+        (check.query, tuple(sorted(check.queries.items()))),
         policy.window,
         policy.interval,
         tuple(sorted(policy.params.items())),
         tuple(sorted(request.labels)),
         request.state.id if per_target else None,
+        check.kind,
     )
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from canaryd.core import analysis
+from canaryd.core import analysis, compare
 from canaryd.core.analysis import Assessment
 from canaryd.core.model import (
     ActionKind,
     Cause,
+    CompareState,
     Findings,
     Gate,
     OnInconclusive,
@@ -53,9 +54,7 @@ def evaluation_due(s: Rollout, now: float) -> bool:
 
 def evaluate(s: Rollout, f: Findings, now: float) -> Step:
     """The record after one evaluation of ``f``'s measurements, and what it decided."""
-    policy, stage = s.policy, s.current_stage
-    by_name = {m.check: m for m in f.measurements}
-    results = [analysis.assess(policy.checks[name], by_name.get(name)) for name in stage.checks]
+    results, states = _assess(s, f)
     overall = analysis.summarize(results)
     evidence: dict[str, object] = {
         a.check: {"verdict": str(a.verdict), "value": a.value, "detail": a.detail} for a in results
@@ -63,8 +62,9 @@ def evaluate(s: Rollout, f: Findings, now: float) -> Step:
     last = s.last_eval_at if s.last_eval_at is not None else s.stage_started_at or now
     s = replace(
         s,
+        compare={**s.compare, **states},
         last_eval_at=now,
-        next_eval_at=next_tick(now, policy.interval),
+        next_eval_at=next_tick(now, s.policy.interval),
         stage_requests=s.stage_requests + _usable_requests(f.requests),
     )
     if overall is Verdict.FAILED:
@@ -74,6 +74,24 @@ def evaluate(s: Rollout, f: Findings, now: float) -> Step:
     if overall is Verdict.INCONCLUSIVE:
         return _inconclusive(s, results, now, evidence)
     return _passed(s, last, now, evidence)
+
+
+def _assess(s: Rollout, f: Findings) -> tuple[list[Assessment], dict[str, CompareState]]:
+    """The stage's checks judged on ``f``; compare checks also move their e-process on."""
+    policy = s.policy
+    by_name = {m.check: m for m in f.measurements}
+    results: list[Assessment] = []
+    states: dict[str, CompareState] = {}
+    for name in s.current_stage.checks:
+        check = policy.checks[name]
+        if check.kind == "compare":
+            alpha = compare.alpha_share(policy)
+            prior = s.compare.get(name)
+            result, states[name] = compare.assess(check, by_name.get(name), prior, alpha)
+            results.append(result)
+        else:
+            results.append(analysis.assess(check, by_name.get(name)))
+    return results, states
 
 
 def _failed(s: Rollout, results: list[Assessment], now: float, evidence: Evidence) -> Step:
