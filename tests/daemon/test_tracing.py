@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,6 +147,8 @@ def test_a_promoted_and_a_rolled_back_rollout_each_make_one_trace(
             history = call(
                 serve.url, "GET", f"/api/v1/targets/{BAD}/history", token=TOKENS["viewer"]
             )[1]["decisions"]
+            with urllib.request.urlopen(f"{serve.url}/targets/{BAD}", timeout=5) as answer:
+                page = answer.read().decode()
         finally:
             serve.stop()
         spans = list(receiver.spans)
@@ -204,6 +207,8 @@ def test_a_promoted_and_a_rolled_back_rollout_each_make_one_trace(
         assert_runbook_attributes(span, bad["id"], "registry.example/payments:7.1")
     # --- every decision in the history names the trace
     assert history and {d["trace_id"] for d in history} == {bad_root.trace_id}
+    # --- and the target's dashboard page shows it, to look the rollout up in the trace store
+    assert f'<code id="trace-id">{bad_root.trace_id}</code>' in page
 
 
 def test_a_daemon_killed_mid_rollout_goes_on_with_the_same_trace(

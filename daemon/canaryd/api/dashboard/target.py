@@ -76,6 +76,9 @@ def _summary(detail: Detail, r: Rollout) -> str:
             else _no_timer(r),
         ),
     ]
+    if r.trace_id is not None:  # ``tracing:`` on: the id to look the rollout up by in the
+        # trace store (Jaeger, Tempo); every decision in the history carries it too
+        rows.append(("Trace", f'<code id="trace-id">{text(r.trace_id)}</code>'))
     cells = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
     return f'<table class="summary">{cells}</table>'
 
