@@ -189,7 +189,7 @@ class Daemon:
                 s, outcome not in ("error", "unavailable")
             ),
         )
-        self.evaluator = Evaluator(client, gather=self._gather)
+        self.evaluator = Evaluator(client, gather=self._gather, clock=self.clock.time)
         self.controller = Controller(
             self.targets,
             store=self.store,

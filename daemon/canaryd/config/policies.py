@@ -23,6 +23,7 @@ from canaryd.config.reader import (
 )
 from canaryd.core import templates
 from canaryd.core.model import (
+    MIN_WINDOW,
     AlertAction,
     AlertRule,
     Check,
@@ -32,6 +33,7 @@ from canaryd.core.model import (
     NoData,
     OnInconclusive,
     Policy,
+    Scope,
     Stage,
 )
 from canaryd.core.rules import parse_matcher
@@ -59,6 +61,8 @@ _TOP = {
     "checks",
     "stages",
     "alerts",
+    "scope",
+    "min_window",
 }
 _LIMITS = {
     "failure_limit",
@@ -129,6 +133,9 @@ def read_policy(r: Reader, doc: Any, default_name: str) -> Policy:
         duration(window)
     except ValueError as exc:
         r.problem("window", str(exc))
+    min_window = r.field(top, "min_window", "", duration, MIN_WINDOW)
+    if min_window < 1:
+        r.problem("min_window", "must be at least 1s (a window of whole seconds)")
     return Policy(
         name=r.field(top, "name", "", to_str, default_name),
         stages=stages,
@@ -140,6 +147,8 @@ def read_policy(r: Reader, doc: Any, default_name: str) -> Policy:
         scale_down_delay=r.field(top, "scale_down_delay", "", duration, 30.0),
         window=window,
         params=params,
+        scope=Scope(r.field(top, "scope", "", one_of("age", "version"), "age")),
+        min_window=max(min_window, 1.0),
     )
 
 

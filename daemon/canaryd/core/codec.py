@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from canaryd.core.model import (
+    MIN_WINDOW,
     Action,
     AlertAction,
     AlertRule,
@@ -32,6 +33,7 @@ from canaryd.core.model import (
     Policy,
     PromoteStep,
     Rollout,
+    Scope,
     Stage,
 )
 
@@ -100,6 +102,8 @@ def policy_from_dict(d: Mapping[str, Any]) -> Policy:
         scale_down_delay=float(d["scale_down_delay"]),
         window=d["window"],
         params=dict(d["params"]),
+        scope=Scope(d.get("scope", Scope.AGE)),
+        min_window=float(d.get("min_window", MIN_WINDOW)),
     )
 
 
