@@ -139,9 +139,13 @@ def _too_young(s: Rollout, checks: list[str], now: float, evidence: Evidence) ->
     if s.phase is not Phase.PROGRESSING:
         return s, ()
     age = max(0.0, now - scope.evidence_since(s))
+    policy = s.policy
+    need = max(
+        min(policy.min_window, scope.check_lookback(policy, policy.checks[c])) for c in checks
+    )
     text = (
         f"no data yet for {', '.join(checks)}: the canary has been ready {age:.0f}s, "
-        f"its checks need {s.policy.min_window:g}s of its own samples; stage timer holds"
+        f"its checks need {need:g}s of its own samples; stage timer holds"
     )
     return s, (decision(ActionKind.HOLD, Cause.NO_DATA, text, s.weight, evidence),)
 
