@@ -210,7 +210,7 @@ class Daemon:
                 s, outcome not in ("error", "unavailable")
             ),
         )
-        self.evaluator = Evaluator(client, gather=self._gather)
+        self.evaluator = Evaluator(client, gather=self._gather, clock=self.clock.time)
         events, measure, trace = self._tracing(self.evaluator.measure)
         self.controller = Controller(
             self.targets,

@@ -546,3 +546,18 @@ def test_the_installed_command_renders(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     rules = yaml.safe_load(done.stdout)["groups"][0]["rules"]
     assert {r["labels"]["severity"] for r in rules} == {"page"}
+
+
+def test_yaml_documents_say_their_windows_are_not_clipped_to_a_rollout() -> None:
+    """The daemon and replay clip windows to the rollout's age (core.scope); a rule file or an
+    AnalysisTemplate has no rollout, keeps the policy's window, and says so first."""
+    from canaryd.offline.queries import target_for
+
+    policy = load_policy(RULES_DIR / "matriz-fast-track.yaml")
+    target = target_for(policy, {"job": "lukhas-matriz-canary"})
+    for kind in ("prometheus-rules", "argo-analysis"):
+        text = render.render(kind, policy, target)
+        first = text.splitlines()[0]
+        assert first.startswith(f"# Windows are the policy's ({policy.window})"), first
+        assert "[2m]" in text  # as written
+        yaml.safe_load(text)  # still one YAML document

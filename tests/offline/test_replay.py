@@ -3,7 +3,8 @@
 One history is recorded for the whole module (~45 s): stable and canary under steady load,
 scraped every second; the canary turns bad (30% errors) about 20 s in, and a warning alert
 starts firing 10 s in (its rule is loaded once t = 0 is known, through Prometheus's reload).
-The policy is fast-track's with stages of seconds, a 2 s interval and a 10 s window.
+The policy is fast-track's with stages of seconds, a 2 s interval and a 10 s window
+(clipped to the replayed rollout's age from t = 0, no data before 2 s).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +43,8 @@ class History:
 
 def write_policy(path: Path) -> Path:
     doc = yaml.safe_load((ROOT / "rules/matriz-fast-track.yaml").read_text())
-    doc.update(interval="2s", window="10s", scale_down_delay="1s")
+    # min_window: twice the 1 s scrape interval (core.scope), as the daemon would be told
+    doc.update(interval="2s", window="10s", min_window="2s", scale_down_delay="1s")
     doc["limits"]["progress_deadline"] = "20s"
     for stage, seconds in zip(doc["stages"], (8, 8, 30, 0), strict=True):
         stage.update(duration=f"{seconds}s", min_requests=10)
@@ -287,3 +290,31 @@ def test_an_alert_fires_where_its_series_starts_and_resolves_where_it_ends() -> 
     ]
     assert lines[0]["alert"]["labels"] == {"alertname": "X", "job": "a"}
     assert lines[0]["alert"]["startsAt"] == "1970-01-01T00:01:42+00:00"
+
+
+def test_replay_scopes_windows_to_the_replayed_rollouts_age_as_the_daemon_does(
+    history: History, tmp_path: Path
+) -> None:
+    """The rollout is ready at --from: before min_window no data, then until the window is
+    full the check's query with its windows clipped to the age, asked at that step."""
+    from canaryd.config.policies import load_policy
+    from canaryd.core import scope
+    from canaryd.offline.replay import queries
+
+    h = history
+    start = h.t0 + h.fault_at + 4  # the canary has been bad for 4 s: the full window sees it
+    saved = tmp_path / "samples.jsonl"
+    records(replay(h, start, start + 12, "--no-alerts", "--save-samples", str(saved)))
+    lines = [json.loads(line) for line in saved.read_text().splitlines()]
+    success = [line for line in lines if line.get("check") == "success-rate"]
+    assert success[0] == {"t": 0.0, "check": "success-rate", "value": None}, success
+    policy = load_policy(h.policy)
+    query = queries(policy, {"job": JOB}, JOB)["success-rate"]
+    for t in (2.0, 4.0, 6.0):
+        clipped = scope.scoped(query, t, policy.min_window)
+        assert clipped is not None and f"[{t:g}s]" in clipped and "[10s]" not in clipped
+        data = urllib.parse.urlencode({"query": clipped, "time": f"{start + t:.3f}"}).encode()
+        with urllib.request.urlopen(f"{h.prometheus.url}/api/v1/query", data, timeout=5) as r:
+            expected = float(json.load(r)["data"]["result"][0]["value"][1])
+        replayed = [line for line in success if line["t"] <= t][-1]["value"]
+        assert replayed == pytest.approx(expected), (t, success)

@@ -23,6 +23,7 @@ from canaryd.config.reader import (
 )
 from canaryd.core import templates
 from canaryd.core.model import (
+    MIN_WINDOW,
     AlertAction,
     AlertRule,
     Check,
@@ -32,6 +33,7 @@ from canaryd.core.model import (
     NoData,
     OnInconclusive,
     Policy,
+    Scope,
     Stage,
 )
 from canaryd.core.rules import parse_matcher
@@ -60,6 +62,8 @@ _TOP = {
     "stages",
     "alerts",
     "alpha",
+    "scope",
+    "min_window",
 }
 _LIMITS = {
     "failure_limit",
@@ -142,6 +146,9 @@ def read_policy(r: Reader, doc: Any, default_name: str) -> Policy:
         duration(window)
     except ValueError as exc:
         r.problem("window", str(exc))
+    min_window = r.field(top, "min_window", "", duration, MIN_WINDOW)
+    if min_window < 1:
+        r.problem("min_window", "must be at least 1s (a window of whole seconds)")
     return Policy(
         name=r.field(top, "name", "", to_str, default_name),
         stages=stages,
@@ -154,6 +161,8 @@ def read_policy(r: Reader, doc: Any, default_name: str) -> Policy:
         window=window,
         params=params,
         alpha=r.field(top, "alpha", "", _alpha, 0.05),
+        scope=Scope(r.field(top, "scope", "", one_of("age", "version"), "age")),
+        min_window=max(min_window, 1.0),
     )
 
 

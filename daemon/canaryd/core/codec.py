@@ -18,6 +18,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from canaryd.core.model import (
+    MIN_WINDOW,
     Action,
     AlertAction,
     AlertRule,
@@ -33,6 +34,7 @@ from canaryd.core.model import (
     Policy,
     PromoteStep,
     Rollout,
+    Scope,
     Stage,
 )
 
@@ -107,6 +109,8 @@ def policy_from_dict(d: Mapping[str, Any]) -> Policy:
         window=d["window"],
         params=dict(d["params"]),
         alpha=float(d.get("alpha", 0.05)),
+        scope=Scope(d.get("scope", Scope.AGE)),
+        min_window=float(d.get("min_window", MIN_WINDOW)),
     )
 
 

@@ -103,6 +103,16 @@ class Gate(StrEnum):
     MANUAL = "manual"
 
 
+MIN_WINDOW = 30.0  # seconds: twice the 15 s scrape interval of Prometheus's example config
+
+
+class Scope(StrEnum):
+    """How a policy keeps a rollout's evidence its own (``core.scope``)."""
+
+    AGE = "age"  # every window clipped to the time since the canary became ready
+    VERSION = "version"  # checks selecting by {{version}} keep their window; others: age
+
+
 # --------------------------------------------------------------------------- policy
 
 
@@ -180,6 +190,8 @@ class Policy:
     window: str = "2m"
     params: Mapping[str, str] = field(default_factory=dict)
     alpha: float = 0.05  # the compare checks' shared false-rollback budget for a whole rollout
+    scope: Scope = Scope.AGE
+    min_window: float = MIN_WINDOW  # a younger rollout has no data yet (core.scope)
 
     @property
     def total_duration(self) -> float:
@@ -208,6 +220,7 @@ class Rollout:
     # stage bookkeeping
     weight_set_at: float | None = None  # when the current weight was requested
     stage_started_at: float | None = None  # when the router confirmed it (timer start)
+    ready_at: float | None = None  # when the canary became ready: its evidence starts here
     credited: float = 0.0  # seconds of passing analysis in this stage
     stage_requests: float = 0.0  # canary requests seen by this stage's evaluations
     paused_total: float = 0.0  # seconds this stage spent paused (not counted to deadline)

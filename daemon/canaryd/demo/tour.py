@@ -42,7 +42,7 @@ from canaryd.adapters.routers import nginx as nginx_router
 from canaryd.adapters.telemetry import configure_logging
 from canaryd.app import Daemon, load_config
 from canaryd.config import policies
-from canaryd.core.durations import parse_duration
+from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import CanarydError
 from canaryd.ctl.client import Client, decisions_of, rollout_of
 from canaryd.ctl.text import checks_text, decision_text, time_left
@@ -128,6 +128,8 @@ class Tour:
     def write_policy(self) -> Path:
         shipped = policies.resolve("matriz-fast-track", self.workdir)
         doc = yaml.safe_load(shipped.read_text())
+        # the demo's Prometheus scrapes every pace.scrape: twice that is enough (core.scope)
+        doc["min_window"] = format_duration(2 * parse_duration(self.pace.scrape))
         if self.fast:
             doc["name"] = "matriz-demo-fast"
             doc["description"] = "matriz-fast-track with its stages shortened for canaryd demo"

@@ -15,6 +15,9 @@ The queries are filled exactly as the daemon fills them for one target
 ``{{job}}`` and the other ``--label`` values become anchored regex literals, ``{{group}}`` the
 label names plus ``deployment``, ``{{deployment}}`` ``canary`` (the dashboard asks for
 ``canary|stable`` so both show), ``{{window}}``/``{{interval}}`` and params from the policy.
+Windows stay the policy's: the daemon and ``replay`` clip them to a rollout's age
+(``core.scope``), but these documents run with no rollout to measure from, so the YAML ones say
+so in a first comment line (the dashboard draws history, where the full window is what is wanted).
 With ``--config FILE`` the documents are rendered for the config's targets, from their own
 labels and policies, as the daemon asks for them; with ``--policy`` and without
 ``--label job=...`` the job is the policy's name.
@@ -160,7 +163,18 @@ def render(
         doc = argo_analysis(policy, target, prometheus)
     else:
         raise ValueError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
-    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1_000_000, allow_unicode=True)
+    text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1_000_000, allow_unicode=True)
+    return unscoped_note(policy) + text
+
+
+def unscoped_note(policy: Policy) -> str:
+    """What these documents do not do that the daemon does: they have no rollout, so their
+    windows are the policy's as written, not clipped to a rollout's age (``core.scope``)."""
+    return (
+        f"# Windows are the policy's ({policy.window}), as written: canaryd clips them to the "
+        "age of a rollout's canary (no sample from before it was ready), these rules have no "
+        "rollout to measure from.\n"
+    )
 
 
 class _Dumper(yaml.SafeDumper):

@@ -18,6 +18,11 @@ A ``compare`` check's parts are asked for both sides (``{{deployment}}`` ``canar
 evaluator asks) and become compare lines holding both sides' raw counters at every step, which
 the simulation reads as the daemon does (increments from the first evaluation on).
 
+Rollout-scoped evidence (``core.scope``), as in the daemon: the replayed canary is ready at
+``--from``, so at a step younger than a query's windows the query is asked at that step alone
+with its windows clipped to the age (``young_steps``), and before ``min(min_window, window)`` the
+step has no data ("no data yet", which the engine does not count as inconclusive).
+
 Alerts: ``ALERTS{alertstate="firing"}`` over the range, kept when they concern the target as
 the daemon decides without ``alert_matchers`` (``target="<--target>"`` or ``job="<job>"``),
 become alert lines: firing at the first step a series is present, resolved at the first step it
@@ -56,7 +61,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from canaryd.core import compare, templates
+from canaryd.core import compare, scope, templates
 from canaryd.core.durations import parse_duration
 from canaryd.core.errors import SourceUnavailable
 from canaryd.core.model import Policy
@@ -224,9 +229,13 @@ def _sides(got: Mapping[str, Mapping[str, Mapping[str, list[float]]]]) -> dict[s
     }
 
 
-def _points(result: RangeResult, labels: Mapping[str, str]) -> dict[float, list[float]]:
-    """The canary series of the target (the evaluator's ``_split``), point by point."""
-    out: dict[float, list[float]] = {}
+Points = dict[float, list[float]]  # a query's values of the target at each step
+
+
+def _points(result: RangeResult, labels: Mapping[str, str], young: Points | None = None) -> Points:
+    """The canary series of the target (the evaluator's ``_split``), point by point; the steps
+    in ``young`` (where the rollout was younger than the query's windows) from there."""
+    out: Points = {}
     for series in result.series:
         if series.labels.get("deployment", CANARY) != CANARY:
             continue
@@ -234,14 +243,19 @@ def _points(result: RangeResult, labels: Mapping[str, str]) -> dict[float, list[
             continue
         for stamp, value in series.points:
             out.setdefault(round(stamp, 3), []).append(value)
+    out.update(young or {})
     return out
 
 
 def check_lines(
-    name: str, result: RangeResult, labels: Mapping[str, str], span: Window
+    name: str,
+    result: RangeResult,
+    labels: Mapping[str, str],
+    span: Window,
+    young: Points | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Timeline lines of one check: a line where the measurement changes."""
-    points, last = _points(result, labels), object()
+    points, last = _points(result, labels, young), object()
     for stamp in span.stamps():
         values = points.get(round(stamp, 3), [])
         line: dict[str, Any] = {"t": span.t(stamp), "check": name}
@@ -256,10 +270,10 @@ def check_lines(
 
 
 def request_lines(
-    result: RangeResult, labels: Mapping[str, str], span: Window
+    result: RangeResult, labels: Mapping[str, str], span: Window, young: Points | None = None
 ) -> Iterator[dict[str, Any]]:
     """Canary requests per second; a step without a rate (or two) is counted as none."""
-    points, last = _points(result, labels), None
+    points, last = _points(result, labels, young), None
     for stamp in span.stamps():
         values = points.get(round(stamp, 3), [])
         rate = values[0] if len(values) == 1 and math.isfinite(values[0]) else 0.0
@@ -340,18 +354,53 @@ async def history(
     if alerts:
         promql[ALERTS] = ALERTS
     async with aiohttp.ClientSession() as session:
-        found = await fetch(PrometheusClient(session, base_url, timeout), promql, span)
+        client = PrometheusClient(session, base_url, timeout)
+        found = await fetch(client, promql, span)
+        young = await young_steps(client, policy, promql, labels, span)
     lines: list[dict[str, Any]] = []
     for name, check in policy.checks.items():
         if check.kind == "compare":
             parts = {part: found[part_name(name, part)] for part in check.queries}
             lines += compare_lines(name, parts, labels, span)
         else:
-            lines += check_lines(name, found[name], labels, span)
-    lines += request_lines(found[REQUESTS], labels, span)
+            lines += check_lines(name, found[name], labels, span, young.get(name))
+    lines += request_lines(found[REQUESTS], labels, span, young.get(REQUESTS))
     if alerts:
         lines += alert_lines(found[ALERTS], labels, target, span)
     return sorted(lines, key=lambda line: line["t"])
+
+
+async def young_steps(
+    client: PrometheusClient,
+    policy: Policy,
+    promql: Mapping[str, str],
+    labels: Mapping[str, str],
+    span: Window,
+) -> dict[str, Points]:
+    """The steps at which the replayed rollout (ready at ``--from``) is younger than a query's
+    windows, measured as the daemon measures them (``core.scope``): no data while too young,
+    else the query with its windows clipped to the age, asked at that step alone."""
+    out: dict[str, Points] = {}
+    for stamp in span.stamps():
+        age = stamp - span.start
+        asked: dict[str, str] = {}
+        for name, query in promql.items():
+            check = policy.checks.get(name)
+            if name == ALERTS or (check is not None and not scope.clipped(policy, check)):
+                continue
+            if age >= scope.lookback(query):
+                continue
+            clipped = scope.scoped(query, age, policy.min_window)
+            if clipped is None:
+                out.setdefault(name, {})[round(stamp, 3)] = []
+            else:
+                asked[name] = clipped
+        if asked:
+            found = await fetch(client, asked, Window(stamp, stamp, span.step))
+            for name, result in found.items():
+                points = _points(result, labels).get(round(stamp, 3), [])
+                out.setdefault(name, {})[round(stamp, 3)] = points
+    return out
 
 
 # --------------------------------------------------------------------------- the command

@@ -25,12 +25,14 @@ whose result is not an instant vector cannot be labelled), both are asked again 
 from __future__ import annotations
 
 import asyncio
+import math
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from canaryd.core import compare, templates
+from canaryd.core import compare, scope, templates
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import SourceUnavailable
 from canaryd.core.model import Check, Counts, Histograms, Measurement, Policy, Rollout
@@ -68,6 +70,7 @@ class _Request:
     labels: Mapping[str, str]
     state: Rollout
     future: asyncio.Future[tuple[tuple[Measurement, ...], float | None]]
+    age: int | None = None  # whole seconds of the rollout's own evidence; None: old enough
 
 
 @dataclass
@@ -75,6 +78,7 @@ class Evaluator:
     source: QuerySource
     gather: float = 0.25
     requests_query: str = DEFAULT_REQUESTS_QUERY
+    clock: Callable[[], float] = time.time  # the clock rollouts' timestamps are on
     queries: int = 0  # sent so far; the scale benchmark reads it
     batches: list[tuple[int, int]] = field(default_factory=list)  # (targets, queries), recent
     _pending: list[_Request] = field(default_factory=list)
@@ -112,6 +116,9 @@ class Evaluator:
             self.batches = [*self.batches[-99:], (len(batch), self.queries - before)]
 
     async def _evaluate(self, batch: list[_Request]) -> None:
+        now = self.clock()
+        for request in batch:
+            request.age = self._age(request.state, now)
         groups: dict[tuple[object, ...], list[_Request]] = {}
         results: dict[int, dict[str, Measurement]] = {id(r): {} for r in batch}
         for request in batch:
@@ -173,32 +180,54 @@ class Evaluator:
     ) -> list[dict[int, Any]]:
         """Render each (template, members) part, ask Prometheus once for all of them, and split
         the answer per part and per member: the canary's value (``_split``), or with both
-        ``sides`` each side's series by ``le`` (``_split_sides``)."""
+        ``sides`` each side's series by ``le`` (``_split_sides``). A part whose members are
+        too young for its windows (``core.scope``) is not asked: None for each member."""
         split = _split if sides == (CANARY,) else _split_sides
         rendered = [self._render(template, members, sides) for template, members in parts]
-        if len(parts) > 1:
+        asked = [(i, q) for i, q in enumerate(rendered) if q is not None]  # None: too young
+        out: list[dict[int, Any]] = [{id(m): None for m in members} for _, members in parts]
+        if len(asked) > 1:
             joined = " or ".join(
                 f'label_replace({promql}\n, "{_PART}", "{i}", "", "")'  # \n: ends a # comment
-                for i, promql in enumerate(rendered)
+                for i, promql in asked
             )
             answer = await self._ask(joined)
             if isinstance(answer, SourceUnavailable) or answer.kind != "error":
-                return [split(answer, members, tag=str(i)) for i, (_, members) in enumerate(parts)]
-        return [
-            split(await self._ask(promql), members)
-            for promql, (_, members) in zip(rendered, parts, strict=True)
-        ]
+                for i, _ in asked:
+                    out[i] = split(answer, parts[i][1], tag=str(i))
+                return out
+        for i, promql in asked:
+            out[i] = split(await self._ask(promql), parts[i][1])
+        return out
+
+    def _age(self, state: Rollout, now: float) -> int | None:
+        """The rollout's evidence age in whole seconds while some query of its policy reaches
+        back further (its windows are clipped), else None (every query as written): rollouts
+        of the same age share a batch, old ones all share theirs."""
+        age = max(0, math.floor(now - scope.evidence_since(state)))
+        policy = state.policy
+        reach = max(
+            [scope.template_lookback(policy, self.requests_query)]
+            + [scope.check_lookback(policy, c) for c in policy.checks.values()]
+        )
+        return age if age < reach else None
 
     def _render(
         self, template: str, members: list[_Request], sides: tuple[str, ...] = (CANARY,)
-    ) -> str:
+    ) -> str | None:
+        """The template filled for ``members``, its windows scoped to their age (None: they
+        are too young for it, ask nothing)."""
         state = members[0].state
         labels = {name: [m.labels[name] for m in members] for name in members[0].labels}
         variables = template_variables(state.policy, labels, sides)
         if len(members) == 1:
             variables.setdefault("target", members[0].state.target)
             variables.setdefault("version", members[0].state.image)
-        return templates.render(template, variables)
+        promql = templates.render(template, variables)
+        age = members[0].age
+        if age is None or not scope.clipped_template(state.policy, template):
+            return promql
+        return scope.scoped(promql, age, state.policy.min_window)
 
     async def _ask(self, promql: str) -> Answer | SourceUnavailable:
         self.queries += 1
@@ -352,17 +381,20 @@ def _check_key(check: Check, request: _Request) -> tuple[object, ...]:
         tuple(sorted(request.labels)),
         request.state.id if per_target else None,
         check.kind,
+        (request.age, policy.min_window, policy.scope),
     )
 
 
 def _requests_key(request: _Request) -> tuple[object, ...]:
     policy = request.state.policy
-    return (policy.interval, tuple(sorted(request.labels)))
+    return (policy.interval, tuple(sorted(request.labels)), (request.age, policy.min_window))
 
 
 def _requests_key_of(check_key: tuple[object, ...]) -> tuple[object, ...]:
     """The request-count group a check group's members belong to (see ``_check_key``)."""
-    return (check_key[3], check_key[5])
+    scoping = check_key[7]
+    assert isinstance(scoping, tuple)
+    return (check_key[3], check_key[5], scoping[:2])
 
 
 def _measurement(check: str, value: _Found) -> Measurement:

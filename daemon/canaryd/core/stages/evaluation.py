@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from canaryd.core import analysis, compare
+from canaryd.core import analysis, compare, scope
 from canaryd.core.analysis import Assessment
 from canaryd.core.model import (
     ActionKind,
@@ -14,6 +14,7 @@ from canaryd.core.model import (
     CompareState,
     Findings,
     Gate,
+    Measurement,
     OnInconclusive,
     Phase,
     Rollout,
@@ -55,6 +56,9 @@ def evaluation_due(s: Rollout, now: float) -> bool:
 def evaluate(s: Rollout, f: Findings, now: float) -> Step:
     """The record after one evaluation of ``f``'s measurements, and what it decided."""
     results, states = _assess(s, f)
+    by_name = {m.check: m for m in f.measurements}
+    young = scope.young_checks(s, now)
+    results = [_wait_if_young(a, by_name.get(a.check), young) for a in results]
     overall = analysis.summarize(results)
     evidence: dict[str, object] = {
         a.check: {"verdict": str(a.verdict), "value": a.value, "detail": a.detail} for a in results
@@ -72,6 +76,9 @@ def evaluate(s: Rollout, f: Findings, now: float) -> Step:
     if overall is Verdict.ERROR:
         return _errored(s, results, now, evidence)
     if overall is Verdict.INCONCLUSIVE:
+        missing = {a.check for a in results if a.verdict is Verdict.INCONCLUSIVE}
+        if missing <= set(young):
+            return _too_young(s, sorted(missing), now, evidence)
         return _inconclusive(s, results, now, evidence)
     return _passed(s, last, now, evidence)
 
@@ -129,6 +136,37 @@ def _errored(s: Rollout, results: list[Assessment], now: float, evidence: Eviden
         f"retrying in {policy.error_backoff:g}s"
     )
     return s, (decision(ActionKind.HOLD, Cause.SOURCE_ERRORS, text, s.weight, evidence),)
+
+
+def _wait_if_young(a: Assessment, m: Measurement | None, young: tuple[str, ...]) -> Assessment:
+    """A check without data because the rollout is too young is inconclusive, even under
+    ``no_data: fail``: the lack is canaryd's own clipping, not the canary's doing."""
+    measured = m is not None and (m.error is not None or not _no_value(m.value))
+    if a.check not in young or measured:
+        return a
+    return Assessment(a.check, Verdict.INCONCLUSIVE, None, "no data yet: rollout too young")
+
+
+def _no_value(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
+def _too_young(s: Rollout, checks: list[str], now: float, evidence: Evidence) -> Step:
+    """No data yet because the canary's own samples are too few (``core.scope``): the stage
+    timer holds, and this is not counted towards ``inconclusive_limit`` (it is a wait with a
+    known end, not a missing metric)."""
+    if s.phase is not Phase.PROGRESSING:
+        return s, ()
+    age = max(0.0, now - scope.evidence_since(s))
+    policy = s.policy
+    need = max(
+        min(policy.min_window, scope.check_lookback(policy, policy.checks[c])) for c in checks
+    )
+    text = (
+        f"no data yet for {', '.join(checks)}: the canary has been ready {age:.0f}s, "
+        f"its checks need {need:g}s of its own samples; stage timer holds"
+    )
+    return s, (decision(ActionKind.HOLD, Cause.NO_DATA, text, s.weight, evidence),)
 
 
 def _inconclusive(s: Rollout, results: list[Assessment], now: float, evidence: Evidence) -> Step:

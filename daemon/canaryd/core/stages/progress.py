@@ -70,7 +70,8 @@ def _pending(s: Rollout, obs: Observed, now: float) -> Step:
         s, pinned = _pin(s, obs.canary_pin)
     if obs.canary_ready and not s.verify_pending and not pinning(s):
         stages = s.policy.stages
-        s = fresh_stage(replace(s, phase=Phase.PROGRESSING), 0, stages[0].weight, now)
+        s = replace(s, phase=Phase.PROGRESSING, ready_at=now)  # its evidence starts here
+        s = fresh_stage(s, 0, stages[0].weight, now)
         text = f"canary ready; stage 1 of {len(stages)}: {canary_share(s, s.weight)}"
         return s, (*pinned, decision(ActionKind.SET_WEIGHT, Cause.CANARY_READY, text, s.weight))
     if deadline is not None and now + EPS >= deadline:
