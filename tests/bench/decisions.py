@@ -15,16 +15,18 @@ counters of both sides for the compare checks; windowed rates for the threshold 
 Policies, all with fast-track's stages, interval and limits:
 
 * ``compare``: only the shipped ``errors-vs-stable`` and ``latency-vs-stable`` (alpha 0.05
-  shared, 0.025 each; their tolerances);
+  shared by their ``alpha_weight``: 0.04 and 0.01; their tolerances);
 * ``threshold``: only the runbook's absolute checks (success rate, p95, error rate, health);
 
 and, on streams of the same law over the fast-track schedule, outside the engine:
 
 * ``SPRT``: Wald's sequential probability ratio test that *knows* both sides' true error rates
   (latency: both bucket distributions) and watches the canary's requests alone, stopping at
-  ``log(1/alpha_check)``: the limit no test that must learn stable's rate can beat;
+  ``log(1/alpha_check)`` (the alpha of the check that scenario is about): the limit no test that
+  must learn stable's rate can beat;
 * ``peeking``: a fixed-sample one-sided two-proportion z-test at ``alpha_check`` (latency: one
-  per bucket bound, Bonferroni), looked at after every evaluation — what peeking costs.
+  per bucket bound at its share, Bonferroni), looked at after every evaluation — what peeking
+  costs.
 
 Scenarios: ``A/A`` (canary = stable: 0.5 % errors, the same latency), ``errors 1% vs 0.5%``,
 ``latency x1.25`` (the canary 25 % slower, its p95 still inside the SLO). Per scenario and
@@ -257,11 +259,13 @@ def schedule(policy: Policy) -> list[tuple[float, int]]:
 
 
 def run_baselines(
-    policy: Policy, scenario: Scenario, rps: float, rng: random.Random, alpha: float
+    policy: Policy, scenario: Scenario, rps: float, rng: random.Random, alphas: tuple[float, float]
 ) -> tuple[Outcome, Outcome]:
-    """Wald's SPRT (knowing both laws) and a peeked fixed-sample test on one scheduled stream."""
+    """Wald's SPRT (knowing both laws) and a peeked fixed-sample test on one scheduled stream;
+    ``alphas``: the errors and the latency check's shares."""
     traffic = Traffic(scenario, rps, rng)
-    limit = math.log(1 / alpha)
+    latency_only = scenario.slowdown != 1.0 and scenario.canary_errors == scenario.stable_errors
+    limit = math.log(1 / alphas[1 if latency_only else 0])
     sprt_at: int | None = None
     peek_at: int | None = None
     log_lr = 0.0
@@ -278,7 +282,7 @@ def run_baselines(
         log_lr += sprt_step(scenario, d_req, d_err, d_buckets, c_probs, s_probs)
         if sprt_at is None and log_lr >= limit:
             sprt_at = c.requests
-        if peek_at is None and peeked(scenario, traffic, alpha):
+        if peek_at is None and peeked(scenario, traffic, alphas):
             peek_at = c.requests
     total = traffic.canary.requests
     return (
@@ -316,15 +320,15 @@ def sprt_step(
     return errors * math.log(p1 / p0) + (requests - errors) * math.log((1 - p1) / (1 - p0))
 
 
-def peeked(s: Scenario, traffic: Traffic, alpha: float) -> bool:
-    """One-sided two-proportion z-tests on the cumulative counts, looked at now: errors at
-    ``alpha``, and "slower than b" at every bucket bound at ``alpha / bounds`` (the compare
-    policy's two checks, each with its share)."""
+def peeked(s: Scenario, traffic: Traffic, alphas: tuple[float, float]) -> bool:
+    """One-sided two-proportion z-tests on the cumulative counts, looked at now: errors at its
+    check's share ``alphas[0]``, and "slower than b" at every bucket bound at ``alphas[1] /
+    bounds`` (the compare policy's two checks, each with its share)."""
     c, st = traffic.canary, traffic.stable
-    tests = [((c.errors, c.requests, st.errors, st.requests), alpha)]
+    tests = [((c.errors, c.requests, st.errors, st.requests), alphas[0])]
     for i in range(len(BOUNDS)):
         slow = (c.buckets[-1] - c.buckets[i], c.buckets[-1], st.buckets[-1] - st.buckets[i])
-        tests.append(((*slow, st.buckets[-1]), alpha / len(BOUNDS)))
+        tests.append(((*slow, st.buckets[-1]), alphas[1] / len(BOUNDS)))
     for (x1, n1, x2, n2), level in tests:
         if n1 == 0 or n2 == 0:
             continue
@@ -368,13 +372,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shipped = load_policy(ROOT / "rules" / "matriz-fast-track.yaml")
     policies = {"compare": only(shipped, "compare"), "threshold": only(shipped, "threshold")}
-    alpha = compare.alpha_share(shipped)
+    alphas = (
+        compare.alpha_share(shipped, shipped.checks["errors-vs-stable"]),
+        compare.alpha_share(shipped, shipped.checks["latency-vs-stable"]),
+    )
     rng = random.Random(args.seed)
     began = time.monotonic()
     print(
         f"matriz-fast-track stages, {args.rps:g} req/s, {args.rollouts} rollouts per cell, "
-        f"alpha {shipped.alpha:g} shared by {round(shipped.alpha / alpha)} compare checks "
-        f"({alpha:g} each), seed {args.seed}"
+        f"alpha {shipped.alpha:g} shared by the compare checks (errors {alphas[0]:g}, "
+        f"latency {alphas[1]:g}), seed {args.seed}"
     )
     header = f"{'scenario':<20} {'method':<10} {'rolled back':>12} {'95% interval':>16} "
     print(header + f"{'canary requests to rollback (mean)':>36}")
@@ -384,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rollouts):
             for name, policy in policies.items():
                 rows[name].append(run_engine(policy, scenario, args.rps, rng))
-            sprt, peek = run_baselines(shipped, scenario, args.rps, rng, alpha)
+            sprt, peek = run_baselines(shipped, scenario, args.rps, rng, alphas)
             rows["SPRT"].append(sprt)
             rows["peeking"].append(peek)
         for method, outcomes in rows.items():
