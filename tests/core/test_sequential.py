@@ -258,12 +258,12 @@ def test_the_state_survives_the_record_codec() -> None:
 
 
 def test_the_shipped_policies_share_alpha_between_their_two_compare_checks() -> None:
-    """4 : 1 by ``alpha_weight``: the errors check needs the larger part (tests/bench/README.md)."""
+    """9 : 1 by ``alpha_weight``: the errors check needs the larger part (tests/bench/README.md)."""
     for name in ("fast-track", "standard", "conservative"):
         policy = load_policy(f"rules/matriz-{name}.yaml")
         errors, latency = (policy.checks[c] for c in ("errors-vs-stable", "latency-vs-stable"))
-        assert compare.alpha_share(policy, errors) == pytest.approx(0.04)
-        assert compare.alpha_share(policy, latency) == pytest.approx(0.01)
+        assert compare.alpha_share(policy, errors) == pytest.approx(0.045)
+        assert compare.alpha_share(policy, latency) == pytest.approx(0.005)
         assert sum(
             compare.alpha_share(policy, c) for c in policy.checks.values() if c.kind == "compare"
         ) == pytest.approx(policy.alpha)
@@ -279,7 +279,7 @@ def test_alpha_weight_defaults_to_an_even_split_and_is_validated(tmp_path: Path)
     for name in ("errors-vs-stable", "latency-vs-stable"):
         assert compare.alpha_share(policy, policy.checks[name]) == pytest.approx(0.025)
     bad = tmp_path / "bad.yaml"
-    bad.write_text(shipped.replace("alpha_weight: 4 ", "alpha_weight: 0 "), encoding="utf-8")
+    bad.write_text(shipped.replace("alpha_weight: 9 ", "alpha_weight: 0 "), encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         load_policy(bad)
     assert "checks.errors-vs-stable.alpha_weight" in str(caught.value)
