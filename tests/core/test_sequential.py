@@ -294,3 +294,26 @@ def test_a_state_from_a_grid_of_another_length_keeps_its_evidence() -> None:
     moved = sequential.update(old, 0, 0, 10.0, 90.0, 1.0)  # no evidence in this interval
     assert len(moved) == len(sequential.GRID) and sequential.e_value(moved) == pytest.approx(5.0)
     assert sequential.e_value(sequential.update(old, 3, 3, 10.0, 90.0, 1.0)) > 5.0
+
+
+def test_observers_of_a_pass_see_the_verdict_the_engine_gave() -> None:
+    """Metrics and traces judge a pass's measurements after it: for a compare check that is
+    ``compare.judged`` on the rollout the pass produced (its e-process already holds the
+    reading, so nothing is counted twice); one stored reading alone is never a pass."""
+    from canaryd.core import analysis
+    from canaryd.core.stages import start
+
+    policy = load_policy("rules/matriz-fast-track.yaml")
+    check = policy.checks["errors-vs-stable"]
+    rollout, _ = start("r1", "t", "img", policy, 0.0)
+    state, alpha = None, compare.alpha_share(policy, check)
+    for k in range(1, 8):
+        m = Measurement(check.name, counts=Counts(100.0 * k, 20.0 * k, 900.0 * k, 4.0 * k))
+        result, state = compare.assess(check, m, state, alpha)
+        rollout = replace(rollout, compare={check.name: state})
+        again = compare.judged(rollout, check, m)
+        assert again.verdict is result.verdict and again.value == result.value
+        assert rollout.compare[check.name] == state  # judging changed nothing
+    assert result.verdict is Verdict.FAILED
+    alone = analysis.assess(check, m)
+    assert alone.verdict is Verdict.INCONCLUSIVE and "rollout" in alone.detail

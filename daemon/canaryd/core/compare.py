@@ -24,9 +24,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
-from canaryd.core import sequential
+from canaryd.core import analysis, sequential
 from canaryd.core.analysis import Assessment
-from canaryd.core.model import Check, CompareState, Measurement, NoData, Policy, Verdict
+from canaryd.core.model import (
+    Check,
+    CompareState,
+    Measurement,
+    NoData,
+    Policy,
+    Rollout,
+    Verdict,
+)
 
 SIDES = ("canary", "stable")
 ERRORS, LATENCY = "errors", "latency"
@@ -44,6 +52,17 @@ def alpha_share(policy: Policy, check: Check | None = None) -> float:
     total = sum(c.alpha_weight for c in policy.checks.values() if c.kind == "compare")
     weight = 1.0 if check is None else check.alpha_weight
     return policy.alpha * weight / max(total, weight)
+
+
+def judged(rollout: Rollout, check: Check, m: Measurement) -> Assessment:
+    """The verdict the engine gave ``m`` in the pass that produced ``rollout``, for observers
+    of that pass (metrics, traces). A compare check's depends on its e-process: ``rollout``
+    has already taken this reading in, so assessing it again adds no increment and yields the
+    same verdict. Other kinds are judged by ``core.analysis`` alone."""
+    if check.kind != "compare":
+        return analysis.assess(check, m)
+    state = rollout.compare.get(check.name)
+    return assess(check, m, state, alpha_share(rollout.policy, check))[0]
 
 
 def bound_label(text: str) -> str:
