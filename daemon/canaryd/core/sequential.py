@@ -49,7 +49,7 @@ from collections.abc import Sequence
 # Alternatives, as multiples of the null's ratio ω0, and their prior weights. A doubling of
 # errors is the design point, so most weight sits on it: against ω = 2 the mixture pays
 # log(1/0.6) ≈ 0.5 nats instead of the log 3 ≈ 1.1 of three equal weights, and the neighbours
-# keep a half or a tripling from waiting on the wrong component. Chosen with
+# keep a 1.5-fold or a 3-fold increase from waiting on the wrong component. Chosen with
 # tests/bench/decisions.py (tests/bench/README.md has the before/after figures).
 GRID: tuple[float, ...] = (1.5, 2.0, 3.0)
 WEIGHTS: tuple[float, ...] = (0.2, 0.6, 0.2)
