@@ -15,16 +15,22 @@ counters of both sides for the compare checks; windowed rates for the threshold 
 Policies, all with fast-track's stages, interval and limits:
 
 * ``compare``: only the shipped ``errors-vs-stable`` and ``latency-vs-stable`` (alpha 0.05
-  shared, 0.025 each; their tolerances);
+  shared by their ``alpha_weight``: 0.045 and 0.005; their tolerances);
 * ``threshold``: only the runbook's absolute checks (success rate, p95, error rate, health);
 
 and, on streams of the same law over the fast-track schedule, outside the engine:
 
 * ``SPRT``: Wald's sequential probability ratio test that *knows* both sides' true error rates
   (latency: both bucket distributions) and watches the canary's requests alone, stopping at
-  ``log(1/alpha_check)``: the limit no test that must learn stable's rate can beat;
+  ``log(1/alpha_check)`` (the alpha of the check that scenario is about): the limit no test that
+  must learn stable's rate can beat;
+* ``ratio SPRT``: the conditional test canaryd runs (each interval's bad events split between
+  the sides, ``core.sequential``) with a single alternative, the *true* ratio, at the check's
+  alpha: the limit for a test that knows the effect but must learn stable's rate from stable's
+  own requests, as canaryd must (latency: one per bucket bound, averaged);
 * ``peeking``: a fixed-sample one-sided two-proportion z-test at ``alpha_check`` (latency: one
-  per bucket bound, Bonferroni), looked at after every evaluation — what peeking costs.
+  per bucket bound at its share, Bonferroni), looked at after every evaluation — what peeking
+  costs.
 
 Scenarios: ``A/A`` (canary = stable: 0.5 % errors, the same latency), ``errors 1% vs 0.5%``,
 ``latency x1.25`` (the canary 25 % slower, its p95 still inside the SLO). Per scenario and
@@ -257,11 +263,15 @@ def schedule(policy: Policy) -> list[tuple[float, int]]:
 
 
 def run_baselines(
-    policy: Policy, scenario: Scenario, rps: float, rng: random.Random, alpha: float
-) -> tuple[Outcome, Outcome]:
-    """Wald's SPRT (knowing both laws) and a peeked fixed-sample test on one scheduled stream."""
+    policy: Policy, scenario: Scenario, rps: float, rng: random.Random, alphas: tuple[float, float]
+) -> tuple[Outcome, Outcome, Outcome]:
+    """Wald's SPRT (knowing both laws), the ratio SPRT and a peeked fixed-sample test on one
+    scheduled stream; ``alphas``: the errors and the latency check's shares."""
     traffic = Traffic(scenario, rps, rng)
-    limit = math.log(1 / alpha)
+    ratio = RatioSprt(scenario, policy)
+    ratio_at: int | None = None
+    latency_only = scenario.slowdown != 1.0 and scenario.canary_errors == scenario.stable_errors
+    limit = math.log(1 / alphas[1 if latency_only else 0])
     sprt_at: int | None = None
     peek_at: int | None = None
     log_lr = 0.0
@@ -275,16 +285,77 @@ def run_baselines(
         d_buckets = [a - b for a, b in zip(c.buckets, previous.buckets, strict=True)]
         previous = Side(c.requests, c.errors, list(c.buckets))
         seen.add(d_req, d_err, d_buckets)
+        if ratio_at is None and ratio.step(traffic) >= limit:
+            ratio_at = c.requests
         log_lr += sprt_step(scenario, d_req, d_err, d_buckets, c_probs, s_probs)
         if sprt_at is None and log_lr >= limit:
             sprt_at = c.requests
-        if peek_at is None and peeked(scenario, traffic, alpha):
+        if peek_at is None and peeked(scenario, traffic, alphas):
             peek_at = c.requests
     total = traffic.canary.requests
     return (
         Outcome(sprt_at is not None, sprt_at or total),
+        Outcome(ratio_at is not None, ratio_at or total),
         Outcome(peek_at is not None, peek_at or total),
     )
+
+
+class RatioSprt:
+    """canaryd's conditional likelihood ratio with one alternative, the true odds ratio (A/A:
+    the errors scenario's): per interval, the canary's share of the bad events both sides had."""
+
+    def __init__(self, s: Scenario, policy: Policy) -> None:
+        latency = s.slowdown != 1.0 and s.canary_errors == s.stable_errors
+        check = policy.checks["latency-vs-stable" if latency else "errors-vs-stable"]
+        self.omega0 = 1.0 + check.tolerance
+        self.latency = latency
+        if latency:
+            c_tail, s_tail = tails(s.slowdown), tails(1.0)
+            self.omegas = [odds(a) / odds(b) for a, b in zip(c_tail, s_tail, strict=True)]
+        else:
+            canary = s.canary_errors if s.canary_errors != s.stable_errors else 0.01
+            self.omegas = [odds(canary) / odds(s.stable_errors)]
+        self.logs = [0.0] * len(self.omegas)
+        self.last: tuple[Side, Side] = (Side(), Side())
+
+    def step(self, traffic: Traffic) -> float:
+        """The log of the e-value (latency: of the bounds' average) after this interval."""
+        c, s = traffic.canary, traffic.stable
+        lc, ls = self.last
+        n_c, n_s = c.requests - lc.requests, s.requests - ls.requests
+        if self.latency:
+            bad = [
+                (
+                    c.buckets[-1] - c.buckets[i] - lc.buckets[-1] + lc.buckets[i],
+                    s.buckets[-1] - s.buckets[i] - ls.buckets[-1] + ls.buckets[i],
+                )
+                for i in range(len(BOUNDS))
+            ]
+        else:
+            bad = [(c.errors - lc.errors, s.errors - ls.errors)]
+        self.last = (
+            Side(c.requests, c.errors, list(c.buckets)),
+            Side(s.requests, s.errors, list(s.buckets)),
+        )
+        for i, ((x, y), omega1) in enumerate(zip(bad, self.omegas, strict=True)):
+            if omega1 > self.omega0 and n_c > 0 and n_s > 0 and x + y > 0:
+                p0 = self.omega0 * n_c / (self.omega0 * n_c + n_s)
+                p1 = omega1 * n_c / (omega1 * n_c + n_s)
+                self.logs[i] += x * math.log(p1 / p0) + y * math.log((1 - p1) / (1 - p0))
+        useful = [v for v, w in zip(self.logs, self.omegas, strict=True) if w > self.omega0]
+        if not useful:
+            return -math.inf
+        return math.log(sum(math.exp(min(v, 700.0)) for v in useful) / len(useful))
+
+
+def odds(p: float) -> float:
+    return p / (1 - p)
+
+
+def tails(slowdown: float) -> list[float]:
+    """P(latency > b) for every finite bound ``b``."""
+    probs = bucket_probs(slowdown)
+    return [1.0 - sum(probs[: i + 1]) for i in range(len(BOUNDS))]
 
 
 def bucket_probs(slowdown: float) -> list[float]:
@@ -316,15 +387,15 @@ def sprt_step(
     return errors * math.log(p1 / p0) + (requests - errors) * math.log((1 - p1) / (1 - p0))
 
 
-def peeked(s: Scenario, traffic: Traffic, alpha: float) -> bool:
-    """One-sided two-proportion z-tests on the cumulative counts, looked at now: errors at
-    ``alpha``, and "slower than b" at every bucket bound at ``alpha / bounds`` (the compare
-    policy's two checks, each with its share)."""
+def peeked(s: Scenario, traffic: Traffic, alphas: tuple[float, float]) -> bool:
+    """One-sided two-proportion z-tests on the cumulative counts, looked at now: errors at its
+    check's share ``alphas[0]``, and "slower than b" at every bucket bound at ``alphas[1] /
+    bounds`` (the compare policy's two checks, each with its share)."""
     c, st = traffic.canary, traffic.stable
-    tests = [((c.errors, c.requests, st.errors, st.requests), alpha)]
+    tests = [((c.errors, c.requests, st.errors, st.requests), alphas[0])]
     for i in range(len(BOUNDS)):
         slow = (c.buckets[-1] - c.buckets[i], c.buckets[-1], st.buckets[-1] - st.buckets[i])
-        tests.append(((*slow, st.buckets[-1]), alpha / len(BOUNDS)))
+        tests.append(((*slow, st.buckets[-1]), alphas[1] / len(BOUNDS)))
     for (x1, n1, x2, n2), level in tests:
         if n1 == 0 or n2 == 0:
             continue
@@ -368,31 +439,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     shipped = load_policy(ROOT / "rules" / "matriz-fast-track.yaml")
     policies = {"compare": only(shipped, "compare"), "threshold": only(shipped, "threshold")}
-    alpha = compare.alpha_share(shipped)
+    alphas = (
+        compare.alpha_share(shipped, shipped.checks["errors-vs-stable"]),
+        compare.alpha_share(shipped, shipped.checks["latency-vs-stable"]),
+    )
     rng = random.Random(args.seed)
     began = time.monotonic()
     print(
         f"matriz-fast-track stages, {args.rps:g} req/s, {args.rollouts} rollouts per cell, "
-        f"alpha {shipped.alpha:g} shared by {round(shipped.alpha / alpha)} compare checks "
-        f"({alpha:g} each), seed {args.seed}"
+        f"alpha {shipped.alpha:g} shared by the compare checks (errors {alphas[0]:g}, "
+        f"latency {alphas[1]:g}), seed {args.seed}"
     )
-    header = f"{'scenario':<20} {'method':<10} {'rolled back':>12} {'95% interval':>16} "
+    header = f"{'scenario':<20} {'method':<11} {'rolled back':>12} {'95% interval':>16} "
     print(header + f"{'canary requests to rollback (mean)':>36}")
     results: dict[tuple[str, str], tuple[int, float | None]] = {}
     for scenario in SCENARIOS:
-        rows: dict[str, list[Outcome]] = {"compare": [], "threshold": [], "SPRT": [], "peeking": []}
+        methods = ("compare", "threshold", "SPRT", "ratio SPRT", "peeking")
+        rows: dict[str, list[Outcome]] = {m: [] for m in methods}
         for _ in range(args.rollouts):
             for name, policy in policies.items():
                 rows[name].append(run_engine(policy, scenario, args.rps, rng))
-            sprt, peek = run_baselines(shipped, scenario, args.rps, rng, alpha)
+            sprt, ratio, peek = run_baselines(shipped, scenario, args.rps, rng, alphas)
             rows["SPRT"].append(sprt)
+            rows["ratio SPRT"].append(ratio)
             rows["peeking"].append(peek)
         for method, outcomes in rows.items():
             k, mean = summary(outcomes)
             results[(scenario.name, method)] = (k, mean)
             shown = "-" if mean is None else f"{mean:,.0f}"
             print(
-                f"{scenario.name:<20} {method:<10} {k / len(outcomes):>12.1%} "
+                f"{scenario.name:<20} {method:<11} {k / len(outcomes):>12.1%} "
                 f"{interval95(k, len(outcomes)):>16} {shown:>36}"
             )
     return verdict(results, args.rollouts, time.monotonic() - began)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 
 from canaryd.config.policies import load_policy
 from canaryd.core import codec, compare, sequential
+from canaryd.core.errors import ConfigError
 from canaryd.core.model import Check, CompareState, Counts, Histograms, Measurement, Verdict
 
 ERRORS = Check("errors-vs-stable", "", kind="compare", compare="errors", tolerance=0.0)
@@ -105,41 +108,98 @@ def test_equal_error_rates_roll_back_at_most_alpha_of_the_time(
     assert failed / runs <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / runs)
 
 
+BOUNDS = ("0.025", "0.05", "0.1", "0.25", "0.5", "1")
+
+
+def latency_rollout(
+    rng: random.Random, check: Check, median: float, volumes: list[tuple[int, int]]
+) -> list[Verdict]:
+    """One rollout of a latency check, canary and stable drawing from the same lognormal law
+    (sigma 0.5 around ``median`` seconds): per interval (canary, stable) requests, each counted
+    into the cumulative buckets of ``BOUNDS`` and ``+Inf``."""
+    mu = math.log(median)
+    cdf = [0.5 * (1 + math.erf((math.log(float(b)) - mu) / (0.5 * math.sqrt(2)))) for b in BOUNDS]
+    totals = {side: [0] * (len(BOUNDS) + 1) for side in compare.SIDES}
+    state, verdicts = None, []
+    for n_c, n_s in volumes:
+        for side, n in zip(compare.SIDES, (n_c, n_s), strict=True):
+            for _ in range(n):
+                totals[side][bisect.bisect_left(cdf, rng.random())] += 1
+        buckets = {
+            side: dict(zip((*BOUNDS, "+Inf"), map(float, _cumulative(counts)), strict=True))
+            for side, counts in totals.items()
+        }
+        m = Measurement(check.name, histograms=Histograms(buckets["canary"], buckets["stable"]))
+        result, state = compare.assess(check, m, state, ALPHA)
+        verdicts.append(result.verdict)
+    return verdicts
+
+
+def _cumulative(counts: list[int]) -> list[int]:
+    out, total = [], 0
+    for c in counts:
+        total += c
+        out.append(total)
+    return out
+
+
+@settings(max_examples=5, deadline=None)
+@given(
+    median=st.sampled_from([0.03, 0.08, 0.2]),
+    tolerance=st.sampled_from([0.0, 0.2]),
+    weights=st.lists(st.sampled_from([10, 25, 50, 90]), min_size=1, max_size=3),
+    per_interval=st.integers(min_value=20, max_value=300),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_equal_latency_distributions_roll_back_at_most_alpha_of_the_time(
+    median: float, tolerance: float, weights: list[int], per_interval: int, seed: int
+) -> None:
+    """Latency A/A: both sides draw from one distribution, at any median (so bad events at some
+    bounds are rare, at others half the requests), any weights and volume, 20 evaluations looked
+    at one by one. The share of rollouts the check fails stays under alpha (plus three standard
+    errors of 200 draws) — at tolerance 0 the law sits on the null's boundary, where the bucket
+    bounds' averaged e-processes are tightest."""
+    rng = random.Random(seed)
+    check = replace(LATENCY, tolerance=tolerance)
+    stages = sorted(set(weights))
+    volumes = [
+        (per_interval * w // 100, per_interval * (100 - w) // 100)
+        for w in stages
+        for _ in range(20 // len(stages))
+    ]
+    runs = 200
+    failed = sum(
+        Verdict.FAILED in latency_rollout(rng, check, median, volumes) for _ in range(runs)
+    )
+    assert failed / runs <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / runs)
+
+
+sides = st.fixed_dictionaries({"requests": st.floats(0, 1e6), "errors": st.floats(0, 1e3)})
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.booleans(),
     st.lists(
         st.one_of(
             st.none(),
-            st.tuples(st.floats(0, 1e6), st.floats(0, 1e3)),
-            st.just("no data"),
-            st.just("error"),
+            st.tuples(st.floats(0, 1e6), st.floats(0, 1e3)).map(
+                lambda c: Measurement(ERRORS.name, counts=Counts(c[0], c[1], 0.0, 0.0))
+            ),
+            st.tuples(st.floats(0, 1e6), st.floats(0, 1e3)).map(
+                lambda s: Measurement(ERRORS.name, counts=Counts(0.0, 0.0, s[0], s[1]))
+            ),
+            st.just(Measurement(ERRORS.name)),
+            st.just(Measurement(ERRORS.name, error="timeout")),
         ),
         max_size=12,
-    ),
+    )
 )
 def test_a_compare_check_never_passes_without_data_on_both_sides(
-    canary_side: bool, readings: list[tuple[float, float] | str | None]
+    readings: list[Measurement | None],
 ) -> None:
-    """Readings where at most one side (the same one throughout) ever served requests: never
-    successful. (Counters are cumulative: a side that served requests at any reading has
-    data, so the side is drawn once for the whole rollout.)"""
+    """Readings where at most one side ever served requests: never successful."""
     state = None
-    for reading in readings:
-        m: Measurement | None
-        if reading is None:
-            m = None
-        elif reading == "no data":
-            m = Measurement(ERRORS.name)
-        elif reading == "error":
-            m = Measurement(ERRORS.name, error="timeout")
-        else:
-            assert isinstance(reading, tuple)
-            requests, errors = reading
-            one = (requests, errors, 0.0, 0.0) if canary_side else (0.0, 0.0, requests, errors)
-            m = Measurement(ERRORS.name, counts=Counts(*one))
+    for m in readings:
         result, state = compare.assess(ERRORS, m, state, ALPHA)
         assert result.verdict is not Verdict.SUCCESSFUL
 
@@ -198,8 +258,62 @@ def test_the_state_survives_the_record_codec() -> None:
 
 
 def test_the_shipped_policies_share_alpha_between_their_two_compare_checks() -> None:
+    """9 : 1 by ``alpha_weight``: the errors check needs the larger part (tests/bench/README.md)."""
     for name in ("fast-track", "standard", "conservative"):
         policy = load_policy(f"rules/matriz-{name}.yaml")
-        assert compare.alpha_share(policy) == pytest.approx(0.025)
+        errors, latency = (policy.checks[c] for c in ("errors-vs-stable", "latency-vs-stable"))
+        assert compare.alpha_share(policy, errors) == pytest.approx(0.045)
+        assert compare.alpha_share(policy, latency) == pytest.approx(0.005)
+        assert sum(
+            compare.alpha_share(policy, c) for c in policy.checks.values() if c.kind == "compare"
+        ) == pytest.approx(policy.alpha)
         for stage in policy.stages:
             assert {"errors-vs-stable", "latency-vs-stable"} <= set(stage.checks)
+
+
+def test_alpha_weight_defaults_to_an_even_split_and_is_validated(tmp_path: Path) -> None:
+    shipped = Path("rules/matriz-fast-track.yaml").read_text(encoding="utf-8")
+    even = tmp_path / "even.yaml"
+    even.write_text(shipped.replace("    alpha_weight:", "    # alpha_weight:"), encoding="utf-8")
+    policy = load_policy(even)
+    for name in ("errors-vs-stable", "latency-vs-stable"):
+        assert compare.alpha_share(policy, policy.checks[name]) == pytest.approx(0.025)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(shipped.replace("alpha_weight: 9 ", "alpha_weight: 0 "), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_policy(bad)
+    assert "checks.errors-vs-stable.alpha_weight" in str(caught.value)
+    assert "relative weight" in str(caught.value)
+
+
+def test_a_state_from_a_grid_of_another_length_keeps_its_evidence() -> None:
+    """A record written by a canaryd with another number of alternatives continues from its
+    old mixture's value instead of failing or starting over."""
+    old = (math.log(8.0), math.log(2.0))  # an equal-weight mixture worth 5
+    assert sequential.e_value(old) == pytest.approx(5.0)
+    moved = sequential.update(old, 0, 0, 10.0, 90.0, 1.0)  # no evidence in this interval
+    assert len(moved) == len(sequential.GRID) and sequential.e_value(moved) == pytest.approx(5.0)
+    assert sequential.e_value(sequential.update(old, 3, 3, 10.0, 90.0, 1.0)) > 5.0
+
+
+def test_observers_of_a_pass_see_the_verdict_the_engine_gave() -> None:
+    """Metrics and traces judge a pass's measurements after it: for a compare check that is
+    ``compare.judged`` on the rollout the pass produced (its e-process already holds the
+    reading, so nothing is counted twice); one stored reading alone is never a pass."""
+    from canaryd.core import analysis
+    from canaryd.core.stages import start
+
+    policy = load_policy("rules/matriz-fast-track.yaml")
+    check = policy.checks["errors-vs-stable"]
+    rollout, _ = start("r1", "t", "img", policy, 0.0)
+    state, alpha = None, compare.alpha_share(policy, check)
+    for k in range(1, 8):
+        m = Measurement(check.name, counts=Counts(100.0 * k, 20.0 * k, 900.0 * k, 4.0 * k))
+        result, state = compare.assess(check, m, state, alpha)
+        rollout = replace(rollout, compare={check.name: state})
+        again = compare.judged(rollout, check, m)
+        assert again.verdict is result.verdict and again.value == result.value
+        assert rollout.compare[check.name] == state  # judging changed nothing
+    assert result.verdict is Verdict.FAILED
+    alone = analysis.assess(check, m)
+    assert alone.verdict is Verdict.INCONCLUSIVE and "rollout" in alone.detail

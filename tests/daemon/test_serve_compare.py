@@ -100,10 +100,9 @@ def test_a_canary_twice_as_bad_as_stable_inside_the_slo_is_rolled_back_by_errors
     assert reason.startswith("check errors-vs-stable failed: canary worse than stable"), reason
     rollback = next(d for d in decisions if d["action"] == "rollback")
     evidence = rollback["evidence"]["errors-vs-stable"]
-    assert evidence["verdict"] == "failed" and evidence["value"] >= 40  # 1 / (0.05 / 2)
-    # the absolute SLO held all along: the comparison alone rolled it back
-    assert all(
-        d["evidence"].get("success-rate", {}).get("verdict", "successful") == "successful"
-        for d in decisions
-    )
+    assert evidence["verdict"] == "failed" and evidence["value"] >= 1 / 0.045  # 0.05 × 9 / 10
+    # the absolute SLO held all along: the comparison alone rolled it back (the first pass may
+    # come before Prometheus has two samples in the 10 s window: "no data", never a breach)
+    verdicts = [d["evidence"].get("success-rate", {}).get("verdict") for d in decisions]
+    assert "successful" in verdicts and "failed" not in verdicts, verdicts
     assert not any(d["action"] == "promote" for d in decisions)

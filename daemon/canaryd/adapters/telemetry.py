@@ -54,7 +54,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from canaryd import __version__
-from canaryd.core.analysis import assess
+from canaryd.core import compare
 from canaryd.core.model import (
     Action,
     ActionKind,
@@ -267,7 +267,7 @@ class Telemetry:
                 self.check_value.labels(state.target, m.check).set(m.value)
             check = checks.get(m.check)
             if check is not None:
-                verdict = assess(check, m).verdict
+                verdict = compare.judged(state, check, m).verdict
                 self.check_results.labels(state.target, m.check, str(verdict)).inc()
 
     def observed(self, state: Rollout, observed: Observed) -> None:

@@ -80,6 +80,7 @@ _COMPARE = {
     "kind",
     "no_data",
     "tolerance",
+    "alpha_weight",
     "description",
     "requests",
     "errors",
@@ -222,6 +223,7 @@ def _read_compare(
         compare=what,
         queries=queries,
         tolerance=r.field(c, "tolerance", path, _tolerance, 0.0),
+        alpha_weight=r.field(c, "alpha_weight", path, _alpha_weight, 1.0),
     )
 
 
@@ -230,6 +232,13 @@ def _alpha(value: Any) -> float:
     if not 0.0 < a <= 0.5:
         raise ValueError(f"must be within (0, 0.5], got {a:g}")
     return a
+
+
+def _alpha_weight(value: Any) -> float:
+    w = to_float(value)
+    if not 0.0 < w <= 100.0:
+        raise ValueError(f"must be a relative weight within (0, 100], got {w:g}")
+    return w
 
 
 def _tolerance(value: Any) -> float:

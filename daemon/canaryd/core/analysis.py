@@ -79,8 +79,18 @@ def assess_threshold(check: Check, m: Measurement) -> Assessment:
     )
 
 
+def assess_compare_alone(check: Check, m: Measurement) -> Assessment:
+    """A ``compare`` check's reading on its own, as views of stored measurements see it: its
+    verdict depends on the rollout's e-process (``core.compare``, which the engine and the
+    rollout's live observers use), so one reading alone is never a pass."""
+    return Assessment(
+        check.name, Verdict.INCONCLUSIVE, m.value, "judged over the rollout (its compare state)"
+    )
+
+
 ASSESSORS: dict[str, Callable[[Check, Measurement], Assessment]] = {
     "threshold": assess_threshold,
+    "compare": assess_compare_alone,
 }
 
 

@@ -83,6 +83,7 @@ def policy_from_dict(d: Mapping[str, Any]) -> Policy:
                 compare=c.get("compare", ""),
                 queries=dict(c.get("queries", {})),
                 tolerance=float(c.get("tolerance", 0.0)),
+                alpha_weight=float(c.get("alpha_weight", 1.0)),
             )
             for name, c in d["checks"].items()
         },

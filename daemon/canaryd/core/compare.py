@@ -12,8 +12,10 @@ baseline and that interval is skipped: evidence is lost, never invented.
 
 Verdicts: *failed* once the e-value reached ``1/alpha`` (and from then on: the conclusion is
 sticky), *successful* while it has not and both sides have served requests since the baseline,
+in one interval at least (so that something was compared),
 otherwise no data (``no_data``: inconclusive by default) — a compare check never passes without
-data on both sides. ``alpha`` is the policy's budget split evenly among its compare checks.
+data on both sides. ``alpha`` is the policy's budget split among its compare checks by
+``alpha_weight`` (evenly by default).
 """
 
 from __future__ import annotations
@@ -22,22 +24,45 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
-from canaryd.core import sequential
+from canaryd.core import analysis, sequential
 from canaryd.core.analysis import Assessment
-from canaryd.core.model import Check, CompareState, Measurement, NoData, Policy, Verdict
+from canaryd.core.model import (
+    Check,
+    CompareState,
+    Measurement,
+    NoData,
+    Policy,
+    Rollout,
+    Verdict,
+)
 
 SIDES = ("canary", "stable")
 ERRORS, LATENCY = "errors", "latency"
 KINDS = (ERRORS, LATENCY)
 INF = "+Inf"
+# in ``CompareState.counted``: intervals in which both sides served requests (compared ones)
+PAIRED = "paired.intervals"
 
 
-def alpha_share(policy: Policy) -> float:
-    """Each compare check's part of the policy's ``alpha``: an even split among the compare
-    checks the policy defines, so that together they roll back a canary no worse than stable
-    with probability at most ``alpha`` over the whole rollout (a union bound)."""
-    count = sum(1 for c in policy.checks.values() if c.kind == "compare")
-    return policy.alpha / max(count, 1)
+def alpha_share(policy: Policy, check: Check | None = None) -> float:
+    """``check``'s part of the policy's ``alpha``: ``alpha × its alpha_weight / the sum of the
+    alpha_weight of the compare checks the policy defines`` (an even split by default), so that
+    together they roll back a canary no worse than stable with probability at most ``alpha``
+    over the whole rollout (a union bound). Without ``check``: the part of a weight-1 check."""
+    total = sum(c.alpha_weight for c in policy.checks.values() if c.kind == "compare")
+    weight = 1.0 if check is None else check.alpha_weight
+    return policy.alpha * weight / max(total, weight)
+
+
+def judged(rollout: Rollout, check: Check, m: Measurement) -> Assessment:
+    """The verdict the engine gave ``m`` in the pass that produced ``rollout``, for observers
+    of that pass (metrics, traces). A compare check's depends on its e-process: ``rollout``
+    has already taken this reading in, so assessing it again adds no increment and yields the
+    same verdict. Other kinds are judged by ``core.analysis`` alone."""
+    if check.kind != "compare":
+        return analysis.assess(check, m)
+    state = rollout.compare.get(check.name)
+    return assess(check, m, state, alpha_share(rollout.policy, check))[0]
 
 
 def bound_label(text: str) -> str:
@@ -92,6 +117,8 @@ def _advance(check: Check, state: CompareState, now: Mapping[str, float]) -> Com
         return CompareState(now, state.counted, state.logs, state.concluded)
     delta = {k: now[k] - last[k] for k in now}
     counted = {k: state.counted.get(k, 0.0) + delta[k] for k in now}
+    both = all(_requests(check, delta, side) > 0 for side in SIDES)
+    counted[PAIRED] = state.counted.get(PAIRED, 0.0) + (1.0 if both else 0.0)
     logs = dict(state.logs)
     omega0 = 1.0 + check.tolerance
     for event, (x, m, n_c, n_s) in _bad_events(check, delta).items():
@@ -132,11 +159,14 @@ def _verdict(check: Check, state: CompareState, alpha: float, measured: bool) ->
     if state.concluded:
         return Assessment(check.name, Verdict.FAILED, e, f"canary worse than stable: {words}")
     n_c, n_s = (_requests(check, state.counted, side) for side in SIDES)
-    if n_c > 0 and n_s > 0:
+    if n_c > 0 and n_s > 0 and state.counted.get(PAIRED, 0.0) > 0:
         return Assessment(check.name, Verdict.SUCCESSFUL, e, f"no evidence yet: {words}")
     why = "no data" if not measured else "baseline taken" if not state.counted else "no requests"
     missing = [side for side, n in zip(SIDES, (n_c, n_s), strict=True) if n <= 0]
-    detail = f"{why} ({' and '.join(missing)} side without requests so far)"
+    if missing:
+        detail = f"{why} ({' and '.join(missing)} side without requests so far)"
+    else:  # each side served requests, never in the same interval (a counter reset between)
+        detail = "no requests on both sides in one interval yet: nothing compared"
     verdict = Verdict.FAILED if check.no_data is NoData.FAIL else Verdict.INCONCLUSIVE
     return Assessment(check.name, verdict, None, detail)
 

@@ -139,6 +139,8 @@ class Check:
     compare: str = ""
     queries: Mapping[str, str] = field(default_factory=dict)
     tolerance: float = 0.0
+    # its part of the policy's alpha, relative to the policy's other compare checks
+    alpha_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,8 @@ rates cancel). The null hypothesis is "the canary is not worse than tolerated":
 
 is a nonnegative martingale under ``ω = ω0`` and a supermartingale under any ``ω < ω0`` (its
 one-step mean is linear and increasing in the true ``p``). A mixture over alternatives on a
-fixed grid (``GRID``, equal weights) is again a test supermartingale — an e-process — so by
+fixed grid (``GRID``, prior weights ``WEIGHTS`` summing to 1, fixed before any data) is again a
+test supermartingale — an e-process — so by
 Ville's inequality ``P(sup_t E_t >= 1/alpha) <= alpha``: the test may be looked at after every
 evaluation, for as long as the rollout lasts, and stop at the first crossing.
 
@@ -45,9 +46,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-# Alternatives, as multiples of the null's ratio ω0: equal weights 1/len(GRID). Chosen with
-# tests/bench/decisions.py (a doubling of errors is the design point).
-GRID: tuple[float, ...] = (1.4, 1.8, 2.5)
+# Alternatives, as multiples of the null's ratio ω0, and their prior weights. A doubling of
+# errors is the design point, so most weight sits on it: against ω = 2 the mixture pays
+# log(1/0.6) ≈ 0.5 nats instead of the log 3 ≈ 1.1 of three equal weights, and the neighbours
+# keep a 1.5-fold or a 3-fold increase from waiting on the wrong component. Chosen with
+# tests/bench/decisions.py (tests/bench/README.md has the before/after figures).
+GRID: tuple[float, ...] = (1.5, 2.0, 3.0)
+WEIGHTS: tuple[float, ...] = (0.2, 0.6, 0.2)
 LOG_CAP = 700.0  # exp() of more overflows; an e-value this large has long crossed any bound
 
 
@@ -56,14 +61,29 @@ def start() -> tuple[float, ...]:
     return tuple(0.0 for _ in GRID)
 
 
+def carried(logs: Sequence[float]) -> tuple[float, ...]:
+    """A state as one on ``GRID``. Each component is a test supermartingale whatever
+    alternatives it used before (a record from a canaryd with other grid values), so one of the
+    same length continues as it is. One of another length is first reduced to its equal-weight
+    mixture, and every component starts from that value: the old e-value times a fresh mixture
+    from now on is still a test supermartingale, so the evidence so far is kept, none invented."""
+    if len(logs) == len(GRID):
+        return tuple(logs)
+    if not logs:
+        return start()
+    old = sum(math.exp(v) for v in logs) / len(logs)
+    return tuple(math.log(old) if old > 0 else -LOG_CAP for _ in GRID)
+
+
 def update(
     logs: Sequence[float], x: int, m: int, n_c: float, n_s: float, omega0: float
 ) -> tuple[float, ...]:
     """The components after one interval: ``x`` of ``m`` bad events on the canary's ``n_c``
     requests, the rest on stable's ``n_s``. An interval without bad events, or without requests
     on one side, carries no evidence and changes nothing."""
+    logs = carried(logs)
     if m <= 0 or n_c <= 0 or n_s <= 0:
-        return tuple(logs)
+        return logs
     x = min(max(x, 0), m)
     p0 = omega0 * n_c / (omega0 * n_c + n_s)
     out = []
@@ -76,8 +96,9 @@ def update(
 
 
 def e_value(logs: Sequence[float]) -> float:
-    """The mixture's value: the mean of the components' products."""
-    return sum(math.exp(v) for v in logs) / len(logs)
+    """The mixture's value: the components' products, weighted by ``WEIGHTS``."""
+    logs = carried(logs)
+    return sum(w * math.exp(v) for w, v in zip(WEIGHTS, logs, strict=True))
 
 
 def e_average(components: Sequence[Sequence[float]]) -> float:

@@ -92,7 +92,7 @@ def _assess(s: Rollout, f: Findings) -> tuple[list[Assessment], dict[str, Compar
     for name in s.current_stage.checks:
         check = policy.checks[name]
         if check.kind == "compare":
-            alpha = compare.alpha_share(policy)
+            alpha = compare.alpha_share(policy, check)
             prior = s.compare.get(name)
             result, states[name] = compare.assess(check, by_name.get(name), prior, alpha)
             results.append(result)
