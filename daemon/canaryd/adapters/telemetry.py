@@ -54,7 +54,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from canaryd import __version__
-from canaryd.core.analysis import assess
+from canaryd.core.compare import judged
 from canaryd.core.model import (
     Action,
     ActionKind,
@@ -259,7 +259,7 @@ class Telemetry:
     def _judged(self, state: Rollout, measurements: Sequence[Measurement]) -> None:
         """One verdict per measurement: every evaluation of every check counts, whether the
         pass led to a decision or not (a stage of passing evaluations decides nothing until
-        its last one). The verdict is the engine's own ``assess``, so it is the one the
+        its last one). The verdict is the engine's own (``compare.judged``), so it is the one the
         evaluation acted on; a check the policy no longer names is not counted."""
         checks = state.policy.checks
         for m in measurements:
@@ -267,7 +267,7 @@ class Telemetry:
                 self.check_value.labels(state.target, m.check).set(m.value)
             check = checks.get(m.check)
             if check is not None:
-                verdict = assess(check, m).verdict
+                verdict = judged(state, check, m).verdict
                 self.check_results.labels(state.target, m.check, str(verdict)).inc()
 
     def observed(self, state: Rollout, observed: Observed) -> None:

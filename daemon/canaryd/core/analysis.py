@@ -79,8 +79,18 @@ def assess_threshold(check: Check, m: Measurement) -> Assessment:
     )
 
 
+def assess_compare_alone(check: Check, m: Measurement) -> Assessment:
+    """A compare check's measurement taken alone: its counters are cumulative and its verdict
+    is the e-process's over the whole rollout (``core.compare``), so one reading cannot be
+    judged without the rollout's state — never a pass. Callers holding the rollout use
+    ``compare.judged``; this entry keeps every other reader (a chart of stored measurements)
+    from failing on a compare check."""
+    return _no_data(check, "judged over the rollout (its compare evidence), not per reading")
+
+
 ASSESSORS: dict[str, Callable[[Check, Measurement], Assessment]] = {
     "threshold": assess_threshold,
+    "compare": assess_compare_alone,
 }
 
 

@@ -22,9 +22,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
-from canaryd.core import sequential
+from canaryd.core import analysis, sequential
 from canaryd.core.analysis import Assessment
-from canaryd.core.model import Check, CompareState, Measurement, NoData, Policy, Verdict
+from canaryd.core.model import (
+    Check,
+    CompareState,
+    Measurement,
+    NoData,
+    Policy,
+    Rollout,
+    Verdict,
+)
 
 SIDES = ("canary", "stable")
 ERRORS, LATENCY = "errors", "latency"
@@ -83,6 +91,19 @@ def assess(
     if not state.concluded and sequential.e_average(list(state.logs.values())) >= 1.0 / alpha:
         state = replace(state, concluded=True)
     return _verdict(check, state, alpha, measured=now is not None), state
+
+
+def judged(rollout: Rollout, check: Check, m: Measurement | None) -> Assessment:
+    """The verdict of ``m`` as the engine gave it in ``rollout`` (the record after the
+    evaluation that measured it): a threshold check's from the reading alone, a compare check's
+    from the rollout's e-process so far. For the readers that report verdicts after the fact
+    (metrics, traces, the API's latest measurement), so they say what the evaluation decided."""
+    if check.kind != "compare":
+        return analysis.assess(check, m)
+    if m is not None and m.error is not None:
+        return Assessment(check.name, Verdict.ERROR, None, f"source error: {m.error}", m.error)
+    state = rollout.compare.get(check.name) or CompareState()
+    return _verdict(check, state, alpha_share(rollout.policy), measured=m is not None)
 
 
 def _advance(check: Check, state: CompareState, now: Mapping[str, float]) -> CompareState:
