@@ -208,7 +208,7 @@ def test_the_subtly_bad_version_is_rolled_back_by_latency_vs_stable(demo: dict[s
     reason = subtle["rollback_reason"]
     assert reason.startswith("check latency-vs-stable failed: canary worse than stable"), reason
     assert subtle["fault_at"] is None  # nothing was injected: it was slower all along
-    decisions, _ = _stored(demo, subtle["final"]["id"])
+    decisions, _ = _stored(demo, subtle["rollout_id"])
     rollback = [d for d in decisions if d["action"] == "rollback"]
     assert len(rollback) == 1 and rollback[0]["cause"] == "check-failed", decisions
     evidence = json.loads(rollback[0]["evidence"])
@@ -220,22 +220,26 @@ def test_the_subtly_bad_version_is_rolled_back_by_latency_vs_stable(demo: dict[s
 
 def test_the_subtly_bad_version_stays_inside_every_absolute_slo(demo: dict[str, Any]) -> None:
     """Every threshold check the daemon measured on the subtle canary holds its SLO (from the
-    state file): only a comparison with stable can tell it is worse."""
+    state file), and what it counted for the comparison keeps the ones its stages never reached:
+    no request failed (error rate 0 ≤ 0.1 %) and every one took at most 100 ms (P95 ≤ 250 ms,
+    the guardian's share within its 100 ms budget). Only a comparison can tell it is worse."""
     subtle = _rollout(demo, "subtle")
     policy = yaml.safe_load((demo["dir"] / "policy.yaml").read_text())
     thresholds = {
         name: (c["op"], c["threshold"]) for name, c in policy["checks"].items() if "op" in c
     }
     assert {"success-rate", "latency-p95", "error-rate", "health-score"} <= set(thresholds)
-    _, measurements = _stored(demo, subtle["final"]["id"])
+    _, measurements = _stored(demo, subtle["rollout_id"])
     judged = [(m["check_name"], m["value"]) for m in measurements if m["check_name"] in thresholds]
-    assert any(name == "latency-p95" and v is not None for name, v in judged), judged
     holds = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t}
     for name, value in judged:
         op, threshold = thresholds[name]
         assert value is None or holds[op](value, threshold), (name, value, op, threshold)
-    p95 = [v for name, v in judged if name == "latency-p95" and v is not None]
-    assert max(p95) < 0.25 * 0.5, p95  # not even close to the 250 ms SLO
+    success = [v for name, v in judged if name == "success-rate" and v is not None]
+    assert success and set(success) == {1.0}, judged  # not one 5xx
+    counted = subtle["evidence"]["points"][-1]["counted"]
+    assert counted["canary.le=+Inf"] > 0, counted
+    assert counted["canary.le=0.1"] == counted["canary.le=+Inf"], counted  # all within 100 ms
 
 
 def test_the_report_shows_the_compare_evidence(demo: dict[str, Any]) -> None:
@@ -250,7 +254,7 @@ def test_the_report_shows_the_compare_evidence(demo: dict[str, Any]) -> None:
     assert last["concluded"] and last["e_value"] >= last["bound"] == 40, last
     assert math.isclose(last["log_bound"], math.log(40))
     assert not any(p["concluded"] for p in points[:-1]) or points[-2]["e_value"] >= 40
-    assert last["canary_rate"] > 2 * last["stable_rate"] > 0, last
+    assert last["canary_rate"] > 1.5 * last["stable_rate"] > 0, last  # ~100 % against ~50 %
     assert last["canary_requests"] > 0 and last["stable_requests"] > last["canary_requests"]
     for good in ("good", "bad"):
         assert _rollout(demo, good)["evidence"] is None
@@ -258,3 +262,13 @@ def test_the_report_shows_the_compare_evidence(demo: dict[str, Any]) -> None:
     assert "latency-vs-stable: share of requests slower than 50 ms" in html
     assert "latency-vs-stable: the test&#x27;s log e-value against its boundary" in html
     assert "boundary log(1/alpha) = log 40" in html
+
+
+def test_each_rollout_judges_its_own_canary(demo: dict[str, Any]) -> None:
+    """Every version ran in its own canary process: the demo starts a rollout only once the
+    previous canary is gone, so none takes over a canary slot still running another version."""
+    for image in ("v2.0.0", "v2.1.0", "v2.2.0"):
+        assert (demo["dir"] / f"canary-{image}.log").exists(), sorted(demo["dir"].iterdir())
+    progress = demo["stderr"]
+    assert "canary slot handed over" not in progress, progress
+    assert "subtle: canary removed; stable v2.0.0 serves everything" in progress, progress

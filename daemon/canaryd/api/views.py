@@ -164,4 +164,10 @@ def check_view(
         unit=units.unit_of(check),
         verdict=str(judged.verdict),
     )
+    if check.kind == "compare" and rollout is not None:
+        # the reading is a pair of raw counters: what is judged is the e-value against its bound
+        bound = 1.0 / compare.alpha_share(rollout.policy)
+        state = rollout.compare.get(check.name)
+        e = None if state is None else sequential.e_average(list(state.logs.values()))
+        view.update(value=e, op="<", threshold=bound, unit="")
     return view

@@ -108,6 +108,7 @@ class RolloutRecord:
         plan = self.final.get("plan") or []
         return {
             "name": self.name,
+            "rollout_id": self.final.get("id"),
             "image": self.image,
             "expected": self.expected,
             "phase": self.phase,
