@@ -169,5 +169,5 @@ def check_view(
         bound = 1.0 / compare.alpha_share(rollout.policy)
         state = rollout.compare.get(check.name)
         e = None if state is None else sequential.e_average(list(state.logs.values()))
-        view.update(value=e, op="<", threshold=bound, unit="")
+        view.update(value=e, op="<", threshold=bound)
     return view
