@@ -17,6 +17,9 @@ def test_every_shipped_check_gets_the_unit_its_runbook_means() -> None:
         "error-rate": units.RATIO,
         "health-score": units.RATIO,
         "latency-p95": units.SECONDS,
+        # compare checks are judged by an e-value: a plain number, though one compares latency
+        "errors-vs-stable": units.NONE,
+        "latency-vs-stable": units.NONE,
     }
     for path in sorted(RULES_DIR.glob("*.yaml")):
         for check in load_policy(path).checks.values():

@@ -87,6 +87,11 @@ def test_a_canary_twice_as_bad_as_stable_inside_the_slo_is_rolled_back_by_errors
         status, doc = serve.call("GET", f"/api/v1/targets/{TARGET}/history")
         assert status == 200, doc
         decisions = [d for d in doc["decisions"] if d["rollout_id"] == rollout["id"]]
+        # the target's view and the metrics judge a compare check on the rollout's evidence
+        # (they used to fail on it: a compare reading has no verdict alone)
+        status, view = serve.call("GET", f"/api/v1/targets/{TARGET}")
+        assert status == 200, view
+        metrics = serve.metrics()
     finally:
         code = serve.stop() if serve is not None else 0
         for load in loads:
@@ -106,3 +111,9 @@ def test_a_canary_twice_as_bad_as_stable_inside_the_slo_is_rolled_back_by_errors
     verdicts = [d["evidence"].get("success-rate", {}).get("verdict") for d in decisions]
     assert "successful" in verdicts and "failed" not in verdicts, verdicts
     assert not any(d["action"] == "promote" for d in decisions)
+    evidence_now = view["rollout"]["compare"]["errors-vs-stable"]
+    assert evidence_now["concluded"] and evidence_now["e_value"] >= evidence_now["bound"] == 40
+    assert evidence_now["counted"]["canary.requests"] > 0, evidence_now
+    assert view["checks"]["errors-vs-stable"]["verdict"] == "failed", view["checks"]
+    failed = 'check="errors-vs-stable",result="failed",target="compared"'
+    assert any(failed in line for line in metrics.splitlines()), metrics[-3000:]

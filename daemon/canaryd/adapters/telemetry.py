@@ -259,7 +259,7 @@ class Telemetry:
     def _judged(self, state: Rollout, measurements: Sequence[Measurement]) -> None:
         """One verdict per measurement: every evaluation of every check counts, whether the
         pass led to a decision or not (a stage of passing evaluations decides nothing until
-        its last one). The verdict is the engine's own ``assess``, so it is the one the
+        its last one). The verdict is the engine's own (``compare.judged``), so it is the one the
         evaluation acted on; a check the policy no longer names is not counted."""
         checks = state.policy.checks
         for m in measurements:

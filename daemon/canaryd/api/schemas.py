@@ -188,6 +188,18 @@ def schemas() -> dict[str, Any]:
         },
         noop_reason={"type": "string"},
         trace_id=_nullable("string"),
+        compare={
+            "type": "object",
+            "description": "Each compare check's evidence so far: its e-value against the "
+            "bound 1/alpha that rolls back, the counts judged since its baseline",
+            "additionalProperties": _object(
+                "e_value bound concluded counted",
+                e_value={"type": "number"},
+                bound={"type": "number"},
+                concluded={"type": "boolean"},
+                counted={"type": "object", "additionalProperties": {"type": "number"}},
+            ),
+        },
         plan={
             "type": "array",
             "items": _object(

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from canaryd.config.kinds import KindConfig
-from canaryd.core import units
+from canaryd.core import compare, sequential, units
 from canaryd.core.analysis import assess
 from canaryd.core.model import Alert, Check, Counts, Measurement, Phase, Policy, Rollout
 from canaryd.core.timefmt import format_rfc3339
@@ -87,6 +87,24 @@ def rollout_view(r: Rollout) -> dict[str, Any]:
             }
             for s in stages
         ],
+        "compare": compare_view(r),
+    }
+
+
+def compare_view(r: Rollout) -> dict[str, Any]:
+    """Each compare check's evidence so far in the rollout: its e-value against the bound
+    ``1/alpha`` that rolls back, the counts it has judged since its baseline (by part, as
+    ``core.compare`` names them) and whether it concluded. Shown so a client can chart the test
+    against its boundary over time (``canaryd demo``'s report) without re-running it."""
+    bound = 1.0 / compare.alpha_share(r.policy)
+    return {
+        name: {
+            "e_value": sequential.e_average(list(state.logs.values())),
+            "bound": bound,
+            "concluded": state.concluded,
+            "counted": dict(state.counted),
+        }
+        for name, state in sorted(r.compare.items())
     }
 
 
@@ -117,7 +135,9 @@ def target_summary(t: TargetInfo, r: Rollout | None) -> dict[str, Any]:
     }
 
 
-def check_view(check: Check | None, m: MeasurementRecord) -> dict[str, Any]:
+def check_view(
+    check: Check | None, m: MeasurementRecord, rollout: Rollout | None = None
+) -> dict[str, Any]:
     """The latest measurement of a check as the API shows it: the value with what it is judged
     against (``op``, ``threshold``, ``unit``) and the verdict the daemon's analysis gives it, so
     a client shows pass/fail without re-implementing the analysis. ``check`` None (a check the
@@ -133,11 +153,21 @@ def check_view(check: Check | None, m: MeasurementRecord) -> dict[str, Any]:
             m["stable_requests"] or 0.0,
             m["stable_errors"] or 0.0,
         )
-    judged = assess(check, Measurement(check.name, m["value"], counts, m["error"]))
+    measured = Measurement(check.name, m["value"], counts, m["error"])
+    # a compare check is judged on the rollout's evidence, not on one cumulative reading
+    judged = (
+        assess(check, measured) if rollout is None else compare.judged(rollout, check, measured)
+    )
     view.update(
         op=check.op,
         threshold=check.threshold,
         unit=units.unit_of(check),
         verdict=str(judged.verdict),
     )
+    if check.kind == "compare" and rollout is not None:
+        # the reading is a pair of raw counters: what is judged is the e-value against its bound
+        bound = 1.0 / compare.alpha_share(rollout.policy)
+        state = rollout.compare.get(check.name)
+        e = None if state is None else sequential.e_average(list(state.logs.values()))
+        view.update(value=e, op="<", threshold=bound)
     return view

@@ -80,12 +80,12 @@ def assess_threshold(check: Check, m: Measurement) -> Assessment:
 
 
 def assess_compare_alone(check: Check, m: Measurement) -> Assessment:
-    """A ``compare`` check's reading on its own, as views of stored measurements see it: its
-    verdict depends on the rollout's e-process (``core.compare``, which the engine and the
-    rollout's live observers use), so one reading alone is never a pass."""
-    return Assessment(
-        check.name, Verdict.INCONCLUSIVE, m.value, "judged over the rollout (its compare state)"
-    )
+    """A compare check's measurement taken alone: its counters are cumulative and its verdict
+    is the e-process's over the whole rollout (``core.compare``), so one reading cannot be
+    judged without the rollout's state — never a pass. Callers holding the rollout use
+    ``compare.judged``; this entry keeps every other reader (a chart of stored measurements)
+    from failing on a compare check."""
+    return _no_data(check, "judged over the rollout (its compare evidence), not per reading")
 
 
 ASSESSORS: dict[str, Callable[[Check, Measurement], Assessment]] = {

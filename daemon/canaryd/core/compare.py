@@ -54,17 +54,6 @@ def alpha_share(policy: Policy, check: Check | None = None) -> float:
     return policy.alpha * weight / max(total, weight)
 
 
-def judged(rollout: Rollout, check: Check, m: Measurement) -> Assessment:
-    """The verdict the engine gave ``m`` in the pass that produced ``rollout``, for observers
-    of that pass (metrics, traces). A compare check's depends on its e-process: ``rollout``
-    has already taken this reading in, so assessing it again adds no increment and yields the
-    same verdict. Other kinds are judged by ``core.analysis`` alone."""
-    if check.kind != "compare":
-        return analysis.assess(check, m)
-    state = rollout.compare.get(check.name)
-    return assess(check, m, state, alpha_share(rollout.policy, check))[0]
-
-
 def bound_label(text: str) -> str:
     """A bucket bound as one spelling (``0.250`` and ``.25`` are the same bound)."""
     value = float(text)
@@ -108,6 +97,19 @@ def assess(
     if not state.concluded and sequential.e_average(list(state.logs.values())) >= 1.0 / alpha:
         state = replace(state, concluded=True)
     return _verdict(check, state, alpha, measured=now is not None), state
+
+
+def judged(rollout: Rollout, check: Check, m: Measurement | None) -> Assessment:
+    """The verdict of ``m`` as the engine gave it in ``rollout`` (the record after the
+    evaluation that measured it): a threshold check's from the reading alone, a compare check's
+    from the rollout's e-process so far. For the readers that report verdicts after the fact
+    (metrics, traces, the API's latest measurement), so they say what the evaluation decided."""
+    if check.kind != "compare":
+        return analysis.assess(check, m)
+    if m is not None and m.error is not None:
+        return Assessment(check.name, Verdict.ERROR, None, f"source error: {m.error}", m.error)
+    state = rollout.compare.get(check.name) or CompareState()
+    return _verdict(check, state, alpha_share(rollout.policy, check), measured=m is not None)
 
 
 def _advance(check: Check, state: CompareState, now: Mapping[str, float]) -> CompareState:

@@ -35,7 +35,10 @@ _RATIO_WORDS = re.compile(r"\b(rate|ratio|share|score|success|error|availab)", r
 
 
 def unit_of(check: Check) -> str:
-    """``seconds``, ``ratio`` or ``""`` for ``check``, inferred as the module says."""
+    """``seconds``, ``ratio`` or ``""`` for ``check``, inferred as the module says. A compare
+    check is judged by its e-value, a plain number whatever it compares."""
+    if check.kind == "compare":
+        return NONE
     named_time = _TIME_WORDS.search(check.name) and not _RATIO_WORDS.search(check.name)
     if "histogram_quantile" in check.query or named_time:
         return SECONDS

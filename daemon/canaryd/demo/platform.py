@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +38,20 @@ class LocalProcesses:
     kind = "demo-processes"
 
     def __init__(
-        self, workdir: Path, *, stable_port: int, canary_port: int, latency: float = 0.05
+        self,
+        workdir: Path,
+        *,
+        stable_port: int,
+        canary_port: int,
+        latency: float = 0.05,
+        latencies: Mapping[str, float] | None = None,
     ) -> None:
         self.workdir = workdir
         self.ports = {"stable": stable_port, "canary": canary_port}
         self.latency = latency
+        # per image: a version that is slower than the others from its first request on (the
+        # demo's subtly bad version), where a fault injected later would be a different story
+        self.latencies = dict(latencies or {})
         self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
 
@@ -101,7 +111,7 @@ class LocalProcesses:
             f"--port={self.ports[deployment]}",
             f"--version={image}",
             f"--deployment={deployment}",
-            f"--latency={self.latency}",
+            f"--latency={self.latencies.get(image, self.latency)}",
         ]
         name = f"{deployment}-{_safe(image)}"
         try:

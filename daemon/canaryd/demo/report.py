@@ -10,12 +10,19 @@ rollout as the API showed it (phase, stage, weight, check values) next to the tr
 generator really saw behind nginx (how many answers came from the canary), the decisions from
 the API's history, and when a fault was injected and the weight went back to 0. The HTML has
 no scripts and no external assets: inline SVG line charts and a table per rollout.
+
+A rollout rolled back by a compare check (canary against stable) also gets its evidence, from
+the rollout's ``compare`` state as the API showed it at each sample (the daemon's own e-process,
+not a re-computation): each side's rate of the bad event since the check's baseline, and the
+test's log e-value against the boundary ``log(1/alpha)`` whose crossing rolled it back.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +40,8 @@ class Sample:
     canary_share: float | None  # % of the answers of the last second that came from the canary
     canary_success: float | None  # % of the canary's answers of the last second that were 2xx
     canary_p95_ms: float | None = None  # P95 of the canary's answers of the last second, in ms
+    # the rollout's compare evidence at that moment, per check (``api.views.compare_view``)
+    compare: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,10 +74,41 @@ class RolloutRecord:
     def ok(self) -> bool:
         return self.phase == self.expected
 
+    @property
+    def compare_check(self) -> str | None:
+        """The compare check whose conclusion rolled this rollout back, if one did."""
+        found = re.match(r"check (\S+) failed", str(self.final.get("rollback_reason") or ""))
+        if found and any(found.group(1) in s.compare for s in self.samples):
+            return found.group(1)
+        return None
+
+    def evidence(self) -> dict[str, Any] | None:
+        """The compare rollback's evidence, one point per evaluation (per change of the
+        e-process): the e-value and its bound, each side's requests and bad-event rate."""
+        check = self.compare_check
+        if check is None:
+            return None
+        event = bad_event(self.samples[-1].compare[check].get("counted") or {})
+        points: list[dict[str, Any]] = []
+        for s in self.samples:
+            e = s.compare.get(check)
+            if e is None or (points and _same(points[-1], e)):
+                continue
+            counted = e.get("counted") or {}
+            point: dict[str, Any] = {"t": round(s.t, 2), **_judged(e)}
+            for side in ("canary", "stable"):
+                bad, total = side_counts(counted, side, event)
+                point[f"{side}_requests"] = total
+                point[f"{side}_rate"] = bad / total if total else None
+            point["counted"] = counted
+            points.append(point)
+        return {"check": check, "event": event_label(event), "points": points}
+
     def as_dict(self) -> dict[str, Any]:
         plan = self.final.get("plan") or []
         return {
             "name": self.name,
+            "rollout_id": self.final.get("id"),
             "image": self.image,
             "expected": self.expected,
             "phase": self.phase,
@@ -105,7 +145,57 @@ class RolloutRecord:
                 {k: d.get(k) for k in ("t", "phase", "stage", "weight", "action", "reason")}
                 for d in self.decisions
             ],
+            "evidence": self.evidence(),
         }
+
+
+def bad_event(counted: dict[str, float]) -> str | None:
+    """What a compare check counts as bad, from its counted parts: None for errors, else the
+    bucket bound (``0.05``) at which the canary's share of slower requests exceeds stable's
+    the most — the bound whose e-process carries the evidence."""
+    bounds = [
+        k.removeprefix("canary.le=")
+        for k in counted
+        if k.startswith("canary.le=") and k != "canary.le=+Inf"
+    ]
+    if not bounds:
+        return None
+
+    def excess(bound: str) -> float:
+        shares = []
+        for side in ("canary", "stable"):
+            bad, total = side_counts(counted, side, bound)
+            shares.append(bad / total if total else 0.0)
+        return shares[0] - shares[1]
+
+    return max(sorted(bounds, key=float), key=excess)
+
+
+def side_counts(counted: dict[str, float], side: str, event: str | None) -> tuple[float, float]:
+    """(bad events, requests) of one side since the baseline."""
+    if event is None:
+        return counted.get(f"{side}.errors", 0.0), counted.get(f"{side}.requests", 0.0)
+    total = counted.get(f"{side}.le=+Inf", 0.0)
+    return total - counted.get(f"{side}.le={event}", total), total
+
+
+def event_label(event: str | None) -> str:
+    return "errors" if event is None else f"slower than {float(event) * 1000:g} ms"
+
+
+def _judged(e: dict[str, Any]) -> dict[str, Any]:
+    value, bound = e.get("e_value"), e.get("bound")
+    return {
+        "e_value": value,
+        "log_e": math.log(value) if isinstance(value, int | float) and value > 0 else None,
+        "bound": bound,
+        "log_bound": math.log(bound) if isinstance(bound, int | float) and bound > 0 else None,
+        "concluded": bool(e.get("concluded")),
+    }
+
+
+def _same(point: dict[str, Any], e: dict[str, Any]) -> bool:
+    return bool(point["e_value"] == e.get("e_value") and point["counted"] == e.get("counted"))
 
 
 def as_json(records: Sequence[RolloutRecord], meta: dict[str, Any]) -> dict[str, Any]:
@@ -234,8 +324,66 @@ def _section(r: RolloutRecord) -> str:
             marks,
         )
     )
+    if d["evidence"]:
+        lines.extend(_evidence_charts(r, d["evidence"], t, bands, marks))
     lines.append(_decision_table(d["decisions"]))
     return "\n".join(lines)
+
+
+def _evidence_charts(
+    r: RolloutRecord,
+    evidence: dict[str, Any],
+    t: list[float],
+    bands: list[charts.Band],
+    marks: list[charts.Mark],
+) -> list[str]:
+    """The compare rollback's two charts, on the same time axis as the others: each side's rate
+    of the bad event since the baseline, and the log e-value against log(1/alpha)."""
+    check, label = evidence["check"], evidence["event"]
+    event = bad_event(r.samples[-1].compare[check].get("counted") or {})
+    rates: dict[str, list[float | None]] = {"canary": [], "stable": []}
+    log_e: list[float | None] = []
+    for s in r.samples:
+        e = s.compare.get(check) or {}
+        for side, values in rates.items():
+            bad, total = side_counts(e.get("counted") or {}, side, event)
+            values.append(100.0 * bad / total if total else None)
+        log_e.append(_judged(e)["log_e"] if e else None)
+    seen = [v for vs in rates.values() for v in vs if v is not None]
+    top = min(100.0, charts.nice_top(max([1.0, *seen]) * 1.15))  # a share: 100 % at most
+    rate_chart = charts.line_chart(
+        f"{check}: share of requests {label} since the check's baseline, per side (%)",
+        t,
+        [
+            charts.Series(f"canary {r.image}", rates["canary"], 1),
+            charts.Series("stable", rates["stable"], 0),
+        ],
+        charts.linear_axis(0.0, top, charts.ticks(top), "%"),
+        bands,
+        marks,
+    )
+    log_bound = math.log(float(evidence["points"][-1]["bound"]))
+    high = charts.nice_top(max([1.5 * log_bound, *[v for v in log_e if v is not None]]))
+    low = -2.0  # an e-value far below 1 is drawn at the bottom: "no evidence" either way
+    grid = sorted({low, 0.0, *charts.ticks(high)})
+    test_chart = charts.line_chart(
+        f"{check}: the test's log e-value against its boundary log(1/alpha) = {log_bound:.2f} "
+        "(rolled back when it crosses)",
+        t,
+        [
+            charts.Series("log e-value (canaryd's e-process)", log_e, 0),
+            charts.Series(
+                f"boundary log(1/alpha) = log {math.exp(log_bound):.4g}",
+                [log_bound] * len(t),
+                3,
+                dashed=True,
+            ),
+        ],
+        charts.linear_axis(low, high, grid, ""),
+        bands,
+        marks,
+    )
+    return [rate_chart, test_chart]
 
 
 def _summary(d: dict[str, Any]) -> str:

@@ -12,13 +12,18 @@ What runs, all on 127.0.0.1, all started here and stopped by pid at the end:
   over its HTTP API as ``canaryctl`` drives it;
 * a load generator sending steady traffic through nginx and counting which version answered.
 
-Two rollouts follow: a good version, promoted through every stage (10% → 25% → 50% → 100%),
-and a bad one that starts healthy and turns bad (30 % errors) once it takes 25 % of the traffic:
-canaryd rolls it back on its own, through its PromQL checks or the Alertmanager alert,
-whichever sees it first. Progress is printed as it happens; at the end a report is written
-(``report.html`` with charts, ``report.json``) and a summary printed. ``--fast`` shortens the
-stages (whole demo in about two minutes); without it the shipped ``matriz-fast-track`` policy
-runs at its real pace (about 20 minutes).
+Three rollouts follow: a good version, promoted through every stage (10% → 25% → 50% → 100%);
+a subtly bad one, 40 % slower than stable from its first request but far inside every absolute
+SLO (its P95 stays under 90 ms against 250 ms, it fails nothing), which only the comparison with
+stable can tell apart: canaryd rolls it back on ``latency-vs-stable``, and the report charts the
+evidence (each side's share of slow requests, the test's e-value against its bound); and a bad
+one that starts healthy and turns bad (30 % errors) once it takes 25 % of the traffic: canaryd
+rolls it back on its own, through its PromQL checks or the Alertmanager alert, whichever sees
+it first. The subtle one runs before the bad one so that no absolute check of its rollout can
+see the bad canary's errors still in its ``window``. Progress is printed as it happens; at the
+end a report is written (``report.html`` with charts, ``report.json``) and a summary printed.
+``--fast`` shortens the stages (whole demo in about two minutes); without it the shipped
+``matriz-fast-track`` policy runs at its real pace (the good rollout alone takes its 17 minutes).
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ TARGET = "matriz"
 STABLE_IMAGE = "v1.0.0"
 GOOD_IMAGE = "v2.0.0"
 BAD_IMAGE = "v2.1.0"
+SUBTLE_IMAGE = "v2.2.0"
+LATENCY = 0.05  # seconds per request of every version but the subtle one (±25 % jitter)
+SUBTLE_LATENCY = 0.07  # 40 % slower: 52-88 ms, inside the 250 ms P95 SLO, but worse than stable
 FAULT_ERROR_RATE = 0.3
 TAIL = 3.0  # seconds sampled after a rollout ended, to show where the traffic went
 
@@ -184,7 +192,11 @@ class Tour:
         binaries = stack.Binaries.find()
         ports = {name: stack.free_port() for name in ("stable", "canary", "nginx", "canaryd")}
         platform = LocalProcesses(
-            self.workdir, stable_port=ports["stable"], canary_port=ports["canary"]
+            self.workdir,
+            stable_port=ports["stable"],
+            canary_port=ports["canary"],
+            latency=LATENCY,
+            latencies={SUBTLE_IMAGE: SUBTLE_LATENCY},
         )
         daemon_task: asyncio.Task[None] | None = None
         daemon: Daemon | None = None
@@ -255,12 +267,13 @@ class Tour:
                 self.front = f"http://127.0.0.1:{ports['nginx']}/"
                 load = tg.create_task(self._load(self.front))
                 await self._until_scraped(prometheus.url)
-                records = [
-                    await self._rollout(client, daemon_task, "good", GOOD_IMAGE, "Succeeded"),
-                    await self._rollout(
-                        client, daemon_task, "bad", BAD_IMAGE, "RolledBack", platform=platform
-                    ),
-                ]
+                records = []
+                for name, image, expected in ROLLOUTS:
+                    fault = platform if name == "bad" else None
+                    records.append(
+                        await self._rollout(client, daemon_task, name, image, expected, fault)
+                    )
+                    await self._until_canary_removed(platform, name)
                 load.cancel()
             return self._finish(records, settings.targets[0].policy.name)
         except asyncio.CancelledError:
@@ -362,6 +375,7 @@ class Tour:
                     share,
                     success,
                     p95,
+                    compare=_evidence(rollout.get("compare")),
                 )
             )
             for check, m in (view.get("checks") or {}).items():
@@ -450,6 +464,17 @@ class Tour:
             self.say(f"{name} {image}: decision {decision_text(d)}")
         return told
 
+    async def _until_canary_removed(self, platform: LocalProcesses, name: str) -> None:
+        """Wait until canaryd has removed the last rollout's canary (a rolled-back one stays
+        ``scale_down_delay``). A rollout started before then would supersede the old one and
+        take over its canary slot, with the previous version still running in it."""
+        waited = time.monotonic()
+        while platform.image("canary") is not None:
+            if time.monotonic() - waited > self.deadline:
+                raise stack.StackError(f"the {name} rollout's canary was never removed")
+            await asyncio.sleep(0.2)
+        self.say(f"{name}: canary removed; stable {platform.image('stable')} serves everything")
+
     async def _pinned(self, probes: int = 5) -> int:
         """How many of ``probes`` requests with ``X-Canary-Deploy: canary`` the canary answered
         (through nginx, whatever the weight)."""
@@ -474,13 +499,21 @@ class Tour:
             response.raise_for_status()
 
     def _finish(self, records: list[report.RolloutRecord], policy: str) -> dict[str, Any]:
-        bad = records[-1].as_dict()
-        took = bad["fault_to_rollback_seconds"]
-        summary = (
-            f"policy {policy}: good {records[0].image} {records[0].phase}; bad {records[-1].image} "
-            f"{records[-1].phase}"
-            + (f", traffic back on stable {took:.1f} s after the fault" if took is not None else "")
-        )
+        parts = []
+        for record in records:
+            d = record.as_dict()
+            text = f"{record.name} {record.image} {record.phase}"
+            took, evidence = d["fault_to_rollback_seconds"], d["evidence"]
+            if took is not None:
+                text += f", traffic back on stable {took:.1f} s after the fault"
+            if evidence:
+                last = evidence["points"][-1]
+                text += (
+                    f" by {evidence['check']} after {last['t']:.0f} s and "
+                    f"{last['canary_requests']:.0f} canary requests"
+                )
+            parts.append(text)
+        summary = f"policy {policy}: " + "; ".join(parts)
         meta = {
             "summary": summary,
             "policy": policy,
@@ -493,6 +526,21 @@ class Tour:
         self.say(summary)
         self.say(f"report: {self.workdir / 'report.html'} and report.json beside it")
         return doc
+
+
+ROLLOUTS = (
+    ("good", GOOD_IMAGE, "Succeeded"),
+    ("subtle", SUBTLE_IMAGE, "RolledBack"),
+    ("bad", BAD_IMAGE, "RolledBack"),
+)
+
+
+def _evidence(view: object) -> dict[str, dict[str, Any]]:
+    """The rollout's compare evidence as the API shows it (``compare`` in the rollout view),
+    kept per check: e-value, bound, and what each side served since the check's baseline."""
+    if not isinstance(view, dict):
+        return {}
+    return {str(k): v for k, v in view.items() if isinstance(v, dict)}
 
 
 def _alert_rules(window: str) -> str:
