@@ -34,9 +34,11 @@ INF = "+Inf"
 
 def alpha_share(policy: Policy) -> float:
     """Each compare check's part of the policy's ``alpha``: an even split among the compare
-    checks the policy defines, so that together they roll back a canary no worse than stable
-    with probability at most ``alpha`` over the whole rollout (a union bound)."""
+    checks the policy defines and its verified split (``core.split``), if it has one, so that
+    together they roll back a canary no worse than stable, on a correct split, with
+    probability at most ``alpha`` over the whole rollout (a union bound)."""
     count = sum(1 for c in policy.checks.values() if c.kind == "compare")
+    count += policy.split_tolerance is not None
     return policy.alpha / max(count, 1)
 
 

@@ -35,6 +35,7 @@ _WATCH_CAUSES = frozenset(
         "too-few-requests",
         "canary-not-ready",
         "router-not-applied",
+        "split-off",
         "stuck",
     }
 )
