@@ -54,7 +54,9 @@ def stage_run(rng: random.Random, weight: int, share: float, volumes: list[int])
     at_edge=st.booleans(),
     rate=st.integers(5, 60),
 )
-def test_a_correct_split_is_rarely_flagged(seed: int, weight: int, at_edge: bool, rate: int) -> None:
+def test_a_correct_split_is_rarely_flagged(
+    seed: int, weight: int, at_edge: bool, rate: int
+) -> None:
     """A/A-style: requests split exactly as asked (or at the tolerance's worst edge) over 30
     evaluations; the frequency of a flagged stage stays under alpha, with room for sampling
     (binomial: 100 stages at alpha 0.0083 rarely see more than 3)."""
@@ -129,7 +131,8 @@ def test_the_split_shares_the_policys_alpha() -> None:
 
 
 def split_policy() -> object:
-    checks = {"sr": Check("sr", "q", ">=", 0.99), "e": Check("e", "", kind="compare", compare="errors")}
+    errors = Check("e", "", kind="compare", compare="errors")
+    checks = {"sr": Check("sr", "q", ">=", 0.99), "e": errors}
     return make_policy(
         checks=checks,
         stages=(Stage(20, 60.0, ("sr", "e")), Stage(100, 0.0, ("sr", "e"))),

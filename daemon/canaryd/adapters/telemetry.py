@@ -43,6 +43,7 @@ Every metric canaryd exports, with its type, labels and meaning, is in ``docs/me
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 from collections.abc import Iterable, Sequence
@@ -56,8 +57,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from canaryd import __version__
-from canaryd.core import split
-from canaryd.core.analysis import assess
+from canaryd.core import compare, split
 from canaryd.core.model import (
     Action,
     ActionKind,
@@ -278,7 +278,7 @@ class Telemetry:
                 self.check_value.labels(state.target, m.check).set(m.value)
             check = checks.get(m.check)
             if check is not None:
-                verdict = assess(check, m).verdict
+                verdict = compare.judged(check, m, state).verdict
                 self.check_results.labels(state.target, m.check, str(verdict)).inc()
 
     def observed(self, state: Rollout, observed: Observed) -> None:
@@ -292,10 +292,8 @@ class Telemetry:
         if seen is not None and state.phase in (Phase.PROGRESSING, Phase.PAUSED):
             self.observed_weight.labels(state.target).set(seen)
         else:
-            try:
+            with contextlib.suppress(KeyError):  # not exported: nothing to remove
                 self.observed_weight.remove(state.target)
-            except KeyError:
-                pass  # not exported: nothing to remove
 
     def applied(self, state: Rollout, effect: Effect, seconds: float, router: str) -> None:
         if effect.weight is not None:

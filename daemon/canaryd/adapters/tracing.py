@@ -47,7 +47,7 @@ from typing import Any, cast
 
 import structlog
 
-from canaryd.core.analysis import assess
+from canaryd.core import compare
 from canaryd.core.model import Action, Effect, EffectKind, Measurement, Observed, Phase, Rollout
 from canaryd.ports import Clock, RuntimeEvents
 
@@ -302,7 +302,7 @@ class Tracer:
             prefix = f"canaryd.check.{m.check}"
             if check is not None:
                 attributes[f"{prefix}.query"] = self._query_of(state, labels, check.query)
-                verdict = str(assess(check, m).verdict)
+                verdict = str(compare.judged(check, m, state).verdict)
                 attributes[f"{prefix}.verdict"] = verdict
                 if verdict == "failed":
                     failed.append(m.check)

@@ -272,7 +272,9 @@ async def show_target(request: web.Request, call: Call) -> web.Response:
     if rollout is not None:
         decisions = await asyncio.to_thread(api.store.history, rollout_id=rollout.id)
         for m in await asyncio.to_thread(api.store.measurements, rollout.id):
-            checks[m["check"]] = stamped(check_view(rollout.policy.checks.get(m["check"]), m))
+            checks[m["check"]] = stamped(
+                check_view(rollout.policy.checks.get(m["check"]), m, rollout)
+            )
     firing = api.controller.inbox.firing_for(name, api.clock.time())
     view = target_summary(target, rollout)
     view["rollout"] = rollout_view(rollout) if rollout else None

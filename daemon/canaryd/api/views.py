@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from canaryd.config.kinds import KindConfig
-from canaryd.core import units
-from canaryd.core.analysis import assess
+from canaryd.core import compare, units
 from canaryd.core.model import Alert, Check, Counts, Measurement, Phase, Policy, Rollout
 from canaryd.core.timefmt import format_rfc3339
 from canaryd.ports import MeasurementRecord
@@ -117,7 +116,9 @@ def target_summary(t: TargetInfo, r: Rollout | None) -> dict[str, Any]:
     }
 
 
-def check_view(check: Check | None, m: MeasurementRecord) -> dict[str, Any]:
+def check_view(
+    check: Check | None, m: MeasurementRecord, rollout: Rollout | None = None
+) -> dict[str, Any]:
     """The latest measurement of a check as the API shows it: the value with what it is judged
     against (``op``, ``threshold``, ``unit``) and the verdict the daemon's analysis gives it, so
     a client shows pass/fail without re-implementing the analysis. ``check`` None (a check the
@@ -133,7 +134,8 @@ def check_view(check: Check | None, m: MeasurementRecord) -> dict[str, Any]:
             m["stable_requests"] or 0.0,
             m["stable_errors"] or 0.0,
         )
-    judged = assess(check, Measurement(check.name, m["value"], counts, m["error"]))
+    measured = Measurement(check.name, m["value"], counts, m["error"])
+    judged = compare.judged(check, measured, rollout)
     view.update(
         op=check.op,
         threshold=check.threshold,

@@ -22,9 +22,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
-from canaryd.core import sequential
+from canaryd.core import analysis, sequential
 from canaryd.core.analysis import Assessment
-from canaryd.core.model import Check, CompareState, Measurement, NoData, Policy, Verdict
+from canaryd.core.model import (
+    Check,
+    CompareState,
+    Measurement,
+    NoData,
+    Policy,
+    Rollout,
+    Verdict,
+)
 
 SIDES = ("canary", "stable")
 ERRORS, LATENCY = "errors", "latency"
@@ -40,6 +48,20 @@ def alpha_share(policy: Policy) -> float:
     count = sum(1 for c in policy.checks.values() if c.kind == "compare")
     count += policy.split_tolerance is not None
     return policy.alpha / max(count, 1)
+
+
+def judged(check: Check, m: Measurement, rollout: Rollout | None) -> Assessment:
+    """The engine's verdict of ``m`` for anything that shows one (metrics, API, dashboard,
+    traces): a threshold check's from the measurement alone, a compare check's from the
+    e-process ``rollout`` carries (read, not moved on); no rollout: the reading's own facts
+    only (an error, or no data)."""
+    if check.kind != "compare":
+        return analysis.assess(check, m)
+    if m.error is not None:
+        return Assessment(check.name, Verdict.ERROR, None, f"source error: {m.error}", m.error)
+    state = None if rollout is None else rollout.compare.get(check.name)
+    alpha = alpha_share(rollout.policy) if rollout is not None else 1.0
+    return assess(check, None, state, alpha)[0]
 
 
 def bound_label(text: str) -> str:

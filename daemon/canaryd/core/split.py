@@ -23,8 +23,8 @@ the (interval) null, so their average is an e-process for it, and by Ville's ine
 reaches ``1/alpha`` with probability at most ``alpha`` however often it is looked at. The
 split's ``alpha`` is its even share of the policy's budget with the compare checks
 (``core.compare.alpha_share``), divided again among the policy's stages (each stage runs its
-own e-process, so a union bound over them keeps the rollout within the share). A side whose bound is not strictly inside (0, 1) is dropped
-(at weight 100 only *too few* can be shown).
+own e-process, so a union bound over them keeps the rollout within the share). A side whose
+bound is not strictly inside (0, 1) is dropped (at weight 100 only *too few* can be shown).
 
 **Assumptions.** Requests land independently of each other. A round-robin router (nginx,
 Traefik) spreads them more evenly than independent trials would: the test is then
@@ -86,9 +86,7 @@ def observe(
     if tolerance is not None:
         for side, p0 in bounds(weight, tolerance).items():
             logs[side] = _update(logs.get(side, sequential.start()), x, n, p0, side)
-    concluded = state.concluded or (
-        tolerance is not None and e_value(logs) >= 1.0 / alpha
-    )
+    concluded = state.concluded or (tolerance is not None and e_value(logs) >= 1.0 / alpha)
     return SplitState(weight, now, counted, logs, concluded)
 
 

@@ -180,8 +180,8 @@ def _passed(s: Rollout, last: float, now: float, evidence: Evidence) -> Step:
     tolerance = policy.split_tolerance
     if tolerance is not None and s.split is not None and s.split.concluded:
         text = f"split off: {split.describe(s.split, tolerance)}; stage timer holds"
-        seen = {"split": split.evidence(s.split, tolerance, split.alpha(policy)), **evidence}
-        return s, (decision(ActionKind.HOLD, Cause.SPLIT_OFF, text, s.weight, seen),)
+        facts = {"split": split.evidence(s.split, tolerance, split.alpha(policy)), **evidence}
+        return s, (decision(ActionKind.HOLD, Cause.SPLIT_OFF, text, s.weight, facts),)
     credited = s.credited + max(0.0, min(now - last, policy.interval))
     s = replace(s, credited=credited)
     if credited + EPS < stage.duration:
