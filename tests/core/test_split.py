@@ -17,6 +17,7 @@ from canaryd.core.model import (
     ActionKind,
     Cause,
     Check,
+    CompareState,
     Counts,
     Findings,
     Measurement,
@@ -24,6 +25,7 @@ from canaryd.core.model import (
     Rollout,
     SplitState,
     Stage,
+    Verdict,
 )
 from support.enginekit import make_policy, world
 
@@ -220,3 +222,23 @@ def test_the_policy_key(tmp_path: object) -> None:
         load_policy(bad)
     text = str(info.value)
     assert "split.tolerance" in text and "split.margin" in text
+
+
+def test_a_compare_check_is_shown_with_its_rollouts_verdict() -> None:
+    """Metrics, the API, the dashboard and traces judge a compare check with the e-process the
+    rollout carries (``analysis.assess`` alone has no compare kind and cannot know it)."""
+    errors = Check("e", "", kind="compare", compare="errors")
+    policy = make_policy(checks={"e": errors}, stages=(Stage(20, 60.0, ("e",)),))
+    s = started(policy)
+    reading = Measurement("e", counts=Counts(10.0, 0.0, 90.0, 0.0))
+    assert compare.judged(errors, reading, None).verdict is Verdict.INCONCLUSIVE
+    assert compare.judged(errors, reading, s).verdict is Verdict.INCONCLUSIVE  # no state yet
+    down = Measurement("e", error="connection refused")
+    assert compare.judged(errors, down, s).verdict is Verdict.ERROR
+    counted = CompareState(counted={"canary.requests": 5.0, "stable.requests": 50.0})
+    s = replace(s, compare={"e": counted})
+    assert compare.judged(errors, reading, s).verdict is Verdict.SUCCESSFUL
+    s = replace(s, compare={"e": replace(counted, concluded=True)})
+    assert compare.judged(errors, reading, s).verdict is Verdict.FAILED
+    threshold = Check("sr", "q", ">=", 0.99)
+    assert compare.judged(threshold, Measurement("sr", 0.5), s).verdict is Verdict.FAILED
