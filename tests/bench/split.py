@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "daemon"))
 
-from canaryd.core import split  # noqa: E402
-from canaryd.core.model import Counts  # noqa: E402
+from canaryd.core import split
+from canaryd.core.model import Counts
 
 ALPHA = 0.05 / 3 / 4  # fast track: two compare checks and the split; four stages
 TOLERANCE = 0.05
