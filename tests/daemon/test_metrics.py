@@ -16,7 +16,7 @@ import contextlib
 import re
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ from canaryd.core.model import (
     EffectKind,
     Measurement,
     Observed,
+    Phase,
     Policy,
+    SplitState,
 )
 from support import procs
 from support.procs import free_port
@@ -230,6 +232,14 @@ def test_every_documented_label_set_is_the_registrys(tmp_path: Path) -> None:
     rolled = Action(ActionKind.ROLLED_BACK, "done", evidence={"time_to_rollback": 0.2})
     telemetry.decided(state, (rollback, rolled), (), 1.0)
     telemetry.observed(state, Observed(weight=10))
+    # a stage that counted requests on both sides: the measured share (core.split)
+    counted = SplitState(weight=10, counted={"canary": 9.0, "stable": 91.0})
+    measuring = replace(state, phase=Phase.PROGRESSING, split=counted)
+    telemetry.decided(measuring, (), (), 2.0)
+    assert (
+        f'canaryd_observed_weight{{target="{TARGET}"}} 9.0'
+        in generate_latest(telemetry.registry).decode()
+    )
     telemetry.applied(state, Effect(EffectKind.SET_WEIGHT, weight=10), 0.01, "noop")
     telemetry.webhook_request(400)
     telemetry.alerts_arrived(1, 1)

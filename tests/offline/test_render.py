@@ -267,6 +267,7 @@ def test_canary_beside_stable_with_units_weights_and_decisions(
     weights = [t["expr"] for t in by_title["Canary weight: asked vs measured"]["targets"]]
     assert weights == [
         'canaryd_rollout_weight{target=~"$target"}',
+        'canaryd_router_weight{target=~"$target"}',
         'canaryd_observed_weight{target=~"$target"}',
     ]
     annotations = {a["name"]: a for a in dashboard["annotations"]["list"]}

@@ -23,6 +23,8 @@ label                   decisions
 ``progress-deadline``   a stage did not pass within its deadline (rollback)
 ``canary-not-ready``    the canary was not ready within the deadline (rollback)
 ``router-not-applied``  the router did not apply a stage's weight (rollback)
+``split-off``           the canary's measured share of requests is outside tolerance
+                        (hold; rollback at the progress deadline)
 ``manual``              an operator's rollback
 ``manual-promote``      an operator's promote (one stage, or to 100%)
 ``cleanup``             an operator's cleanup
@@ -41,6 +43,7 @@ Every metric canaryd exports, with its type, labels and meaning, is in ``docs/me
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 from collections.abc import Iterable, Sequence
@@ -54,7 +57,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from canaryd import __version__
-from canaryd.core import compare
+from canaryd.core import compare, split
 from canaryd.core.model import (
     Action,
     ActionKind,
@@ -83,6 +86,7 @@ REASON_LABELS: dict[Cause, str] = {
     Cause.SUPERSEDED: "superseded",
     Cause.VERIFY_FAILED: "verify-failed",
     Cause.PINNED: "pinned",
+    Cause.SPLIT_OFF: "split-off",
 }
 NOTIFICATION_RESULTS = ("sent", "retried", "failed", "dropped")  # adapters.notify.sender
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -188,7 +192,13 @@ class Telemetry:
             registry=r,
         )
         self.observed_weight = Gauge(
-            "canaryd_observed_weight", "Canary weight the router reports", ["target"], registry=r
+            "canaryd_observed_weight",
+            "Canary share of the stage's requests, in percent, measured from per-side counts",
+            ["target"],
+            registry=r,
+        )
+        self.router_weight = Gauge(
+            "canaryd_router_weight", "Canary weight the router reports", ["target"], registry=r
         )
         self.build_info = Gauge("canaryd_build_info", "canaryd version", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
@@ -235,6 +245,7 @@ class Telemetry:
         for phase in Phase:
             self.phase.labels(target, str(phase)).set(1 if phase is state.phase else 0)
         self._judged(state, measurements)
+        self._measured_share(state)
         for action in actions:
             code = reason_label(action)
             self.decisions.labels(target, str(action.kind), code).inc()
@@ -272,7 +283,17 @@ class Telemetry:
 
     def observed(self, state: Rollout, observed: Observed) -> None:
         if observed.weight is not None:
-            self.observed_weight.labels(state.target).set(observed.weight)
+            self.router_weight.labels(state.target).set(observed.weight)
+
+    def _measured_share(self, state: Rollout) -> None:
+        """``canaryd_observed_weight``: the share the canary served in the current stage
+        (``core.split``), while a stage runs and requests were counted; absent otherwise."""
+        seen = split.share(state.split)
+        if seen is not None and state.phase in (Phase.PROGRESSING, Phase.PAUSED):
+            self.observed_weight.labels(state.target).set(seen)
+        else:
+            with contextlib.suppress(KeyError):  # not exported: nothing to remove
+                self.observed_weight.remove(state.target)
 
     def applied(self, state: Rollout, effect: Effect, seconds: float, router: str) -> None:
         if effect.weight is not None:

@@ -64,6 +64,7 @@ _TOP = {
     "alpha",
     "scope",
     "min_window",
+    "split",
 }
 _LIMITS = {
     "failure_limit",
@@ -164,6 +165,7 @@ def read_policy(r: Reader, doc: Any, default_name: str) -> Policy:
         alpha=r.field(top, "alpha", "", _alpha, 0.05),
         scope=Scope(r.field(top, "scope", "", one_of("age", "version"), "age")),
         min_window=max(min_window, 1.0),
+        split_tolerance=_read_split(r, top.get("split"), checks),
     )
 
 
@@ -225,6 +227,29 @@ def _read_compare(
         tolerance=r.field(c, "tolerance", path, _tolerance, 0.0),
         alpha_weight=r.field(c, "alpha_weight", path, _alpha_weight, 1.0),
     )
+
+
+def _read_split(r: Reader, raw: Any, checks: dict[str, Check]) -> float | None:
+    """``split: {tolerance: 0.05}``: the verified split's tolerance (``core.split``). It reads
+    the per-side request counts of a ``compare: errors`` check, so the policy needs one."""
+    if raw is None:
+        return None
+    spec = r.mapping(raw, "split", {"tolerance"})
+    tolerance: float = r.field(spec, "tolerance", "split", _split_tolerance, 0.05)
+    if checks and not any(c.kind == "compare" and c.compare == "errors" for c in checks.values()):
+        r.problem(
+            "split",
+            "a verified split reads the per-side requests of a `compare: errors` check; "
+            "the policy has none",
+        )
+    return tolerance
+
+
+def _split_tolerance(value: Any) -> float:
+    t = to_float(value)
+    if not 0.0 < t <= 0.5:
+        raise ValueError(f"must be a share within (0, 0.5] (0.05: ±5 points), got {t:g}")
+    return t
 
 
 def _alpha(value: Any) -> float:

@@ -35,6 +35,7 @@ from canaryd.core.model import (
     PromoteStep,
     Rollout,
     Scope,
+    SplitState,
     Stage,
 )
 
@@ -112,7 +113,12 @@ def policy_from_dict(d: Mapping[str, Any]) -> Policy:
         alpha=float(d.get("alpha", 0.05)),
         scope=Scope(d.get("scope", Scope.AGE)),
         min_window=float(d.get("min_window", MIN_WINDOW)),
+        split_tolerance=_optional_float(d.get("split_tolerance")),
     )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def rollout_to_dict(r: Rollout) -> dict[str, Any]:
@@ -144,7 +150,21 @@ def rollout_from_dict(d: Mapping[str, Any]) -> Rollout:
         )
         for name, c in d.get("compare", {}).items()
     }
+    fields["split"] = _split_state(d.get("split"))
     return Rollout(**fields)
+
+
+def _split_state(d: Mapping[str, Any] | None) -> SplitState | None:
+    """The stage's verified split (a record stored before it existed has none)."""
+    if d is None:
+        return None
+    return SplitState(
+        weight=int(d["weight"]),
+        last=dict(d["last"]),
+        counted=dict(d["counted"]),
+        logs={side: tuple(logs) for side, logs in d["logs"].items()},
+        concluded=bool(d["concluded"]),
+    )
 
 
 def _pause_cause(d: Mapping[str, Any]) -> Cause | None:

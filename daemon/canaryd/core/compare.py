@@ -46,10 +46,13 @@ PAIRED = "paired.intervals"
 
 def alpha_share(policy: Policy, check: Check | None = None) -> float:
     """``check``'s part of the policy's ``alpha``: ``alpha × its alpha_weight / the sum of the
-    alpha_weight of the compare checks the policy defines`` (an even split by default), so that
-    together they roll back a canary no worse than stable with probability at most ``alpha``
-    over the whole rollout (a union bound). Without ``check``: the part of a weight-1 check."""
+    alpha_weight of the compare checks the policy defines`` (an even split by default), the
+    verified split (``core.split``), if the policy has one, counting as one more check of
+    weight 1 — so that together they roll back a canary no worse than stable, on a correct
+    split, with probability at most ``alpha`` over the whole rollout (a union bound). Without
+    ``check``: the part of a weight-1 check (the split's)."""
     total = sum(c.alpha_weight for c in policy.checks.values() if c.kind == "compare")
+    total += 1.0 if policy.split_tolerance is not None else 0.0
     weight = 1.0 if check is None else check.alpha_weight
     return policy.alpha * weight / max(total, weight)
 

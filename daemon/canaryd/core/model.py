@@ -194,6 +194,9 @@ class Policy:
     alpha: float = 0.05  # the compare checks' shared false-rollback budget for a whole rollout
     scope: Scope = Scope.AGE
     min_window: float = MIN_WINDOW  # a younger rollout has no data yet (core.scope)
+    # verified split (core.split): how far the canary's observed share of requests may be
+    # from the weight asked, as a fraction (0.05: ±5 points); None: not verified
+    split_tolerance: float | None = None
 
     @property
     def total_duration(self) -> float:
@@ -273,6 +276,9 @@ class Rollout:
     pin_on_ready: bool = False
     # each compare check's e-process over the rollout (core.compare), by check name
     compare: Mapping[str, CompareState] = field(default_factory=dict)
+    # the current stage's verified split (core.split): per-side requests since the stage's
+    # weight was applied; reset with the stage
+    split: SplitState | None = None
 
     def __post_init__(self) -> None:
         # a plain "update-stable" (an older caller, a test) becomes the enum, so the engine's
@@ -333,6 +339,25 @@ class CompareState:
     ``concluded``: the e-value reached ``1/alpha`` once; the verdict stays *failed*.
     """
 
+    last: Mapping[str, float] = field(default_factory=dict)
+    counted: Mapping[str, float] = field(default_factory=dict)
+    logs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    concluded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SplitState:
+    """The stage's verified split so far (``core.split``).
+
+    ``weight``: the canary weight asked when the stage's counting began (another weight starts
+    afresh). ``last``: the cumulative request counters last read (``canary``, ``stable``), the
+    baseline of the next increment. ``counted``: requests per side since the stage's first
+    reading. ``logs``: per direction (``low``: fewer than asked, ``high``: more) the log of
+    each mixture component's likelihood-ratio product. ``concluded``: the e-value reached
+    ``1/alpha`` in this stage: the share is outside tolerance and the stage cannot pass.
+    """
+
+    weight: int
     last: Mapping[str, float] = field(default_factory=dict)
     counted: Mapping[str, float] = field(default_factory=dict)
     logs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
@@ -505,6 +530,7 @@ class Cause(StrEnum):
     HANDED_OVER = "handed-over"  # the canary slot went to the rollout that superseded this one
     VERIFIED = "verified"  # the target's verify commands passed: the canary may be created
     VERIFY_FAILED = "verify-failed"  # a verify command failed or timed out: nothing deployed
+    SPLIT_OFF = "split-off"  # the canary's measured share of requests is outside tolerance
     PINNED = "pinned"  # the canary's pods report the digest the tag named: recorded, used from now
 
 

@@ -9,8 +9,9 @@ asks Prometheus, not from a guess at the job's name:
   (``offline.queries``, the daemon's templating); the success rate is the policy's success
   check when it has one, the latencies are its ``histogram_quantile`` check at three quantiles;
 - one panel per check (canary and stable, the threshold as a line, the check's unit from
-  ``core.units``), the weight canaryd asked beside the weight the router reports
-  (``canaryd_rollout_weight``/``canaryd_observed_weight``), stage, verdicts and rollbacks;
+  ``core.units``), the weight canaryd asked beside the weight the router reports and the share
+  the canary was measured to serve (``canaryd_rollout_weight``, ``canaryd_router_weight``,
+  ``canaryd_observed_weight``), stage, verdicts and rollbacks;
 - decisions as annotations, from canaryd's own metrics: a phase entered
   (``canaryd_rollout_phase``), a decision taken (``canaryd_decisions_total``), a rollback in red.
 
@@ -167,7 +168,8 @@ def _own_panels(policy: Policy) -> list[_Panel]:
             "Canary weight: asked vs measured",
             (
                 (f"canaryd_rollout_weight{t}", "asked by canaryd"),
-                (f"canaryd_observed_weight{t}", "measured at the router"),
+                (f"canaryd_router_weight{t}", "the router's read-back"),
+                (f"canaryd_observed_weight{t}", "measured share of requests"),
             ),
             "percent",
             bounds=(0, 100),

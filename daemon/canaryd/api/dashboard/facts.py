@@ -2,7 +2,7 @@
 
 ``gather`` fills these records from the runtime and the store; the renderers only read them.
 The judgements are here, apart from both, because they are the part worth testing on their own:
-a check's verdict is the engine's own ``analysis.assess`` of the stored measurement (so the page
+a check's verdict is the engine's own (``compare.judged``) of the stored measurement (so the page
 says "fail" exactly when the engine counted a failure), and a target's health at a glance is a
 pure function of its phase, its last decision's cause, firing alerts and those verdicts.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from canaryd.api.views import TargetInfo
-from canaryd.core.analysis import assess
+from canaryd.core import compare
 from canaryd.core.model import Check, Counts, Measurement, Phase, Rollout, Verdict
 from canaryd.ports import DecisionRecord, MeasurementRecord
 
@@ -35,6 +35,7 @@ _WATCH_CAUSES = frozenset(
         "too-few-requests",
         "canary-not-ready",
         "router-not-applied",
+        "split-off",
         "stuck",
     }
 )
@@ -99,11 +100,12 @@ def check_histories(
     names = list(dict.fromkeys(name for stage in policy.stages for name in stage.checks))
     points: dict[str, list[Point]] = {name: [] for name in names}
     for m in measurements:
-        points.setdefault(m["check"], []).append(_point(policy.checks.get(m["check"]), m))
+        point = _point(policy.checks.get(m["check"]), m, rollout)
+        points.setdefault(m["check"], []).append(point)
     return [CheckHistory(n, policy.checks.get(n), tuple(p)) for n, p in points.items()]
 
 
-def _point(check: Check | None, m: MeasurementRecord) -> Point:
+def _point(check: Check | None, m: MeasurementRecord, rollout: Rollout) -> Point:
     counts = None
     if m["canary_requests"] is not None or m["stable_requests"] is not None:
         counts = Counts(
@@ -115,7 +117,7 @@ def _point(check: Check | None, m: MeasurementRecord) -> Point:
     measured = Measurement(m["check"], m["value"], counts, m["error"])
     if check is None:
         return Point(m["t"], m["value"], Verdict.INCONCLUSIVE, "not in the policy", counts)
-    judged = assess(check, measured)
+    judged = compare.judged(rollout, check, measured)
     return Point(m["t"], m["value"], judged.verdict, judged.detail, counts)
 
 

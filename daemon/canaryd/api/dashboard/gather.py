@@ -4,7 +4,7 @@ Store reads (a target without a worker is read from the store too) run in a thre
 page's in one ``to_thread`` call, so a page never blocks the event loop and costs one hop. The
 inbox and the telemetry gauges are read on the loop, where they are written: they are memory.
 
-The measured weight is what the router last reported, as ``canaryd_observed_weight`` exports it
+The router's weight is what the router last reported, as ``canaryd_router_weight`` exports it
 (read from the gauge, so the page and ``/metrics`` cannot disagree). ``/`` reads, per target,
 the current rollout and its decisions; the measurements (every evaluation of every check) are
 read only for a target's own page.
@@ -26,9 +26,9 @@ ROLES = {row.what: row.role for row in ROUTES if row.what is not None and row.ro
 
 
 def measured_weights(telemetry: Telemetry) -> dict[str, int]:
-    """Every target's last router read-back, from the ``canaryd_observed_weight`` gauge."""
+    """Every target's last router read-back, from the ``canaryd_router_weight`` gauge."""
     found: dict[str, int] = {}
-    for family in telemetry.observed_weight.collect():
+    for family in telemetry.router_weight.collect():
         for sample in family.samples:
             target = sample.labels.get("target")
             if target is not None:

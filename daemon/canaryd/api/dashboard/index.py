@@ -1,7 +1,7 @@
 """``/``: every target in one table — health, phase, stage, image, weights, last decision.
 
 The weight is shown twice: asked (the rollout's record, what canaryd set) and measured (what the
-router last reported, ``canaryd_observed_weight``), because a router that did not apply a stage
+router last reported, ``canaryd_router_weight``), because a router that did not apply a stage
 is exactly what an operator must see at a glance. Health is ``facts.health`` of the target's
 phase, last decision and firing alerts; each row links to the target's own page.
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from canaryd.core import analysis, compare, scope
+from canaryd.core import analysis, compare, scope, split
 from canaryd.core.analysis import Assessment
 from canaryd.core.model import (
     ActionKind,
@@ -18,6 +18,7 @@ from canaryd.core.model import (
     OnInconclusive,
     Phase,
     Rollout,
+    SplitState,
     Verdict,
 )
 from canaryd.core.stages.transitions import (
@@ -67,6 +68,7 @@ def evaluate(s: Rollout, f: Findings, now: float) -> Step:
     s = replace(
         s,
         compare={**s.compare, **states},
+        split=_split(s, f.measurements),
         last_eval_at=now,
         next_eval_at=next_tick(now, s.policy.interval),
         stage_requests=s.stage_requests + _usable_requests(f.requests),
@@ -99,6 +101,25 @@ def _assess(s: Rollout, f: Findings) -> tuple[list[Assessment], dict[str, Compar
         else:
             results.append(analysis.assess(check, by_name.get(name)))
     return results, states
+
+
+def _split(s: Rollout, measurements: tuple[Measurement, ...]) -> SplitState | None:
+    """The stage's split after this evaluation, from the per-side request counters of the
+    stage's first ``compare: errors`` check (none in the stage: nothing is known)."""
+    checks = s.policy.checks
+    counts = next(
+        (
+            m.counts
+            for m in measurements
+            if m.check in s.current_stage.checks
+            and checks[m.check].kind == "compare"
+            and checks[m.check].compare == compare.ERRORS
+            and m.error is None
+        ),
+        None,
+    )
+    policy = s.policy
+    return split.observe(s.split, counts, s.weight, policy.split_tolerance, split.alpha(policy))
 
 
 def _failed(s: Rollout, results: list[Assessment], now: float, evidence: Evidence) -> Step:
@@ -193,6 +214,11 @@ def _passed(s: Rollout, last: float, now: float, evidence: Evidence) -> Step:
     s = replace(s, consecutive_inconclusive=0, consecutive_errors=0)
     if s.phase is not Phase.PROGRESSING:
         return s, ()
+    tolerance = policy.split_tolerance
+    if tolerance is not None and s.split is not None and s.split.concluded:
+        text = f"split off: {split.describe(s.split, tolerance)}; stage timer holds"
+        facts = {"split": split.evidence(s.split, tolerance, split.alpha(policy)), **evidence}
+        return s, (decision(ActionKind.HOLD, Cause.SPLIT_OFF, text, s.weight, facts),)
     credited = s.credited + max(0.0, min(now - last, policy.interval))
     s = replace(s, credited=credited)
     if credited + EPS < stage.duration:

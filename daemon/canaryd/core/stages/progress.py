@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from canaryd.core import split
 from canaryd.core.model import (
     Action,
     ActionKind,
@@ -122,6 +123,11 @@ def _progressing(s: Rollout, obs: Observed, now: float) -> Step:
     if due:
         allowed = s.current_stage.duration + limit
         reason = f"progress deadline: stage {s.stage + 1} not passed within {allowed:g}s"
+        tolerance = s.policy.split_tolerance
+        if tolerance is not None and s.split is not None and s.split.concluded:
+            facts = split.evidence(s.split, tolerance, split.alpha(s.policy))
+            reason = f"{split.describe(s.split, tolerance)}: {reason}"
+            return rollback(s, Cause.SPLIT_OFF, reason, now, {"deadline": allowed, "split": facts})
         return rollback(s, Cause.PROGRESS_DEADLINE, reason, now, {"deadline": allowed})
     return s, ()
 

@@ -188,6 +188,7 @@ def fresh_stage(s: Rollout, index: int, weight: int, now: float) -> Rollout:
         consecutive_inconclusive=0,
         consecutive_errors=0,
         stage_passed=False,
+        split=None,
     )
 
 
