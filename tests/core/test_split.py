@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canaryd.config.policies import load_policy
-from canaryd.core import codec, compare, split, stages
+from canaryd.core import analysis, codec, compare, split, stages
 from canaryd.core.model import (
     ActionKind,
     Cause,
@@ -231,14 +231,16 @@ def test_a_compare_check_is_shown_with_its_rollouts_verdict() -> None:
     policy = make_policy(checks={"e": errors}, stages=(Stage(20, 60.0, ("e",)),))
     s = started(policy)
     reading = Measurement("e", counts=Counts(10.0, 0.0, 90.0, 0.0))
-    assert compare.judged(errors, reading, None).verdict is Verdict.INCONCLUSIVE
-    assert compare.judged(errors, reading, s).verdict is Verdict.INCONCLUSIVE  # no state yet
+    assert analysis.assess(errors, reading).verdict is Verdict.INCONCLUSIVE  # alone: never a pass
+    assert compare.judged(s, errors, reading).verdict is Verdict.INCONCLUSIVE  # no state yet
     down = Measurement("e", error="connection refused")
-    assert compare.judged(errors, down, s).verdict is Verdict.ERROR
-    counted = CompareState(counted={"canary.requests": 5.0, "stable.requests": 50.0})
+    assert compare.judged(s, errors, down).verdict is Verdict.ERROR
+    counted = CompareState(
+        counted={"canary.requests": 5.0, "stable.requests": 50.0, compare.PAIRED: 1.0}
+    )
     s = replace(s, compare={"e": counted})
-    assert compare.judged(errors, reading, s).verdict is Verdict.SUCCESSFUL
+    assert compare.judged(s, errors, reading).verdict is Verdict.SUCCESSFUL
     s = replace(s, compare={"e": replace(counted, concluded=True)})
-    assert compare.judged(errors, reading, s).verdict is Verdict.FAILED
+    assert compare.judged(s, errors, reading).verdict is Verdict.FAILED
     threshold = Check("sr", "q", ">=", 0.99)
-    assert compare.judged(threshold, Measurement("sr", 0.5), s).verdict is Verdict.FAILED
+    assert compare.judged(s, threshold, Measurement("sr", 0.5)).verdict is Verdict.FAILED
