@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -38,11 +39,14 @@ from typing import TYPE_CHECKING
 
 from canaryd import __version__
 from canaryd.config.kinds import Kinds
+from canaryd.config.pipeline import Pipeline, read_pipeline
 from canaryd.config.reader import shown_path
 from canaryd.config.settings import Listen, Settings, SqliteState, Target, parse_listen
-from canaryd.core.durations import format_duration
+from canaryd.core import timing
+from canaryd.core.durations import format_duration, parse_duration
 from canaryd.core.errors import CanarydError, ConfigError
-from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
+from canaryd.core.model import AlertAction, AlertRule, Check, Gate, Policy
+from canaryd.core.rules import rule_for
 from canaryd.ports import StateLocked
 
 DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
@@ -93,25 +97,60 @@ def report_config_error(error: ConfigError) -> int:
 
 
 def _register_check(commands: Subparsers) -> None:
-    add_config_option(
-        _command(commands, "check", run_check, "validate the config and every policy it names")
+    parser = _command(commands, "check", run_check, "validate the config and every policy it names")
+    add_config_option(parser)
+    parser.add_argument(
+        "--prometheus-config",
+        metavar="FILE",
+        type=Path,
+        help="Prometheus config for scrape/evaluation intervals and alert rules "
+        "(default: prometheus.yml beside the config, if any)",
+    )
+    parser.add_argument(
+        "--alertmanager-config",
+        metavar="FILE",
+        type=Path,
+        help="Alertmanager config for group_wait (default: alertmanager.yml beside the config)",
+    )
+    parser.add_argument(
+        "--rps",
+        type=float,
+        default=timing.DEFAULT_RPS,
+        help="requests per second to a target, both sides, for the compare checks' sample "
+        "sizes (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--error-rate",
+        type=float,
+        default=timing.DEFAULT_ERROR_RATE,
+        help="stable's error share; the canary's is twice it (default: %(default)g)",
     )
 
 
 def run_check(args: argparse.Namespace) -> int:
     """Validate the config and every policy it names. Prints per policy the total duration and
-    the worst-case time from a breach to rollback; exits 2 with 'file: key.path: message' lines
-    if anything is wrong."""
+    the worst-case time from a breach to rollback (per target: window lag, evaluations, alert
+    pipeline, router), and the canary requests each compare check needs to catch a doubling of
+    errors; exits 2 with 'file: key.path: message' lines if anything is wrong."""
+    if not (args.rps > 0 and 0 < args.error_rate <= 0.5):
+        print("check: --rps must be > 0 and --error-rate within (0, 0.5]", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         settings = read_config(args.config)
     except ConfigError as exc:
         return report_config_error(exc)
-    for line in describe_settings(settings):
+    pipe = read_pipeline(settings.file, args.prometheus_config, args.alertmanager_config)
+    traffic = (args.rps, args.error_rate)
+    for line in describe_settings(settings, pipe, traffic):
         print(line)
     return EXIT_OK
 
 
-def describe_settings(settings: Settings) -> list[str]:
+def describe_settings(
+    settings: Settings,
+    pipe: Pipeline | None = None,
+    traffic: tuple[float, float] = (timing.DEFAULT_RPS, timing.DEFAULT_ERROR_RATE),
+) -> list[str]:
     state = settings.state
     where = (
         f"sqlite {state.path}"
@@ -132,6 +171,11 @@ def describe_settings(settings: Settings) -> list[str]:
             seen.add(key)
             shown = shown_path(target.policy_file)
             lines += describe_policy(target.policy, shown, prom.timeout)
+            if pipe is not None:
+                users = [t for t in settings.targets if t.policy_file.resolve() == key]
+                lines += describe_speed(target.policy, users, pipe, traffic)
+    if pipe is not None:
+        lines += [f"  note: {note}" for note in pipe.notes]
     return lines
 
 
@@ -204,6 +248,118 @@ def fastest_rollout(policy: Policy) -> float:
     """The earliest promotion: every stage needs whole intervals of credit, and at least one."""
     interval = policy.interval
     return sum(max(1, math.ceil(s.duration / interval - 1e-9)) * interval for s in policy.stages)
+
+
+# ----------------------------------------------------------- check: how fast a bad canary goes
+
+
+def describe_speed(
+    policy: Policy, targets: Sequence[Target], pipe: Pipeline, traffic: tuple[float, float]
+) -> list[str]:
+    """Per target using ``policy``: breach→rollback by PromQL and by alert, worst case, from
+    ``core.timing``'s model; then each compare check's sample size at ``traffic`` (requests
+    per second, stable's error share)."""
+    lines = []
+    for target in targets:
+        apply_s, why = timing.router_apply(target.router.kind)
+        scrape = pipe.scrape_for(target.job)
+        where = f" ({pipe.prometheus_file})" if pipe.prometheus_file else " (Prometheus default)"
+        lines.append(
+            f"  target {target.name}: job {target.job} scraped every "
+            f"{format_duration(scrape)}{where}; router {target.router.kind} "
+            f"{_plus(apply_s)} ({why})"
+        )
+        lines.append("    " + _promql_speed(policy, scrape, apply_s))
+        lines += ["    " + line for line in _alert_speed(policy, target, pipe, apply_s)]
+    rps, error_rate = traffic
+    for check in timing.staged_checks(policy, "compare"):
+        lines.append("  " + _compare_speed(policy, check, rps, error_rate))
+    return lines
+
+
+def _plus(seconds: float | None) -> str:
+    return f"+{format_duration(seconds)}" if seconds is not None else "+? (not bounded here)"
+
+
+def _promql_speed(policy: Policy, scrape: float, apply_s: float | None) -> str:
+    window = parse_duration(policy.window)
+    breaches = [
+        timing.threshold_breach(policy, c, window, scrape)
+        for c in timing.staged_checks(policy, "threshold")
+    ]
+    if not breaches:
+        return "full breach → rollback by PromQL: no threshold check in any stage"
+    router = apply_s or 0.0
+    worst = max(breaches, key=lambda b: b.total)
+    failing = policy.limits.failure_limit + 1
+    parts = ", ".join(
+        f"{b.check} {format_duration(b.total + router)} "
+        f"(lag {format_duration(b.lag)}: {b.fraction:.3g} of {policy.window})"
+        for b in breaches
+    )
+    return (
+        f"full breach → rollback by PromQL ≤ {format_duration(worst.total + router)} "
+        f"{'' if apply_s is not None else '+ the router '}"
+        f"(window lag + {failing} × {format_duration(policy.interval)} interval + router): {parts}"
+    )
+
+
+def _alert_speed(policy: Policy, target: Target, pipe: Pipeline, apply_s: float | None) -> list[str]:
+    """The Prometheus alerts that concern ``target`` and that ``policy`` rolls back on."""
+    out = []
+    for alert in pipe.alerts:
+        rule = rule_for(policy.alert_rules, alert.labels)
+        if rule is None or rule.action is not AlertAction.ROLLBACK:
+            continue
+        if not target.concerns(alert.labels):
+            continue
+        window, fraction = _expr_breach(alert.expr)
+        lag = timing.window_lag(fraction, window, pipe.scrape_for(target.job))
+        wait = pipe.group_wait(alert.labels)
+        total = lag + pipe.evaluation + alert.hold + wait + (apply_s or 0.0)
+        am = f" ({pipe.alertmanager_file})" if pipe.alertmanager_file else " (default)"
+        out.append(
+            f"full breach → rollback by alert {alert.name} ≤ {format_duration(total)} "
+            f"(lag {format_duration(lag)}: {fraction:.3g} of {format_duration(window)} + "
+            f"evaluation {format_duration(pipe.evaluation)} + for {format_duration(alert.hold)}"
+            f" + group_wait {format_duration(wait)}{am} + router)"
+        )
+    if not out:
+        known = pipe.prometheus_file or "no Prometheus config known"
+        out.append(f"no alert rule ({known}) concerns it with a rollback rule of {policy.name}")
+    return out
+
+
+def _expr_breach(expr: str) -> tuple[float, float]:
+    """An alert expression's longest range and the share of it a full breach must fill:
+    ``... > 0.05`` fires once 5% of the window is bad (``< t``: once 1 − t is)."""
+    ranges = [parse_duration(r) for r in re.findall(r"\[(\d+[smhd])\]", expr)]
+    window = max(ranges, default=0.0)
+    bound = re.search(r"([<>])=?\s*([0-9.]+(?:e-?\d+)?)\s*$", expr.strip())
+    if bound is None:
+        return window, 1.0
+    op = "<=" if bound.group(1) == ">" else ">="  # the healthy side, as a check states it
+    return window, timing.breach_fraction(expr, op, float(bound.group(2)))
+
+
+def _compare_speed(policy: Policy, check: Check, rps: float, error_rate: float) -> str:
+    if check.compare != "errors":
+        return (
+            f"{check.name}: no sample-size estimate (a latency comparison's depends on the "
+            f"histogram's bounds; rules/README.md)"
+        )
+    d = timing.detection(policy, check, rps, error_rate)
+    head = (
+        f"{check.name}: canary at 2 × stable's {error_rate:.2%} errors, {rps:g} req/s: "
+        f"caught in {d.detected / d.runs:.0%} of fastest rollouts"
+    )
+    if d.median_requests is None or d.median_seconds is None:
+        return head
+    return (
+        f"{head}, after a median {d.median_requests:,.0f} canary requests, "
+        f"{format_duration(d.median_seconds)} after the baseline evaluation (the first: "
+        f"evidence starts one {format_duration(policy.interval)} interval later)"
+    )
 
 
 def _rule_name(rule: AlertRule) -> str:
