@@ -294,7 +294,7 @@ def _promql_speed(policy: Policy, scrape: float, apply_s: float | None) -> str:
     failing = policy.limits.failure_limit + 1
     parts = ", ".join(
         f"{b.check} {format_duration(b.total + router)} "
-        f"(lag {format_duration(b.lag)}: {b.fraction:.3g} of {policy.window})"
+        f"(lag {format_duration(b.lag)}: {_share(b.fraction)} of {policy.window})"
         for b in breaches
     )
     return (
@@ -304,7 +304,9 @@ def _promql_speed(policy: Policy, scrape: float, apply_s: float | None) -> str:
     )
 
 
-def _alert_speed(policy: Policy, target: Target, pipe: Pipeline, apply_s: float | None) -> list[str]:
+def _alert_speed(
+    policy: Policy, target: Target, pipe: Pipeline, apply_s: float | None
+) -> list[str]:
     """The Prometheus alerts that concern ``target`` and that ``policy`` rolls back on."""
     out = []
     for alert in pipe.alerts:
@@ -320,13 +322,16 @@ def _alert_speed(policy: Policy, target: Target, pipe: Pipeline, apply_s: float 
         am = f" ({pipe.alertmanager_file})" if pipe.alertmanager_file else " (default)"
         out.append(
             f"full breach → rollback by alert {alert.name} ≤ {format_duration(total)} "
-            f"(lag {format_duration(lag)}: {fraction:.3g} of {format_duration(window)} + "
+            f"(lag {format_duration(lag)}: {_share(fraction)} of {format_duration(window)} + "
             f"evaluation {format_duration(pipe.evaluation)} + for {format_duration(alert.hold)}"
             f" + group_wait {format_duration(wait)}{am} + router)"
         )
     if not out:
-        known = pipe.prometheus_file or "no Prometheus config known"
-        out.append(f"no alert rule ({known}) concerns it with a rollback rule of {policy.name}")
+        known = f"{pipe.prometheus_file}'s rule files" if pipe.prometheus_file else "(none known)"
+        out.append(
+            f"by alert: no alert in {known} concerns it and matches a rollback rule of "
+            f"{policy.name} (by the labels the alert rule sets)"
+        )
     return out
 
 
@@ -343,23 +348,31 @@ def _expr_breach(expr: str) -> tuple[float, float]:
 
 
 def _compare_speed(policy: Policy, check: Check, rps: float, error_rate: float) -> str:
-    if check.compare != "errors":
-        return (
-            f"{check.name}: no sample-size estimate (a latency comparison's depends on the "
-            f"histogram's bounds; rules/README.md)"
+    if check.compare == "errors":
+        d = timing.detection(policy, check, rps, error_rate)
+        what = f"2 × stable's {error_rate:.2%} errors"
+    else:
+        bounds = timing.DEFAULT_BOUNDS
+        d = timing.detection(policy, check, rps, timing.SLOW_SHARE, bounds=bounds)
+        what = (
+            f"2 × stable's {timing.SLOW_SHARE:.0%} of requests slower than one of "
+            f"{bounds} bucket bounds, the others unmoved"
         )
-    d = timing.detection(policy, check, rps, error_rate)
     head = (
-        f"{check.name}: canary at 2 × stable's {error_rate:.2%} errors, {rps:g} req/s: "
-        f"caught in {d.detected / d.runs:.0%} of fastest rollouts"
+        f"{check.name}: canary at {what}, {rps:g} req/s: caught in "
+        f"{d.detected / d.runs:.0%} of fastest rollouts"
     )
     if d.median_requests is None or d.median_seconds is None:
         return head
     return (
         f"{head}, after a median {d.median_requests:,.0f} canary requests, "
-        f"{format_duration(d.median_seconds)} after the baseline evaluation (the first: "
-        f"evidence starts one {format_duration(policy.interval)} interval later)"
+        f"{format_duration(d.median_seconds)} after the rollout's first evaluation (which "
+        f"only takes the baseline: evidence starts one interval later)"
     )
+
+
+def _share(fraction: float) -> str:
+    return f"{fraction * 100:.3g}%"
 
 
 def _rule_name(rule: AlertRule) -> str:

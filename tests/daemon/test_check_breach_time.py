@@ -26,6 +26,7 @@ from support.servekit import Serve, TargetSpec, start_load, stop_process, wait_u
 ROOT = Path(__file__).resolve().parents[2]
 JOB = "breach-timing"
 TARGET = "timed"
+CHECK = (sys.executable, "-m", "canaryd.cli", "check")
 PROMQL_LINE = re.compile(r"full breach → rollback by PromQL ≤ (\S+) ")
 
 
@@ -49,8 +50,7 @@ def policy() -> str:
 def printed_worst_case(config: Path, prometheus_config: Path) -> float:
     """Run ``canaryd check`` and read the target's PromQL worst case, in seconds."""
     done = subprocess.run(
-        [sys.executable, "-m", "canaryd.cli", "check", "-c", str(config)]
-        + ["--prometheus-config", str(prometheus_config)],
+        [*CHECK, "-c", str(config), "--prometheus-config", str(prometheus_config)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -91,7 +91,9 @@ def test_a_full_breach_is_rolled_back_within_the_worst_case_check_printed(tmp_pa
         started.append(prometheus)
         (tmp_path / "timed.yaml").write_text(policy())
         config = write_config(
-            tmp_path, [TargetSpec(TARGET, "timed.yaml", {"job": JOB})], prometheus_url=prometheus.url
+            tmp_path,
+            [TargetSpec(TARGET, "timed.yaml", {"job": JOB})],
+            prometheus_url=prometheus.url,
         )
         worst = printed_worst_case(config, prometheus.extra["config"])
         serve = Serve(config)

@@ -68,7 +68,6 @@ def read_pipeline(
     prom_path = prometheus or config_file.parent / "prometheus.yml"
     am_path = alertmanager or config_file.parent / "alertmanager.yml"
     prom = _load(prom_path, notes, explicit=prometheus is not None)
-    am = _load(am_path, notes, explicit=alertmanager is not None)
     facts: dict[str, Any] = {}
     if isinstance(prom, Mapping):
         try:
@@ -77,6 +76,7 @@ def read_pipeline(
         except (ValueError, TypeError, AttributeError) as exc:
             notes.append(f"{prom_path}: not understood ({exc}); Prometheus defaults assumed")
             facts = {}
+    am = _load(am_path, notes, explicit=alertmanager is not None)
     route = am.get("route") if isinstance(am, Mapping) else None
     if isinstance(route, Mapping):
         facts["route"] = route

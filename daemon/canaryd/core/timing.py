@@ -41,6 +41,8 @@ from canaryd.core.model import Check, Policy
 
 DEFAULT_RPS = 20.0  # requests per second to the service (both sides): tests/bench/decisions.py's
 DEFAULT_ERROR_RATE = 0.005  # stable's error share; the canary's is twice it
+SLOW_SHARE = 0.05  # stable's share slower than the bound that moves (its p95's); canary: twice
+DEFAULT_BOUNDS = 10  # finite bucket bounds of a latency histogram (the demo service's)
 RUNS = 400  # simulated rollouts per estimate (well under a second)
 SEED = 1
 
@@ -111,10 +113,12 @@ def staged_checks(policy: Policy, kind: str) -> list[Check]:
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """How a compare check fares against a doubling of errors, over ``runs`` rollouts."""
+    """How a compare check fares against a doubling of its bad events, over ``runs`` rollouts:
+    errors, or (latency) requests slower than one of ``bounds`` bucket bounds."""
 
     rps: float
-    error_rate: float
+    error_rate: float  # stable's share of bad events
+    bounds: int
     runs: int
     detected: int
     median_requests: float | None  # canary requests until the rollback, detected rollouts
@@ -135,13 +139,18 @@ def detection(
     rps: float = DEFAULT_RPS,
     error_rate: float = DEFAULT_ERROR_RATE,
     runs: int = RUNS,
+    bounds: int = 1,
 ) -> Detection:
     """Simulate ``check`` (its tolerance, its share of ``alpha``) when the canary's bad events
     are twice stable's: per interval Poisson counts on each side's expected requests, fed to the
     engine's e-process update; rolled back at the ``failure_limit + 1``-th failed evaluation.
-    The first evaluation is the baseline, so evidence starts one interval in."""
+    The first evaluation is the baseline, so evidence starts one interval in.
+
+    A latency check averages one e-process per bucket bound; when only one of ``bounds`` moves
+    and the others are counted as no evidence at all (e-value 0, the pessimistic case), the
+    average reaches ``1/alpha`` when the moving one reaches ``bounds/alpha``."""
     rng = random.Random(SEED)
-    bound = math.log(1.0 / compare.alpha_share(policy))
+    bound = math.log(bounds / compare.alpha_share(policy))
     omega0 = 1.0 + check.tolerance
     weights = schedule(policy)
     extra = policy.limits.failure_limit
@@ -164,7 +173,9 @@ def detection(
                 requests.append(served)
                 seconds.append((k + 1) * policy.interval)
                 break
-    return Detection(rps, error_rate, runs, len(requests), _median(requests), _median(seconds))
+    return Detection(
+        rps, error_rate, bounds, runs, len(requests), _median(requests), _median(seconds)
+    )
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
