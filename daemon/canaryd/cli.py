@@ -297,10 +297,17 @@ def _promql_speed(policy: Policy, scrape: float, apply_s: float | None) -> str:
         f"(lag {format_duration(b.lag)}: {_share(b.fraction)} of {policy.window})"
         for b in breaches
     )
+    sparse = (
+        f"; a {policy.window} window holds fewer than two {format_duration(scrape)} scrapes: "
+        "rate() over it returns no data"
+        if window < 2 * scrape
+        else ""
+    )
     return (
         f"full breach → rollback by PromQL ≤ {format_duration(worst.total + router)} "
         f"{'' if apply_s is not None else '+ the router '}"
         f"(window lag + {failing} × {format_duration(policy.interval)} interval + router): {parts}"
+        f"{sparse}"
     )
 
 

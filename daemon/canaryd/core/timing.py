@@ -50,7 +50,7 @@ SEED = 1
 # by anything canaryd knows (an API write, then a controller's reconcile).
 ROUTER_APPLY: dict[str, tuple[float | None, str]] = {
     "noop": (0.0, "nothing to apply"),
-    "nginx": (1.0, "an nginx reload, ≤ 1s (14 ms measured)"),
+    "nginx": (1.0, "an nginx reload, ≤ 1s; 14 ms measured"),
     "traefik-file": (2.0, "Traefik's file provider, throttled 2s"),
     "gateway-api": (None, "an API write, then the gateway controller's sync"),
     "traefik-service": (None, "an API write, then Traefik's Kubernetes provider"),
