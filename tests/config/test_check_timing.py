@@ -216,3 +216,16 @@ def test_the_detection_estimate_is_reproducible_and_tolerance_slows_it() -> None
 
 def _fields(check: object) -> dict[str, object]:
     return {name: getattr(check, name) for name in check.__slots__}  # type: ignore[attr-defined]
+
+
+def test_rule_files_may_be_absolute_paths_or_globs(tmp_path: Path) -> None:
+    rules = tmp_path / "elsewhere"
+    rules.mkdir()
+    for name in ("a", "b"):
+        (rules / f"{name}.yml").write_text(
+            f"groups: [{{name: g, rules: [{{alert: {name.upper()}, expr: up == 0}}]}}]\n"
+        )
+    (tmp_path / "prometheus.yml").write_text(f"rule_files: ['{rules}/*.yml', '{rules}/a.yml']\n")
+    pipe = read_pipeline(tmp_path / "canaryd.yaml")
+    assert [a.name for a in pipe.alerts] == ["A", "B", "A"]
+    assert pipe.notes == ()

@@ -12,6 +12,7 @@ cannot be read becomes a note in the output, never a failed check.
 
 from __future__ import annotations
 
+import glob
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ def read_pipeline(
         try:
             facts = _prometheus_facts(prom, prom_path, notes)
             facts["prometheus_file"] = str(prom_path)
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
             notes.append(f"{prom_path}: not understood ({exc}); Prometheus defaults assumed")
             facts = {}
     am = _load(am_path, notes, explicit=alertmanager is not None)
@@ -97,9 +98,9 @@ def _load(path: Path, notes: list[str], explicit: bool) -> Any:
 
 
 def _prometheus_facts(doc: Mapping[str, Any], path: Path, notes: list[str]) -> dict[str, Any]:
-    glob = doc.get("global") or {}
-    scrape = parse_duration(glob.get("scrape_interval", "1m"))
-    evaluation = parse_duration(glob.get("evaluation_interval", "1m"))
+    top = doc.get("global") or {}
+    scrape = parse_duration(top.get("scrape_interval", "1m"))
+    evaluation = parse_duration(top.get("evaluation_interval", "1m"))
     jobs = {
         str(job["job_name"]): parse_duration(job.get("scrape_interval", scrape))
         for job in doc.get("scrape_configs") or ()
@@ -107,8 +108,9 @@ def _prometheus_facts(doc: Mapping[str, Any], path: Path, notes: list[str]) -> d
     }
     alerts: list[AlertSpec] = []
     for ref in doc.get("rule_files") or ():
-        for rule_path in sorted(path.parent.glob(str(ref))) or [path.parent / str(ref)]:
-            alerts += _alert_rules(rule_path, notes)
+        pattern = str(path.parent / str(ref))  # an absolute ref stays absolute
+        for rule_path in sorted(glob.glob(pattern)) or [pattern]:
+            alerts += _alert_rules(Path(rule_path), notes)
     return {
         "scrape": jobs,
         "default_scrape": scrape,
