@@ -22,7 +22,10 @@ a stage passes on credited passing evaluations, so its total is the sum of stage
 breached check is seen at the next evaluation, at most one interval away, and rolls back once it
 has failed more than ``failure_limit`` times in the stage; source errors are retried every
 ``error_backoff`` until ``consecutive_error_limit``; no data holds the stage for
-``inconclusive_limit`` evaluations, then ``on_inconclusive``.
+``inconclusive_limit`` evaluations, then ``on_inconclusive``. Per target it adds the breach's
+full path (``core.timing``'s model: the window lag at the job's scrape interval, the alert
+pipeline read by ``config.pipeline``, the router's apply time) and, per compare check, the canary
+requests a doubling of errors takes to be caught at ``--rps``.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ from typing import TYPE_CHECKING
 
 from canaryd import __version__
 from canaryd.config.kinds import Kinds
+from canaryd.config.pipeline import Pipeline, read_pipeline
 from canaryd.config.reader import shown_path
 from canaryd.config.settings import Listen, Settings, SqliteState, Target, parse_listen
+from canaryd.core import timing
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import CanarydError, ConfigError
 from canaryd.core.model import AlertAction, AlertRule, Gate, Policy
+from canaryd.offline import speed
 from canaryd.ports import StateLocked
 
 DEFAULT_CONFIG = "/etc/canaryd/canaryd.yaml"
@@ -93,25 +99,60 @@ def report_config_error(error: ConfigError) -> int:
 
 
 def _register_check(commands: Subparsers) -> None:
-    add_config_option(
-        _command(commands, "check", run_check, "validate the config and every policy it names")
+    parser = _command(commands, "check", run_check, "validate the config and every policy it names")
+    add_config_option(parser)
+    parser.add_argument(
+        "--prometheus-config",
+        metavar="FILE",
+        type=Path,
+        help="Prometheus config for scrape/evaluation intervals and alert rules "
+        "(default: prometheus.yml beside the config, if any)",
+    )
+    parser.add_argument(
+        "--alertmanager-config",
+        metavar="FILE",
+        type=Path,
+        help="Alertmanager config for group_wait (default: alertmanager.yml beside the config)",
+    )
+    parser.add_argument(
+        "--rps",
+        type=float,
+        default=timing.DEFAULT_RPS,
+        help="requests per second to a target, both sides, for the compare checks' sample "
+        "sizes (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--error-rate",
+        type=float,
+        default=timing.DEFAULT_ERROR_RATE,
+        help="stable's error share; the canary's is twice it (default: %(default)g)",
     )
 
 
 def run_check(args: argparse.Namespace) -> int:
     """Validate the config and every policy it names. Prints per policy the total duration and
-    the worst-case time from a breach to rollback; exits 2 with 'file: key.path: message' lines
-    if anything is wrong."""
+    the worst-case time from a breach to rollback (per target: window lag, evaluations, alert
+    pipeline, router), and the canary requests each compare check needs to catch a doubling of
+    errors; exits 2 with 'file: key.path: message' lines if anything is wrong."""
+    if not (args.rps > 0 and 0 < args.error_rate <= 0.5):
+        print("check: --rps must be > 0 and --error-rate within (0, 0.5]", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         settings = read_config(args.config)
     except ConfigError as exc:
         return report_config_error(exc)
-    for line in describe_settings(settings):
+    pipe = read_pipeline(settings.file, args.prometheus_config, args.alertmanager_config)
+    traffic = (args.rps, args.error_rate)
+    for line in describe_settings(settings, pipe, traffic):
         print(line)
     return EXIT_OK
 
 
-def describe_settings(settings: Settings) -> list[str]:
+def describe_settings(
+    settings: Settings,
+    pipe: Pipeline | None = None,
+    traffic: tuple[float, float] = (timing.DEFAULT_RPS, timing.DEFAULT_ERROR_RATE),
+) -> list[str]:
     state = settings.state
     where = (
         f"sqlite {state.path}"
@@ -132,6 +173,11 @@ def describe_settings(settings: Settings) -> list[str]:
             seen.add(key)
             shown = shown_path(target.policy_file)
             lines += describe_policy(target.policy, shown, prom.timeout)
+            if pipe is not None:
+                users = [t for t in settings.targets if t.policy_file.resolve() == key]
+                lines += speed.describe_speed(target.policy, users, pipe, traffic)
+    if pipe is not None:
+        lines += [f"  note: {note}" for note in pipe.notes]
     return lines
 
 
