@@ -195,6 +195,7 @@ class Daemon:
                     verify=_verifier(t),
                     routes=not _row(t, "router", KINDS.routers).observe_only,
                     deploys=deploys,
+                    kube_context=t.kube.context,
                 )
             )
 
