@@ -215,7 +215,7 @@ def test_check_warns_of_a_context_not_in_the_kubeconfig_and_of_a_missing_file(
     missing = write_config(tmp_path, tmp_path / "nowhere", "us-east-1")
     warnings = [str(w) for w in load_config(missing).warnings]
     assert any(
-        "kubernetes.kubeconfig: kubeconfig" in w and "cannot be read now" in w for w in warnings
+        "kubernetes.kubeconfig: kubeconfig" in w and "does not exist (yet)" in w for w in warnings
     )
     assert any("targets[1].kubernetes.kubeconfig: kubeconfig" in w for w in warnings)
 
@@ -260,3 +260,21 @@ def test_a_bad_environment_context_is_named(
     )
     with pytest.raises(ConfigError, match=r"kubernetes: \$CANARYD_KUBE_CONTEXT: expected"):
         load_config(config)
+
+
+def test_the_same_object_name_in_two_clusters_is_two_objects(
+    tmp_path: Path, regions: Regions
+) -> None:
+    """The runbook's regions name the same Ingress; only within one cluster is that a clash."""
+    config = write_config(tmp_path, regions.kubeconfig, "us-east-1")
+    text = config.read_text().replace("name: eu, namespace", "name: us, namespace")
+    config.write_text(text)
+    assert [t.router for t in load_config(config).targets][0] == load_config(config).targets[
+        1
+    ].router
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(
+        text.replace("kubernetes: {context: eu-west-1}", "kubernetes: {context: us-east-1}")
+    )
+    with pytest.raises(ConfigError, match=r"targets\[1\]\.router: targets\[0\] already routes"):
+        load_config(clash)

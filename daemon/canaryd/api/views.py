@@ -22,7 +22,7 @@ from canaryd.ports import MeasurementRecord
 
 
 class TargetInfo(Protocol):
-    """A configured target as the views read it (``runtime.controller.Target`` has these members)."""
+    """A configured target as the views read it (the runtime's ``Target`` has these members)."""
 
     @property
     def name(self) -> str: ...

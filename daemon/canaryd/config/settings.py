@@ -104,7 +104,8 @@ _TOP = {"listen", "state", "prometheus", "auth", "alerts", "policies", "targets"
 _TOP |= {"notify", "public_url"}  # config.notify
 _TOP |= {"listen_tls", "tracing"}  # config.transport
 _TOP |= {kubeaccess.KEY}  # config.kubeaccess
-_TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers", *supply.KEYS, kubeaccess.KEY}
+_TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers", *supply.KEYS}
+_TARGET |= {kubeaccess.KEY}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
     "kubernetes": {"backend", "namespace", "lease"},
@@ -169,7 +170,7 @@ class Target:
     supply: Supply = field(
         default_factory=Supply
     )  # require_digest, verify, verify_timeout (config.supply)
-    kube: KubeAccess = KubeAccess()  # its cluster: the daemon's with its own over it
+    kube: KubeAccess = field(default_factory=KubeAccess)  # its cluster (config.kubeaccess)
 
     @property
     def job(self) -> str:
@@ -203,7 +204,7 @@ class Settings:
     public_url: str | None = None  # base of the links to canaryd's pages (None: from listen)
     listen_tls: ListenTls | None = None  # HTTPS (and mutual TLS) on the listener
     tracing: Tracing | None = None  # OpenTelemetry traces over OTLP/HTTP
-    kubernetes: KubeAccess = KubeAccess()  # the daemon's default cluster (config.kubeaccess)
+    kubernetes: KubeAccess = field(default_factory=KubeAccess)  # the default cluster
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -453,6 +454,7 @@ class _Loader:
             row = self.kinds.routers.get(target.router.kind)
             identity = row.identity(target.router) if row is not None else None
             if identity is not None:
+                identity = kubeaccess.in_cluster(identity, target.kube)
                 if identity in routed:
                     r.problem(
                         join(where, "router"),
