@@ -269,9 +269,8 @@ def test_the_same_object_name_in_two_clusters_is_two_objects(
     config = write_config(tmp_path, regions.kubeconfig, "us-east-1")
     text = config.read_text().replace("name: eu, namespace", "name: us, namespace")
     config.write_text(text)
-    assert [t.router for t in load_config(config).targets][0] == load_config(config).targets[
-        1
-    ].router
+    us, eu = load_config(config).targets
+    assert us.router == eu.router  # the same kind, namespace and name
     clash = tmp_path / "clash.yaml"
     clash.write_text(
         text.replace("kubernetes: {context: eu-west-1}", "kubernetes: {context: us-east-1}")

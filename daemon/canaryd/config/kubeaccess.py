@@ -159,9 +159,7 @@ def kubeconfig_warnings(file: str, where: str, access: KubeAccess) -> list[Probl
     if access.context is None:
         return []
     contexts = doc.get("contexts") if isinstance(doc, Mapping) else None
-    names = [
-        str(c.get("name")) for c in contexts or [] if isinstance(c, Mapping) and c.get("name")
-    ]
+    names = [str(c.get("name")) for c in contexts or [] if isinstance(c, Mapping) and c.get("name")]
     if access.context in names:
         return []
     return [
