@@ -10,6 +10,9 @@ cluster it reached, and the emulators' write logs say where a target's writes we
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from typing import Any
 import pytest
 
 from canaryd.adapters.kube import KubeClient, KubeUnavailable
+from canaryd.adapters.routers.gateway_api import GatewayApiHTTPRouteRouter
 from canaryd.app import Daemon, load_config
 from canaryd.config.kubeaccess import CONTEXT_ENV, KubeAccess
 from canaryd.core.errors import ConfigError
@@ -167,8 +171,6 @@ async def test_the_environment_chooses_the_daemons_context_a_targets_own_stays(
 
 async def test_writes_go_to_the_targets_cluster_only(regions: Regions) -> None:
     """A router on eu-west-1 writes its HTTPRoute there and nowhere else."""
-    from canaryd.adapters.routers.gateway_api import GatewayApiHTTPRouteRouter
-
     us, eu = regions.clusters["us-east-1"], regions.clusters["eu-west-1"]
     for c in (us, eu):
         c.seed(kube.HTTPROUTES, NS, httproute())
@@ -277,3 +279,26 @@ def test_the_same_object_name_in_two_clusters_is_two_objects(
     )
     with pytest.raises(ConfigError, match=r"targets\[1\]\.router: targets\[0\] already routes"):
         load_config(clash)
+
+
+def test_check_names_each_targets_cluster(
+    tmp_path: Path, regions: Regions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``canaryd check`` (a subprocess, as run by hand) with ``$CANARYD_KUBE_CONTEXT`` set:
+    the target without its own context takes it, the one with its own keeps that."""
+    config = write_config(tmp_path, regions.kubeconfig, None)
+    env = {**os.environ, CONTEXT_ENV: "us-east-1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "canaryd.cli", "check", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stderr, done.stderr
+    lines = {line.split(":")[0].strip(): line for line in done.stdout.splitlines()}
+    shown = f"kubeconfig {regions.kubeconfig}"
+    assert lines["target us"].endswith(f", cluster context us-east-1 {shown}")
+    assert lines["target eu"].endswith(f", cluster context eu-west-1 {shown}")
