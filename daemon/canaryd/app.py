@@ -34,7 +34,7 @@ import structlog
 from aiohttp import web
 
 from canaryd.adapters import systemd
-from canaryd.adapters.kube import KubeClient
+from canaryd.adapters.kube import KubeClient, KubeClients
 from canaryd.adapters.notify import Announcing, Notifier
 from canaryd.adapters.platforms import PLATFORMS, OwnedPlatform, PlatformFactory
 from canaryd.adapters.prometheus import PrometheusClient
@@ -142,7 +142,8 @@ class Daemon:
         # locks it), and damage or a foreign file is refused before anything listens.
         self.store = SqliteStore(settings.state.path)
         self._given_platforms = dict(platforms or {})
-        self.kube = KubeClient()  # the one Kubernetes client; made on first use
+        self.kube = KubeClient(access=settings.kubernetes)  # the daemon's; made on first use
+        self.kubes = KubeClients(self.kube)  # and one per other cluster a target names
         self.targets: list[Target] = []  # built in start, under the exit stack
         self._stack = contextlib.AsyncExitStack()
         self.session: aiohttp.ClientSession | None = None
@@ -172,14 +173,15 @@ class Daemon:
         the shared Kubernetes client closes: it was pushed first, so it goes last. A platform
         passed in by the caller (tests, the tour) is the caller's to close."""
         stack = self._stack
-        stack.push_async_callback(self.kube.aclose)
+        stack.push_async_callback(self.kubes.aclose)
         for t in self.settings.targets:
-            router = build_router(t, self.kube)
+            kube = self.kubes.for_access(t.kube)  # the target's cluster (config.kubeaccess)
+            router = build_router(t, kube)
             stack.push_async_callback(router.aclose)
             platform = self._given_platforms.get(t.name)
             deploys = platform is not None or not _row(t, "platform", KINDS.platforms).observe_only
             if platform is None:
-                platform = build_platform(t, self.kube)
+                platform = build_platform(t, kube)
                 stack.push_async_callback(platform.aclose)
             self.targets.append(
                 Target(
@@ -193,6 +195,7 @@ class Daemon:
                     verify=_verifier(t),
                     routes=not _row(t, "router", KINDS.routers).observe_only,
                     deploys=deploys,
+                    kube_context=t.kube.context,
                 )
             )
 

@@ -185,8 +185,16 @@ def describe_target(target: Target) -> str:
     return (
         f"target {target.name}: policy {target.policy.name}, "
         f"platform {_platform(target)}, router {_router(target)}, "
-        f"job {target.job}"
+        f"job {target.job}{_cluster(target)}"
     )
+
+
+def _cluster(target: Target) -> str:
+    """The kubeconfig and context a target uses, when named (config.kubeaccess)."""
+    parts = [f"context {target.kube.context}"] if target.kube.context else []
+    if target.kube.kubeconfig is not None:
+        parts.append(f"kubeconfig {shown_path(target.kube.kubeconfig)}")
+    return f", cluster {' '.join(parts)}" if parts else ""
 
 
 def describe_policy(policy: Policy, file: str, query_timeout: float = 0.0) -> list[str]:

@@ -6,6 +6,9 @@
 # daemon's config has (asked with `canaryctl status -o json`), so that the runbook's commands work
 # against every shipped config: config/canaryd.yaml names the runbook's target
 # (lukhas-matriz-orchestrator), config/observe-only.yaml has one target (matriz).
+# $KUBECTL_CONTEXT (the runbook's region) narrows the choice to the targets whose cluster is that
+# kubeconfig context (kube_context in the listing: the target's kubernetes.context, else the
+# daemon's, else $CANARYD_KUBE_CONTEXT of the canaryd serving it).
 # canaryctl reads $CANARYD_URL and $CANARYD_TOKEN as usual. Exit codes are canaryctl's.
 set -euo pipefail
 
@@ -55,9 +58,13 @@ Environment:
   CANARYD_URL, CANARYD_TOKEN
                   passed to canaryctl (the daemon's URL, an API token)
   CANARYCTL       the canaryctl to run (default: canaryctl on PATH)
-  KUBECTL_CONTEXT not used: this script runs no kubectl. canaryd talks to the cluster its
-                  config names (adapters.kube); for another cluster or region, point
-                  CANARYD_URL at the canaryd that runs there. When set, a warning says so.
+  KUBECTL_CONTEXT the region's cluster: the command acts only on a target whose cluster is
+                  this kubeconfig context (its kube_context in canaryctl status: the
+                  target's kubernetes.context in canaryd's config, else the daemon's, else
+                  \$CANARYD_KUBE_CONTEXT where canaryd runs). Among those, the rule above
+                  picks; none is a refusal (exit 6) naming each target's context, so a
+                  command meant for one region never lands in another. This script runs
+                  no kubectl: canaryd talks to the cluster.
 
 Exit codes: canaryctl's (see \`canaryctl --help\`): 0 done, 3 canaryd unreachable,
 4 token, 5 role, 6 no such target, 7 conflict, 8 invalid, 10 watch saw a rollback; and
@@ -94,44 +101,58 @@ check_platform() {
     [[ "$1" =~ ^($PLATFORMS)$ ]] || die_usage "--platform must be one of ${PLATFORMS//|/, }, not '$1'"
 }
 
-# "NAME PLATFORM" per target, from `canaryctl status -o json` (indented JSON, one key a line;
-# each target's "name" comes before its "platform").
+# "NAME PLATFORM CONTEXT" per target, from `canaryctl status -o json` (indented JSON, one key a
+# line; each target's "name" comes first). CONTEXT is its kube_context, "-" when null or absent.
 list_targets() {
     local listing
     listing="$("$CANARYCTL" status -o json)" || exit $?
     awk '
-        /^ *"name": "/     { name = $0; sub(/^ *"name": "/, "", name); sub(/",?$/, "", name) }
-        /^ *"platform": "/ { kind = $0; sub(/^ *"platform": "/, "", kind); sub(/",?$/, "", kind)
-                             print name, kind }
+        function flush() { if (name != "") print name, kind, ctx; name = "" }
+        /^ *"name": "/     { flush(); name = $0; sub(/^ *"name": "/, "", name)
+                             sub(/",?$/, "", name); kind = "-"; ctx = "-" }
+        /^ *"platform": "/ { kind = $0; sub(/^ *"platform": "/, "", kind); sub(/",?$/, "", kind) }
+        /^ *"kube_context": "/ { ctx = $0; sub(/^ *"kube_context": "/, "", ctx)
+                                 sub(/",?$/, "", ctx) }
+        END { flush() }
     ' <<<"$listing"
 }
 
 # Sets TARGET (see usage: "The target").
 resolve_target() {
     local platform="$1"
-    if [[ -n "${CANARY_TARGET-}" && -z "$platform" ]]; then
+    if [[ -n "${CANARY_TARGET-}" && -z "$platform" && -z "${KUBECTL_CONTEXT-}" ]]; then
         TARGET="$CANARY_TARGET"
         return
     fi
     local listing
     listing="$(list_targets)" || exit $?
     local -a all=() fits=()
-    local name kind
-    while read -r name kind; do
+    local name kind ctx want="${KUBECTL_CONTEXT-}"
+    while read -r name kind ctx; do
         [[ -n "$name" ]] || continue
-        all+=("$name on $kind")
-        [[ -n "$platform" && "$kind" != "$platform" ]] || fits+=("$name")
+        if [[ -n "$want" ]]; then
+            all+=("$name on $kind (context $(shown_context "$ctx"))")
+        else
+            all+=("$name on $kind")
+        fi
         if [[ -n "${CANARY_TARGET-}" && "$name" == "$CANARY_TARGET" ]]; then
-            [[ "$kind" == "$platform" ]] || refuse 6 "--platform=$platform: target" \
-                "'$CANARY_TARGET' runs on platform '$kind' (platform.kind in canaryd's config);" \
-                "drop --platform or give the platform it runs on"
+            [[ -z "$platform" || "$kind" == "$platform" ]] || refuse 6 "--platform=$platform:" \
+                "target '$CANARY_TARGET' runs on platform '$kind' (platform.kind in canaryd's" \
+                "config); drop --platform or give the platform it runs on"
+            [[ -z "$want" || "$ctx" == "$want" ]] || refuse 6 "KUBECTL_CONTEXT=$want: target" \
+                "'$CANARY_TARGET' is on cluster context $(shown_context "$ctx") (kubernetes.context in" \
+                "canaryd's config, or \$CANARYD_KUBE_CONTEXT); point CANARYD_URL at the canaryd" \
+                "of $want or unset KUBECTL_CONTEXT"
             TARGET="$CANARY_TARGET"
             return
         fi
+        [[ -n "$platform" && "$kind" != "$platform" ]] && continue
+        [[ -n "$want" && "$ctx" != "$want" ]] && continue
+        fits+=("$name")
     done <<<"$listing"
     local known="canaryd's targets: $(joined "${all[@]}")"
     [[ -z "${CANARY_TARGET-}" ]] || refuse 6 "no target '$CANARY_TARGET' in canaryd's config ($known)"
-    local where="${platform:+ on platform '$platform'}"
+    local where="${platform:+ on platform '$platform'}${want:+ on cluster context '$want'}"
     case "${#fits[@]}" in
         0) refuse 6 "no target${where} in canaryd's config ($known)" ;;
         1) TARGET="${fits[0]}" ;;
@@ -143,6 +164,11 @@ resolve_target() {
                 "'$RUNBOOK_TARGET': set CANARY_TARGET to the one meant"
             ;;
     esac
+}
+
+# A context as the listing gave it, "default" for "-" (null: kubeconfig's current or in-cluster).
+shown_context() {
+    if [[ "$1" == - ]]; then echo default; else echo "$1"; fi
 }
 
 # "a, b, c" ("none" for no words).
@@ -205,10 +231,6 @@ main() {
     [[ "$command" != start || -n "$image" ]] || die_usage "start needs --image=IMAGE"
     [[ "$full$step" != 11 ]] || die_usage "promote takes --full or --step, not both"
 
-    if [[ -n "${KUBECTL_CONTEXT-}" ]]; then
-        echo "$PROG: warning: KUBECTL_CONTEXT=$KUBECTL_CONTEXT is not used: canaryd acts on the" \
-            "cluster its config names; point CANARYD_URL at that cluster's canaryd" >&2
-    fi
     resolve_target "$platform"
 
     local -a args

@@ -102,7 +102,8 @@ def test_help_says_what_each_command_does_and_how_the_target_and_platform_are_ch
     assert "promote --step canaryctl promote TARGET: skip the current stage's wait" in text
     assert "--platform=kubernetes|docker|none" in text and "platform.kind" in text
     assert "CANARY_TARGET" in text and RUNBOOK_TARGET in text
-    assert "KUBECTL_CONTEXT not used: this script runs no kubectl" in text
+    assert "KUBECTL_CONTEXT the region's cluster: the command acts only on a target whose" in text
+    assert "kubernetes.context" in text and "CANARYD_KUBE_CONTEXT" in text
     assert "2 for a command line this script does not understand" in text
 
 
@@ -289,13 +290,84 @@ def test_when_the_daemon_cannot_be_asked_for_its_targets_its_exit_code_is_kept(
     assert (code, seen) == (3, [LIST])
 
 
-def test_kubectl_context_is_not_used_and_a_warning_says_so(fake_canaryctl: Path) -> None:
+def regional(*targets: tuple[str, str | None]) -> str:
+    """A listing of kubernetes targets with their ``kube_context`` (None: the default)."""
+    rows = [
+        {
+            "name": name,
+            "policy": "p",
+            "router": "gateway-api",
+            "platform": "kubernetes",
+            "kube_context": context,
+            "rollout_id": None,
+        }
+        for name, context in targets
+    ]
+    return json.dumps({"targets": rows}, indent=2)
+
+
+# The runbook's multi-region form on one daemon: one target per region's cluster.
+REGIONS = regional(("matriz-us", "us-east-1"), ("matriz-eu", "eu-west-1"))
+
+
+@pytest.mark.parametrize(
+    ("context", "target"), [("us-east-1", "matriz-us"), ("eu-west-1", "matriz-eu")]
+)
+def test_kubectl_context_picks_the_target_on_that_cluster(
+    fake_canaryctl: Path, context: str, target: str
+) -> None:
+    """The runbook's ``KUBECTL_CONTEXT=us-east-1 ./deploy-canary.sh start --image=v2.1.0``."""
     code, seen, output = deploy(
-        fake_canaryctl, "start", "--image=v2.1.0", KUBECTL_CONTEXT="us-east-1"
+        fake_canaryctl, "start", "--image=v2.1.0", KUBECTL_CONTEXT=context, FAKE_LISTING=REGIONS
     )
     assert code == 0, output
-    assert seen == [LIST, f"start {RUNBOOK_TARGET} --image v2.1.0"]
-    assert "KUBECTL_CONTEXT=us-east-1 is not used" in output and "CANARYD_URL" in output
+    assert seen == [LIST, f"start {target} --image v2.1.0"]
+    assert output == ""
+
+
+def test_kubectl_context_of_another_region_is_refused_naming_each_targets_context(
+    fake_canaryctl: Path,
+) -> None:
+    """One canaryd per region: a command for ap-south-1 sent to us-east-1's canaryd changes
+    nothing there. A target on the default context (null) is never taken for a named one."""
+    listing_ = regional(("matriz-us", "us-east-1"), (RUNBOOK_TARGET, None))
+    code, seen, output = deploy(
+        fake_canaryctl, "rollback", KUBECTL_CONTEXT="ap-south-1", FAKE_LISTING=listing_
+    )
+    assert (code, seen) == (6, [LIST])
+    assert "no target on cluster context 'ap-south-1'" in output
+    assert "matriz-us on kubernetes (context us-east-1)" in output
+    assert f"{RUNBOOK_TARGET} on kubernetes (context default)" in output
+
+
+def test_kubectl_context_with_canary_target_must_be_that_targets_cluster(
+    fake_canaryctl: Path,
+) -> None:
+    code, seen, output = deploy(
+        fake_canaryctl,
+        "status",
+        CANARY_TARGET="matriz-eu",
+        KUBECTL_CONTEXT="us-east-1",
+        FAKE_LISTING=REGIONS,
+    )
+    assert (code, seen) == (6, [LIST])
+    assert "target 'matriz-eu' is on cluster context eu-west-1" in output
+    code, seen, output = deploy(
+        fake_canaryctl,
+        "status",
+        CANARY_TARGET="matriz-eu",
+        KUBECTL_CONTEXT="eu-west-1",
+        FAKE_LISTING=REGIONS,
+    )
+    assert (code, seen) == (0, [LIST, "status matriz-eu"]), output
+
+
+def test_without_kubectl_context_a_listing_with_contexts_reads_as_before(
+    fake_canaryctl: Path,
+) -> None:
+    listing_ = regional(("matriz-us", "us-east-1"), (RUNBOOK_TARGET, None))
+    code, seen, output = deploy(fake_canaryctl, "status", FAKE_LISTING=listing_)
+    assert (code, seen) == (0, [LIST, f"status {RUNBOOK_TARGET}"]), output
 
 
 # --------------------------------------------------------------------------- a real daemon
@@ -303,6 +375,10 @@ def test_kubectl_context_is_not_used_and_a_warning_says_so(fake_canaryctl: Path)
 
 @pytest.fixture
 def observe_only(tmp_path: Path) -> Iterator[Serve]:
+    yield from serve_observe_only(tmp_path)
+
+
+def serve_observe_only(tmp_path: Path) -> Iterator[Serve]:
     """``canaryd serve`` on the shipped observe-only.yaml; only its machine paths are moved.
 
     The listen port, state file and tokens file move into the test's directory, and Prometheus
@@ -383,3 +459,44 @@ def test_the_readmes_commands_work_against_the_shipped_observe_only_config(
     assert "rolling back" in ok(script("rollback", "--reason=drill"))
     wait_until(phase, lambda p: p == "RolledBack", 15, "rollback ends the rollout")
     ok(script("cleanup"))
+
+
+@pytest.fixture
+def observe_only_in_us_east(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serve]:
+    """The same daemon started as the runbook's one-canaryd-per-region runs it: its region's
+    context in ``$CANARYD_KUBE_CONTEXT`` (the config names none)."""
+    monkeypatch.setenv("CANARYD_KUBE_CONTEXT", "us-east-1")
+    yield from serve_observe_only(tmp_path)
+
+
+def test_kubectl_context_reaches_the_canaryd_of_that_region_only(
+    observe_only_in_us_east: Serve, tmp_path: Path
+) -> None:
+    """Through the real canaryctl and the real listing: the daemon shows the context it was
+    started with, the script acts when ``KUBECTL_CONTEXT`` names it, refuses when not."""
+    serve = observe_only_in_us_east
+    shim = tmp_path / "canaryctl"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m canaryd.ctl "$@"\n')
+    shim.chmod(0o755)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CANARY")},
+        "CANARYCTL": str(shim),
+        "CANARYD_URL": serve.url,
+        "CANARYD_TOKEN": TOKENS["admin"],
+    }
+    listed = run(str(shim), "status", "-o", "json", env=env)
+    assert json.loads(listed.stdout)["targets"][0]["kube_context"] == "us-east-1"
+
+    refused = run(
+        "bash", str(SCRIPT), "start", "--image=v2.1.0", env={**env, "KUBECTL_CONTEXT": "eu-west-1"}
+    )
+    assert refused.returncode == 6, refused.stdout + refused.stderr
+    assert "no target on cluster context 'eu-west-1'" in refused.stderr
+    assert "matriz on none (context us-east-1)" in refused.stderr
+    assert serve.rollout("matriz") is None  # the refusal changed nothing
+
+    done = run(
+        "bash", str(SCRIPT), "start", "--image=v2.1.0", env={**env, "KUBECTL_CONTEXT": "us-east-1"}
+    )
+    assert done.returncode == 0, done.stdout + done.stderr + serve.tail()
+    assert "matriz: started" in done.stdout

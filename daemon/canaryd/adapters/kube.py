@@ -8,6 +8,10 @@ own ``aclose``.
 
 Where the API server is: in-cluster configuration (the pod's service account) when canaryd runs
 in a pod, else the kubeconfig at ``$KUBECONFIG`` or ``~/.kube/config`` (its current context).
+A ``KubeAccess`` (``config.kubeaccess``: the config's ``kubernetes:`` keys, per daemon or per
+target) that names a kubeconfig or a context uses that file and that context, never in-cluster
+configuration. ``KubeClients`` keeps one ``KubeClient`` per distinct access, so targets on one
+cluster share one pool and a target on another cluster (another region) has its own.
 It is looked up on first use, not at start: a daemon whose Kubernetes targets are idle does not
 fail to start because a cluster is away; the adapter reports the failure on the pass that needed
 it, and the next pass tries again.
@@ -20,6 +24,8 @@ import os
 
 from kubernetes_asyncio import client, config
 
+from canaryd.config.kubeaccess import KubeAccess
+
 
 class KubeConflict(Exception):
     """409 from the API server: the object changed since it was read (or appeared since it was
@@ -31,23 +37,35 @@ class KubeUnavailable(Exception):
     """No API server to talk to: not in a pod, and no usable kubeconfig (the message says why)."""
 
 
-async def load_configuration() -> client.Configuration:
-    """In-cluster configuration when in a pod, else ``$KUBECONFIG`` / ``~/.kube/config``."""
+async def load_configuration(access: KubeAccess | None = None) -> client.Configuration:
+    """In-cluster configuration when in a pod and ``access`` names nothing, else the kubeconfig
+    (``access.kubeconfig``, ``$KUBECONFIG``, ``~/.kube/config``) at ``access.context`` (its
+    current context when None)."""
+    access = access or KubeAccess()
     configuration = client.Configuration()
-    try:
-        # untyped upstream; raises ConfigException outside a pod
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if not access.explicit:
         try:
-            await config.load_kube_config(
-                config_file=kubeconfig, client_configuration=configuration, persist_config=False
-            )
-        except (config.ConfigException, OSError, ValueError, KeyError) as exc:
-            raise KubeUnavailable(
-                f"not in a pod, and no usable kubeconfig {kubeconfig} "
-                f"(KUBECONFIG, ~/.kube/config): {exc}"
-            ) from exc
+            # untyped upstream; raises ConfigException outside a pod
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            return configuration
+        except config.ConfigException:
+            pass
+    kubeconfig = str(access.kubeconfig) if access.kubeconfig is not None else None
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    context = f" context {access.context!r}" if access.context is not None else ""
+    try:
+        await config.load_kube_config(
+            config_file=kubeconfig,
+            context=access.context,
+            client_configuration=configuration,
+            persist_config=False,
+        )
+    except (config.ConfigException, OSError, ValueError, KeyError) as exc:
+        where = "not in a pod, and no" if not access.explicit else "no"
+        raise KubeUnavailable(
+            f"{where} usable kubeconfig {kubeconfig}{context} "
+            f"(kubernetes.kubeconfig, KUBECONFIG, ~/.kube/config): {exc}"
+        ) from exc
     return configuration
 
 
@@ -59,7 +77,10 @@ class KubeClient:
     tour does that) must not inherit a closed pool.
     """
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    def __init__(
+        self, api_client: client.ApiClient | None = None, access: KubeAccess | None = None
+    ) -> None:
+        self.access = access or KubeAccess()
         self._api = api_client
         self._owned = api_client is None
         self._lock = asyncio.Lock()
@@ -69,7 +90,7 @@ class KubeClient:
         """The client; ``KubeUnavailable`` when there is no API server to talk to."""
         async with self._lock:
             if self._api is None:
-                self._api = client.ApiClient(await load_configuration())
+                self._api = client.ApiClient(await load_configuration(self.access))
                 self.opened += 1
             return self._api
 
@@ -88,3 +109,28 @@ class KubeClient:
         if self._owned and self._api is not None:
             api, self._api = self._api, None
             await api.close()
+
+
+class KubeClients:
+    """A daemon's clients, one per distinct ``KubeAccess``: ``default`` (the daemon's own access)
+    serves every target that names no other cluster. Closed together by ``aclose``."""
+
+    def __init__(self, default: KubeClient) -> None:
+        self.default = default
+        self._by_access: dict[KubeAccess, KubeClient] = {default.access: default}
+
+    def for_access(self, access: KubeAccess) -> KubeClient:
+        """The client for ``access``, made (unopened) the first time it is asked for."""
+        found = self._by_access.get(access)
+        if found is None:
+            found = self._by_access[access] = KubeClient(access=access)
+        return found
+
+    @property
+    def clients(self) -> tuple[KubeClient, ...]:
+        return tuple(self._by_access.values())
+
+    async def aclose(self) -> None:
+        """Close every client made here (each closes only what it made)."""
+        for kube in self.clients:
+            await kube.aclose()

@@ -217,6 +217,10 @@ def schemas() -> dict[str, Any]:
         policy={"type": "string", "description": "The target's configured policy"},
         router={"type": "string"},
         platform={"type": "string"},
+        kube_context={
+            **_nullable("string"),
+            "description": "The kubeconfig context of the target's cluster (null: the default)",
+        },
         rollout_id=_nullable("string"),
         image=_nullable("string"),
         phase=_nullable({"enum": PHASES}),

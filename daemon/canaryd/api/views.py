@@ -22,7 +22,7 @@ from canaryd.ports import MeasurementRecord
 
 
 class TargetInfo(Protocol):
-    """A configured target as the views read it (``settings.Target`` has these members)."""
+    """A configured target as the views read it (the runtime's ``Target`` has these members)."""
 
     @property
     def name(self) -> str: ...
@@ -32,6 +32,8 @@ class TargetInfo(Protocol):
     def router(self) -> KindConfig: ...
     @property
     def platform(self) -> KindConfig: ...
+    @property
+    def kube_context(self) -> str | None: ...
 
 
 def rfc3339(seconds: float | None) -> str | None:
@@ -125,6 +127,7 @@ def target_summary(t: TargetInfo, r: Rollout | None) -> dict[str, Any]:
         "policy": t.policy.name,
         "router": t.router.kind,
         "platform": t.platform.kind,
+        "kube_context": t.kube_context,  # its cluster's context (None: the default one)
         "rollout_id": r.id if r else None,
         "image": r.image if r else None,
         "phase": str(r.phase) if r else None,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from canaryd.config import policies, supply
+from canaryd.config import kubeaccess, policies, supply
 from canaryd.config.kinds import (
     Kind,
     KindConfig,
@@ -42,6 +42,7 @@ from canaryd.config.kinds import (
     to_name,
     to_port,
 )
+from canaryd.config.kubeaccess import KubeAccess
 from canaryd.config.notify import Channel, public_url, read_channels
 from canaryd.config.reader import Reader, duration, join, shown_path, to_str
 from canaryd.config.secrets import (
@@ -102,7 +103,9 @@ DEFAULT_ALERT_EXPIRY = 12 * 3600.0
 _TOP = {"listen", "state", "prometheus", "auth", "alerts", "policies", "targets"}
 _TOP |= {"notify", "public_url"}  # config.notify
 _TOP |= {"listen_tls", "tracing"}  # config.transport
+_TOP |= {kubeaccess.KEY}  # config.kubeaccess
 _TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers", *supply.KEYS}
+_TARGET |= {kubeaccess.KEY}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
     "kubernetes": {"backend", "namespace", "lease"},
@@ -167,6 +170,7 @@ class Target:
     supply: Supply = field(
         default_factory=Supply
     )  # require_digest, verify, verify_timeout (config.supply)
+    kube: KubeAccess = field(default_factory=KubeAccess)  # its cluster (config.kubeaccess)
 
     @property
     def job(self) -> str:
@@ -200,6 +204,7 @@ class Settings:
     public_url: str | None = None  # base of the links to canaryd's pages (None: from listen)
     listen_tls: ListenTls | None = None  # HTTPS (and mutual TLS) on the listener
     tracing: Tracing | None = None  # OpenTelemetry traces over OTLP/HTTP
+    kubernetes: KubeAccess = field(default_factory=KubeAccess)  # the default cluster
 
     @property
     def policies(self) -> dict[str, Policy]:
@@ -261,10 +266,13 @@ class _Loader:
         self.warnings: list[Problem] = []
         self._policies: dict[Path, Policy | None] = {}
         self._named: dict[str, tuple[Path, Policy]] = {}  # what the API may name, by stem
+        self.kube = KubeAccess()  # the daemon's (read first: the targets' lie over it)
 
     def read(self, doc: Any) -> Settings:
         r = self.r
         top = r.mapping(doc, "", _TOP)
+        self.kube = kubeaccess.daemon_access(self, top.get(kubeaccess.KEY))
+        self.warnings += kubeaccess.kubeconfig_warnings(r.file, kubeaccess.KEY, self.kube)
         return Settings(
             file=self.file,
             listen=r.field(top, "listen", "", parse_listen, parse_listen(DEFAULT_LISTEN)),
@@ -278,6 +286,7 @@ class _Loader:
             public_url=r.field(top, "public_url", "", public_url, None),
             listen_tls=read_listen_tls(r, top.get("listen_tls"), self.path, self.warnings),
             tracing=read_tracing(r, top.get("tracing")),
+            kubernetes=self.kube,
             warnings=tuple(self.warnings),
         )
 
@@ -445,6 +454,7 @@ class _Loader:
             row = self.kinds.routers.get(target.router.kind)
             identity = row.identity(target.router) if row is not None else None
             if identity is not None:
+                identity = kubeaccess.in_cluster(identity, target.kube)
                 if identity in routed:
                     r.problem(
                         join(where, "router"),
@@ -486,6 +496,7 @@ class _Loader:
             labels=labels,
             alert_matchers=tuple(matchers),
             supply=read_supply(r, t, where, self.warnings),
+            kube=kubeaccess.target_access(self, t, where, self.kube, self.warnings),
         )
 
     def _policy(self, ref: str, where: str) -> tuple[Path, Policy | None]:

@@ -72,6 +72,7 @@ class Target:
     verify: Verifier | None = None  # the target's ``verify:`` commands, run before stage 1
     routes: bool = True  # False: the router is observe-only (``noop``); rollouts record it
     deploys: bool = True  # False: the platform is observe-only (``none``)
+    kube_context: str | None = None  # its cluster's kubeconfig context (None: the default)
 
 
 ALERT_RETENTION = 24 * 3600.0  # journalled alerts older than this are forgotten unless firing
