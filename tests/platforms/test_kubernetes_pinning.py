@@ -79,8 +79,14 @@ def canary_pod(c: kube.Cluster, name: str, image_id: str, *, web_first: bool = T
     assert canary is not None
     template = copy.deepcopy(canary["spec"]["template"])
     statuses = [
-        {"name": "web", "ready": True, "image": TAG, "imageID": image_id},
-        {"name": "proxy", "ready": True, "imageID": "registry.example/p@sha256:" + "cc" * 32},
+        {"name": "web", "ready": True, "restartCount": 0, "image": TAG, "imageID": image_id},
+        {
+            "name": "proxy",
+            "ready": True,
+            "restartCount": 0,
+            "image": "registry.example/p:1",
+            "imageID": "registry.example/p@sha256:" + "cc" * 32,
+        },
     ]
     c.seed(
         PODS,
@@ -221,7 +227,11 @@ async def test_the_platform_pins_only_what_every_current_canary_pod_agrees_on(
         {
             "metadata": {"name": "web-1", "labels": {"app": "web"}},
             "spec": stable_deployment()["spec"]["template"]["spec"],
-            "status": {"containerStatuses": [{"name": "web", "imageID": MOVED}]},
+            "status": {
+                "containerStatuses": [
+                    {"name": "web", "ready": True, "restartCount": 0, "image": TAG, "imageID": MOVED}
+                ]
+            },
         },
     )
     assert await platform.canary_pin(TAG) == PINNED

@@ -126,7 +126,13 @@ def _canary_pod(c: kube.Cluster, namespace: str, canary: str, digest: str) -> di
     assert deployment is not None
     template = deployment["spec"]["template"]
     statuses = [
-        {"name": x["name"], "imageID": f"docker-pullable://registry.example/web@{digest}"}
+        {
+            "name": x["name"],
+            "ready": True,
+            "restartCount": 0,
+            "image": x["image"],
+            "imageID": f"docker-pullable://registry.example/web@{digest}",
+        }
         for x in template["spec"]["containers"]
     ]
     return {
