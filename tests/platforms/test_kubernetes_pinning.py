@@ -229,7 +229,13 @@ async def test_the_platform_pins_only_what_every_current_canary_pod_agrees_on(
             "spec": stable_deployment()["spec"]["template"]["spec"],
             "status": {
                 "containerStatuses": [
-                    {"name": "web", "ready": True, "restartCount": 0, "image": TAG, "imageID": MOVED}
+                    {
+                        "name": "web",
+                        "ready": True,
+                        "restartCount": 0,
+                        "image": TAG,
+                        "imageID": MOVED,
+                    }
                 ]
             },
         },
