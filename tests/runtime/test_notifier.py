@@ -185,6 +185,13 @@ def test_the_conservative_profile_s_first_gate_is_waiting_for_promote() -> None:
         json.dumps({"t": 0, "check": name, "value": value})
         for name, value in (("success-rate", 0.999), ("latency-p95", 0.1), ("error-rate", 0.0))
     ]
+    both = {"canary": {"requests": 5, "errors": 0}, "stable": {"requests": 45, "errors": 0}}
+    fast = {"canary": {"buckets": {"0.1": 5, "+Inf": 5}}}
+    fast["stable"] = {"buckets": {"0.1": 45, "+Inf": 45}}
+    lines += [  # the compare checks: canary and stable alike (counts per second)
+        json.dumps({"t": 0, "check": "errors-vs-stable", "per_second": True, **both}),
+        json.dumps({"t": 0, "check": "latency-vs-stable", "per_second": True, **fast}),
+    ]
     timeline = Timeline.parse(lines)
     decided: list[tuple[Rollout, tuple[Action, ...]]] = []
     state, _ = stages.start("c1", "shop", "shop:v2", policy, 0.0)

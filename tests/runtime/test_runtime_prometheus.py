@@ -179,9 +179,9 @@ async def test_a_canary_made_bad_mid_stage_is_rolled_back_by_the_promql_path(
             await session.post(f"{s.canary.url}/admin/fault", json={"error_rate": 0.3})
         final = await s.finished("matriz")
         assert final.phase is Phase.ROLLED_BACK
-        assert "success-rate" in (final.rollback_reason or "") or "error-rate" in (
-            final.rollback_reason or ""
-        )
+        reason = final.rollback_reason or ""
+        # the absolute SLOs, or the compare check that sees canary worse than stable first
+        assert any(c in reason for c in ("success-rate", "error-rate", "errors-vs-stable")), reason
         assert final.weight == 0
 
 
@@ -201,11 +201,14 @@ async def test_checks_of_all_targets_cost_one_query_per_check_per_cycle(
         assert full, s.evaluator.batches
         asked = [queries for _, queries in full if queries]
         assert asked, s.evaluator.batches
+        compare_only = 2  # while young: the threshold checks wait (core.scope), the compare
+        # checks (raw counters from a baseline, core.compare) are asked all the same
         for queries in asked:
             # one query per check of the stage for all 4 targets (the request count rides along)
-            assert queries in checks_per_stage.values(), (queries, s.evaluator.batches)
-        # while the rollouts are younger than their window nothing is asked at all (core.scope)
-        assert full.index(next(b for b in full if b[1])) > 0, full
+            allowed = {*checks_per_stage.values(), compare_only}
+            assert queries in allowed, (queries, s.evaluator.batches)
+        # while the rollouts are younger than their window only the compare checks are asked
+        assert asked[0] == compare_only, full
 
 
 async def test_the_request_count_rides_along_and_is_asked_apart_if_refused(

@@ -380,8 +380,8 @@ def _check_key(check: Check, request: _Request) -> tuple[object, ...]:
         tuple(sorted(policy.params.items())),
         tuple(sorted(request.labels)),
         request.state.id if per_target else None,
+        (request.age, policy.min_window, policy.scope),  # _requests_key_of reads it at [7]
         check.kind,
-        (request.age, policy.min_window, policy.scope),
     )
 
 
