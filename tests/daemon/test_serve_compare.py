@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from support import procs
@@ -34,6 +35,7 @@ def policy() -> str:
         "interval": "1s",
         "error_backoff": "1s",
         "window": "10s",
+        "min_window": "8s",  # enough samples at 1 s scrapes that the SLO is not noise
         "scale_down_delay": "1s",
         "alpha": shipped["alpha"],
         "limits": {**shipped["limits"], "progress_deadline": "60s"},
@@ -109,10 +111,12 @@ def test_a_canary_twice_as_bad_as_stable_inside_the_slo_is_rolled_back_by_errors
     # the absolute SLO held all along: the comparison alone rolled it back (the first pass may
     # come before Prometheus has two samples in the 10 s window: "no data", never a breach)
     verdicts = [d["evidence"].get("success-rate", {}).get("verdict") for d in decisions]
-    assert "successful" in verdicts and "failed" not in verdicts, verdicts
+    assert "failed" not in verdicts, verdicts  # (often still "no data yet": the comparison
+    # concludes before the SLO's window has filled, core.scope)
     assert not any(d["action"] == "promote" for d in decisions)
     evidence_now = view["rollout"]["compare"]["errors-vs-stable"]
-    assert evidence_now["concluded"] and evidence_now["e_value"] >= evidence_now["bound"] == 40
+    assert evidence_now["concluded"] and evidence_now["e_value"] >= evidence_now["bound"]
+    assert evidence_now["bound"] == pytest.approx(1 / 0.045)  # its share: 0.05 × 9 / 10
     assert evidence_now["counted"]["canary.requests"] > 0, evidence_now
     assert view["checks"]["errors-vs-stable"]["verdict"] == "failed", view["checks"]
     failed = 'check="errors-vs-stable",result="failed",target="compared"'

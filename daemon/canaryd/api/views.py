@@ -98,11 +98,10 @@ def compare_view(r: Rollout) -> dict[str, Any]:
     ``1/alpha`` that rolls back, the counts it has judged since its baseline (by part, as
     ``core.compare`` names them) and whether it concluded. Shown so a client can chart the test
     against its boundary over time (``canaryd demo``'s report) without re-running it."""
-    bound = 1.0 / compare.alpha_share(r.policy)
     return {
         name: {
             "e_value": sequential.e_average(list(state.logs.values())),
-            "bound": bound,
+            "bound": 1.0 / compare.alpha_share(r.policy, r.policy.checks.get(name)),
             "concluded": state.concluded,
             "counted": dict(state.counted),
         }
@@ -169,7 +168,7 @@ def check_view(
     )
     if check.kind == "compare" and rollout is not None:
         # the reading is a pair of raw counters: what is judged is the e-value against its bound
-        bound = 1.0 / compare.alpha_share(rollout.policy)
+        bound = 1.0 / compare.alpha_share(rollout.policy, check)
         state = rollout.compare.get(check.name)
         e = None if state is None else sequential.e_average(list(state.logs.values()))
         view.update(value=e, op="<", threshold=bound)

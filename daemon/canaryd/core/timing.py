@@ -150,7 +150,7 @@ def detection(
     and the others are counted as no evidence at all (e-value 0, the pessimistic case), the
     average reaches ``1/alpha`` when the moving one reaches ``bounds/alpha``."""
     rng = random.Random(SEED)
-    bound = math.log(bounds / compare.alpha_share(policy))
+    bound = math.log(bounds / compare.alpha_share(policy, check))
     omega0 = 1.0 + check.tolerance
     weights = schedule(policy)
     extra = policy.limits.failure_limit
