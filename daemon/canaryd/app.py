@@ -178,6 +178,8 @@ class Daemon:
             stack.push_async_callback(router.aclose)
             platform = self._given_platforms.get(t.name)
             deploys = platform is not None or not _row(t, "platform", KINDS.platforms).observe_only
+            if platform is None and _row(t, "router", KINDS.routers).deploys:
+                platform, deploys = cast(Platform, router), True  # argo-rollouts: Argo deploys
             if platform is None:
                 platform = build_platform(t, self.kube)
                 stack.push_async_callback(platform.aclose)
