@@ -293,6 +293,16 @@ class InThread:
 
         return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout)
 
+    def seed(self, manifest: dict[str, Any]) -> None:
+        """Store a Rollout as if ``kubectl apply`` had created it (validated, stamped)."""
+        assert self.cluster is not None
+        cluster = self.cluster
+
+        async def put() -> None:
+            cluster.seed(kube.ROLLOUTS, self.namespace, manifest)
+
+        self.call(put)
+
     def get(self, name: str) -> dict[str, Any] | None:
         assert self.cluster is not None
         cluster = self.cluster
