@@ -31,13 +31,13 @@ import pytest
 import yaml
 
 from support import fakeargo, procs
+from support.procs import stop_process
 from support.servekit import (
     WEBHOOK_TOKEN,
     Serve,
     TargetSpec,
     call,
     start_load,
-    stop_process,
     wait_until,
     write_config,
 )

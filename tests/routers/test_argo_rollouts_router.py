@@ -239,7 +239,7 @@ def test_the_first_step_that_differs_is_named(
 
 
 def test_promote_patches_are_the_clis() -> None:
-    at_pause = {
+    at_pause: dict[str, Any] = {
         "spec": {"strategy": {"canary": {"steps": steps((10, {}))}}},
         "status": {"currentStepIndex": 1, "pauseConditions": [{"reason": "CanaryPauseStep"}]},
     }

@@ -59,6 +59,7 @@ from support import kube
 
 GROUP, VERSION, PLURAL = "argoproj.io", "v1alpha1", "rollouts"
 T = TypeVar("T")
+MERGE: dict[str, Any] = {"_content_type": "application/merge-patch+json"}
 
 
 def pod_hash(template: Any) -> str:
@@ -241,7 +242,7 @@ class FakeArgo:
             PLURAL,
             name,
             patch,
-            _content_type="application/merge-patch+json",
+            **MERGE,
         )
 
 
