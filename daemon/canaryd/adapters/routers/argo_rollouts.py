@@ -273,6 +273,15 @@ class ArgoRolloutsRouter:
             )
         return None
 
+    async def steps_problem(self, weights: Sequence[int]) -> str | None:
+        """Why the Rollout's steps do not match stage ``weights`` (or it cannot be read), else
+        None: ``canaryd check --kubeconfig`` asks it of every argo-rollouts target."""
+        try:
+            why = step_mismatch(weights, steps_of(await self.read()))
+        except RouterUnavailable as exc:
+            return str(exc)
+        return f"{self.named}: {why}" if why else None
+
     async def external_abort(self) -> str | None:
         """Argo's words when the Rollout is aborted or Degraded, else None."""
         try:
