@@ -189,12 +189,17 @@ class FakeArgo:
     cluster: kube.Cluster
     namespace: str
     interval: float = 0.02
+    # out of band: read and write the emulator's store directly (``Cluster.write``), so the
+    # fake's requests are not among those a test records (RBAC); its statuses then go unchecked
+    out_of_band: bool = False
 
     def _api(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.cluster.api)
 
     async def reconcile(self, name: str) -> bool:
         """One reconcile of the Rollout ``name``: True if it wrote a new status."""
+        if self.out_of_band:
+            return self._reconcile_out_of_band(name)
         api = self._api()
         try:
             rollout = await api.get_namespaced_custom_object(
@@ -216,6 +221,20 @@ class FakeArgo:
             if exc.status == 409:  # written meanwhile: the next tick reads it again
                 return False
             raise
+        return True
+
+    def _reconcile_out_of_band(self, name: str) -> bool:
+        rollout = self.cluster.get(kube.ROLLOUTS, self.namespace, name)
+        if rollout is None:
+            return False
+        status = next_status(rollout, _elapsed)
+        if status == (rollout.get("status") or {}):
+            return False
+
+        def edit(obj: dict[str, Any]) -> None:
+            obj["status"] = status
+
+        self.cluster.write(kube.ROLLOUTS, self.namespace, name, edit)
         return True
 
     async def run(self) -> None:
@@ -254,9 +273,11 @@ def _elapsed(start_time: str) -> float:
 
 
 @contextlib.asynccontextmanager
-async def running(c: kube.Cluster, namespace: str) -> AsyncIterator[FakeArgo]:
+async def running(
+    c: kube.Cluster, namespace: str, out_of_band: bool = False
+) -> AsyncIterator[FakeArgo]:
     """The fake controller running in the background of the current loop."""
-    argo = FakeArgo(c, namespace)
+    argo = FakeArgo(c, namespace, out_of_band=out_of_band)
     task = asyncio.create_task(argo.run())
     try:
         yield argo
