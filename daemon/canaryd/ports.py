@@ -301,10 +301,11 @@ class ChecksStart(Protocol):
 @runtime_checkable
 class ReportsAbort(Protocol):
     """A router whose own controller may abort a canary (argo-rollouts: the Rollout's own
-    analysis failed). ``external_abort`` answers that controller's words once it has, else
-    None; the worker asks on each pass of a rollout in progress and rolls back with them."""
+    analysis failed). ``external_abort`` answers that controller's words once it has aborted
+    the canary of ``image``, else None; the worker asks on each pass of a rollout in progress
+    and rolls back with them."""
 
-    async def external_abort(self) -> str | None: ...
+    async def external_abort(self, image: str) -> str | None: ...
 
 
 class Verifier(Protocol):

@@ -33,6 +33,7 @@ import yaml
 from support import fakeargo, procs
 from support.procs import stop_process
 from support.servekit import (
+    TOKENS,
     WEBHOOK_TOKEN,
     Serve,
     TargetSpec,
@@ -320,3 +321,18 @@ def test_an_abort_by_argos_own_analysis_is_a_rollback_decision(stack: Stack) -> 
     [decision] = [d for d in stack.history(GOOD) if d["action"] == "rollback"]
     assert decision["cause"] == "router-not-applied"
     assert 'Metric "argo-own-check" assessed Failed' in decision["reason"], decision
+
+
+def test_a_new_image_after_an_aborted_rollout_is_not_taken_for_argos_abort(stack: Stack) -> None:
+    """The Rollout the PromQL check aborted still says ``abort: true`` until Argo sees the new
+    image: that abort is the previous rollout's, and the new one runs to its end."""
+    stack.finished(BAD, 60)
+    assert stack.rollout(BAD)["status"]["abort"] is True
+    stack.wait_for_a_clean_window()
+    status, body = stack.serve.call(
+        "POST", f"/api/v1/targets/{BAD}/rollouts", {"image": NEW}, token=TOKENS["operator"]
+    )
+    assert status == 409 and "retry" in str(body), (status, body)  # the same image: refused
+    stack.serve.start_rollout(BAD, "registry.example/web:3.0")
+    rollout = stack.finished(BAD, 90)
+    assert rollout["phase"] == "Succeeded", (rollout, stack.history(BAD))

@@ -111,7 +111,8 @@ async def test_rollback_is_argos_abort_on_the_status_subresource(
     assert status["abort"] is True and status["phase"] == "Degraded"
     assert status["canary"]["weights"]["canary"]["weight"] == 0
     assert await router.canary_status() == (False, False)  # nothing left to scale down
-    assert (await router.external_abort() or "").startswith("Rollout shop/web is Degraded")
+    assert (await router.external_abort(NEW) or "").startswith("Rollout shop/web is Degraded")
+    assert await router.external_abort("registry.example/web:3.0") is None  # not its abort
     await router.remove_canary()  # already aborted: no second patch
     assert len(status_writes(k8s)) == 2
     # the same image again would change nothing in Argo: the start says so
@@ -154,10 +155,10 @@ async def test_an_abort_by_argos_own_analysis_is_reported(
     router = await healthy_rollout(k8s)
     await router.ensure_canary(NEW)
     await until(router.get_weight, 10)
-    assert await router.external_abort() is None
+    assert await router.external_abort(NEW) is None
     await argo.analysis_failed("web", "success-rate")
     await until(router.get_weight, 0)
-    why = await router.external_abort()
+    why = await router.external_abort(NEW)
     assert why is not None and 'Metric "success-rate" assessed Failed' in why
     with pytest.raises(RouterUnavailable, match="aborted"):
         await router.set_weight(25)  # canaryd does not un-abort what Argo aborted

@@ -401,7 +401,7 @@ class Worker:
         rollback = Command(CommandKind.ROLLBACK, by, cause=Cause.ROUTER_NOT_APPLIED)
         if stages.check_command(self.state, rollback) is not None:
             return
-        why = await router.external_abort()
+        why = await router.external_abort(self.state.ref)
         if why is None:
             return
         future: asyncio.Future[Rollout] = asyncio.get_running_loop().create_future()

@@ -282,13 +282,17 @@ class ArgoRolloutsRouter:
             return str(exc)
         return f"{self.named}: {why}" if why else None
 
-    async def external_abort(self) -> str | None:
-        """Argo's words when the Rollout is aborted or Degraded, else None."""
+    async def external_abort(self, image: str) -> str | None:
+        """Argo's words when the Rollout of ``image`` is aborted or Degraded, else None. Only a
+        status about the current spec running ``image`` counts: the abort of an earlier
+        rollout, still there until Argo sees the new image, is not this one's."""
         try:
-            s = standing(await self.read())
-        except RouterUnavailable:
+            rollout = await self.read()
+            current = container_image(rollout, self.container)[1]
+        except (RouterUnavailable, PlatformUnavailable):
             return None
-        if not (s.aborted or s.phase == "Degraded"):
+        s = standing(rollout)
+        if current != image or not s.observed or not (s.aborted or s.phase == "Degraded"):
             return None
         return f"{self.named} is {s.phase or 'aborted'}: {s.message or 'aborted'}"
 
