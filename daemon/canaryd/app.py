@@ -180,6 +180,8 @@ class Daemon:
             stack.push_async_callback(router.aclose)
             platform = self._given_platforms.get(t.name)
             deploys = platform is not None or not _row(t, "platform", KINDS.platforms).observe_only
+            if platform is None and _row(t, "router", KINDS.routers).deploys:
+                platform, deploys = cast(Platform, router), True  # argo-rollouts: Argo deploys
             if platform is None:
                 platform = build_platform(t, kube)
                 stack.push_async_callback(platform.aclose)
@@ -391,6 +393,8 @@ def _link_host(host: str) -> str:
     if host in ("0.0.0.0", "::", ""):
         return socket.gethostname()  # set public_url for the name people really use
     return f"[{host}]" if ":" in host else host
+
+
 def _query_of(state: Rollout, labels: Mapping[str, str], template: str) -> str:
     """A check's query as the evaluator renders it for this one target (for its span)."""
     variables = template_variables(state.policy, {k: [v] for k, v in labels.items()})
@@ -439,3 +443,24 @@ async def serve(settings: Settings) -> int:
     daemon = Daemon(settings)
     await daemon.run()
     return 0
+
+
+def steps_problems(settings: Settings) -> list[tuple[str, str]]:
+    """(``targets[i].router``, why) for each target whose router checks its steps against the
+    stages (argo-rollouts) and finds they differ: ``canaryd check --kubeconfig``."""
+
+    async def ask() -> list[tuple[str, str]]:
+        kube = KubeClient()
+        found = []
+        try:
+            for i, t in enumerate(settings.targets):
+                router = build_router(t, kube)
+                check = getattr(router, "steps_problem", None)
+                why = await check([s.weight for s in t.policy.stages]) if check else None
+                if why:
+                    found.append((f"targets[{i}].router", str(why)))
+        finally:
+            await kube.aclose()
+        return found
+
+    return asyncio.run(ask())

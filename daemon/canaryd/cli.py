@@ -127,6 +127,12 @@ def _register_check(commands: Subparsers) -> None:
         default=timing.DEFAULT_ERROR_RATE,
         help="stable's error share; the canary's is twice it (default: %(default)g)",
     )
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="also read each argo-rollouts target's Rollout through this kubeconfig and check "
+        "that its steps match the target's stages",
+    )
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -145,7 +151,23 @@ def run_check(args: argparse.Namespace) -> int:
     traffic = (args.rps, args.error_rate)
     for line in describe_settings(settings, pipe, traffic):
         print(line)
+    if getattr(args, "kubeconfig", None):
+        problems = on_cluster(settings, args.kubeconfig)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            return 2
     return EXIT_OK
+
+
+def on_cluster(settings: Settings, kubeconfig: str) -> list[str]:
+    """``check --kubeconfig``: each argo-rollouts target's Rollout read through ``kubeconfig``,
+    its steps held to the target's stages; a ``file: key: message`` line per one that differs."""
+    from canaryd.app import steps_problems
+
+    os.environ["KUBECONFIG"] = kubeconfig  # this process only: check exits right after
+    os.environ.pop("KUBERNETES_SERVICE_HOST", None)  # the given kubeconfig, even in a pod
+    return [f"{settings.file}: {where}: {why}" for where, why in steps_problems(settings)]
 
 
 def describe_settings(

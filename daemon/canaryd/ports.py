@@ -289,6 +289,25 @@ class PinsRunningCanary(Protocol):
     async def canary_pin(self, image: str) -> str: ...
 
 
+@runtime_checkable
+class ChecksStart(Protocol):
+    """A platform that can tell, before a rollout starts, that it cannot run it (argo-rollouts:
+    the Rollout's steps differ from the stages). The controller asks once, at start; the
+    answer (None: it can) refuses the start with its words, before anything is written."""
+
+    async def refusal(self, weights: Sequence[int], image: str) -> str | None: ...
+
+
+@runtime_checkable
+class ReportsAbort(Protocol):
+    """A router whose own controller may abort a canary (argo-rollouts: the Rollout's own
+    analysis failed). ``external_abort`` answers that controller's words once it has aborted
+    the canary of ``image``, else None; the worker asks on each pass of a rollout in progress
+    and rolls back with them."""
+
+    async def external_abort(self, image: str) -> str | None: ...
+
+
 class Verifier(Protocol):
     """Runs a target's ``verify:`` commands on an image reference; never raises for what
     the commands do (a failure, a timeout, a command that cannot run is a failed

@@ -161,17 +161,34 @@ def _refused_line(config: Path, role: str, kind: str) -> str | None:
 
 @pytest.mark.parametrize(
     ("role", "kind"),
-    [pytest.param("router", "argo-rollouts"), pytest.param("state", "kubernetes")],
+    [pytest.param("state", "kubernetes")],
 )
 def test_what_this_build_does_not_run_is_refused_by_both_with_one_line(
     tmp_path: Path, role: str, kind: str
 ) -> None:
-    """``argo-rollouts`` and ``state.backend: kubernetes`` are built by another session."""
+    """``state.backend: kubernetes`` is built by another session."""
     config, port = _config(tmp_path, role, kind)
     line = _refused_line(config, role, kind)
     assert line is not None
     checked = _check(config)
     code, err, _ = _serve(config, port)
+    assert (checked.returncode, code) == (2, 2)
+    assert _problems(checked.stderr, config) == [line]
+    assert _problems(err, config) == [line]
+
+
+def test_a_router_that_deploys_needs_platform_none_in_both(tmp_path: Path) -> None:
+    """``argo-rollouts`` deploys the canary itself (Argo owns the ReplicaSets): a target that
+    also names a platform is refused by ``check`` and ``serve`` with the same line."""
+    config, port = _config(tmp_path, "router", "argo-rollouts")
+    text = config.read_text().replace(PLATFORMS["none"], PLATFORMS["kubernetes"])
+    config.write_text(text)
+    checked = _check(config)
+    code, err, _ = _serve(config, port)
+    line = (
+        f"{config}: targets[0].platform: router argo-rollouts deploys the canary itself; "
+        "the platform must be {kind: none}, not kubernetes"
+    )
     assert (checked.returncode, code) == (2, 2)
     assert _problems(checked.stderr, config) == [line]
     assert _problems(err, config) == [line]

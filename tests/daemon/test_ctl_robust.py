@@ -183,4 +183,3 @@ def test_a_url_without_a_scheme_is_taken_as_http(daemon: Serve) -> None:
     )
     assert flag.returncode == 0 and "registry.local/web:v2" in flag.stdout, flag.stderr
     assert "unknown url type" not in done.stderr + flag.stderr
-

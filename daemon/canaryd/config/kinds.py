@@ -89,6 +89,9 @@ class Kind(Generic[C, F]):
     # observe-only: the kind changes nothing in the world (``noop``, ``none``), so decisions
     # say what canaryd did not do instead of claiming the traffic or the stable moved
     observe_only: bool = False
+    # a router that runs the workload too (``argo-rollouts``: the Rollout owns the ReplicaSets):
+    # its target's platform must be ``none``, and the router's adapter plays the platform
+    deploys: bool = False
 
 
 @dataclass(frozen=True, slots=True)

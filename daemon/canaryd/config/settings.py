@@ -462,6 +462,12 @@ class _Loader:
                         f"{target.router.kind} object; two targets would overwrite each other",
                     )
                 routed.setdefault(identity, where)
+            if row is not None and row.deploys and target.platform.kind not in ("none", ""):
+                r.problem(
+                    join(where, "platform"),
+                    f"router {row.name} deploys the canary itself; the platform must be "
+                    f"{{kind: none}}, not {target.platform.kind}",
+                )
             targets.append(target)
         return tuple(targets)
 

@@ -9,6 +9,9 @@ Three kinds, each a pure function of (policy, target) returning a plain dict:
   rate, success rate and latency quantiles with canary beside stable, a panel per check with its
   threshold, the weight asked vs measured, decisions as annotations.
 - ``argo-analysis``: an Argo Rollouts ``AnalysisTemplate`` with one Prometheus metric per check.
+- ``argo-rollout``: an Argo Rollouts ``Rollout`` whose canary steps are the policy's stages, one
+  ``setWeight``/``pause: {}`` pair each, as the ``argo-rollouts`` router drives them
+  (``offline.argo_rollout``); ``--name`` and ``--image`` name it and its image.
 
 The queries are filled exactly as the daemon fills them for one target
 (``runtime.evaluator.template_variables``, imported rather than copied so they cannot drift):
@@ -52,11 +55,11 @@ from canaryd.app import load_config
 from canaryd.core.durations import format_duration
 from canaryd.core.errors import ConfigError
 from canaryd.core.model import NoData, Policy
-from canaryd.offline import grafana
+from canaryd.offline import argo_rollout, grafana
 from canaryd.offline.args import add_policy_and_target, parse_labels, policy_or_problems
 from canaryd.offline.queries import Target, query, target_for, thresholds
 
-KINDS = ("prometheus-rules", "grafana", "argo-analysis")
+KINDS = ("prometheus-rules", "grafana", "argo-analysis", "argo-rollout")
 DEFAULT_PROMETHEUS = "http://prometheus:9090"
 OPPOSITE = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
 # --------------------------------------------------------------------------- the documents
@@ -153,14 +156,18 @@ def render(
     target: Target,
     severity: str = "critical",
     prometheus: str = DEFAULT_PROMETHEUS,
+    workload: argo_rollout.Workload | None = None,
 ) -> str:
-    """The document of ``kind`` as text: YAML, or JSON for Grafana."""
+    """The document of ``kind`` as text: YAML, or JSON for Grafana. ``workload``: the
+    Rollout's name and image, for ``argo-rollout`` (default: the target's name and image)."""
     if kind == "grafana":
         return json.dumps(grafana_dashboard(policy, target), indent=2) + "\n"
     if kind == "prometheus-rules":
         doc = prometheus_rules(policy, target, severity)
     elif kind == "argo-analysis":
         doc = argo_analysis(policy, target, prometheus)
+    elif kind == "argo-rollout":
+        doc = argo_rollout.rollout(policy, workload or argo_rollout.Workload(target.name))
     else:
         raise ValueError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
     text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=1_000_000, allow_unicode=True)
@@ -231,6 +238,7 @@ def register(commands: Any) -> None:
         metavar="URL",
         help=f"argo-analysis: Prometheus address (default: {DEFAULT_PROMETHEUS})",
     )
+    argo_rollout.add_arguments(p)
     p.add_argument("--out", metavar="FILE", help="write here, atomically (default: stdout)")
     p.set_defaults(handler=run)
 
@@ -266,7 +274,8 @@ def _from_policy(args: argparse.Namespace) -> str | None:
     except ValueError as exc:
         print(f"canaryctl render: {exc}", file=sys.stderr)
         return None
-    return render(args.kind, policy, target, args.severity, args.prometheus)
+    workload = argo_rollout.workload(args, target.name)
+    return render(args.kind, policy, target, args.severity, args.prometheus, workload)
 
 
 def _from_config(args: argparse.Namespace) -> str | None:
@@ -307,4 +316,5 @@ def _from_config(args: argparse.Namespace) -> str | None:
         )
         return None
     only = sources[0]
-    return render(args.kind, only.policy, only.target, args.severity, args.prometheus)
+    workload = argo_rollout.workload(args, only.target.name)
+    return render(args.kind, only.policy, only.target, args.severity, args.prometheus, workload)

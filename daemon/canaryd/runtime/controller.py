@@ -37,6 +37,7 @@ from canaryd.core.model import (
 )
 from canaryd.core.rules import AdmissionVerdict, admit
 from canaryd.ports import (
+    ChecksStart,
     Clock,
     PinsImages,
     PinsRunningCanary,
@@ -332,6 +333,8 @@ class Controller:
             if verdict.verdict is AdmissionVerdict.REFUSE:
                 raise RolloutRefused(verdict.reason, verdict.active)
             rollout_id = f"{name}-{int(now)}-{secrets.token_hex(3)}"
+            if why := await _refusal(target.platform, chosen, traffic, image):
+                raise RolloutRefused(why)  # the platform cannot run it (argo-rollouts' steps)
             pinned = await _pin(target.platform, image)  # before the old rollout is touched
             if active is not None:  # superseded, or rolled back and awaiting its scale-down
                 await self._supersede(active, rollout_id, image, by)
@@ -477,6 +480,16 @@ async def _pin(platform: Platform, image: str) -> str | None:
     if supply.is_pinned(image) or not isinstance(platform, PinsImages):
         return None
     return await platform.pin(image)
+
+
+async def _refusal(
+    platform: Platform, policy: Policy, traffic: int | None, image: str
+) -> str | None:
+    """Why the platform cannot run these stages (``ports.ChecksStart``), else None."""
+    if not isinstance(platform, ChecksStart):
+        return None
+    weights = [stage.weight for stage in stages.plan_stages(policy, traffic).stages]
+    return await platform.refusal(weights, image)
 
 
 def _pins_late(platform: Platform, image: str) -> bool:

@@ -40,6 +40,7 @@ from canaryd.core.model import (
     AlertStatus,
     Cause,
     Command,
+    CommandKind,
     Effect,
     EffectKind,
     Findings,
@@ -53,6 +54,7 @@ from canaryd.ports import (
     Clock,
     PinsRunningCanary,
     Platform,
+    ReportsAbort,
     Router,
     RuntimeEvents,
     StateStore,
@@ -376,6 +378,7 @@ class Worker:
         present, ready = await self._platform.canary_status()
         stable = await self._platform.stable_image()
         pin, problem = await self._canary_pin(ready)
+        await self._external_abort()
         observed = Observed(
             weight=weight,
             canary_ready=ready,
@@ -386,6 +389,24 @@ class Worker:
         )
         self._events.observed(self.state, observed)
         return observed
+
+    async def _external_abort(self) -> None:
+        """A router whose own controller aborted the canary (``ports.ReportsAbort``: Argo's
+        analysis failed) makes this pass decide a rollback in that controller's words, so the
+        abort is a decision in the history, not a weight that silently went to 0."""
+        router = self._router
+        by = f"{router.kind}'s controller"
+        if not isinstance(router, ReportsAbort) or any(c.by == by for c, _ in self._commands):
+            return
+        rollback = Command(CommandKind.ROLLBACK, by, cause=Cause.ROUTER_NOT_APPLIED)
+        if stages.check_command(self.state, rollback) is not None:
+            return
+        why = await router.external_abort(self.state.ref)
+        if why is None:
+            return
+        future: asyncio.Future[Rollout] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
+        self._commands.append((replace(rollback, reason=why), future))
 
     async def _canary_pin(self, ready: bool) -> tuple[str | None, str | None]:
         """What the ready canary runs, pinned, while the rollout waits for it (kubernetes);

@@ -13,11 +13,11 @@ from typing import Any, Protocol
 
 from canaryd.adapters.kube import KubeClient
 from canaryd.adapters.routers import (
+    argo_rollouts,
     gateway_api,
     nginx,
     nginx_ingress,
     noop,
-    planned,
     traefik_file,
     traefik_service,
 )
@@ -37,7 +37,7 @@ RouterFactory = Callable[[str, Any, KubeClient | None], OwnedRouter]
 ROUTERS: dict[str, Kind[Any, Any]] = table(
     gateway_api.KIND,
     traefik_service.KIND,
-    planned.ARGO_ROLLOUTS,
+    argo_rollouts.KIND,
     nginx_ingress.KIND,
     traefik_file.KIND,
     nginx.KIND,
