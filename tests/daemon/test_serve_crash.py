@@ -197,7 +197,7 @@ class Chaos:
             f"ready before the stored state was loaded: API {shown}, stored {stored}"
         )
         if shown["stage"] == stored["stage"] + 1 and stored["stage_started_at"] is not None:
-            assert shown["stage_started_at"] == stored["stage_started_at"], (shown, stored)
+            assert shown["stage_started_at_unix"] == stored["stage_started_at"], (shown, stored)
             if stored["phase"] == "Progressing":
                 self.resumed_mid_stage += 1
         return self.witness.read(f"after restart {self.kills}")
