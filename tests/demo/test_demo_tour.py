@@ -119,7 +119,7 @@ def test_progress_shows_checks_against_thresholds_time_left_and_why_it_rolled_ba
     assert subtle, progress
     assert subtle.group(1).strip() == _rollout(demo, "subtle")["rollback_reason"]
     # a compare check in the shared formatter: its e-value against the bound it must stay under
-    assert re.search(r"latency-vs-stable [0-9.e+-]+ < 40 (✓|ok)", progress), progress
+    assert re.search(r"latency-vs-stable [0-9.e+-]+ < 200 (✓|ok)", progress), progress
 
 
 def test_the_report_draws_latency_stage_bands_and_rollbacks_in_red(demo: dict[str, Any]) -> None:
@@ -251,8 +251,8 @@ def test_the_report_shows_the_compare_evidence(demo: dict[str, Any]) -> None:
     points = evidence["points"]
     assert len(points) >= 3, points
     last = points[-1]
-    assert last["concluded"] and last["e_value"] >= last["bound"] == 40, last
-    assert math.isclose(last["log_bound"], math.log(40))
+    assert last["concluded"] and last["e_value"] >= last["bound"] == 200, last  # 0.05 × 1/10
+    assert math.isclose(last["log_bound"], math.log(200))
     assert not any(p["concluded"] for p in points[:-1]) or points[-2]["e_value"] >= 40
     assert last["canary_rate"] > 1.5 * last["stable_rate"] > 0, last  # ~100 % against ~50 %
     assert last["canary_requests"] > 0 and last["stable_requests"] > last["canary_requests"]
@@ -261,7 +261,7 @@ def test_the_report_shows_the_compare_evidence(demo: dict[str, Any]) -> None:
     html = (demo["dir"] / "report.html").read_text()
     assert "latency-vs-stable: share of requests slower than 50 ms" in html
     assert "latency-vs-stable: the test&#x27;s log e-value against its boundary" in html
-    assert "boundary log(1/alpha) = log 40" in html
+    assert "boundary log(1/alpha) = log 200" in html
 
 
 def test_each_rollout_judges_its_own_canary(demo: dict[str, Any]) -> None:
