@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -35,6 +36,7 @@ from aiohttp import web
 
 from canaryd.adapters import systemd
 from canaryd.adapters.kube import KubeClient, KubeClients
+from canaryd.adapters.lease import LeaseElector, LeaseTiming, identity
 from canaryd.adapters.notify import Announcing, Notifier
 from canaryd.adapters.platforms import PLATFORMS, OwnedPlatform, PlatformFactory
 from canaryd.adapters.prometheus import PrometheusClient
@@ -48,6 +50,7 @@ from canaryd.api.webhook import WebhookCredential
 from canaryd.config import settings as config_settings
 from canaryd.config.kinds import Kind, Kinds, not_built
 from canaryd.config.settings import (
+    KubernetesState,
     Settings,
     SqliteState,
     Token,
@@ -58,13 +61,16 @@ from canaryd.config.settings import Target as TargetSettings
 from canaryd.core import templates
 from canaryd.core.errors import ConfigError, Problem
 from canaryd.core.model import Measurement, Policy, Rollout
-from canaryd.ports import Platform, RuntimeEvents
+from canaryd.ports import Platform, RuntimeEvents, StateStore
 from canaryd.runtime.controller import Controller, MeasureTarget, Target, TraceFields
 from canaryd.runtime.evaluator import Evaluator, template_variables
+from canaryd.runtime.leadership import FencedStore, Leadership, Spawn
 from canaryd.runtime.supervisor import RESTART, STOP, Supervisor
 from canaryd.runtime.worker import Timing
 
 log = structlog.get_logger("canaryd")
+ADVERTISE_ENV = "CANARYD_ADVERTISE_URL"  # the API URL a leader writes on its Lease
+FOLLOWER_REFRESH = 2.0  # seconds between a follower's reads of the shared state
 STATE_WATCH_INTERVAL = 2.0  # seconds between checks that the state is still ours and writable
 
 
@@ -140,10 +146,18 @@ class Daemon:
         self.supervisor = Supervisor(on_crash=self._crashed)
         # Before anything else touches the outside world: one state, one actor (the store
         # locks it), and damage or a foreign file is refused before anything listens.
-        self.store = SqliteStore(settings.state.path)
+        self.store: StateStore = SqliteStore(settings.state.path)
         self._given_platforms = dict(platforms or {})
         self.kube = KubeClient(access=settings.kubernetes)  # the daemon's; made on first use
         self.kubes = KubeClients(self.kube)  # and one per other cluster a target names
+        self.identity = identity()  # this process's name in the Lease and canaryd_leader
+        # With the kubernetes state: one actor among the replicas, elected on a Lease, and a
+        # store that refuses every write once this replica may not act (fencing).
+        self.elector: LeaseElector | None = None
+        self.leadership: Leadership | None = None
+        if isinstance(settings.state, KubernetesState):
+            self.elector, self.leadership = self._elect(settings.state)
+            self.store = FencedStore(self.store, self.leadership.check)
         self.targets: list[Target] = []  # built in start, under the exit stack
         self._stack = contextlib.AsyncExitStack()
         self.session: aiohttp.ClientSession | None = None
@@ -154,6 +168,53 @@ class Daemon:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self.tracer: Tracer | None = None  # with ``tracing:`` (made in start)
+
+    def _elect(self, state: KubernetesState) -> tuple[LeaseElector, Leadership]:
+        timing = LeaseTiming(state.lease_duration, state.renew_deadline, state.retry_period)
+        elector = LeaseElector(
+            self.kube, state.namespace, state.lease, identity=self.identity, timing=timing
+        )
+        leadership = Leadership(
+            elector,
+            spawn=self.supervisor.spawn,
+            elected=self._elected,
+            deposed=self._deposed,
+            changed=lambda leading: self.telemetry.leading(self.identity, leading),
+        )
+        return elector, leadership
+
+    async def _elected(self, spawn: Spawn) -> None:
+        """A term begins: read the state afresh (the last leader wrote since this replica
+        last read it), load it and resume every rollout, as after a restart. The term's end
+        cancels this wherever it is."""
+        assert self.controller is not None and isinstance(self.store, FencedStore)
+        while True:
+            try:
+                await asyncio.to_thread(self.store.refresh, leading=True)
+                break
+            except Exception as exc:  # the API server away: the lease decides how long
+                log.warning("state_reload_failed", identity=self.identity, error=str(exc))
+                await asyncio.sleep(1.0)
+        await self.controller.load(spawn)
+        log.info("leader_ready", identity=self.identity, active=len(self.controller.workers()))
+
+    async def _follow(self) -> None:
+        """A follower's reads come from its own copy of the state: read it afresh every few
+        seconds (the leader writes meanwhile). Nothing to do while this replica leads."""
+        assert self.leadership is not None and isinstance(self.store, FencedStore)
+        every = max(FOLLOWER_REFRESH, self.leadership.elector.retry_period)
+        while True:
+            await asyncio.sleep(every)
+            if not self.leadership.leading():
+                try:
+                    await asyncio.to_thread(self.store.refresh, leading=False)
+                except Exception as exc:  # stale reads meanwhile; the next round retries
+                    log.warning("follower_refresh_failed", error=str(exc))
+
+    def _deposed(self) -> None:
+        """A term ended (its tasks are cancelled): forget what it held in memory."""
+        if self.controller is not None:
+            self.controller.reset()
 
     def _crashed(self, name: str, error: BaseException | None) -> None:
         if error is None:
@@ -227,6 +288,7 @@ class Daemon:
             timing=self._timing,
             alert_expiry=settings.alerts.expire_after,
             trace=trace,
+            fence=None if self.leadership is None else self.leadership.check,
         )
         # Guards, per task (runtime.supervisor): the evaluator and the state watch hold nothing
         # a restart loses, so they restart with backoff (and stop the daemon if they keep
@@ -251,7 +313,15 @@ class Daemon:
         if self.notifier.active:  # before any decision: the outboxes drain as they fill
             self.supervisor.keep("notifier", self.notifier.run, RESTART)
         self._watch_certificate()
-        await self.controller.load(self.supervisor.spawn)
+        if self.leadership is None:  # one actor by the state's lock
+            self.telemetry.leading(self.identity, True)
+            await self.controller.load(self.supervisor.spawn)
+        else:  # one actor among replicas: whoever holds the Lease loads and acts
+            assert self.elector is not None
+            self.elector.api_url = advertise_url(settings, self.port, self.tls is not None)
+            self.telemetry.leading(self.identity, False)
+            self.supervisor.keep("leadership", self.leadership.run, RESTART)
+            self.supervisor.keep("follower-view", self._follow, RESTART)
         systemd.notify("READY=1")
         interval = systemd.watchdog_interval()
         if interval:
@@ -335,6 +405,8 @@ class Daemon:
 
     async def after_stop(self) -> None:
         try:
+            if self.elector is not None:  # every task has stopped: hand the Lease over now
+                await self.elector.release()
             await self._stack.aclose()
         finally:
             await asyncio.to_thread(self.store.close)
@@ -357,13 +429,27 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _watch_state(store: SqliteStore, every: float = STATE_WATCH_INTERVAL) -> None:
+async def _watch_state(store: StateStore, every: float = STATE_WATCH_INTERVAL) -> None:
     """Ask the store whether it can still write, even when nothing writes: a state file
     deleted or replaced under the daemon is then logged at once (the store logs the change),
     and a failed disk is probed until it recovers. Two ``stat`` calls: fine on the loop."""
     while True:
         store.write_problem()
         await asyncio.sleep(every)
+
+
+def advertise_url(settings: Settings, port: int | None, tls: bool) -> str:
+    """The API URL a leader writes on its Lease for followers to forward writes to:
+    ``$CANARYD_ADVERTISE_URL``, else ``state.advertise_url``, else this pod's address
+    (``$POD_IP``, set from the downward API) or the listen host, and the bound port."""
+    given = os.environ.get(ADVERTISE_ENV) or None
+    if given is None and isinstance(settings.state, KubernetesState):
+        given = settings.state.advertise_url
+    if given is not None:
+        return given.rstrip("/")
+    host = os.environ.get("POD_IP") or settings.listen.host
+    host = _link_host(host)
+    return f"{'https' if tls else 'http'}://{host}:{port or settings.listen.port}"
 
 
 def _bound_port(runner: web.AppRunner) -> int | None:

@@ -13,6 +13,7 @@ otherwise only hides the thread hop. The runtime wraps each call in ``asyncio.to
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypedDict, runtime_checkable
 
 from canaryd.core.errors import PermanentError, TemporaryError
@@ -43,6 +44,11 @@ class CorruptState(PermanentError):
 
 class StateLocked(PermanentError):
     """Another canaryd holds the state (SPEC §7: one state, one actor)."""
+
+
+class NotLeader(TemporaryError):
+    """This replica does not hold the Lease (any more), so it must not write state or act
+    (``runtime.leadership``: fencing). HTTP 503 + Retry-After; the leader does it instead."""
 
 
 # --------------------------------------------------------------------------- rows
@@ -210,6 +216,41 @@ class StateStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """Who holds the Lease, as a replica last saw it: its identity and the API URL it
+    advertises (None: it advertised none, so requests cannot be forwarded to it)."""
+
+    identity: str
+    url: str | None = None
+
+
+class Elector(Protocol):
+    """One candidate in a leader election (``adapters.lease``: a coordination.k8s.io Lease).
+
+    ``attempt`` acquires or renews once and says whether this candidate holds it now (errors
+    talking to the election's backend are raised; the caller retries). ``valid_until`` is a
+    ``time.monotonic()`` instant: the candidate may act only before it, and it lies early
+    enough that no other candidate can take over before it passes (fencing).
+    """
+
+    identity: str
+    valid_until: float
+
+    @property
+    def retry_period(self) -> float: ...
+
+    async def attempt(self) -> bool: ...
+
+    def leader(self) -> Leader | None:
+        """The holder as last seen, while its lease is current; None when nobody holds it."""
+        ...
+
+    async def release(self) -> None:
+        """Give up the lease if held (clean shutdown), so another takes over at once."""
+        ...
 
 
 class Clock(Protocol):

@@ -200,6 +200,12 @@ class Telemetry:
         self.router_weight = Gauge(
             "canaryd_router_weight", "Canary weight the router reports", ["target"], registry=r
         )
+        self.leader = Gauge(
+            "canaryd_leader",
+            "1 while this replica leads (acts on the state), 0 while it follows",
+            ["instance"],
+            registry=r,
+        )
         self.build_info = Gauge("canaryd_build_info", "canaryd version", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         self.notifications = Counter(
@@ -215,6 +221,10 @@ class Telemetry:
         self._firing = self.alerts_received.labels("firing")
         self._resolved = self.alerts_received.labels("resolved")
         self.log = structlog.get_logger("canaryd")
+
+    def leading(self, instance: str, leading: bool) -> None:
+        """This replica (its Lease identity) began (True) or ended (False) leading."""
+        self.leader.labels(instance).set(1 if leading else 0)
 
     def webhook_request(self, status: int) -> None:
         child = self._webhook_ok if status == 200 else self.webhook_requests.labels(str(status))

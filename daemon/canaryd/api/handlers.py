@@ -57,6 +57,7 @@ from canaryd.core.errors import (
 from canaryd.core.model import Command, CommandKind, Rollout
 from canaryd.ports import Clock, CorruptState, DecisionRecord, RolloutConflict, StateStore
 from canaryd.runtime.controller import Controller
+from canaryd.runtime.leadership import Leadership
 
 RECENT_DECISIONS = 20  # shown with a target; the full list is under /history
 MAX_ROLLOUT_ID = 200  # characters of a ``?rollout=`` (ids are ``<target>-<time>-<hex>``)
@@ -78,6 +79,7 @@ class Api:
     max_body: int
     body_timeout: float
     auditor: Auditor
+    leadership: Leadership | None = None  # several replicas: who acts (None: this one)
 
 
 API = web.AppKey("canaryd_api", Api)
@@ -182,12 +184,31 @@ async def healthz(request: web.Request, call: Call) -> web.Response:
 
 
 async def readyz(request: web.Request, call: Call) -> web.Response:
+    """Ready: the state loaded and one reconcile pass done; with several replicas a follower
+    is ready too while a leader is known (it answers reads and forwards writes), else not
+    (``not_ready``, ``store_unwritable``, ``not_leader``)."""
     api = request.app[API]
+    lead = api.leadership
+    if lead is not None and not lead.leading():
+        leader = lead.leader()
+        if leader is None or leader.identity == lead.identity:
+            raise unavailable("no replica leads just now; the lease is being taken", "not_leader")
+        return web.json_response(
+            {
+                "status": "ready",
+                "leader": False,
+                "identity": lead.identity,
+                "leader_identity": leader.identity,
+                "leader_url": leader.url,
+            }
+        )
     if not api.controller.ready:
         raise unavailable("state not loaded yet, or the first reconcile pending", "not_ready")
     problem = await asyncio.to_thread(write_problem, api.store)
     if problem is not None:
         raise unavailable(f"the state store cannot write: {problem}", "store_unwritable")
+    if lead is not None:
+        return web.json_response({"status": "ready", "leader": True, "identity": lead.identity})
     return web.json_response({"status": "ready"})
 
 

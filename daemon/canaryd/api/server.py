@@ -58,7 +58,7 @@ import structlog
 from aiohttp import web
 
 from canaryd.adapters.telemetry import Telemetry
-from canaryd.api import handlers
+from canaryd.api import forward, handlers
 from canaryd.api.audit import Auditor, write_problem
 from canaryd.api.auth import (
     ANONYMOUS,
@@ -84,6 +84,7 @@ from canaryd.api.webhook import WebhookCredential
 from canaryd.config.secrets import Token
 from canaryd.ports import Clock, StateStore
 from canaryd.runtime.controller import Controller
+from canaryd.runtime.leadership import Leadership
 
 MAX_BODY = 1 << 20  # 1 MiB: an Alertmanager message with hundreds of alerts fits easily
 KEEPALIVE_TIMEOUT = 15.0  # seconds an idle connection, or one whose headers trickle, stay open
@@ -103,7 +104,9 @@ async def _until_ready(request: web.Request, handler: Handler) -> web.StreamResp
     """The listener opens before stored rollouts are loaded, so probes can tell "starting" from
     "dead"; until then the API answers 503 (Alertmanager retries a 503, so no alert is lost)."""
     path = request.path
-    loading = not request.app[API].controller.ready
+    api = request.app[API]
+    # a follower serves reads from the shared store (its writes were forwarded already)
+    loading = not api.controller.ready and (api.leadership is None or api.leadership.leading())
     if loading and path.startswith("/api/v1/") and path != "/api/v1/openapi.json":
         raise unavailable("canaryd is loading its state; retry shortly", "not_ready")
     return await handler(request)
@@ -140,9 +143,15 @@ def build_app(
     anonymous_role: str | None = None,
     body_timeout: float = BODY_TIMEOUT,
     refusals: RefusalFolder | None = None,
+    leadership: Leadership | None = None,
 ) -> web.Application:
-    """The daemon's aiohttp application. ``webhook`` None leaves the webhook unauthenticated."""
-    app = web.Application(middlewares=[_errors, _until_ready], client_max_size=max_body)
+    """The daemon's aiohttp application. ``webhook`` None leaves the webhook unauthenticated.
+    ``leadership`` (several replicas): a follower forwards writes to the leader
+    (``api.forward``) and answers reads."""
+    middlewares = [_errors, _until_ready]
+    if leadership is not None:
+        middlewares.insert(1, forward.forward_writes)
+    app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[API] = Api(
         controller,
         store,
@@ -153,8 +162,11 @@ def build_app(
         max_body,
         body_timeout,
         Auditor(store, clock, controller.targets, refusals),
+        leadership,
     )
     app.cleanup_ctx.append(_flush_refusals)
+    if leadership is not None:
+        app.cleanup_ctx.append(forward.session)
     if webhook is None:
         log.warning("webhook_unauthenticated", hint="configure auth.webhook")
     if anonymous_role is not None:

@@ -108,8 +108,19 @@ _TARGET = {"name", "policy", "platform", "router", "labels", "alert_matchers", *
 _TARGET |= {kubeaccess.KEY}
 _STATE_KEYS: dict[str, set[str]] = {
     "sqlite": {"backend", "path"},
-    "kubernetes": {"backend", "namespace", "lease"},
+    "kubernetes": {
+        "backend",
+        "namespace",
+        "lease",
+        "lease_duration",
+        "renew_deadline",
+        "retry_period",
+        "advertise_url",
+    },
 }
+# client-go's leaderelection defaults (LeaseDuration, RenewDeadline, RetryPeriod) and its rule
+# that RenewDeadline exceed JitterFactor (1.2) retry periods
+LEASE_DURATION, RENEW_DEADLINE, RETRY_PERIOD, JITTER = 15.0, 10.0, 2.0, 1.2
 
 
 # --------------------------------------------------------------------------- values
@@ -132,8 +143,21 @@ class SqliteState:
 
 @dataclass(frozen=True, slots=True)
 class KubernetesState:
+    """The kubernetes state backend, and its leader election (``adapters.lease``).
+
+    A replica leads while its last renewal began less than ``renew_deadline`` seconds ago; the
+    Lease is written with ``lease_duration`` (whole seconds), the time the others wait; every
+    replica tries every ``retry_period``. ``advertise_url``: the leader's API address written
+    on the Lease for followers to forward writes to (``$CANARYD_ADVERTISE_URL`` overrides it;
+    None: from ``$POD_IP`` or the listen address, see ``app``).
+    """
+
     namespace: str = "default"
     lease: str = "canaryd"  # the coordination.k8s.io Lease used for leader election
+    lease_duration: float = LEASE_DURATION
+    renew_deadline: float = RENEW_DEADLINE
+    retry_period: float = RETRY_PERIOD
+    advertise_url: str | None = None
     backend: Literal["kubernetes"] = field(default="kubernetes", init=False)
 
 
@@ -361,11 +385,34 @@ class _Loader:
                 not_built("state backend", backend, fallback or "use sqlite for now"),
             )
         if backend == "kubernetes":
-            return KubernetesState(
-                namespace=r.field(m, "namespace", where, to_name, "default"),
-                lease=r.field(m, "lease", where, to_name, "canaryd"),
-            )
+            return self._kubernetes_state(m, where)
         return SqliteState(r.field(m, "path", where, self.path, Path(DEFAULT_STATE_PATH)))
+
+    def _kubernetes_state(self, m: Mapping[str, Any], where: str) -> KubernetesState:
+        r = self.r
+        lease = r.field(m, "lease_duration", where, _whole_seconds, LEASE_DURATION)
+        renew = r.field(m, "renew_deadline", where, _positive_duration, RENEW_DEADLINE)
+        retry = r.field(m, "retry_period", where, _positive_duration, RETRY_PERIOD)
+        if not lease > renew:  # the defaults hold both rules
+            r.problem(
+                join(where, "renew_deadline"),
+                f"must be shorter than lease_duration ({lease:g}s), got {renew:g}s: a "
+                "leader must stop acting before the others may take over",
+            )
+        elif not renew > JITTER * retry:
+            r.problem(
+                join(where, "retry_period"),
+                f"must be shorter than renew_deadline / {JITTER:g} ({renew / JITTER:g}s), "
+                f"got {retry:g}s: a leader needs more than one try to renew in time",
+            )
+        return KubernetesState(
+            namespace=r.field(m, "namespace", where, to_name, "default"),
+            lease=r.field(m, "lease", where, to_name, "canaryd"),
+            lease_duration=lease,
+            renew_deadline=renew,
+            retry_period=retry,
+            advertise_url=r.field(m, "advertise_url", where, _url, None),
+        )
 
     def _prometheus(self, raw: Any) -> Prometheus:
         r, where = self.r, "prometheus"
@@ -592,6 +639,15 @@ def _url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:9090, got {text!r}")
     return text.rstrip("/")
+
+
+def _whole_seconds(value: Any) -> float:
+    """A duration of at least one whole second (a Lease's ``leaseDurationSeconds`` is an
+    integer)."""
+    seconds = duration(value)
+    if seconds < 1 or seconds != int(seconds):
+        raise ValueError(f"must be a whole number of seconds, at least 1s, got {value!r}")
+    return seconds
 
 
 def _positive_duration(value: Any) -> float:

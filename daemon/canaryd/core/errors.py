@@ -24,6 +24,8 @@ fails when a class is defined anywhere in ``canaryd`` without being named here.
     │   ├── PlatformUnavailable  the platform could not do an effect just now
     │   ├── StoreUnavailable (ports)     the state store is locked or failing just now;
     │   │                        the webhook answers 503 so Alertmanager retries
+    │   ├── NotLeader (ports)    this replica does not hold the Lease (any more): it writes
+    │   │                        and acts nothing (fencing); HTTP 503 + Retry-After
     │   └── DaemonUnreachable (ctl.client)  nothing answered at canaryctl's URL: exit 3
     └── PermanentError           retrying will not help
         ├── CommandRejected      an operator command the rollout's phase does not allow (409)
@@ -65,6 +67,9 @@ an answer, by the module that defines it.
     │                                      re-apply; RouterConflict/PlatformUnavailable once
     │                                      the attempts run out
     ├── _Gone (adapters.routers.kubeobject)  404 on a delete: already gone, which is success
+    ├── LeaseUnavailable (adapters.lease)  the Lease could not be read or written this round:
+    │                                      logged by runtime.leadership, tried again; a
+    │                                      leader that keeps failing stops at its deadline
     RuntimeError
     └── StackError (demo.stack)            the demo's stack did not start: `canaryd demo` exits 2
     yaml.YAMLError

@@ -210,9 +210,11 @@ class Controller:
         alert_expiry: float = 12 * 3600,
         request_wait: float = REQUEST_WAIT,
         trace: TraceFields | None = None,
+        fence: Callable[[str], None] | None = None,
     ) -> None:
         self.targets = {t.name: t for t in targets}
         self.inbox = Inbox({t.name: t.concerns for t in targets}, expire_after=alert_expiry)
+        self._fence = fence  # runtime.leadership.Leadership.check with several replicas
         self._request_wait = request_wait
         self._store, self._measure, self._clock = store, measure, clock
         self._events, self._load_policy, self._timing = events, load_policy, timing or Timing()
@@ -268,6 +270,7 @@ class Controller:
             events=self._events,
             timing=self._timing,
             verify=target.verify,
+            fence=self._fence,
         )
         self._workers[rollout.target] = worker
         firing = [a for a in self.inbox.firing_for(rollout.target, self._clock.time())]
@@ -287,6 +290,18 @@ class Controller:
                 del self._workers[worker.state.target]
             if worker.done:  # not when a shutdown stopped it
                 self._events.finished(worker.state)
+
+    def reset(self) -> None:
+        """Forget the in-memory side after this replica stopped leading (its term's tasks, the
+        workers and the alert committer, are already cancelled): a next ``load`` starts from
+        the store, as after a restart."""
+        self._workers = {}
+        self.ready = False
+        self.inbox = Inbox(
+            {t.name: t.concerns for t in self.targets.values()},
+            expire_after=self.inbox.expire_after,
+        )
+        self._recorder = GroupCommit(self._store, self._clock, self._events)
 
     # ---------------------------------------------------------------- reads
 
@@ -432,6 +447,8 @@ class Controller:
                         name,
                     ) from exc
                 result = worker.state
+        if self._fence is not None:
+            self._fence("clean up")
         await target.platform.remove_canary()
         await target.router.finalize()
         return result

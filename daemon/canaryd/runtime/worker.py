@@ -86,8 +86,10 @@ class Worker:
         events: RuntimeEvents,
         timing: Timing | None = None,
         verify: Verifier | None = None,
+        fence: Callable[[str], None] | None = None,
     ) -> None:
         self.state = state
+        self._fence = fence  # runtime.leadership: raises NotLeader once this replica may not act
         self._verify = verify
         self._verifying: asyncio.Task[Verification] | None = None
         self._verified: Verification | None = None
@@ -425,6 +427,8 @@ class Worker:
         for effect in effects:
             started = self._clock.time()
             try:
+                if self._fence is not None:
+                    self._fence(f"apply {effect.kind}")
                 if effect.kind is EffectKind.SET_WEIGHT and effect.weight is not None:
                     await self._router.set_weight(effect.weight)
                 elif effect.kind is EffectKind.ENSURE_CANARY and effect.image:
