@@ -385,6 +385,7 @@ class Daemon:
             tokens=_tokens(self.settings),
             webhook=_webhook(self.settings),
             clock=self.clock,
+            leadership=self.leadership,
         )
 
     def _watch_certificate(self) -> None:
