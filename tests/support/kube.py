@@ -72,6 +72,8 @@ documents inheriting for "special" behaviour):
 - A resource type the emulated server does not know (no CRD in ``support.kubeschema``) is 404,
   as on a cluster without it; ``Lease`` (``coordination.k8s.io/v1``) and ``ConfigMap`` are
   stored like any other object.
+- A list of a served type that has no object yet is an empty list (kmock answers 404 until it
+  has seen one object of the type).
 - ``write_times``: ``(time.monotonic(), method, path)`` of every write request, for tests that
   ask when a writer last wrote.
 - kmock's own request log is not kept (it scans the log on every request, which made long
@@ -189,6 +191,15 @@ class VersionedEmulator(kmock.KubernetesEmulator):
             if method == "DELETE" and request.name is not None:
                 self._check_delete(request)
             return await super()._handle(request)
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        """A list of a served type with no object yet is empty, as on the apiserver (kmock
+        answers 404 for a type it has not seen an object of; ``_handle`` has already answered
+        404 for a type the emulated server does not serve)."""
+        try:
+            return await super()._serve_list(request)
+        except kmock.KubernetesResourceNotFoundError:
+            return {"metadata": {"resourceVersion": str(self.revision)}, "items": []}
 
     async def _create(
         self, request: kmock.Request, kind: kubeschema.ResourceType
