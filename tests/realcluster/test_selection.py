@@ -59,3 +59,22 @@ def test_selected_without_a_cluster_every_scenario_fails_saying_what_it_needs() 
     summary = ran.splitlines()[-1]
     assert count(ran, "error") == 3 and "passed" not in summary and "skipped" not in summary, ran
     assert "the realcluster tests need a cluster: set KUBECONFIG" in ran
+
+
+def test_through_a_kubeconfig_to_the_emulator_the_suite_takes_its_real_cluster_path() -> None:
+    """``run_against_emulator.py``: KUBECONFIG, a namespace created and deleted per test."""
+    script = ROOT / SUITE / "run_against_emulator.py"
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "CANARYD_REALCLUSTER")
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), "-q", "-p", "no:cacheprovider", SUITE],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    ran = done.stdout + done.stderr
+    assert done.returncode == 0, ran
+    assert count(ran, "passed") >= 20 and "left behind" not in ran, ran

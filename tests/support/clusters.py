@@ -6,6 +6,11 @@ The same scenarios run against either, so the suite can be proven here, where no
     CANARYD_REALCLUSTER=emulator python3 -m pytest -m realcluster tests/realcluster   # emulator
     KUBECONFIG=~/.kube/config python3 -m pytest -m realcluster tests/realcluster      # a cluster
 
+or, the emulator standing in for a cluster behind a kubeconfig (the real-cluster path: the
+kubeconfig loaded, namespaces created and deleted through the API, one server for all tests)::
+
+    python3 tests/realcluster/run_against_emulator.py
+
 ``CANARYD_REALCLUSTER_CONTEXT`` picks a kubeconfig context (default: its current one) and
 ``CANARYD_REALCLUSTER_TIMEOUT`` how long a scenario waits for a controller (default 180 s on a
 cluster, where pods are pulled and started; 10 s on the emulator). Selected without
@@ -19,15 +24,16 @@ What differs is only what the emulator does not have:
 
 - **the namespace**: on a cluster each scenario gets its own, ``canaryd-rc-<random>`` (labelled
   ``canaryd.io/realcluster-test=true``, so a leftover is easy to find), created before and
-  deleted after, whatever the outcome. The emulator keeps any namespace without creating it
-  (kmock cannot parse ``/api/v1/namespaces``) and is thrown away whole after each scenario.
+  deleted after, whatever the outcome. With ``CANARYD_REALCLUSTER=emulator`` the namespace is
+  only a name (the emulator stores objects in any namespace) and the emulator is thrown away
+  whole after each scenario.
 - **the controllers**: a cluster runs its own Deployment controller, and the Argo Rollouts
-  controller if installed; on the emulator a background task plays both, every 20 ms: each
-  Deployment whose status is behind its generation is rolled out (``kube.roll_out``, all
-  replicas ready), and each Rollout is reconciled by the fake Argo controller
-  (``fakeargo.FakeArgo``, through the status subresource). Scenarios only wait for what a real
-  controller really does (a Deployment's status catching up, a Rollout's steps), never for a
-  field only the fakes write.
+  controller if installed; on the emulator a background task (``play_controllers``) plays
+  both, every 20 ms: each Deployment whose status is behind its generation is rolled out
+  (``kube.roll_out``, all replicas ready), and each Rollout is reconciled by the fake Argo
+  controller (``fakeargo.FakeArgo``, through the status subresource). Scenarios only wait
+  for what a real controller really does (a Deployment's status catching up, a Rollout's
+  steps), never for a field only the fakes write.
 - **the CRDs**: ``require`` lists the resource in the scenario's namespace; a 404 (the type is
   not served: no CRD) fails the scenario naming the CRD and how to install it. The emulator
   serves the CRDs it has in ``tests/upstream`` (``support.kubeschema``).
@@ -208,7 +214,7 @@ def _timeout(default: float) -> float:
     return float(text) if text else default
 
 
-async def _controllers(c: kube.Cluster) -> None:
+async def play_controllers(c: kube.Cluster) -> None:
     """Play the Deployment controller and the Argo Rollouts controller, until cancelled."""
     while True:
         for resource, namespace, name in list(c.emulator.objects):
@@ -228,7 +234,7 @@ async def _controllers(c: kube.Cluster) -> None:
 async def emulated() -> AsyncIterator[Cluster]:
     """The emulator, its controllers running, and a namespace of its own."""
     async with kube.cluster() as c:
-        task = asyncio.create_task(_controllers(c))
+        task = asyncio.create_task(play_controllers(c))
         try:
             namespace = f"canaryd-rc-{uuid.uuid4().hex[:8]}"
             yield Cluster(c.api, namespace, emulated=True, timeout=_timeout(EMULATOR_TIMEOUT))
