@@ -55,12 +55,3 @@ test_finalize_gives_back_what_the_router_took_and_can_be_repeated = (
     contract.test_finalize_gives_back_what_the_router_took_and_can_be_repeated
 )
 test_finalize_before_any_weight_is_harmless = contract.test_finalize_before_any_weight_is_harmless
-
-
-def test_every_kubernetes_router_kind_is_here() -> None:
-    """The contract's Kubernetes router kinds (those kept in the emulator) are all here."""
-    from support import routercases
-
-    in_the_emulator = {routercases.GATEWAY_API, routercases.TRAEFIK_SERVICE}
-    in_the_emulator.add(routercases.NGINX_INGRESS)
-    assert {k.kind for k in in_the_emulator} == set(KINDS)

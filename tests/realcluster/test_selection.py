@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import routers.test_router_contract as contract
+from support import clustercases
+
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = "tests/realcluster"
 
@@ -78,3 +81,12 @@ def test_through_a_kubeconfig_to_the_emulator_the_suite_takes_its_real_cluster_p
     ran = done.stdout + done.stderr
     assert done.returncode == 0, ran
     assert count(ran, "passed") >= 20 and "left behind" not in ran, ran
+
+
+def test_every_kubernetes_router_kind_of_the_contract_suite_is_in_the_cluster_suite() -> None:
+    """The contract suite's router kinds without a proxy, noop aside, are the ones whose objects
+    live in the Kubernetes API: each of them is in the cluster suite (argo-rollouts, whose
+    contract is its own, is ``test_cluster_argo.py``)."""
+    in_kubernetes = {k.kind for k in contract.ROUTERS if not k.data_plane} - {"noop"}
+    assert in_kubernetes == set(clustercases.ROUTERS)
+    assert set(contract.OWN_CONTRACT) == {"argo-rollouts"}
