@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import routers.test_router_contract as contract
-from support import clustercases
+from support import clustercases, clusters, kube, kubeschema
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = "tests/realcluster"
@@ -90,3 +92,23 @@ def test_every_kubernetes_router_kind_of_the_contract_suite_is_in_the_cluster_su
     in_kubernetes = {k.kind for k in contract.ROUTERS if not k.data_plane} - {"noop"}
     assert in_kubernetes == set(clustercases.ROUTERS)
     assert set(contract.OWN_CONTRACT) == {"argo-rollouts"}
+
+
+async def test_a_cluster_without_a_crd_fails_the_scenario_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As a cluster without Argo Rollouts: the emulator made not to serve Rollouts."""
+    served = kubeschema.lookup
+
+    def without_rollouts(group: str, version: str, plural: str) -> kubeschema.ResourceType | None:
+        return (
+            None
+            if (group, plural) == ("argoproj.io", "rollouts")
+            else served(group, version, plural)
+        )
+
+    monkeypatch.setattr(kubeschema, "lookup", without_rollouts)
+    async with clusters.emulated() as cluster:
+        await cluster.require(kube.DEPLOYMENTS, kube.HTTPROUTES)  # served: nothing to say
+        with pytest.raises(pytest.fail.Exception, match=r"CRD rollouts\.argoproj\.io is missing"):
+            await cluster.require(kube.ROLLOUTS)
