@@ -66,6 +66,7 @@ TIMEOUT_ENV = "CANARYD_REALCLUSTER_TIMEOUT"
 LABEL = "canaryd.io/realcluster-test"
 EMULATOR_TIMEOUT = 10.0
 CLUSTER_TIMEOUT = 180.0
+CONTROLLER_ANNOTATIONS = "deployment.kubernetes.io/"  # written by the Deployment controller
 
 T = TypeVar("T")
 
@@ -173,7 +174,8 @@ class Cluster:
     async def footprint(self, *objects: tuple[kmock.resource, str]) -> Hashable:
         """A value that changes when one of ``objects`` is created, deleted or written, but not
         when a controller writes its status (which a cluster does at any time): each one's
-        uid, generation (bumped by a spec change), labels and annotations."""
+        uid, generation (bumped by a spec change), labels and annotations, less the ones the
+        Deployment controller keeps (``deployment.kubernetes.io/revision``)."""
         seen: list[Hashable] = []
         for resource, name in objects:
             found = await self.get(resource, name)
@@ -186,7 +188,13 @@ class Cluster:
                     meta.get("uid"),
                     meta.get("generation"),
                     tuple(sorted((meta.get("labels") or {}).items())),
-                    tuple(sorted((meta.get("annotations") or {}).items())),
+                    tuple(
+                        sorted(
+                            (key, value)
+                            for key, value in (meta.get("annotations") or {}).items()
+                            if not key.startswith(CONTROLLER_ANNOTATIONS)
+                        )
+                    ),
                 )
             )
         return tuple(seen)
