@@ -72,6 +72,11 @@ documents inheriting for "special" behaviour):
 - A resource type the emulated server does not know (no CRD in ``support.kubeschema``) is 404,
   as on a cluster without it; ``Lease`` (``coordination.k8s.io/v1``) and ``ConfigMap`` are
   stored like any other object.
+- **Namespaces** (``/api/v1/namespaces``, which kmock cannot parse): create, read, list and
+  delete; a delete deletes every object in the namespace. Nothing requires a namespace to
+  exist before objects are written into it (tests here never create one).
+- A list of a served type that has no object yet is an empty list (kmock answers 404 until it
+  has seen one object of the type).
 - ``write_times``: ``(time.monotonic(), method, path)`` of every write request, for tests that
   ask when a writer last wrote.
 - kmock's own request log is not kept (it scans the log on every request, which made long
@@ -93,6 +98,7 @@ import asyncio
 import copy
 import datetime
 import inspect
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -121,6 +127,7 @@ ROLLOUTS = kmock.resource("argoproj.io", "v1alpha1", "rollouts")
 
 Hook = Callable[[kmock.Request], Awaitable[None] | None]
 
+_NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(?:/(?P<name>[^/]+))?/?")
 _WRITES = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -138,6 +145,54 @@ class VersionedEmulator(kmock.KubernetesEmulator):
     _once: list[Hook] = attrs.field(factory=list)
     _always: list[Hook] = attrs.field(factory=list)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
+    namespaces: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        """Namespaces are served here: kmock cannot parse ``/api/v1/namespaces``."""
+        found = _NAMESPACE_PATH.fullmatch(raw_request.path)
+        if found is None:
+            return await super().__call__(raw_request)
+        return await self._namespace(raw_request, found["name"])
+
+    async def _namespace(
+        self, raw_request: aiohttp.web.BaseRequest, name: str | None
+    ) -> aiohttp.web.StreamResponse:
+        """Create, read, list and delete a Namespace (a delete deletes the objects in it, as the
+        namespace controller does; nothing requires a namespace to exist before use)."""
+        method = raw_request.method.upper()
+
+        def answer(code: int, reason: str, message: str) -> aiohttp.web.StreamResponse:
+            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure"}
+            body.update(code=code, reason=reason, message=message)
+            return aiohttp.web.json_response(body, status=code)
+
+        if name is None and method == "GET":
+            items = [copy.deepcopy(ns) for ns in self.namespaces.values()]
+            return aiohttp.web.json_response({"kind": "NamespaceList", "items": items})
+        if name is None and method == "POST":
+            body = await raw_request.json()
+            wanted = str((body.get("metadata") or {}).get("name") or "")
+            if not wanted:
+                return answer(422, "Invalid", "metadata.name: Required value")
+            if wanted in self.namespaces:
+                return answer(409, "AlreadyExists", f'namespaces "{wanted}" already exists')
+            async with self._write_lock:
+                body.update(apiVersion="v1", kind="Namespace", status={"phase": "Active"})
+                self.namespaces[wanted] = self.stamp_new(body, None)
+            return aiohttp.web.json_response(self.namespaces[wanted], status=201)
+        if name is None or name not in self.namespaces:
+            return answer(404, "NotFound", f'namespaces "{name}" not found')
+        if method == "GET":
+            return aiohttp.web.json_response(self.namespaces[name])
+        if method == "DELETE":
+            async with self._write_lock:
+                gone = self.namespaces.pop(name)
+                for (_, namespace, _), obj in list(self.objects.items()):
+                    if namespace == name and not obj.deleted:
+                        obj.delete()
+            gone["status"] = {"phase": "Terminating"}
+            return aiohttp.web.json_response(gone)
+        return answer(405, "MethodNotAllowed", f"{method} on a namespace: not emulated")
 
     def add_hook(self, hook: Hook, *, once: bool) -> None:
         """``hook(request)`` before a write is checked: the next write only, or every one."""
@@ -189,6 +244,15 @@ class VersionedEmulator(kmock.KubernetesEmulator):
             if method == "DELETE" and request.name is not None:
                 self._check_delete(request)
             return await super()._handle(request)
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        """A list of a served type with no object yet is empty, as on the apiserver (kmock
+        answers 404 for a type it has not seen an object of; ``_handle`` has already answered
+        404 for a type the emulated server does not serve)."""
+        try:
+            return await super()._serve_list(request)
+        except kmock.KubernetesResourceNotFoundError:
+            return {"metadata": {"resourceVersion": str(self.revision)}, "items": []}
 
     async def _create(
         self, request: kmock.Request, kind: kubeschema.ResourceType
