@@ -244,6 +244,7 @@ def test_every_documented_label_set_is_the_registrys(tmp_path: Path) -> None:
     telemetry.webhook_request(400)
     telemetry.alerts_arrived(1, 1)
     telemetry.query(0.01, ok=False)
+    telemetry.leading("host_1", True)
 
     scrape = exported(generate_latest(telemetry.registry).decode())
     table = documented()

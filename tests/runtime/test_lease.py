@@ -10,6 +10,7 @@ asserts the property that matters: no write of the old leader's after its lease 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -332,3 +333,47 @@ def test_the_fenced_store_refuses_writes_but_serves_reads() -> None:
         store.commit(object(), (), 0.0)  # type: ignore[arg-type]
     assert inner.commits == []
     assert store.latest_for_target("web") is None
+
+
+class Opened:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_followers_refresh_never_replaces_a_newer_leaders_view() -> None:
+    """A follower's refresh that began before a leader's refresh finished is dropped; the
+    view swapped out stays open until the next swap (reads may still run on it)."""
+    opened: list[Opened] = []
+    slow = threading.Event()
+    follower_reading = threading.Event()
+
+    def reopen() -> Opened:
+        store = Opened(len(opened))
+        opened.append(store)
+        if threading.current_thread().name == "follower":
+            follower_reading.set()
+            slow.wait(5)
+        return store
+
+    first = Opened(-1)
+    store = FencedStore(first, lambda what: None, reopen)  # type: ignore[arg-type]
+    results: list[bool] = []
+    follower = threading.Thread(
+        target=lambda: results.append(store.refresh(leading=False)), name="follower"
+    )
+    follower.start()
+    assert follower_reading.wait(5)
+    assert store.refresh(leading=True) is True  # the new leader's view: opened second
+    leaders = store.store
+    slow.set()
+    follower.join(5)
+    assert results == [False]
+    assert store.store is leaders, "the leader's view stays"
+    assert opened[0].closed, "the follower's late view is closed"
+    assert not first.closed, "swapped out, still open for reads in flight"
+    assert store.refresh(leading=False) is True  # a later follower refresh is fine
+    assert first.closed and not leaders.closed

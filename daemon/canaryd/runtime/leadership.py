@@ -299,6 +299,12 @@ class FencedStore:
         return self.store.measurements(rollout_id)
 
     def write_problem(self) -> str | None:
+        """The store's, while this replica may write; a follower writes nothing, so it has
+        no write problem (and must not probe one with a write)."""
+        try:
+            self._check("probe the store")
+        except NotLeader:
+            return None
         return self.store.write_problem()
 
     def close(self) -> None:
