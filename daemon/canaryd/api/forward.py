@@ -44,7 +44,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 async def session(app: web.Application) -> AsyncIterator[None]:
     """The app's client session for forwarding (``cleanup_ctx``): made and closed with it."""
-    async with aiohttp.ClientSession(auto_decompress=False) as forwarding:
+    async with aiohttp.ClientSession() as forwarding:
         app[SESSION] = forwarding
         yield
 
