@@ -10,6 +10,8 @@ asserts the property that matters: no write of the old leader's after its lease 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -19,7 +21,7 @@ import kmock
 import pytest
 
 from canaryd.adapters.kube import KubeClient
-from canaryd.adapters.lease import API_URL_ANNOTATION, LeaseElector, LeaseTiming
+from canaryd.adapters.lease import API_URL_ANNOTATION, LeaseElector, LeaseTiming, identity
 from canaryd.core.model import Rollout
 from canaryd.ports import Leader, NotLeader
 from canaryd.runtime.leadership import FencedStore, Leadership
@@ -377,3 +379,24 @@ def test_a_followers_refresh_never_replaces_a_newer_leaders_view() -> None:
     assert not first.closed, "swapped out, still open for reads in flight"
     assert store.refresh(leading=False) is True  # a later follower refresh is fine
     assert first.closed and not leaders.closed
+
+
+async def test_the_same_identity_restarted_takes_its_lease_back_at_once(
+    k8s: kube.Cluster,
+) -> None:
+    """A pod's container restarted (same ``$POD_NAME``): its predecessor is dead, so the new
+    process renews its own lease at once instead of waiting it out, keeping acquireTime."""
+    clock = Clock()
+    assert await elector(k8s, "web-0").attempt()
+    acquired = lease(k8s)["spec"]["acquireTime"]
+    again = elector(k8s, "web-0", clock)  # a new process: it never saw the Lease before
+    assert await again.attempt() is True
+    spec = lease(k8s)["spec"]
+    assert spec["acquireTime"] == acquired and spec["leaseTransitions"] == 0
+
+
+def test_the_identity_is_the_pods_name_else_host_and_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "canaryd-7d9f-abcde")
+    assert identity() == "canaryd-7d9f-abcde"
+    monkeypatch.delenv("POD_NAME")
+    assert identity() == f"{socket.gethostname()}_{os.getpid()}"

@@ -5,7 +5,7 @@ elect it the way client-go's ``leaderelection`` package does (``tryAcquireOrRene
 ``LeaseLock`` resource lock), so a ``kubectl get lease`` reads the same fields a Go controller
 writes:
 
-- ``spec.holderIdentity``: who leads (``identity()``: the pod's name, else the host name, and
+- ``spec.holderIdentity``: who leads (``identity()``: the pod's name, else the host name and
   the process id); ``spec.leaseDurationSeconds``: how long the others wait, after they last
   saw the record change, before they may take it; ``spec.acquireTime`` when the holder took
   it, ``spec.renewTime`` its last renewal (MicroTime, RFC 3339 with microseconds);
@@ -55,10 +55,14 @@ log = structlog.get_logger("canaryd.lease")
 
 
 def identity() -> str:
-    """This process's name in the Lease: ``$POD_NAME`` (the downward API) or the host name (a
-    pod's host name is its name), and the pid, so two daemons on one host differ."""
-    name = os.environ.get("POD_NAME") or socket.gethostname()
-    return f"{name}_{os.getpid()}"
+    """This process's name in the Lease: ``$POD_NAME`` (the downward API) in a pod, else the
+    host name and the pid, so two daemons on one host differ.
+
+    A pod runs one canaryd, so its name alone is unique among the live candidates, and a
+    container restarted in the same pod (its process killed, OOM, a crash) finds itself the
+    holder and renews at once instead of waiting out its own dead predecessor's lease."""
+    pod = os.environ.get("POD_NAME")
+    return pod if pod else f"{socket.gethostname()}_{os.getpid()}"
 
 
 def micro_time(seconds: float) -> str:
