@@ -19,6 +19,11 @@ Stable API (other tests build on it; extend, do not change)::
         c.writes                           # (method, path) of every write request served
         c.emulator.write_times             # (monotonic time, method, path) of each of them
 
+    with kube.threaded() as t:             # the same on a loop of its own, in a thread, for
+        t.cluster                          # code whose calls block (a synchronous client, a
+        t.call(fn)                         # subprocess): fn() run on the emulator's loop
+        t.kubeconfig(path)                 # a kubeconfig naming the emulator, written to path
+
     kube.HTTPROUTES                        # kmock.resource for gateway.networking.k8s.io/v1
     kube.DEPLOYMENTS, kube.SERVICES        # kmock.resource for apps/v1 and core v1
     kube.INGRESSES, kube.LEASES, kube.CONFIGMAPS, kube.TRAEFIKSERVICES, kube.INGRESSROUTES,
@@ -72,6 +77,8 @@ documents inheriting for "special" behaviour):
 - A resource type the emulated server does not know (no CRD in ``support.kubeschema``) is 404,
   as on a cluster without it; ``Lease`` (``coordination.k8s.io/v1``) and ``ConfigMap`` are
   stored like any other object.
+- A list of a type that has no object yet answers an empty list (kmock: 404). kmock ignores
+  ``labelSelector`` and answers every object of the type.
 - ``write_times``: ``(time.monotonic(), method, path)`` of every write request, for tests that
   ask when a writer last wrote.
 - kmock's own request log is not kept (it scans the log on every request, which made long
@@ -93,11 +100,14 @@ import asyncio
 import copy
 import datetime
 import inspect
+import json
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -118,6 +128,11 @@ CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 TRAEFIKSERVICES = kmock.resource("traefik.io", "v1alpha1", "traefikservices")
 INGRESSROUTES = kmock.resource("traefik.io", "v1alpha1", "ingressroutes")
 ROLLOUTS = kmock.resource("argoproj.io", "v1alpha1", "rollouts")
+
+# The types a list may name before any object of them exists (kmock answers 404 for a type it
+# has seen no object of; the apiserver an empty list). kmock ignores ``labelSelector``: a
+# client filters what it lists by label itself.
+_DECLARED = (HTTPROUTES, DEPLOYMENTS, SERVICES, INGRESSES, LEASES, CONFIGMAPS, ROLLOUTS)
 
 Hook = Callable[[kmock.Request], Awaitable[None] | None]
 
@@ -429,12 +444,83 @@ def roll_out(c: Cluster, namespace: str, name: str, ready: int | None = None) ->
 async def cluster() -> AsyncIterator[Cluster]:
     """The emulator on 127.0.0.1 (a free port) and an ApiClient for it; both closed on exit."""
     async with VersionedEmulator() as emulator, kmock.Server(emulator) as server:
+        for served in _DECLARED:  # a list of a type with no object yet is empty, not 404
+            emulator.resources[served] = {}
         configuration = k8s_client.Configuration(host=str(server.url).rstrip("/"))
         api = k8s_client.ApiClient(configuration)
         try:
             yield Cluster(emulator, str(server.url).rstrip("/"), api)
         finally:
             await api.close()
+
+
+class Threaded:
+    """``cluster()`` on a loop of its own in a thread (see ``threaded``)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.cluster: Cluster | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self._main(),), daemon=True
+        )
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with cluster() as c:
+            self.cluster = c
+            self._ready.set()
+            await self._stop.wait()
+
+    @property
+    def c(self) -> Cluster:
+        assert self.cluster is not None
+        return self.cluster
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """``fn()`` on the emulator's loop (so it never races a request being served)."""
+
+        async def wrapped() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout)
+
+    def kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig whose current context is the emulator (plain HTTP, no credentials)."""
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "emulator", "cluster": {"server": self.c.url}}],
+                    "users": [{"name": "test", "user": {}}],
+                    "contexts": [
+                        {"name": "emulator", "context": {"cluster": "emulator", "user": "test"}}
+                    ],
+                    "current-context": "emulator",
+                }
+            )
+        )
+        return path
+
+
+@contextmanager
+def threaded() -> Iterator[Threaded]:
+    """The emulator on a loop of its own, in a thread: for tests whose calls block (a
+    synchronous store, a subprocess and the HTTP calls to it). Stopped on exit."""
+    t = Threaded()
+    t._thread.start()
+    if not t._ready.wait(20):
+        raise RuntimeError("the emulator did not start within 20 s")
+    try:
+        yield t
+    finally:
+        assert t._stop is not None
+        t.loop.call_soon_threadsafe(t._stop.set)
+        t._thread.join(20)
+        if not t._thread.is_alive():
+            t.loop.close()
 
 
 # --------------------------------------------------------------------------- CRD schemas
