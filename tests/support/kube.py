@@ -154,6 +154,11 @@ class VersionedEmulator(kmock.KubernetesEmulator):
     _always: list[Hook] = attrs.field(factory=list)
     _write_lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for served in _DECLARED:  # a list of a type with no object yet is empty, not 404
+            self.resources[served] = {}
+
     def add_hook(self, hook: Hook, *, once: bool) -> None:
         """``hook(request)`` before a write is checked: the next write only, or every one."""
         (self._once if once else self._always).append(hook)
@@ -444,8 +449,6 @@ def roll_out(c: Cluster, namespace: str, name: str, ready: int | None = None) ->
 async def cluster() -> AsyncIterator[Cluster]:
     """The emulator on 127.0.0.1 (a free port) and an ApiClient for it; both closed on exit."""
     async with VersionedEmulator() as emulator, kmock.Server(emulator) as server:
-        for served in _DECLARED:  # a list of a type with no object yet is empty, not 404
-            emulator.resources[served] = {}
         configuration = k8s_client.Configuration(host=str(server.url).rstrip("/"))
         api = k8s_client.ApiClient(configuration)
         try:
