@@ -27,14 +27,16 @@ How it keeps SPEC §7's promises:
   write). A write that fails or whose answer never comes raises ``StoreUnavailable`` and the
   cache keeps what the cluster last acknowledged.
 * One writer: every write is a replace carrying the ``metadata.resourceVersion`` read (a create
-  for a new object). A 409 on a target's object means another writer changed it since: the
-  object is re-read and, if the last write in it is one of this store's whose answer never
-  came (each write carries a token in the object's ``writer`` key), adopted and the commit
-  retried on top of it; otherwise another writer (another canaryd, ``kubectl edit``) changed
-  it, and ``StateLocked`` is raised (permanent: two canaryds on one state is what leader
-  election, not a retry, must settle) and the cache takes the cluster's object. The alert and
-  audit journals are append-only: on a 409 they are re-read, this write's lines appended to
-  what is there and written again, at most ``RETRIES`` times.
+  for a new object). A 409 on a target's object means it changed since it was read: it is
+  re-read and, if the last write in it is one of this store's whose answer never came (each
+  write carries a token in the object's ``writer`` key), adopted and the commit retried on
+  top of it (the runtime, told the unanswered commit failed, acted on nothing and re-decided
+  the same: the record converges, the history may hold that pass twice). Otherwise another
+  writer (another canaryd, ``kubectl edit``) changed it: ``StateLocked`` is raised
+  (permanent: two canaryds on one state is for leader election to settle, not a retry) and
+  the cache takes the cluster's object. The alert and audit journals are append-only: on a
+  409 they are re-read, this write's lines appended to what is there and written again, at
+  most ``RETRIES`` times.
 * Bounded: etcd refuses objects over 1 MiB. Each object is kept under ``BUDGET`` (512 KiB): a
   target's object drops, oldest first, the measurements, then the decisions, then the records
   of finished rollouts (never the latest rollout's record, never an active one), then the
@@ -452,7 +454,10 @@ class KubeStore:
     def latest_for_target(self, target: str) -> Rollout | None:
         with self._lock:
             rows = self._rollouts(storable(target))
-        return rows[-1][1] if rows else None  # kept in start order
+        if not rows:
+            return None
+        # the latest start; of equal starts, the one stored last (SQLite's rowid order)
+        return max(enumerate(rows), key=lambda p: (p[1][0]["started_at"], p[0]))[1][1]
 
     def commit(
         self,
