@@ -395,3 +395,94 @@ def test_no_api_server_is_a_store_error_at_open(tmp_path: Path) -> None:
     )
     with pytest.raises(StoreUnavailable, match="kubernetes API: kubernetes namespace x: open"):
         KubeStore("x", KubeAccess(kubeconfig=config), timeout=5.0)
+
+
+# --------------------------------------------------------------------------- damage
+
+
+def test_lone_surrogates_are_stored_as_replacement_characters_and_read_back_after_a_restart(
+    store: KubeStore, open_store: Callable[..., KubeStore]
+) -> None:
+    from test_store_hardening import BAD, PAIR, SAFE, encodable
+
+    rollout = replace(
+        started(target=f"matriz{BAD}"),
+        image=f"img{BAD}",
+        phase=Phase.PAUSED,
+        pause_reason=f"alert {BAD}",
+        paused_at=10.0,
+    )
+    action = Action(ActionKind.PAUSE, f"paused: {BAD}", 0, evidence={BAD: BAD, "ok": PAIR})
+    store.commit(rollout, (action,), 10.0, (Measurement(f"check{BAD}", None, error=BAD),))
+    store.audit(11.0, f"who{BAD}", "what", f"target{BAD}", "ok", {BAD: BAD})
+    store.record_alerts([Alert(f"fp{BAD}", "firing", {"alertname": BAD}, 5.0)], 12.0)  # type: ignore[arg-type]
+    store.close()
+
+    again = open_store()
+    back = again.get("r1")
+    assert back is not None and (back.target, back.pause_reason) == (
+        f"matriz{SAFE}",
+        f"alert {SAFE}",
+    )
+    [decision] = again.history(rollout_id="r1")
+    assert decision["evidence"] == {SAFE: SAFE, "ok": "smile \U0001f600"}
+    [entry] = again.audit_log()
+    assert (entry["who"], entry["target"], entry["detail"]) == (
+        f"who{SAFE}",
+        f"target{SAFE}",
+        {SAFE: SAFE},
+    )
+    [alert] = again.alert_journal()
+    assert alert.labels == {"alertname": SAFE}
+    assert encodable([decision, entry, alert.labels, again.measurements("r1")])
+
+
+def test_a_value_json_cannot_write_is_a_store_error_not_a_crash(store: KubeStore) -> None:
+    from canaryd.ports import CorruptState
+
+    with pytest.raises(CorruptState, match="cannot store"):
+        store.audit(1.0, "alice", "start", None, "ok", {(1, 2): "a tuple key"})  # type: ignore[dict-item]
+    store.audit(2.0, "alice", "start", None, "ok")
+    assert store.write_problem() is None and [a["t"] for a in store.audit_log()] == [2.0]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"schema": "99"}, "state schema '99' is not '1'"),
+        ({"schema": "1", "target": "matriz", "rollouts": "{not json\n"}, "unreadable line"),
+        (
+            {
+                "schema": "1",
+                "target": "matriz",
+                "rollouts": '{"id": "r1", "record": {"id": "r1"}}\n',
+            },
+            "rollout r1: unreadable record",
+        ),
+    ],
+    ids=["newer-schema", "bad-json", "bad-record"],
+)
+def test_a_damaged_or_foreign_object_is_refused_at_open(
+    open_store: Callable[..., KubeStore],
+    t: kube.Threaded,
+    ns: str,
+    data: dict[str, str],
+    message: str,
+) -> None:
+    from canaryd.ports import CorruptState
+
+    labels = {"app.kubernetes.io/managed-by": "canaryd", "canaryd.io/state": "target"}
+    obj = {"metadata": {"name": object_name("matriz"), "labels": labels}, "data": data}
+    t.call(lambda: t.c.seed(kube.CONFIGMAPS, ns, obj))
+    with pytest.raises(CorruptState, match=message):
+        open_store()
+
+
+def test_configmaps_of_others_in_the_namespace_are_left_alone(
+    open_store: Callable[..., KubeStore], t: kube.Threaded, ns: str
+) -> None:
+    other = {"metadata": {"name": "app-settings"}, "data": {"schema": "whatever"}}
+    t.call(lambda: t.c.seed(kube.CONFIGMAPS, ns, other))
+    store = open_store()
+    begin(store, started())
+    assert stored(t, ns, "app-settings")["data"] == {"schema": "whatever"}
