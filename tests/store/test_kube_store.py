@@ -181,6 +181,9 @@ def test_a_restart_rebuilds_everything_from_the_cluster(
         store.latest_for_target("billing"),
     )
     store.close()
+    assert not store._thread.is_alive()  # close stops the store's loop thread
+    with pytest.raises(StoreUnavailable, match="closed"):
+        store.audit(2.0, "bob", "pause", None, "ok")
 
     again = open_store()
     assert (
