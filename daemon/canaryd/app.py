@@ -39,6 +39,7 @@ from canaryd.adapters.notify import Announcing, Notifier
 from canaryd.adapters.platforms import PLATFORMS, OwnedPlatform, PlatformFactory
 from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.routers import ROUTERS, OwnedRouter, RouterFactory
+from canaryd.adapters.store.kubernetes import KubeStore
 from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
 from canaryd.adapters.tracing import TracedEvents, Tracer, trace_fields
@@ -48,6 +49,7 @@ from canaryd.api.webhook import WebhookCredential
 from canaryd.config import settings as config_settings
 from canaryd.config.kinds import Kind, Kinds, not_built
 from canaryd.config.settings import (
+    KubernetesState,
     Settings,
     SqliteState,
     Token,
@@ -58,7 +60,7 @@ from canaryd.config.settings import Target as TargetSettings
 from canaryd.core import templates
 from canaryd.core.errors import ConfigError, Problem
 from canaryd.core.model import Measurement, Policy, Rollout
-from canaryd.ports import Platform, RuntimeEvents
+from canaryd.ports import Platform, RuntimeEvents, StateStore
 from canaryd.runtime.controller import Controller, MeasureTarget, Target, TraceFields
 from canaryd.runtime.evaluator import Evaluator, template_variables
 from canaryd.runtime.supervisor import RESTART, STOP, Supervisor
@@ -73,12 +75,10 @@ class WallClock:
         return time.time()
 
 
-STATE_BACKENDS = {
-    "sqlite": "",
-    "kubernetes": "use sqlite (one replica, its file on a volume) for now",
-}
+STATE_BACKENDS = {"sqlite": "", "kubernetes": ""}
 """Every ``state.backend`` the SPEC names: ``""`` when this build runs it, else what to use
-meanwhile (the loader refuses it with that, in ``check`` and ``serve`` alike)."""
+meanwhile (the loader refuses it with that, in ``check`` and ``serve`` alike). ``open_store``
+builds each one."""
 
 KINDS = Kinds(platforms=PLATFORMS, routers=ROUTERS, state_backends=STATE_BACKENDS)
 """Every platform and router kind and state backend of this build: what ``check`` and
@@ -88,6 +88,16 @@ KINDS = Kinds(platforms=PLATFORMS, routers=ROUTERS, state_backends=STATE_BACKEND
 def load_config(path: str | Path) -> Settings:
     """The config at ``path``, read against this build's kinds (``ConfigError`` lists problems)."""
     return config_settings.load_config(path, KINDS)
+
+
+def open_store(settings: Settings) -> SqliteStore | KubeStore:
+    """The state store ``settings.state`` names, opened: the SQLite file (locked), or the
+    ConfigMaps of ``state.namespace`` on the daemon's cluster (``kubernetes:``), read back.
+    Raises ``StateLocked``, ``CorruptState`` or ``StoreUnavailable`` (serve exits on them)."""
+    state = settings.state
+    if isinstance(state, KubernetesState):
+        return KubeStore(state.namespace, settings.kubernetes)
+    return SqliteStore(state.path)
 
 
 def build_router(target: TargetSettings, kube: KubeClient | None = None) -> OwnedRouter:
@@ -129,7 +139,7 @@ class Daemon:
     ) -> None:
         fallback = KINDS.state_backends.get(settings.state.backend)
         # settings built by hand, not by the loader (which refuses a backend not built yet)
-        if fallback != "" or not isinstance(settings.state, SqliteState):
+        if fallback != "" or not isinstance(settings.state, SqliteState | KubernetesState):
             message = not_built("state backend", settings.state.backend, fallback or "")
             raise ConfigError([Problem(str(settings.file), "state.backend", message)])
         self.settings = settings
@@ -140,7 +150,7 @@ class Daemon:
         self.supervisor = Supervisor(on_crash=self._crashed)
         # Before anything else touches the outside world: one state, one actor (the store
         # locks it), and damage or a foreign file is refused before anything listens.
-        self.store = SqliteStore(settings.state.path)
+        self.store = open_store(settings)
         self._given_platforms = dict(platforms or {})
         self.kube = KubeClient(access=settings.kubernetes)  # the daemon's; made on first use
         self.kubes = KubeClients(self.kube)  # and one per other cluster a target names
@@ -357,7 +367,7 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _watch_state(store: SqliteStore, every: float = STATE_WATCH_INTERVAL) -> None:
+async def _watch_state(store: StateStore, every: float = STATE_WATCH_INTERVAL) -> None:
     """Ask the store whether it can still write, even when nothing writes: a state file
     deleted or replaced under the daemon is then logged at once (the store logs the change),
     and a failed disk is probed until it recovers. Two ``stat`` calls: fine on the loop."""
