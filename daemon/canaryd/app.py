@@ -41,6 +41,7 @@ from canaryd.adapters.notify import Announcing, Notifier
 from canaryd.adapters.platforms import PLATFORMS, OwnedPlatform, PlatformFactory
 from canaryd.adapters.prometheus import PrometheusClient
 from canaryd.adapters.routers import ROUTERS, OwnedRouter, RouterFactory
+from canaryd.adapters.store.kubernetes import KubeStore
 from canaryd.adapters.store.sqlite import SqliteStore
 from canaryd.adapters.telemetry import Telemetry
 from canaryd.adapters.tracing import TracedEvents, Tracer, trace_fields
@@ -79,12 +80,10 @@ class WallClock:
         return time.time()
 
 
-STATE_BACKENDS = {
-    "sqlite": "",
-    "kubernetes": "use sqlite (one replica, its file on a volume) for now",
-}
+STATE_BACKENDS = {"sqlite": "", "kubernetes": ""}
 """Every ``state.backend`` the SPEC names: ``""`` when this build runs it, else what to use
-meanwhile (the loader refuses it with that, in ``check`` and ``serve`` alike)."""
+meanwhile (the loader refuses it with that, in ``check`` and ``serve`` alike). ``open_store``
+builds each one."""
 
 KINDS = Kinds(platforms=PLATFORMS, routers=ROUTERS, state_backends=STATE_BACKENDS)
 """Every platform and router kind and state backend of this build: what ``check`` and
@@ -94,6 +93,16 @@ KINDS = Kinds(platforms=PLATFORMS, routers=ROUTERS, state_backends=STATE_BACKEND
 def load_config(path: str | Path) -> Settings:
     """The config at ``path``, read against this build's kinds (``ConfigError`` lists problems)."""
     return config_settings.load_config(path, KINDS)
+
+
+def open_store(settings: Settings) -> SqliteStore | KubeStore:
+    """The state store ``settings.state`` names, opened: the SQLite file (locked), or the
+    ConfigMaps of ``state.namespace`` on the daemon's cluster (``kubernetes:``), read back.
+    Raises ``StateLocked``, ``CorruptState`` or ``StoreUnavailable`` (serve exits on them)."""
+    state = settings.state
+    if isinstance(state, KubernetesState):
+        return KubeStore(state.namespace, settings.kubernetes)
+    return SqliteStore(state.path)
 
 
 def build_router(target: TargetSettings, kube: KubeClient | None = None) -> OwnedRouter:
@@ -135,7 +144,7 @@ class Daemon:
     ) -> None:
         fallback = KINDS.state_backends.get(settings.state.backend)
         # settings built by hand, not by the loader (which refuses a backend not built yet)
-        if fallback != "" or not isinstance(settings.state, SqliteState):
+        if fallback != "" or not isinstance(settings.state, SqliteState | KubernetesState):
             message = not_built("state backend", settings.state.backend, fallback or "")
             raise ConfigError([Problem(str(settings.file), "state.backend", message)])
         self.settings = settings
@@ -146,7 +155,7 @@ class Daemon:
         self.supervisor = Supervisor(on_crash=self._crashed)
         # Before anything else touches the outside world: one state, one actor (the store
         # locks it), and damage or a foreign file is refused before anything listens.
-        self.store: StateStore = SqliteStore(settings.state.path)
+        self.store: StateStore = open_store(settings)
         self._given_platforms = dict(platforms or {})
         self.kube = KubeClient(access=settings.kubernetes)  # the daemon's; made on first use
         self.kubes = KubeClients(self.kube)  # and one per other cluster a target names
@@ -157,7 +166,11 @@ class Daemon:
         self.leadership: Leadership | None = None
         if isinstance(settings.state, KubernetesState):
             self.elector, self.leadership = self._elect(settings.state)
-            self.store = FencedStore(self.store, self.leadership.check)
+            # KubeStore reads from what it cached: a new leader, and now and then a
+            # follower, reads the cluster afresh (FencedStore.refresh)
+            self.store = FencedStore(
+                self.store, self.leadership.check, reopen=lambda: open_store(settings)
+            )
         self.targets: list[Target] = []  # built in start, under the exit stack
         self._stack = contextlib.AsyncExitStack()
         self.session: aiohttp.ClientSession | None = None

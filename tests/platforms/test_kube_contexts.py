@@ -299,9 +299,7 @@ def test_check_names_each_targets_cluster(
     assert done.returncode == 0, done.stderr
     assert "warning" not in done.stderr, done.stderr
     lines = {  # each target's own line (check's timing lines also begin "target NAME:")
-        line.split(":")[0].strip(): line
-        for line in done.stdout.splitlines()
-        if ": policy " in line
+        line.split(":")[0].strip(): line for line in done.stdout.splitlines() if ": policy " in line
     }
     shown = f"kubeconfig {regions.kubeconfig}"
     assert lines["target us"].endswith(f", cluster context us-east-1 {shown}")

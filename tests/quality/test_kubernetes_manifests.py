@@ -10,13 +10,15 @@
   resources, against the CRDs in ``tests/upstream`` the emulated API server uses
   (``support.kubeschema``).
 - The Deployment is what the issue asks of it (probes on /healthz and /readyz, non-root,
-  read-only root filesystem, resources; one replica with ``Recreate`` while the kubernetes state
-  backend and Lease HA are not built), and the pieces fit: its ServiceAccount, its volumes, the
-  config's paths under its mounts, the Service's selector and port.
+  read-only root filesystem, resources; one replica with ``Recreate`` while Lease HA is not
+  built; the state in ConfigMaps, so no volume), and the pieces fit: its ServiceAccount, its
+  volumes, the config's paths under its mounts, the Service's selector and port.
 - The Role grants exactly the union of the Roles ``docs/guides/kubernetes.md`` shows for the
   ``kubernetes`` platform and the ``traefik-service`` router, which
   ``test_guide_kubernetes*.py`` measure against every request the adapters make: least
   privilege by construction, and no Lease, no ClusterRole, as nothing in this build uses them.
+  The state Role (``canaryd-state``, in the state's namespace) is checked against the requests
+  the store makes by ``test_kube_state_rbac.py``.
 - The runbook's example Rollout agrees with the policy the shipped config names: one
   ``setWeight``/``pause: {}`` pair per stage, the same weights.
 
@@ -35,6 +37,7 @@ import pytest
 import yaml
 from test_doc_configs import SHOWN
 from test_guide_kubernetes import _granted, _one
+from test_kube_state_rbac import STATE_RULES
 
 from canaryd.app import KINDS
 from canaryd.config.settings import load_config
@@ -73,6 +76,12 @@ def rendered() -> list[dict[str, Any]]:
 def _only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = [o for o in objects if o["kind"] == kind]
     assert len(found) == 1, f"{len(found)} {kind} objects rendered"
+    return found[0]
+
+
+def _named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind} {name} objects rendered"
     return found[0]
 
 
@@ -121,7 +130,7 @@ def test_every_object_validates_against_the_kubernetes_schemas_and_the_crds(
     objects = [*rendered, *_documents(EXAMPLE)]
     kinds = sorted({o["kind"] for o in objects})
     assert kinds == sorted(
-        {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim"}
+        {"Namespace", "ServiceAccount", "Role", "RoleBinding"}
         | {"Deployment", "Service", "ConfigMap", "Rollout", "TraefikService", "IngressRoute"}
     )
     invalid = {f"{o['kind']}/{o['metadata']['name']}": _problems(o) for o in objects}
@@ -144,10 +153,11 @@ def test_the_validation_refuses_what_an_api_server_refuses() -> None:
 def test_the_deployment_is_hardened_probed_and_bounded(rendered: list[dict[str, Any]]) -> None:
     deployment = _only(rendered, "Deployment")
     spec = deployment["spec"]
-    # One replica, Recreate, until the kubernetes state backend and Lease HA exist: the
-    # config's sqlite state is refused to a second daemon (and this build refuses the backend).
+    # One replica, Recreate, until Lease HA exists: the state is the kubernetes backend's
+    # ConfigMaps, and only one daemon may write them.
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
-    assert load_config(CONFIG, KINDS).state.backend == "sqlite"
+    assert load_config(CONFIG, KINDS).state.backend == "kubernetes"
+    assert not [o for o in rendered if o["kind"] == "PersistentVolumeClaim"]
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 10001  # the Dockerfile's canaryd user
@@ -166,7 +176,7 @@ def test_the_configs_paths_lie_under_the_deployments_mounts(
     rendered: list[dict[str, Any]],
 ) -> None:
     """canaryd reads /etc/canaryd/canaryd.yaml (the image's ENTRYPOINT), its secrets from the
-    Secret's mount, and writes its state on the volume (the root filesystem is read-only)."""
+    Secret's mount, and keeps its state in ConfigMaps of its own namespace (no volume)."""
     pod = _only(rendered, "Deployment")["spec"]["template"]["spec"]
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -175,13 +185,9 @@ def test_the_configs_paths_lie_under_the_deployments_mounts(
     ).replace('", "', " ")
     assert mounts["config"]["mountPath"] == "/etc/canaryd" and mounts["config"]["readOnly"]
     settings = load_config(CONFIG, KINDS)
-    state = mounts["state"]
-    assert (
-        volumes["state"]["persistentVolumeClaim"]["claimName"]
-        == (_only(rendered, "PersistentVolumeClaim")["metadata"]["name"])
-    )
-    assert not state.get("readOnly")
-    assert str(settings.state.path).startswith(state["mountPath"] + "/")  # type: ignore[union-attr]
+    assert settings.state.backend == "kubernetes" and "state" not in mounts
+    assert settings.state.namespace == _only(rendered, "Deployment")["metadata"]["namespace"]
+    assert not any("persistentVolumeClaim" in v for v in volumes.values())
     secrets = mounts["secrets"]["mountPath"] + "/"
     assert settings.auth.tokens_file is not None
     assert str(settings.auth.tokens_file).startswith(secrets)
@@ -221,13 +227,13 @@ def test_the_role_grants_exactly_what_the_guide_measured_for_this_platform_and_r
         if rule[0] != ("gateway.networking.k8s.io")
     }  # the guide's Role: the kubernetes platform's rules plus the gateway-api router's
     router = _granted(_one("Role", "canaryd-traefik-service"))
-    role = _only(rendered, "Role")
+    role = _named(rendered, "Role", "canaryd")
     assert _granted(role) == platform | router
     assert not any(group == "coordination.k8s.io" for group, _, _ in _granted(role))
     assert not [o for o in rendered if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     namespaces = {target.platform.namespace, target.router.namespace}  # type: ignore[attr-defined]
     assert namespaces == {role["metadata"]["namespace"]}
-    binding = _only(rendered, "RoleBinding")
+    binding = _named(rendered, "RoleBinding", "canaryd")
     account = _only(rendered, "ServiceAccount")["metadata"]
     assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
     assert binding["roleRef"] == {
@@ -235,6 +241,25 @@ def test_the_role_grants_exactly_what_the_guide_measured_for_this_platform_and_r
         "kind": "Role",
         "name": role["metadata"]["name"],
     }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+
+
+def test_the_state_role_lets_canaryd_keep_its_configmaps_and_nothing_else(
+    rendered: list[dict[str, Any]],
+) -> None:
+    """``state: {backend: kubernetes}``: a Role in the state's namespace for its ConfigMaps
+    (the verbs: ``test_kube_state_rbac.py`` measures them), bound to canaryd's account."""
+    state = load_config(CONFIG, KINDS).state
+    role, binding = (
+        _named(rendered, "Role", "canaryd-state"),
+        _named(rendered, "RoleBinding", "canaryd-state"),
+    )
+    assert role["metadata"]["namespace"] == state.namespace == binding["metadata"]["namespace"]  # type: ignore[union-attr]
+    assert _granted(role) == STATE_RULES
+    assert binding["roleRef"]["name"] == "canaryd-state"
+    account = _only(rendered, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
     ]

@@ -19,6 +19,11 @@ Stable API (other tests build on it; extend, do not change)::
         c.writes                           # (method, path) of every write request served
         c.emulator.write_times             # (monotonic time, method, path) of each of them
 
+    with kube.threaded() as t:             # the same on a loop of its own, in a thread, for
+        t.cluster                          # code whose calls block (a synchronous client, a
+        t.call(fn)                         # subprocess): fn() run on the emulator's loop
+        t.kubeconfig(path)                 # a kubeconfig naming the emulator, written to path
+
     kube.HTTPROUTES                        # kmock.resource for gateway.networking.k8s.io/v1
     kube.DEPLOYMENTS, kube.SERVICES        # kmock.resource for apps/v1 and core v1
     kube.INGRESSES, kube.LEASES, kube.CONFIGMAPS, kube.TRAEFIKSERVICES, kube.INGRESSROUTES,
@@ -76,7 +81,8 @@ documents inheriting for "special" behaviour):
   delete; a delete deletes every object in the namespace. Nothing requires a namespace to
   exist before objects are written into it (tests here never create one).
 - A list of a served type that has no object yet is an empty list (kmock answers 404 until it
-  has seen one object of the type).
+  has seen one object of the type). kmock ignores ``labelSelector`` and answers every object
+  of the type.
 - ``write_times``: ``(time.monotonic(), method, path)`` of every write request, for tests that
   ask when a writer last wrote.
 - kmock's own request log is not kept (it scans the log on every request, which made long
@@ -98,12 +104,15 @@ import asyncio
 import copy
 import datetime
 import inspect
+import json
 import re
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp.web
@@ -499,6 +508,75 @@ async def cluster() -> AsyncIterator[Cluster]:
             yield Cluster(emulator, str(server.url).rstrip("/"), api)
         finally:
             await api.close()
+
+
+class Threaded:
+    """``cluster()`` on a loop of its own in a thread (see ``threaded``)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.cluster: Cluster | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(
+            target=self.loop.run_until_complete, args=(self._main(),), daemon=True
+        )
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with cluster() as c:
+            self.cluster = c
+            self._ready.set()
+            await self._stop.wait()
+
+    @property
+    def c(self) -> Cluster:
+        assert self.cluster is not None
+        return self.cluster
+
+    def call(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+        """``fn()`` on the emulator's loop (so it never races a request being served)."""
+
+        async def wrapped() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout)
+
+    def kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig whose current context is the emulator (plain HTTP, no credentials)."""
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "emulator", "cluster": {"server": self.c.url}}],
+                    "users": [{"name": "test", "user": {}}],
+                    "contexts": [
+                        {"name": "emulator", "context": {"cluster": "emulator", "user": "test"}}
+                    ],
+                    "current-context": "emulator",
+                }
+            )
+        )
+        return path
+
+
+@contextmanager
+def threaded() -> Iterator[Threaded]:
+    """The emulator on a loop of its own, in a thread: for tests whose calls block (a
+    synchronous store, a subprocess and the HTTP calls to it). Stopped on exit."""
+    t = Threaded()
+    t._thread.start()
+    if not t._ready.wait(20):
+        raise RuntimeError("the emulator did not start within 20 s")
+    try:
+        yield t
+    finally:
+        assert t._stop is not None
+        t.loop.call_soon_threadsafe(t._stop.set)
+        t._thread.join(20)
+        if not t._thread.is_alive():
+            t.loop.close()
 
 
 # --------------------------------------------------------------------------- CRD schemas

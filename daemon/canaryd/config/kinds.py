@@ -104,7 +104,9 @@ class Kinds:
 
     platforms: Mapping[str, Kind[Any, Any]] = field(default_factory=dict)
     routers: Mapping[str, Kind[Any, Any]] = field(default_factory=dict)
-    state_backends: Mapping[str, str] = field(default_factory=lambda: {"sqlite": ""})
+    state_backends: Mapping[str, str] = field(
+        default_factory=lambda: {"sqlite": "", "kubernetes": ""}
+    )
 
 
 def not_built(what: str, name: str, fallback: str) -> str:
