@@ -188,9 +188,17 @@ def cluster(tmp_path: Path) -> Iterator[kube.Threaded]:
     with kube.threaded() as t:
         t.call(lambda: t.c.seed(kube.HTTPROUTES, ROUTE_NS, route()))
         os.environ["KUBECONFIG"] = str(t.kubeconfig(tmp_path / "kubeconfig"))
+        # One replica, as a pod whose container is killed and restarted: the same Lease
+        # identity, so each restart renews its own lease at once (HA by Lease).
+        saved_pod = os.environ.get("POD_NAME")
+        os.environ["POD_NAME"] = "canaryd-0"
         try:
             yield t
         finally:
+            if saved_pod is None:
+                os.environ.pop("POD_NAME", None)
+            else:
+                os.environ["POD_NAME"] = saved_pod
             if saved is None:
                 os.environ.pop("KUBECONFIG", None)
             else:

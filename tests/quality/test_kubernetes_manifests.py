@@ -10,15 +10,18 @@
   resources, against the CRDs in ``tests/upstream`` the emulated API server uses
   (``support.kubeschema``).
 - The Deployment is what the issue asks of it (probes on /healthz and /readyz, non-root,
-  read-only root filesystem, resources; one replica with ``Recreate`` while Lease HA is not
-  built; the state in ConfigMaps, so no volume), and the pieces fit: its ServiceAccount, its
-  volumes, the config's paths under its mounts, the Service's selector and port.
+  read-only root filesystem, resources; two replicas with ``RollingUpdate``, leader election
+  on the Lease, each pod's name and address from the downward API for its Lease identity and
+  advertised API URL; the state in ConfigMaps, so no volume), and the pieces fit: its
+  ServiceAccount, its volumes, the config's paths under its mounts, the Service's selector and
+  port.
 - The Role grants exactly the union of the Roles ``docs/guides/kubernetes.md`` shows for the
   ``kubernetes`` platform and the ``traefik-service`` router, which
   ``test_guide_kubernetes*.py`` measure against every request the adapters make: least
-  privilege by construction, and no Lease, no ClusterRole, as nothing in this build uses them.
+  privilege by construction, and no Lease there, no ClusterRole, as nothing uses them.
   The state Role (``canaryd-state``, in the state's namespace) is checked against the requests
-  the store makes by ``test_kube_state_rbac.py``.
+  the store makes by ``test_kube_state_rbac.py`` and the leader election's (its Lease) by
+  ``test_lease_rbac.py``.
 - The runbook's example Rollout agrees with the policy the shipped config names: one
   ``setWeight``/``pause: {}`` pair per stage, the same weights.
 
@@ -38,6 +41,7 @@ import yaml
 from test_doc_configs import SHOWN
 from test_guide_kubernetes import _granted, _one
 from test_kube_state_rbac import STATE_RULES
+from test_lease_rbac import LEASE_RULES
 
 from canaryd.app import KINDS
 from canaryd.config.settings import load_config
@@ -153,10 +157,15 @@ def test_the_validation_refuses_what_an_api_server_refuses() -> None:
 def test_the_deployment_is_hardened_probed_and_bounded(rendered: list[dict[str, Any]]) -> None:
     deployment = _only(rendered, "Deployment")
     spec = deployment["spec"]
-    # One replica, Recreate, until Lease HA exists: the state is the kubernetes backend's
-    # ConfigMaps, and only one daemon may write them.
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
-    assert load_config(CONFIG, KINDS).state.backend == "kubernetes"
+    # Two replicas, one leader by the Lease; a rolling update starts the new pod (a follower,
+    # Ready) before it stops an old one, so one replica always serves and one can take over.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    state = load_config(CONFIG, KINDS).state
+    assert state.backend == "kubernetes" and state.lease == "canaryd"  # type: ignore[union-attr]
     assert not [o for o in rendered if o["kind"] == "PersistentVolumeClaim"]
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -170,6 +179,12 @@ def test_the_deployment_is_hardened_probed_and_bounded(rendered: list[dict[str, 
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert pod["serviceAccountName"] == _only(rendered, "ServiceAccount")["metadata"]["name"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    names = [e["name"] for e in container["env"]]  # $(POD_IP) expands only once defined
+    assert names.index("POD_IP") < names.index("CANARYD_ADVERTISE_URL")
+    assert env["CANARYD_ADVERTISE_URL"]["value"] == "http://$(POD_IP):9870"
 
 
 def test_the_configs_paths_lie_under_the_deployments_mounts(
@@ -257,7 +272,7 @@ def test_the_state_role_lets_canaryd_keep_its_configmaps_and_nothing_else(
         _named(rendered, "RoleBinding", "canaryd-state"),
     )
     assert role["metadata"]["namespace"] == state.namespace == binding["metadata"]["namespace"]  # type: ignore[union-attr]
-    assert _granted(role) == STATE_RULES
+    assert _granted(role) == STATE_RULES | LEASE_RULES
     assert binding["roleRef"]["name"] == "canaryd-state"
     account = _only(rendered, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
