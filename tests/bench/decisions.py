@@ -14,8 +14,10 @@ counters of both sides for the compare checks; windowed rates for the threshold 
 
 Policies, all with fast-track's stages, interval and limits:
 
-* ``compare``: only the shipped ``errors-vs-stable`` and ``latency-vs-stable`` (alpha 0.05
-  shared by their ``alpha_weight``: 0.045 and 0.005; their tolerances);
+* ``compare``: only the shipped ``errors-vs-stable`` and ``latency-vs-stable`` and the verified
+  split (alpha 0.05 shared by their ``alpha_weight`` and the split's 1, 9 : 1 : 1: 0.041,
+  0.0045 and 0.0045; their tolerances). The requests follow the weight asked, so the split holds
+  a stage only by a false alarm, which counts among the A/A rollbacks if it leads to one;
 * ``threshold``: only the runbook's absolute checks (success rate, p95, error rate, health);
 
 and, on streams of the same law over the fast-track schedule, outside the engine:
@@ -408,12 +410,16 @@ def peeked(s: Scenario, traffic: Traffic, alphas: tuple[float, float]) -> bool:
 
 
 def only(policy: Policy, kind: str) -> Policy:
-    """The policy with only its ``kind`` checks in every stage."""
+    """The policy with only its ``kind`` checks in every stage (the verified split goes with
+    the compare checks: it counts their requests and shares their alpha)."""
     keep = {n for n, c in policy.checks.items() if c.kind == kind}
     staged = tuple(
         replace(s, checks=tuple(c for c in s.checks if c in keep)) for s in policy.stages
     )
-    return replace(policy, stages=staged, checks={n: policy.checks[n] for n in keep})
+    tolerance = policy.split_tolerance if kind == "compare" else None
+    return replace(
+        policy, stages=staged, checks={n: policy.checks[n] for n in keep}, split_tolerance=tolerance
+    )
 
 
 def interval95(k: int, n: int) -> str:
@@ -448,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"matriz-fast-track stages, {args.rps:g} req/s, {args.rollouts} rollouts per cell, "
         f"alpha {shipped.alpha:g} shared by the compare checks (errors {alphas[0]:g}, "
-        f"latency {alphas[1]:g}), seed {args.seed}"
+        f"latency {alphas[1]:g}, split {compare.alpha_share(shipped):g}), seed {args.seed}"
     )
     header = f"{'scenario':<20} {'method':<11} {'rolled back':>12} {'95% interval':>16} "
     print(header + f"{'canary requests to rollback (mean)':>36}")

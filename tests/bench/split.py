@@ -1,11 +1,12 @@
 """Verified split: requests until a wrong split is shown, and how often a right one is flagged.
 
 Runs ``canaryd.core.split`` (the daemon's own code) over simulated stages: ``--rps`` requests a
-second, evaluated every second, each request on the canary with the stage's true share. α is
-fast track's per stage (two compare checks and the split share 0.05; four stages). Prints one
-row per scenario: how many stages were flagged, and the requests (both sides) until flagged.
-Targets: a halved split at 20 %, 25 % and 50 % flagged in every stage; a correct split, or one at
-the tolerance's edge, flagged in at most α of the stages.
+second, evaluated every second, each request on the canary with the stage's true share. α and
+the tolerance are the shipped fast track's (``split.alpha``: the split's share of ``alpha``
+beside the compare checks, divided among the four stages). Prints one row per scenario: how many
+stages were flagged, and the requests (both sides) until flagged. Targets: a halved split at
+10 %, 20 %, 25 % and 50 % flagged in every stage; a correct split, or one at the tolerance's
+edge, flagged in at most α of the stages.
 
     python3 tests/bench/split.py [--stages 200] [--rps 20] [--seed 11]
 """
@@ -20,19 +21,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "daemon"))
 
+from canaryd.config.policies import load_policy
 from canaryd.core import split
 from canaryd.core.model import Counts
 
-ALPHA = 0.05 / 3 / 4  # fast track: two compare checks and the split; four stages
-TOLERANCE = 0.05
+SHIPPED = load_policy(Path(__file__).resolve().parents[2] / "rules" / "matriz-fast-track.yaml")
+ALPHA = split.alpha(SHIPPED)  # its share beside the compare checks, over four stages
+assert SHIPPED.split_tolerance is not None, "the fast track verifies its split"
+TOLERANCE = SHIPPED.split_tolerance
 # (weight asked, true share, evaluations, should be flagged)
 SCENARIOS = (
+    (10, 0.05, 600, True),
     (20, 0.10, 600, True),
     (25, 0.125, 600, True),
     (50, 0.25, 600, True),
     (25, 0.25, 600, False),
-    (50, 0.45, 600, False),
-    (25, 0.20, 300, False),
+    (50, 0.50 - TOLERANCE, 600, False),
+    (25, 0.25 - TOLERANCE, 300, False),
 )
 
 

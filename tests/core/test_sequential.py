@@ -257,16 +257,16 @@ def test_the_state_survives_the_record_codec() -> None:
     assert back.policy.checks["errors-vs-stable"].compare == "errors"
 
 
-def test_the_shipped_policies_share_alpha_between_their_two_compare_checks() -> None:
-    """9 : 1 by ``alpha_weight``: the errors check needs the larger part (tests/bench/README.md)."""
+def test_the_shipped_policies_share_alpha_between_their_compare_checks_and_the_split() -> None:
+    """9 : 1 : 1 by ``alpha_weight`` (the verified split weighs 1): the errors check needs the
+    larger part (tests/bench/README.md); all the shares together are the policy's alpha."""
     for name in ("fast-track", "standard", "conservative"):
         policy = load_policy(f"rules/matriz-{name}.yaml")
         errors, latency = (policy.checks[c] for c in ("errors-vs-stable", "latency-vs-stable"))
-        assert compare.alpha_share(policy, errors) == pytest.approx(0.045)
-        assert compare.alpha_share(policy, latency) == pytest.approx(0.005)
-        assert sum(
-            compare.alpha_share(policy, c) for c in policy.checks.values() if c.kind == "compare"
-        ) == pytest.approx(policy.alpha)
+        assert policy.split_tolerance is not None
+        e, lat, spl = (compare.alpha_share(policy, c) for c in (errors, latency, None))
+        assert e == pytest.approx(9 * lat) and lat == pytest.approx(spl)
+        assert e + lat + spl == pytest.approx(policy.alpha)
         for stage in policy.stages:
             assert {"errors-vs-stable", "latency-vs-stable"} <= set(stage.checks)
 
@@ -276,8 +276,13 @@ def test_alpha_weight_defaults_to_an_even_split_and_is_validated(tmp_path: Path)
     even = tmp_path / "even.yaml"
     even.write_text(shipped.replace("    alpha_weight:", "    # alpha_weight:"), encoding="utf-8")
     policy = load_policy(even)
-    for name in ("errors-vs-stable", "latency-vs-stable"):
-        assert compare.alpha_share(policy, policy.checks[name]) == pytest.approx(0.025)
+    shares = {
+        compare.alpha_share(policy, c)
+        for c in (*policy.checks.values(), None)
+        if c is None or c.kind == "compare"
+    }
+    assert len(shares) == 1  # the two compare checks and the split alike
+    assert shares.pop() == pytest.approx(policy.alpha / 3)
     bad = tmp_path / "bad.yaml"
     bad.write_text(shipped.replace("alpha_weight: 9 ", "alpha_weight: 0 "), encoding="utf-8")
     with pytest.raises(ConfigError) as caught:

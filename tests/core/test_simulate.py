@@ -13,29 +13,18 @@ ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 30
 
 
-def even_sides(until: int = 3600) -> list[dict[str, object]]:
-    """The compare checks' counters of a canary exactly like stable: 100 canary and 900 stable
-    requests per interval, one error in a thousand on each side, the same latency histogram."""
-    lines: list[dict[str, object]] = []
-    for t in range(0, until + 1, INTERVAL):
-        n_c, n_s = 100 * t // INTERVAL, 900 * t // INTERVAL
-        sides = {"canary": n_c, "stable": n_s}
-        lines.append(
-            {
-                "t": t,
-                "check": "errors-vs-stable",
-                **{k: {"requests": n, "errors": n // 1000} for k, n in sides.items()},
-            }
-        )
-        buckets = {k: {"0.1": n * 0.6, "0.25": n * 0.95, "+Inf": n} for k, n in sides.items()}
-        lines.append(
-            {
-                "t": t,
-                "check": "latency-vs-stable",
-                **{k: {"buckets": b} for k, b in buckets.items()},
-            }
-        )
-    return lines
+def even_sides() -> list[dict[str, object]]:
+    """The compare checks' counters of a canary exactly like stable, sent by the weight the
+    simulated router has (``by_weight``): 1,000 requests per interval in all, one error in a
+    thousand on each side, the same latency histogram."""
+    n = 1000 / INTERVAL
+    side = {"requests": n, "errors": n / 1000}
+    buckets = {"buckets": {"0.1": n * 0.6, "0.25": n * 0.95, "+Inf": n}}
+    common = {"t": 0, "per_second": True, "by_weight": True}
+    return [
+        {**common, "check": "errors-vs-stable", "canary": side, "stable": side},
+        {**common, "check": "latency-vs-stable", "canary": buckets, "stable": buckets},
+    ]
 
 
 HEALTHY = [
@@ -97,6 +86,34 @@ def test_healthy_canary_moves_through_every_stage_on_time_and_succeeds(tmp_path:
     for (t, _), expected in zip(rising, [0, 120, 420, 1020], strict=True):
         assert abs(t - expected) <= INTERVAL
     assert records[-1]["phase"] == "Succeeded"
+
+
+def test_counts_that_do_not_follow_the_weights_hold_and_roll_back_naming_the_share(
+    tmp_path: Path,
+) -> None:
+    """The same counters fixed at 10 % canary (not ``by_weight``): the verified split of the
+    shipped policy sees a quarter asked and a tenth served, holds stage 2 and rolls it back at
+    the deadline, naming the share."""
+    fixed = [
+        {**line, "per_second": True, "by_weight": False}
+        | {"canary": _scaled(line["canary"], 0.1), "stable": _scaled(line["stable"], 0.9)}
+        for line in even_sides()
+    ]
+    records = simulate(tmp_path, [*HEALTHY[:4], *fixed])
+    holds = [r for r in records if r["action"] == "hold" and r["stage"] == 2]
+    assert holds and "split off: canary received 10.0% of requests, asked 25%" in str(
+        holds[0]["reason"]
+    )
+    rollback = next(r for r in records if r["action"] == "rollback")
+    assert records[-1]["phase"] == "RolledBack" and "progress deadline" in str(rollback["reason"])
+    assert "canary received 10.0% of requests, asked 25% (tolerance ±3" in str(rollback["reason"])
+
+
+def _scaled(side: object, share: float) -> dict[str, object]:
+    assert isinstance(side, dict)
+    if "buckets" in side:
+        return {"buckets": {k: v * share for k, v in side["buckets"].items()}}
+    return {k: v * share for k, v in side.items()}
 
 
 def test_success_rate_dropping_at_200_rolls_back_within_one_interval(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ engine holds the stage and rolls back at the deadline naming the share."""
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -211,17 +213,23 @@ def test_the_policy_key(tmp_path: object) -> None:
 
     from canaryd.core.errors import ConfigError
 
-    base = Path("rules/matriz-fast-track.yaml").read_text()
-    good = Path(str(tmp_path)) / "good.yaml"
-    good.write_text(base + "split: {tolerance: 0.05}\n")
+    shipped = Path("rules/matriz-fast-track.yaml").read_text()
+    assert load_policy(Path("rules/matriz-fast-track.yaml")).split_tolerance == 0.03
+    base = re.sub(r"(?m)^split: .*\n", "", shipped)
+    assert load_policy(_written(tmp_path, "off.yaml", base)).split_tolerance is None
+    good = _written(tmp_path, "good.yaml", base + "split: {tolerance: 0.05}\n")
     assert load_policy(good).split_tolerance == 0.05
-    assert load_policy(Path("rules/matriz-fast-track.yaml")).split_tolerance is None
-    bad = Path(str(tmp_path)) / "bad.yaml"
-    bad.write_text(base + "split: {tolerance: 0.9, margin: 1}\n")
+    bad = _written(tmp_path, "bad.yaml", base + "split: {tolerance: 0.9, margin: 1}\n")
     with pytest.raises(ConfigError) as info:
         load_policy(bad)
     text = str(info.value)
     assert "split.tolerance" in text and "split.margin" in text
+
+
+def _written(directory: object, name: str, text: str) -> Path:
+    path = Path(str(directory)) / name
+    path.write_text(text)
+    return path
 
 
 def test_a_compare_check_is_shown_with_its_rollouts_verdict() -> None:

@@ -53,6 +53,9 @@ def policy_text() -> str:
         scale_down_delay="1s",
     )
     policy["limits"]["progress_deadline"] = "30s"
+    # no verified split: the noop router moves nothing and each side has its own steady load,
+    # so the canary's share of requests is what the loads make it, whatever the weight
+    policy.pop("split", None)
     for stage, seconds in zip(policy["stages"], [3, 3, 3, 2], strict=True):
         stage.update(duration=f"{seconds}s", min_requests=10)
     return yaml.safe_dump(policy, sort_keys=False)

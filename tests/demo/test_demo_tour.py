@@ -22,7 +22,17 @@ from typing import Any
 import pytest
 import yaml
 
+from canaryd.config.policies import RULES_DIR, load_policy
+from canaryd.core import compare
+
 DEMO_TIMEOUT = 420
+
+
+def latency_bound() -> float:
+    """``1/alpha`` of ``latency-vs-stable`` in the demo: the shipped fast track's checks and
+    verified split, so its share of the policy's alpha."""
+    shipped = load_policy(RULES_DIR / "matriz-fast-track.yaml")
+    return 1 / compare.alpha_share(shipped, shipped.checks["latency-vs-stable"])
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +129,8 @@ def test_progress_shows_checks_against_thresholds_time_left_and_why_it_rolled_ba
     assert subtle, progress
     assert subtle.group(1).strip() == _rollout(demo, "subtle")["rollback_reason"]
     # a compare check in the shared formatter: its e-value against the bound it must stay under
-    assert re.search(r"latency-vs-stable [0-9.e+-]+ < 200 (✓|ok)", progress), progress
+    shown = f"{latency_bound():.4g}"  # 220: 1 / (0.05 / 11)
+    assert re.search(rf"latency-vs-stable [0-9.e+-]+ < {shown} (✓|ok)", progress), progress
 
 
 def test_the_report_draws_latency_stage_bands_and_rollbacks_in_red(demo: dict[str, Any]) -> None:
@@ -251,8 +262,10 @@ def test_the_report_shows_the_compare_evidence(demo: dict[str, Any]) -> None:
     points = evidence["points"]
     assert len(points) >= 3, points
     last = points[-1]
-    assert last["concluded"] and last["e_value"] >= last["bound"] == 200, last  # 0.05 × 1/10
-    assert math.isclose(last["log_bound"], math.log(200))
+    bound = latency_bound()
+    assert last["concluded"] and last["e_value"] >= last["bound"], last
+    assert last["bound"] == pytest.approx(bound), last
+    assert math.isclose(last["log_bound"], math.log(bound))
     assert not any(p["concluded"] for p in points[:-1]) or points[-2]["e_value"] >= 40
     assert last["canary_rate"] > 1.5 * last["stable_rate"] > 0, last  # ~100 % against ~50 %
     assert last["canary_requests"] > 0 and last["stable_requests"] > last["canary_requests"]
@@ -261,7 +274,7 @@ def test_the_report_shows_the_compare_evidence(demo: dict[str, Any]) -> None:
     html = (demo["dir"] / "report.html").read_text()
     assert "latency-vs-stable: share of requests slower than 50 ms" in html
     assert "latency-vs-stable: the test&#x27;s log e-value against its boundary" in html
-    assert "boundary log(1/alpha) = log 200" in html
+    assert f"boundary log(1/alpha) = log {bound:.4g}" in html
 
 
 def test_each_rollout_judges_its_own_canary(demo: dict[str, Any]) -> None:

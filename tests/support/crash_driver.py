@@ -92,7 +92,8 @@ class FileWorld(simulate.World):
         self._crash = crash
         saved = json.loads(self._file.read_text(encoding="utf-8")) if self._file.exists() else {}
         self.outages: list[float] = saved.pop("outages", [])
-        super().__init__(**saved)
+        weights = [(float(t), int(w)) for t, w in saved.pop("weights", [])]
+        super().__init__(**saved, weights=weights)
 
     def save(self) -> None:
         write_atomically(
@@ -102,8 +103,15 @@ class FileWorld(simulate.World):
                 "weight": self.weight,
                 "canary_present": self.canary_present,
                 "outages": self.outages,
+                "weights": self.weights,  # what the timeline's by_weight lines split by
             },
         )
+
+    def note(self, now: float) -> None:
+        before = len(self.weights)
+        super().note(now)
+        if len(self.weights) != before:
+            self.save()
 
     def outage(self, now: float) -> None:
         """The canary's node dies and the router falls back to stable, once at ``now``."""

@@ -39,7 +39,9 @@ answering without its API's JSON) exits 3, as ``canaryctl`` does for an unreacha
 any other refusal (an execution error, a server-side timeout) exits 1.
 
 What is not replayed: the traffic split. The history holds whatever share the canary really had;
-the weights in the output are the policy's. ``--save-samples FILE`` keeps the fetched timeline,
+the weights in the output are the policy's. So a policy's verified split (``split:``) is not
+tested (``unverified_split``: its share of ``alpha`` stays reserved, so the compare checks
+decide with the daemon's bounds). ``--save-samples FILE`` keeps the fetched timeline,
 to edit and feed to ``canaryctl simulate --samples FILE --epoch <from as RFC 3339>``.
 
 The module has a layer of its own above ``simulate``'s (import-linter): it composes simulate
@@ -57,7 +59,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -452,9 +454,19 @@ def run(args: argparse.Namespace) -> int:
             print(f"canaryctl replay: cannot write {args.save_samples}: {exc}", file=sys.stderr)
             return 1
     timeline = simulate.Timeline.parse((json.dumps(line) for line in lines), "replay", span.start)
-    final, records = simulate.run(policy, timeline, until=span.end - span.start)
+    final, records = simulate.run(unverified_split(policy), timeline, until=span.end - span.start)
     simulate.print_run(records, final, args.output, sys.stdout)
     return 0
+
+
+def unverified_split(policy: Policy) -> Policy:
+    """``policy`` without its split test but with its share of ``alpha``: a history's requests
+    went by the weights really set, not the policy's, so the share would be tested against the
+    wrong weight. A tolerance of a whole share leaves no edge inside (0, 1) (``split.bounds``):
+    nothing is tested, while ``compare.alpha_share`` still counts the split."""
+    if policy.split_tolerance is None:
+        return policy
+    return replace(policy, split_tolerance=1.0)
 
 
 def _window(args: argparse.Namespace, policy: Policy, now: float) -> Window:

@@ -14,6 +14,14 @@ The timeline is JSON lines (SPEC §5.1)::
      "canary": {"buckets": {"0.1": 560, "0.25": 596, "+Inf": 600}}, "stable": {"buckets": {...}}}
     {"t": 0, "check": "errors-vs-stable", "per_second": true, ...}  # (extension) the same
                                                          # counts as rates from t on, integrated
+    {"t": 0, "check": "errors-vs-stable", "per_second": true, "by_weight": true,
+     "canary": {"requests": 250, "errors": 0.5}, ...}    # (extension) each side's rates at all
+                                                         # the traffic, sent by the weight set
+
+``by_weight`` lines are what a router that does its job produces: the canary serves the weight
+the simulated router has at each moment (its share of its rates), stable the rest, so the
+requests follow the weights asked and a verified split (``split:``) holds nothing. Without it
+the counts are the timeline's whatever the weight, as a recorded history is.
 
 The world is perfect and instant: the router applies each weight at once and reports it back,
 the canary is ready as soon as it is asked for, the stable update completes immediately. So the
@@ -27,7 +35,7 @@ import bisect
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -109,8 +117,13 @@ class Timeline:
         if "check" in line:
             if "canary" in line or "stable" in line:
                 value: Any = _compared(line)
+                by_weight = line.get("by_weight", False)
+                if not isinstance(by_weight, bool) or (
+                    by_weight and line.get("per_second") is not True
+                ):
+                    raise ValueError('"by_weight": true goes with "per_second": true')
                 if line.get("per_second") is True:
-                    value = _PerSecond(value)
+                    value = _PerSecond(value, by_weight)
             elif "error" in line:
                 value = ("error", str(line["error"]))
             else:
@@ -132,13 +145,17 @@ class Timeline:
         else:
             raise ValueError('a line needs one of "check", "requests", "alert" or "command"')
 
-    def measurements(self, checks: Iterable[str], t: float) -> tuple[Measurement, ...]:
+    def measurements(
+        self, checks: Iterable[str], t: float, weights: Sequence[tuple[float, int]] = ()
+    ) -> tuple[Measurement, ...]:
+        """The checks' measurements at ``t``; ``weights`` is the router's (time, weight) history
+        (``World.weights``), which ``by_weight`` lines split their rates by."""
         out = []
         for name in checks:
             series = self.checks.get(name)
             value = series.at(t) if series else None
             if isinstance(value, _PerSecond) and series is not None:
-                value = _integrated(series, t)
+                value = _integrated(series, t, weights)
             if isinstance(value, tuple):
                 out.append(Measurement(name, error=value[1]))
             elif isinstance(value, Counts):
@@ -177,11 +194,16 @@ class _PerSecond:
     """A compare line's counts given as rates from its ``t`` on (``"per_second": true``)."""
 
     rates: Counts | Histograms
+    by_weight: bool = False  # each side's rates at all the traffic, sent by the router's weight
 
 
-def _integrated(series: _Series, t: float) -> Counts | Histograms | None:
+def _integrated(
+    series: _Series, t: float, weights: Sequence[tuple[float, int]] = ()
+) -> Counts | Histograms | None:
     """The cumulative counts at ``t`` of a check given as rates: each rate line holds from its
-    ``t`` to the next line's, and counts start at 0 at the first line."""
+    ``t`` to the next line's, and counts start at 0 at the first line. A ``by_weight`` line's
+    canary rates are scaled by the weight the router had (``weights``, 0 before its first
+    entry), its stable rates by the rest."""
     total: dict[str, float] = {}
     kind: type[Counts] | type[Histograms] | None = None
     for i, (start, value) in enumerate(zip(series.times, series.values, strict=True)):
@@ -189,14 +211,35 @@ def _integrated(series: _Series, t: float) -> Counts | Histograms | None:
             break
         end = min(series.times[i + 1] if i + 1 < len(series.times) else t, t)
         kind = type(value.rates)
-        for key, rate in _flat(value.rates).items():
-            total[key] = total.get(key, 0.0) + rate * (end - start)
+        for a, b, canary_share in _pieces(start, end, weights if value.by_weight else None):
+            for key, rate in _flat(value.rates).items():
+                share = (
+                    1.0
+                    if canary_share is None
+                    else (canary_share if key[0] == "c" else 1.0 - canary_share)
+                )
+                total[key] = total.get(key, 0.0) + rate * share * (b - a)
     if kind is Counts:
         return Counts(*(total[k] for k in ("c.requests", "c.errors", "s.requests", "s.errors")))
     if kind is Histograms:
         sides = [{k[2:]: v for k, v in total.items() if k[0] == side} for side in "cs"]
         return Histograms(sides[0], sides[1])
     return None
+
+
+def _pieces(
+    start: float, end: float, weights: Sequence[tuple[float, int]] | None
+) -> list[tuple[float, float, float | None]]:
+    """[start, end) cut where the weight changed, each piece with the canary's share (None:
+    not split by weight)."""
+    if weights is None or end <= start:
+        return [(start, end, None)]
+    cuts = [start, *[w_t for w_t, _ in weights if start < w_t < end], end]
+    out: list[tuple[float, float, float | None]] = []
+    for a, b in itertools.pairwise(cuts):
+        before = [w for w_t, w in weights if w_t <= a + 1e-9]
+        out.append((a, b, (before[-1] if before else 0) / 100.0))
+    return out
 
 
 def _flat(value: Counts | Histograms) -> dict[str, float]:
@@ -267,6 +310,14 @@ class World:
     stable_image: str = "stable"
     weight: int | None = 0
     canary_present: bool = False
+    # (time, weight) each time the weight changed: what ``by_weight`` timeline lines split by
+    weights: list[tuple[float, int]] = field(default_factory=list)
+
+    def note(self, now: float) -> None:
+        """Record the weight from ``now`` on, if it changed."""
+        weight = self.weight or 0
+        if not self.weights or self.weights[-1][1] != weight:
+            self.weights.append((now, weight))
 
     def observe(self, state: Rollout, timeline: Timeline, now: float) -> Observed:
         return Observed(
@@ -306,11 +357,12 @@ def settle(
     """
     pending = findings or Findings()
     for _ in range(_SETTLE_LIMIT):
+        world.note(now)
         observed = world.observe(state, timeline, now)
         if stages.evaluation_due(state, now):
             since = state.last_eval_at if state.last_eval_at is not None else now
             pending = Findings(
-                timeline.measurements(state.current_stage.checks, now),
+                timeline.measurements(state.current_stage.checks, now, world.weights),
                 pending.alerts,
                 pending.commands,
                 requests=timeline.requests_between(since, now),
@@ -325,6 +377,7 @@ def settle(
         if not (effects or changed or stages.evaluation_due(state, now)):
             return state
         world.apply(effects)
+        world.note(now)
     return state
 
 
