@@ -23,30 +23,21 @@ never back. The test prints its duration, the kills and the takeover times (min/
 
 from __future__ import annotations
 
-import copy
-import http.client
-import json
-import os
 import random
 import socket
-import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from test_serve_crash import MIN_KILLS, TARGET, TERMINAL, WEIGHTS, describe, once_each
+from test_serve_kube_state import ROUTE_NS, STATE_NS, ClusterState, Webhooks, emulated
 
-from canaryd.adapters.store.kubernetes import ALERTS, object_name
+from canaryd.adapters.store.kubernetes import object_name
 from support import kube
-from support.apikit import reference, rfc3339
-from support.routercases import user_route
-from support.servekit import WEBHOOK_TOKEN, Serve, TargetSpec, call, wait_until, write_config
+from support.servekit import Serve, TargetSpec, call, wait_until, write_config
 
-NS = "canaryd"  # the state's ConfigMaps and the Lease
-ROUTE_NS = "shop"
+NS = STATE_NS  # the state's ConfigMaps and the Lease
 SEED = 20261203
 IMAGE = "registry.local/matriz:2.0"
 LEASE_PATH = f"/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/canaryd"
@@ -72,43 +63,8 @@ STATE = (
 )
 
 
-def route() -> dict[str, Any]:
-    doc = user_route()
-    doc["metadata"]["name"] = TARGET
-    doc["spec"]["rules"][1]["backendRefs"] = [{"name": f"{TARGET}-stable", "port": 8080}]
-    return doc
-
-
-def canary_weight(version: dict[str, Any]) -> int:
-    for rule in version["spec"]["rules"]:
-        refs = rule.get("backendRefs") or []
-        if any(r["name"] == f"{TARGET}-stable" for r in refs):
-            return sum(int(r.get("weight", 1)) for r in refs if r["name"] == f"{TARGET}-canary")
-    return 0
-
-
-class Cluster:
-    """What the replicas stored and wrote, read from the emulator (never through a store)."""
-
-    def __init__(self, t: kube.Threaded) -> None:
-        self.t = t
-
-    def lines(self, name: str, key: str) -> list[dict[str, Any]]:
-        obj = self.t.call(lambda: self.t.c.get(kube.CONFIGMAPS, NS, name))
-        if obj is None:
-            return []
-        return [json.loads(line) for line in obj["data"].get(key, "").splitlines()]
-
-    def record(self) -> dict[str, Any] | None:
-        rows = self.lines(object_name(TARGET), "rollouts")
-        return dict(rows[-1]["record"]) if rows else None
-
-    def decisions(self, rollout_id: str) -> list[dict[str, Any]]:
-        rows = self.lines(object_name(TARGET), "decisions")
-        return [r for r in rows if r["rollout_id"] == rollout_id]
-
-    def journalled(self) -> set[str]:
-        return {a[0] for row in self.lines(ALERTS, "journal") for a in row["alerts"]}
+class Cluster(ClusterState):
+    """``ClusterState`` plus who holds the Lease and when the replicas wrote."""
 
     def holder(self) -> str:
         lease = self.t.call(lambda: self.t.c.get(kube.LEASES, NS, "canaryd"))
@@ -117,79 +73,11 @@ class Cluster:
     def writes_since(self, since: float) -> list[tuple[float, str, str]]:
         return [w for w in self.t.call(lambda: list(self.t.c.emulator.write_times)) if w[0] > since]
 
-    def canary_weights(self) -> list[int]:
-        key = (kube.HTTPROUTES, ROUTE_NS, TARGET)
-        versions = self.t.call(lambda: list(self.t.c.emulator.objects[key].history))
-        weights: list[int] = []
-        for version in versions:
-            w = canary_weight(version)
-            if not weights or weights[-1] != w:
-                weights.append(w)
-        return weights
-
-
-class Webhooks:
-    """Posts one Alertmanager notification (a new fingerprint each) every ``every`` seconds
-    to one of the replicas at random; remembers which were answered 200, by replica."""
-
-    def __init__(self, replicas: list[Serve], rng: random.Random, every: float = 0.1) -> None:
-        self.replicas, self.rng, self.every = replicas, rng, every
-        self.acked: list[str] = []
-        self.acked_by: Counter[int] = Counter()  # replica index -> 200s
-        self.refused: Counter[int] = Counter()  # by status (0: no answer)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.wait(self.every):
-            n += 1
-            fingerprint = f"noise{n:05d}"
-            doc = copy.deepcopy(reference("webhook-firing.json"))
-            alert = doc["alerts"][0]
-            alert.update(fingerprint=fingerprint, startsAt=rfc3339(time.time()))
-            alert["labels"] = {"alertname": "Noise", "target": TARGET, "n": str(n)}
-            doc.update(alerts=[alert], commonLabels={})
-            index = self.rng.randrange(len(self.replicas))
-            try:
-                status, _ = call(
-                    self.replicas[index].url,
-                    "POST",
-                    "/api/v1/alerts",
-                    doc,
-                    token=WEBHOOK_TOKEN,
-                    timeout=10,
-                )
-            except (OSError, http.client.HTTPException):
-                status = 0  # killed mid-request, or not listening: not acknowledged
-            if status == 200:
-                self.acked.append(fingerprint)
-                self.acked_by[index] += 1
-            else:
-                self.refused[status] += 1
-
-    def __enter__(self) -> Webhooks:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[kube.Threaded]:
-    saved = os.environ.get("KUBECONFIG")
-    with kube.threaded() as t:
-        t.call(lambda: t.c.seed(kube.HTTPROUTES, ROUTE_NS, route()))
-        os.environ["KUBECONFIG"] = str(t.kubeconfig(tmp_path / "kubeconfig"))
-        try:
-            yield t
-        finally:
-            if saved is None:
-                os.environ.pop("KUBECONFIG", None)
-            else:
-                os.environ["KUBECONFIG"] = saved
+    with emulated(tmp_path, None) as t:  # replicas named <host>_<pid>: a new one each start
+        yield t
 
 
 def replica(directory: Path) -> Serve:
@@ -235,7 +123,7 @@ def test_two_replicas_the_leader_killed_again_and_again_finish_the_rollout_once(
             assert status == 200 and doc["leader"] is (serve is first), doc
         started = replicas[1].start_rollout(TARGET, IMAGE)  # to the follower: forwarded
         rollout_id = str(started["id"])
-        with Webhooks(replicas, random.Random(SEED + 1)) as hooks:
+        with Webhooks(replicas, random.Random(SEED + 1), timeout=10) as hooks:
             while kills < MIN_KILLS:
                 assert time.monotonic() - began < OVERALL_TIMEOUT, "the test ran too long"
                 leader = wait_until(

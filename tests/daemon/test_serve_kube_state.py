@@ -30,6 +30,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +142,16 @@ class KubeWitness(Witness):
 
 
 class Webhooks:
-    """Posts one Alertmanager notification (a new fingerprint each) every ``every`` seconds;
-    remembers which were answered 200: those the daemon acknowledged as durable."""
+    """Posts one Alertmanager notification (a new fingerprint each) every ``every`` seconds to
+    one of ``replicas`` at random; remembers which were answered 200 (those the daemon
+    acknowledged as durable), and by which replica."""
 
-    def __init__(self, url: str, every: float = 0.1) -> None:
-        self.url, self.every = url, every
+    def __init__(
+        self, replicas: list[Serve], rng: random.Random, every: float = 0.1, timeout: float = 5
+    ) -> None:
+        self.replicas, self.rng, self.every, self.timeout = replicas, rng, every, timeout
         self.acked: list[str] = []
+        self.acked_by: Counter[int] = Counter()  # replica index -> 200s
         self.refused: Counter[int] = Counter()  # by status (0: no answer)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -162,14 +167,17 @@ class Webhooks:
             # about the target (else not journalled), matching no rule of its policy
             alert["labels"] = {"alertname": "Noise", "target": TARGET, "n": str(n)}
             doc.update(alerts=[alert], commonLabels={})
+            index = self.rng.randrange(len(self.replicas))
+            url = self.replicas[index].url
             try:
                 status, _ = call(
-                    self.url, "POST", "/api/v1/alerts", doc, token=WEBHOOK_TOKEN, timeout=5
+                    url, "POST", "/api/v1/alerts", doc, token=WEBHOOK_TOKEN, timeout=self.timeout
                 )
             except (OSError, http.client.HTTPException):
                 status = 0  # killed mid-request, or not listening: not acknowledged
             if status == 200:
                 self.acked.append(fingerprint)
+                self.acked_by[index] += 1
             else:
                 self.refused[status] += 1
 
@@ -179,30 +187,36 @@ class Webhooks:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(self.timeout + 5)
+
+
+@contextmanager
+def emulated(tmp_path: Path, pod_name: str | None) -> Iterator[kube.Threaded]:
+    """The emulator in a thread with the user's HTTPRoute, reached through ``KUBECONFIG``;
+    ``POD_NAME`` set to ``pod_name`` (the Lease identity of a replica in a pod) or unset."""
+    saved = {key: os.environ.get(key) for key in ("KUBECONFIG", "POD_NAME")}
+    with kube.threaded() as t:
+        t.call(lambda: t.c.seed(kube.HTTPROUTES, ROUTE_NS, route()))
+        os.environ["KUBECONFIG"] = str(t.kubeconfig(tmp_path / "kubeconfig"))
+        os.environ.pop("POD_NAME", None)
+        if pod_name is not None:
+            os.environ["POD_NAME"] = pod_name
+        try:
+            yield t
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[kube.Threaded]:
-    saved = os.environ.get("KUBECONFIG")
-    with kube.threaded() as t:
-        t.call(lambda: t.c.seed(kube.HTTPROUTES, ROUTE_NS, route()))
-        os.environ["KUBECONFIG"] = str(t.kubeconfig(tmp_path / "kubeconfig"))
-        # One replica, as a pod whose container is killed and restarted: the same Lease
-        # identity, so each restart renews its own lease at once (HA by Lease).
-        saved_pod = os.environ.get("POD_NAME")
-        os.environ["POD_NAME"] = "canaryd-0"
-        try:
-            yield t
-        finally:
-            if saved_pod is None:
-                os.environ.pop("POD_NAME", None)
-            else:
-                os.environ["POD_NAME"] = saved_pod
-            if saved is None:
-                os.environ.pop("KUBECONFIG", None)
-            else:
-                os.environ["KUBECONFIG"] = saved
+    # One replica, as a pod whose container is killed and restarted: the same Lease
+    # identity, so each restart renews its own lease at once (HA by Lease).
+    with emulated(tmp_path, "canaryd-0") as t:
+        yield t
 
 
 def configure(tmp_path: Path, prometheus_url: str) -> Serve:
@@ -242,7 +256,7 @@ def test_serve_on_kubernetes_state_killed_at_random_resumes_and_loses_no_webhook
         serve.start()
         rollout_id = str(serve.start_rollout(TARGET, IMAGE)["id"])
         chaos = Chaos(serve, KubeWitness(serve, state), random.Random(SEED))
-        with Webhooks(serve.url) as hooks:
+        with Webhooks([serve], random.Random(SEED + 1)) as hooks:
             chaos.run_until(lambda r: r["phase"] in TERMINAL, MIN_KILLS)
             final = wait_until(
                 lambda: state.record() or {},
