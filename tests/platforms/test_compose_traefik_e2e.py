@@ -115,6 +115,14 @@ class Stack:
             20.0,
             "no canary 5xx in the window",
         )
+        # ... and no alert of a previous canary still firing for canaryd (a canary rolled back
+        # by a check before the alert fired sees it fire, and resolve, after its rollback)
+        wait_until(
+            lambda: self.serve.call("GET", f"/api/v1/targets/{TARGET}")[1].get("alerts"),
+            lambda firing: not firing,
+            30.0,
+            "no alert firing for the target",
+        )
 
     def traefik(self, path: str) -> Any:
         try:
@@ -216,15 +224,21 @@ def fast_policy(directory: Path) -> Path:
     # the first few 1 s evaluations of a stage may have no data (the shipped 30 s interval
     # never sees this). 8 in a row before a pause, not 3.
     policy["limits"]["inconclusive_limit"] = 8
+    # The split is verified on the requests each side served since a stage's first evaluation;
+    # Traefik serves the old weight for up to its 2 s throttle after that, a large part of a
+    # stage of seconds (2 s of a 3 s stage at 50 % instead of 100 % shows 97.7 %, outside ±3
+    # points, for longer than the progress deadline). Minutes-long stages hardly notice it.
+    del policy["split"]
+    compare = ["errors-vs-stable", "latency-vs-stable"]
     policy["stages"] = [
-        {"weight": 20, "duration": "6s", "checks": ["success-rate"], "min_requests": 5},
+        {"weight": 20, "duration": "6s", "checks": ["success-rate", *compare], "min_requests": 5},
         {
             "weight": 50,
             "duration": "6s",
-            "checks": ["success-rate", "error-rate"],
+            "checks": ["success-rate", "error-rate", *compare],
             "min_requests": 5,
         },
-        {"weight": 100, "duration": "3s", "checks": ["success-rate"], "min_requests": 5},
+        {"weight": 100, "duration": "3s", "checks": ["success-rate", *compare], "min_requests": 5},
     ]
     path = directory / "matriz-compose-e2e.yaml"
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
@@ -409,7 +423,8 @@ def test_a_bad_version_is_rolled_back_and_its_canary_container_removed(stack: St
     assert final["phase"] == "RolledBack", final
     assert final["weight"] == 0
     reason = final["rollback_reason"]
-    assert "success-rate" in reason or "CanaryErrorsCritical" in reason, reason
+    # whichever sees the 500s first: the absolute SLO, canary against stable, or the alert
+    assert any(w in reason for w in ("success-rate", "errors-vs-stable", "CanaryErrorsCritical"))
     # The canary container goes once the scale-down delay (1 s here) is over ...
     wait_until(stack.canaries, lambda c: c == [], 15.0, "the canary container removed")
     # ... and every request through Traefik lands on stable.
