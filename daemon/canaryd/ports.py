@@ -349,6 +349,17 @@ class ReportsAbort(Protocol):
     async def external_abort(self, image: str) -> str | None: ...
 
 
+@runtime_checkable
+class ReportsCanaryExit(Protocol):
+    """A platform that can tell its canary died (docker: the container exited, was killed or
+    OOM-killed), as opposed to not being ready yet. ``canary_exit`` answers why, from the last
+    ``canary_status``, else None; the worker asks on each pass of a rollout whose canary serves
+    and rolls back with it. Not for readiness: a Deployment whose pods are being replaced
+    (eviction, scaling) is not ready for a while without having failed."""
+
+    def canary_exit(self) -> str | None: ...
+
+
 class Verifier(Protocol):
     """Runs a target's ``verify:`` commands on an image reference; never raises for what
     the commands do (a failure, a timeout, a command that cannot run is a failed

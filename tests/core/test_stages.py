@@ -50,16 +50,6 @@ def test_a_canary_never_ready_is_rolled_back_at_the_progress_deadline() -> None:
     assert s.phase is Phase.ROLLING_BACK and "not ready" in acts[-1].reason
 
 
-@pytest.mark.parametrize("present", [True, False], ids=["unready", "gone"])
-def test_a_canary_lost_mid_stage_is_rolled_back_at_once(present: bool) -> None:
-    s = started()
-    lost = world(s, canary_ready=False, canary_present=present)
-    s, acts = stages.decide(s, lost, Findings(), 1.0)
-    assert s.phase is Phase.ROLLING_BACK and s.weight == 0
-    assert acts[-1].cause.value == "canary-not-ready"
-    assert ("gone" if not present else "no longer ready") in acts[-1].reason
-
-
 def test_a_ready_canary_gets_the_first_stage_weight_as_an_absolute_value() -> None:
     s, _ = stages.start("r1", "svc", "v2", make_policy(), 0.0)
     s, acts = stages.decide(s, world(s), Findings(), 1.0)

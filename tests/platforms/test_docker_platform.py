@@ -284,7 +284,12 @@ async def test_a_killed_canary_is_present_not_ready_until_removed_or_replaced(ri
     assert docker_cli("kill", canary["Id"]).returncode == 0
     # Not running, still there: a rollback must still see something to remove.
     assert await platform.canary_status() == (True, False)
-    await platform.ensure_canary(f"{IMAGE}:v2")  # while serving, the worker replaces it
+    # ... and it died (not merely unready): a rollout it serves is rolled back with this
+    why = platform.canary_exit() or ""
+    assert why.startswith(f"canary container {canary['Name'].lstrip('/')} stopped"), why
+    assert "exit code 137" in why, why
+    await platform.ensure_canary(f"{IMAGE}:v2")  # a Pending rollout's worker replaces it
+    assert await platform.canary_status() == (True, True) and platform.canary_exit() is None
     [again] = await rig.canaries()
     assert again["Id"] != canary["Id"] and again["State"]["Running"]
     assert docker_cli("kill", again["Id"]).returncode == 0

@@ -506,7 +506,7 @@ class Cause(StrEnum):
     NO_DATA = "no-data"  # a check had no data: the stage timer holds
     INCONCLUSIVE = "inconclusive"  # inconclusive_limit reached: pause or rollback
     TOO_FEW_REQUESTS = "too-few-requests"  # the stage saw fewer than min_requests
-    CANARY_NOT_READY = "canary-not-ready"  # not ready within progress_deadline, or lost mid-stage
+    CANARY_NOT_READY = "canary-not-ready"  # not ready in time, or its container died
     ROUTER_NOT_APPLIED = "router-not-applied"  # the router did not apply a stage's weight
     PROGRESS_DEADLINE = "progress-deadline"  # a stage did not pass within its deadline
     ALERT = "alert"  # a firing alert matched a rule (rollback, pause, observe, freeze)

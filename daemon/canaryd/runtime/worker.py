@@ -46,6 +46,7 @@ from canaryd.core.model import (
     Findings,
     Measurement,
     Observed,
+    Phase,
     Rollout,
     Verification,
 )
@@ -55,6 +56,7 @@ from canaryd.ports import (
     PinsRunningCanary,
     Platform,
     ReportsAbort,
+    ReportsCanaryExit,
     Router,
     RuntimeEvents,
     StateStore,
@@ -381,6 +383,7 @@ class Worker:
         stable = await self._platform.stable_image()
         pin, problem = await self._canary_pin(ready)
         await self._external_abort()
+        self._canary_exit()
         observed = Observed(
             weight=weight,
             canary_ready=ready,
@@ -405,6 +408,27 @@ class Worker:
             return
         why = await router.external_abort(self.state.ref)
         if why is None:
+            return
+        future: asyncio.Future[Rollout] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
+        self._commands.append((replace(rollback, reason=why), future))
+
+    def _canary_exit(self) -> None:
+        """A canary that died while it serves (``ports.ReportsCanaryExit``: its container
+        exited or was killed) makes this pass decide a rollback: the requests it dropped may
+        never show in a check (the first samples of a new 5xx series count for nothing in
+        ``rate()``), and re-creating it would hide the crash."""
+        platform = self._platform
+        by = f"{platform.kind} platform"
+        if self.state.phase not in (Phase.PROGRESSING, Phase.PAUSED):
+            return
+        if not isinstance(platform, ReportsCanaryExit):
+            return
+        if any(c.by == by for c, _ in self._commands):
+            return
+        why = platform.canary_exit()
+        rollback = Command(CommandKind.ROLLBACK, by, cause=Cause.CANARY_NOT_READY)
+        if why is None or stages.check_command(self.state, rollback) is not None:
             return
         future: asyncio.Future[Rollout] = asyncio.get_running_loop().create_future()
         future.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it

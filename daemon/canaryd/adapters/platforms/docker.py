@@ -153,6 +153,7 @@ class DockerEnginePlatform(ImageCanaryPlatform):
         )
         self.strip_labels = ALWAYS_STRIPPED + tuple(strip_labels)
         self._asked: dict[str, str] = {}  # image run -> as a rollout asked for it (a bare tag)
+        self._exit: str | None = None  # why the wanted canary stopped (canary_status)
         self.host = host
         self.probe_path, self.probe_port = probe_path, probe_port
         self.canary_ports = dict(canary_ports or {})  # "8080/tcp" -> (host ip, host port)
@@ -187,14 +188,22 @@ class DockerEnginePlatform(ImageCanaryPlatform):
         async with self._client() as docker:
             canaries = await self._canaries(docker)
             running = [i for i in canaries if _running(i)]
+            self._exit = None
             if not running:
                 # A canary that exited or was killed is still there (not ready) until removed:
                 # reported absent, a rollback would never remove it.
+                dead = [i for i in canaries if self._runs_wanted(i["Config"]["Image"])]
+                self._exit = _exited(dead[0]) if dead else None
                 return bool(canaries), False
             info = running[0]
             if not self._runs_wanted(info["Config"]["Image"]):
                 return True, False  # someone else's canary: ensure_canary replaces it
             return True, await self._ready(info)
+
+    def canary_exit(self) -> str | None:
+        """Why the wanted canary's container stopped, as the last ``canary_status`` saw it
+        (``ports.ReportsCanaryExit``), else None."""
+        return self._exit
 
     async def stable_image(self) -> str | None:
         async with self._client() as docker:
@@ -543,6 +552,12 @@ async def _probe(url: str) -> bool:
 
 def _running(info: Info) -> bool:
     return bool(info["State"].get("Running"))
+
+
+def _exited(info: Info) -> str:
+    state = info["State"]
+    how = "OOM-killed" if state.get("OOMKilled") else f"exit code {state.get('ExitCode')}"
+    return f"canary container {_name(info)} stopped ({state.get('Status') or 'exited'}, {how})"
 
 
 def _name(info: Info) -> str:

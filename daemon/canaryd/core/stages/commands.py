@@ -33,7 +33,9 @@ def apply_command(s: Rollout, c: Command, index: int, now: float) -> Step:
         return _cleanup(s, c, who, now)
     if c.kind is CommandKind.ROLLBACK:
         cause = c.cause or Cause.MANUAL
-        reason = f"manual rollback{who}" + (f": {c.reason}" if c.reason else "")
+        # a person's, or a controller's or platform's finding sent as a command (its own cause)
+        what = "manual rollback" if cause is Cause.MANUAL else "rollback"
+        reason = f"{what}{who}" + (f": {c.reason}" if c.reason else "")
         return rollback(s, cause, reason, now, {"by": c.by})
     if c.kind is CommandKind.PAUSE:
         return pause(s, Cause.MANUAL_PAUSE, f"paused{who}", now)

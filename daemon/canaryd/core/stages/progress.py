@@ -120,14 +120,6 @@ def _progressing(s: Rollout, obs: Observed, now: float) -> Step:
             return rollback(s, Cause.CANARY_NOT_READY, reason, now, evidence)
         reason = f"router did not apply canary {s.weight}% (reports {obs.weight}) within {limit:g}s"
         return rollback(s, Cause.ROUTER_NOT_APPLIED, reason, now, evidence)
-    if not obs.canary_ready:
-        # Ready when its stage started, gone or unready now: it crashed, was killed or fails
-        # its health check under the stage's traffic. Rolled back at once: the requests it
-        # dropped may never show in a rate() (a 5xx series' first samples count for nothing).
-        lost = "gone" if not obs.canary_present else "no longer ready"
-        reason = f"canary {lost} during stage {s.stage + 1} (it was ready when the stage started)"
-        seen = {"canary_present": obs.canary_present, "canary_ready": obs.canary_ready}
-        return rollback(s, Cause.CANARY_NOT_READY, reason, now, seen)
     if due:
         allowed = s.current_stage.duration + limit
         reason = f"progress deadline: stage {s.stage + 1} not passed within {allowed:g}s"
