@@ -8,9 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from support import fakeargo
+from support import fakeargo, kube
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "shop"
@@ -28,22 +26,6 @@ def config(tmp: Path, *names: str) -> Path:
         ]
     path = tmp / "canaryd.yaml"
     path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def kubeconfig(tmp: Path, url: str) -> Path:
-    path = tmp / "kubeconfig"
-    cluster = {"name": "emulator", "cluster": {"server": url}}
-    context = {"name": "emulator", "context": {"cluster": "emulator", "user": "u"}}
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": "u", "user": {"token": "not-checked"}}],
-        "contexts": [context],
-        "current-context": "emulator",
-    }
-    path.write_text(yaml.safe_dump(doc))
     return path
 
 
@@ -65,9 +47,8 @@ def test_check_with_a_kubeconfig_names_the_step_that_differs(tmp_path: Path) -> 
         cluster.seed(fakeargo.rollout_manifest("api", "api:1", [10, 30, 50, 100]))
         path = config(tmp_path, "web", "api", "gone")
         offline = check("-c", str(path))
-        online = check(
-            "-c", str(path), "--kubeconfig", str(kubeconfig(tmp_path, cluster.cluster.url))
-        )
+        access = kube.kubeconfig(tmp_path / "kubeconfig", cluster.cluster.url)
+        online = check("-c", str(path), "--kubeconfig", str(access))
     assert offline.returncode == 0, offline.stderr
     assert online.returncode == 2, online.stderr
     assert online.stderr.splitlines() == [

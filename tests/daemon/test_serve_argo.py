@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 
-from support import fakeargo, procs
+from support import fakeargo, kube, procs
 from support.procs import stop_process
 from support.servekit import (
     TOKENS,
@@ -133,25 +133,6 @@ class Stack:
         return [w for w in self.cluster.cluster.writes if w[0] == "PATCH" and w[1].endswith(path)]
 
 
-def kubeconfig(directory: Path, url: str) -> Path:
-    path = directory / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-                "users": [{"name": "canaryd", "user": {"token": "not-checked"}}],
-                "contexts": [
-                    {"name": "emulator", "context": {"cluster": "emulator", "user": "canaryd"}}
-                ],
-                "current-context": "emulator",
-            }
-        )
-    )
-    return path
-
-
 def argo_config(config: Path) -> None:
     """``write_config``'s targets moved onto their Rollouts (``platform: none``: Argo deploys)."""
     lines, out = config.read_text().splitlines(), []
@@ -192,7 +173,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             specs = [TargetSpec(n, "argo-e2e.yaml", {"job": JOB}) for n in (GOOD, BAD, ALERTED)]
             config = write_config(directory, specs, prometheus_url=prometheus.url)
             argo_config(config)
-            os.environ["KUBECONFIG"] = str(kubeconfig(directory, cluster.cluster.url))
+            access = kube.kubeconfig(directory / "kubeconfig", cluster.cluster.url)
+            os.environ["KUBECONFIG"] = str(access)
             serve = Serve(config)
             serve.start()
             procs.wait_for_up(prometheus, JOB, 2)

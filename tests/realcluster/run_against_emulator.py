@@ -20,31 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "daemon")]
 
 from support import clusters, kube  # noqa: E402  (needs the paths above)
-
-
-def write_kubeconfig(directory: Path, url: str) -> Path:
-    path = directory / "kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "emulator", "cluster": {"server": url}}],
-                "users": [{"name": "canaryd", "user": {"token": "not-checked"}}],
-                "contexts": [
-                    {"name": "emulator", "context": {"cluster": "emulator", "user": "canaryd"}}
-                ],
-                "current-context": "emulator",
-            }
-        )
-    )
-    return path
 
 
 async def main(args: list[str]) -> int:
@@ -53,7 +32,7 @@ async def main(args: list[str]) -> int:
         try:
             with tempfile.TemporaryDirectory(prefix="canaryd-rc-") as tmp:
                 env = {k: v for k, v in os.environ.items() if k != clusters.MODE_ENV}
-                env["KUBECONFIG"] = str(write_kubeconfig(Path(tmp), c.url))
+                env["KUBECONFIG"] = str(kube.kubeconfig(Path(tmp) / "kubeconfig", c.url))
                 env.setdefault(clusters.TIMEOUT_ENV, "10")
                 env["PYTHONPATH"] = os.pathsep.join(
                     [str(ROOT / "daemon"), *filter(None, [os.environ.get("PYTHONPATH")])]

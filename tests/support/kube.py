@@ -23,6 +23,7 @@ Stable API (other tests build on it; extend, do not change)::
         t.cluster                          # code whose calls block (a synchronous client, a
         t.call(fn)                         # subprocess): fn() run on the emulator's loop
         t.kubeconfig(path)                 # a kubeconfig naming the emulator, written to path
+    kube.kubeconfig(path, c.url)           # the same for an emulator at c.url
 
     kube.HTTPROUTES                        # kmock.resource for gateway.networking.k8s.io/v1
     kube.DEPLOYMENTS, kube.SERVICES        # kmock.resource for apps/v1 and core v1
@@ -543,22 +544,28 @@ class Threaded:
         return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout)
 
     def kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig whose current context is the emulator (plain HTTP, no credentials)."""
-        path.write_text(
-            json.dumps(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "emulator", "cluster": {"server": self.c.url}}],
-                    "users": [{"name": "test", "user": {}}],
-                    "contexts": [
-                        {"name": "emulator", "context": {"cluster": "emulator", "user": "test"}}
-                    ],
-                    "current-context": "emulator",
-                }
-            )
+        """A kubeconfig whose current context is the emulator (``kubeconfig``)."""
+        return kubeconfig(path, self.c.url)
+
+
+def kubeconfig(path: Path, url: str) -> Path:
+    """Write a kubeconfig whose current context is the emulator at ``url`` (plain HTTP, no
+    credentials: the emulator checks none) to ``path``."""
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+                "users": [{"name": "test", "user": {}}],
+                "contexts": [
+                    {"name": "emulator", "context": {"cluster": "emulator", "user": "test"}}
+                ],
+                "current-context": "emulator",
+            }
         )
-        return path
+    )
+    return path
 
 
 @contextmanager
